@@ -1,0 +1,2 @@
+//! Types shared by kernel and user side. (in progress)
+#![no_std]
