@@ -4,4 +4,21 @@
 //! request (streaming byte for byte) to the configured upstream, and turns every exchange into
 //! an [`record::InterceptionRecord`] that is stored, logged and exported off the hot path.
 
+pub mod error;
 pub mod record;
+
+// Request path.
+pub mod auth;
+pub mod config;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+
+// Recording path.
+pub mod keys;
+pub mod pricing;
+pub mod recorder;
+pub mod spool;
+pub mod store;
+pub mod telemetry;
+pub mod usage;

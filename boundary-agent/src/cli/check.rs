@@ -1,0 +1,1 @@
+//! `boundary check` (in progress)

@@ -1,0 +1,1 @@
+//! `boundary run` (in progress)

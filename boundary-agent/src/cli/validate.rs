@@ -1,0 +1,1 @@
+//! `boundary validate` (in progress)

@@ -1,0 +1,1 @@
+//! Subcommands of the `bridge` binary. (in progress)
