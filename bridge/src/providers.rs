@@ -1,1 +1,321 @@
-//! (in progress)
+//! Provider adapters: what the gateway must know about each provider API it fronts.
+//!
+//! One adapter per API family (Anthropic Messages, OpenAI Chat Completions, OpenAI Responses),
+//! each in its own file behind [`ProviderAdapter`]. An adapter parses the client's request
+//! (model, stream flag, last user prompt, tools offered), puts the server-side key where the
+//! provider expects it, renders errors in the provider's own JSON format, and builds a
+//! [`ResponseObserver`] that watches a *copy* of the response bytes (JSON or SSE) to extract
+//! usage, tool calls and error events. Adding a provider is adding one file here.
+
+pub mod anthropic;
+pub mod openai_chat;
+pub mod openai_responses;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+use crate::record::{Provider, ToolCall, Usage};
+
+/// What the gateway learned from a request body before forwarding it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestInfo {
+    pub model: Option<String>,
+    pub streaming: bool,
+    /// Text of the last user message.
+    pub prompt: Option<String>,
+    pub tools_offered: Vec<String>,
+    /// A rewritten body to forward instead of the client's (e.g. OpenAI chat streams with
+    /// `stream_options.include_usage` injected). `None` forwards the client's bytes untouched.
+    pub rewritten_body: Option<Bytes>,
+}
+
+/// Why a request body was refused with a 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+/// What an observer extracted from a response once it is over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub usage: Usage,
+    pub tool_calls: Vec<ToolCall>,
+    /// The model the upstream says answered (may differ from the requested alias).
+    pub model: Option<String>,
+    /// An error the upstream reported, in the body or as a stream event.
+    pub error: Option<String>,
+}
+
+/// Watches a copy of one response body, chunk by chunk, off the client's hot path.
+pub trait ResponseObserver: Send {
+    fn feed(&mut self, chunk: &[u8]);
+    fn finish(self: Box<Self>) -> Observation;
+}
+
+/// The provider error families the gateway itself answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    /// Missing, unknown or revoked bridge token (401).
+    Authentication,
+    /// Body is not JSON or lacks a required field (400).
+    InvalidRequest,
+    /// The provider is not configured on this bridge (503).
+    NotConfigured,
+    /// The upstream could not be reached (502).
+    UpstreamUnavailable,
+    /// Unknown route (404).
+    NotFound,
+}
+
+/// One provider API family.
+pub trait ProviderAdapter: Send + Sync + 'static {
+    fn provider(&self) -> Provider;
+    /// Parses the client's request body for `endpoint` (a provider path such as `/v1/messages`).
+    fn parse_request(&self, endpoint: &str, body: &Bytes) -> Result<RequestInfo, BadRequest>;
+    /// Puts the server-side provider key where the upstream expects it.
+    fn set_upstream_auth(&self, headers: &mut HeaderMap, key: &HeaderValue);
+    /// Renders an error in the provider's own JSON error format.
+    fn error_body(&self, kind: GatewayError, message: &str) -> Bytes;
+    /// An observer for the response to a request to `endpoint`.
+    fn observer(&self, endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver>;
+}
+
+/// Builds a bearer `Authorization` value from a key, as both OpenAI and chained gateways expect.
+pub fn bearer(key: &HeaderValue) -> HeaderValue {
+    let mut v = Vec::with_capacity(7 + key.len());
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(key.as_bytes());
+    let mut value = HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
+/// One server-sent event: its `event:` name (if any) and its `data:` lines joined by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Incremental SSE parser (WHATWG framing) fed with arbitrary chunk boundaries.
+///
+/// Lines end in `\n` or `\r\n` (the providers never use a lone `\r`); an empty line dispatches
+/// the event; comment lines (`:`) and unknown fields are ignored.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds a chunk; calls `on_event` for every event it completes.
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&rest[..pos]);
+            rest = &rest[pos + 1..];
+            let mut line = std::mem::take(&mut self.line);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if let Some(ev) = self.process_line(&line) {
+                on_event(ev);
+            }
+        }
+        self.line.extend_from_slice(rest);
+    }
+
+    fn process_line(&mut self, line: &[u8]) -> Option<SseEvent> {
+        if line.is_empty() {
+            let data = self.data.take();
+            let event = self.event.take();
+            return data.map(|data| SseEvent { event, data });
+        }
+        if line[0] == b':' {
+            return None;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match field {
+            b"event" => self.event = Some(value.into_owned()),
+            b"data" => match &mut self.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(&value);
+                }
+                None => self.data = Some(value.into_owned()),
+            },
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Buffers a JSON (non-streaming) response body and hands it to a parser at the end.
+pub struct JsonBodyObserver {
+    body: Vec<u8>,
+    parse: fn(&serde_json::Value) -> Observation,
+}
+
+impl JsonBodyObserver {
+    pub fn new(parse: fn(&serde_json::Value) -> Observation) -> Self {
+        Self { body: Vec::new(), parse }
+    }
+}
+
+impl ResponseObserver for JsonBodyObserver {
+    fn feed(&mut self, chunk: &[u8]) {
+        // Bounded so a huge (or hostile) body cannot grow the gateway's memory without limit;
+        // usage is in the last bytes of no provider's JSON, so a cut body just loses usage.
+        const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
+        if self.body.len() + chunk.len() <= MAX_OBSERVED_BODY {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Observation {
+        match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(v) => (self.parse)(&v),
+            Err(_) => Observation::default(),
+        }
+    }
+}
+
+/// Observer that extracts nothing (models list, count_tokens).
+pub struct NullObserver;
+
+impl ResponseObserver for NullObserver {
+    fn feed(&mut self, _chunk: &[u8]) {}
+    fn finish(self: Box<Self>) -> Observation {
+        Observation::default()
+    }
+}
+
+/// Parses a request body as a JSON object, the first check every adapter makes.
+pub(crate) fn parse_json_object(
+    body: &Bytes,
+) -> Result<serde_json::Map<String, serde_json::Value>, BadRequest> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(BadRequest("request body must be a JSON object".into())),
+        Err(e) => Err(BadRequest(format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+/// The `model` field, required by every generation endpoint.
+pub(crate) fn required_model(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, BadRequest> {
+    match obj.get("model") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(BadRequest("`model` must be a non-empty string".into())),
+        None => Err(BadRequest("missing required field `model`".into())),
+    }
+}
+
+/// Text of a message `content` that is either a string or a list of typed parts; `text_types`
+/// names the part types that carry user text.
+pub(crate) fn content_text(content: &serde_json::Value, text_types: &[&str]) -> Option<String> {
+    match content {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(parts) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| {
+                    p.get("type")
+                        .and_then(|t| t.as_str())
+                        .is_some_and(|t| text_types.contains(&t))
+                })
+                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                .collect();
+            (!texts.is_empty()).then(|| texts.join("\n"))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn u64_at(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_u64()
+}
+
+pub(crate) fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+/// "type: message" from a provider error object such as `{"type": "...", "message": "..."}`.
+pub(crate) fn describe_error(err: &serde_json::Value) -> String {
+    let kind = err
+        .get("type")
+        .or_else(|| err.get("code"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("error");
+    match err.get("message").and_then(|m| m.as_str()) {
+        Some(m) => format!("{kind}: {m}"),
+        None => kind.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, |e| out.push(e));
+        }
+        out
+    }
+
+    #[test]
+    fn sse_parser_yields_events_split_across_arbitrary_chunks() {
+        let full = b"event: message_start\ndata: {\"a\":1}\n\n: ping comment\nevent: ping\ndata: {}\r\n\r\ndata: [DONE]\n\n";
+        let whole = collect(&[full]);
+        for split in 1..full.len() {
+            let (a, b) = full.split_at(split);
+            assert_eq!(collect(&[a, b]), whole, "split at {split}");
+        }
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].event.as_deref(), Some("message_start"));
+        assert_eq!(whole[0].data, "{\"a\":1}");
+        assert_eq!(whole[1].event.as_deref(), Some("ping"));
+        assert_eq!(whole[2].event, None);
+        assert_eq!(whole[2].data, "[DONE]");
+    }
+
+    #[test]
+    fn sse_parser_joins_multi_line_data_with_newlines() {
+        let ev = collect(&[b"data: one\ndata:two\n\n"]);
+        assert_eq!(ev[0].data, "one\ntwo");
+    }
+
+    #[test]
+    fn sse_parser_ignores_events_without_data() {
+        assert!(collect(&[b"event: lonely\n\n"]).is_empty());
+    }
+
+    #[test]
+    fn content_text_joins_text_parts_and_skips_others() {
+        let v = serde_json::json!([{"type":"text","text":"a"},{"type":"image"},{"type":"text","text":"b"}]);
+        assert_eq!(content_text(&v, &["text"]).as_deref(), Some("a\nb"));
+        assert_eq!(content_text(&serde_json::json!("hi"), &["text"]).as_deref(), Some("hi"));
+    }
+}

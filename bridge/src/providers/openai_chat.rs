@@ -1,0 +1,274 @@
+//! OpenAI Chat Completions (`/v1/chat/completions`) and the models list (`/v1/models`).
+//!
+//! Streams are `data:` chunks ending with `data: [DONE]`; tool calls arrive as
+//! `choices[].delta.tool_calls[]` pieces keyed by `index`. Usage only arrives in a final
+//! chunk when `stream_options.include_usage` is set, so when a streaming client did not ask for
+//! it the adapter injects `include_usage: true` and forwards that extra chunk too (its
+//! `choices` is empty; the official SDKs and every client we know skip such chunks). That is
+//! the one case where the forwarded request body differs from the client's.
+//!
+//! Token accounting: OpenAI's `prompt_tokens` *includes* cached tokens; the record stores
+//! `input_tokens = prompt_tokens - cached_tokens` and `cache_read_tokens = cached_tokens` so
+//! that the two never overlap (same convention as Anthropic's usage).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use serde_json::{json, Value};
+
+use super::{
+    bearer, content_text, describe_error, parse_json_object, required_model, str_at, u64_at,
+    BadRequest, GatewayError, JsonBodyObserver, NullObserver, Observation, ProviderAdapter,
+    RequestInfo, ResponseObserver, SseEvent, SseParser,
+};
+use crate::record::{Provider, ToolCall, Usage};
+
+/// Also serves `/v1/models`, which belongs to no generation API in particular.
+pub struct OpenAiChat;
+
+/// Renders an OpenAI-format error body; shared with the Responses adapter.
+pub(crate) fn openai_error_body(kind: GatewayError, message: &str) -> Bytes {
+    let (ty, code) = match kind {
+        GatewayError::Authentication => ("invalid_request_error", Value::from("invalid_api_key")),
+        GatewayError::InvalidRequest => ("invalid_request_error", Value::Null),
+        GatewayError::NotConfigured => ("server_error", Value::from("provider_not_configured")),
+        GatewayError::UpstreamUnavailable => ("server_error", Value::from("upstream_unavailable")),
+        GatewayError::NotFound => ("invalid_request_error", Value::from("unknown_url")),
+    };
+    Bytes::from(
+        json!({"error": {"message": message, "type": ty, "param": null, "code": code}}).to_string(),
+    )
+}
+
+/// OpenAI usage → record usage (cached tokens split out of the prompt count).
+pub(crate) fn openai_usage(u: &Value, input: &str, output: &str) -> Usage {
+    let prompt = u.get(input).and_then(Value::as_u64).unwrap_or(0);
+    let cached = u64_at(u, &[&format!("{input}_details"), "cached_tokens"]).unwrap_or(0);
+    Usage {
+        input_tokens: prompt.saturating_sub(cached),
+        output_tokens: u.get(output).and_then(Value::as_u64).unwrap_or(0),
+        cache_read_tokens: cached,
+        cache_write_tokens: 0,
+    }
+}
+
+impl ProviderAdapter for OpenAiChat {
+    fn provider(&self) -> Provider {
+        Provider::Openai
+    }
+
+    fn parse_request(&self, _endpoint: &str, body: &Bytes) -> Result<RequestInfo, BadRequest> {
+        let mut obj = parse_json_object(body)?;
+        let model = required_model(&obj)?;
+        let Some(messages) = obj.get("messages").and_then(Value::as_array) else {
+            return Err(BadRequest("missing required field `messages`".into()));
+        };
+        let prompt = messages
+            .iter()
+            .rev()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .find_map(|m| m.get("content").and_then(|c| content_text(c, &["text"])));
+        let tools_offered = obj
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|t| {
+                        str_at(t, &["function", "name"])
+                            .or_else(|| str_at(t, &["name"]))
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let streaming = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let mut rewritten_body = None;
+        if streaming {
+            let asked = obj
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .is_some();
+            if !asked {
+                let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
+                if let Value::Object(o) = opts {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                    rewritten_body = Some(Bytes::from(Value::Object(obj).to_string()));
+                }
+            }
+        }
+        Ok(RequestInfo {
+            model: Some(model),
+            streaming,
+            prompt,
+            tools_offered,
+            rewritten_body,
+        })
+    }
+
+    fn set_upstream_auth(&self, headers: &mut HeaderMap, key: &HeaderValue) {
+        headers.insert(http::header::AUTHORIZATION, bearer(key));
+    }
+
+    fn error_body(&self, kind: GatewayError, message: &str) -> Bytes {
+        openai_error_body(kind, message)
+    }
+
+    fn observer(&self, endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver> {
+        match (endpoint, streaming) {
+            ("/v1/chat/completions", true) => Box::new(ChatStreamObserver::default()),
+            ("/v1/chat/completions", false) => Box::new(JsonBodyObserver::new(observe_completion)),
+            _ => Box::new(NullObserver),
+        }
+    }
+}
+
+fn observe_completion(v: &Value) -> Observation {
+    let mut obs = Observation::default();
+    if let Some(err) = v.get("error") {
+        obs.error = Some(describe_error(err));
+        return obs;
+    }
+    obs.model = str_at(v, &["model"]).map(str::to_owned);
+    if let Some(u) = v.get("usage") {
+        obs.usage = openai_usage(u, "prompt_tokens", "completion_tokens");
+    }
+    for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        let calls = choice.get("message").and_then(|m| m.get("tool_calls"));
+        for tc in calls.and_then(Value::as_array).into_iter().flatten() {
+            obs.tool_calls.push(ToolCall {
+                id: str_at(tc, &["id"]).map(str::to_owned),
+                name: str_at(tc, &["function", "name"]).unwrap_or_default().to_owned(),
+                arguments: str_at(tc, &["function", "arguments"]).unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    obs
+}
+
+/// Incremental observer of a Chat Completions chunk stream.
+#[derive(Default)]
+pub struct ChatStreamObserver {
+    sse: SseParser,
+    obs: Observation,
+    tools: BTreeMap<(u64, u64), ToolCall>,
+}
+
+impl ChatStreamObserver {
+    fn on_event(obs: &mut Observation, tools: &mut BTreeMap<(u64, u64), ToolCall>, ev: SseEvent) {
+        if ev.data.starts_with("[DONE]") {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+            return;
+        };
+        if let Some(err) = v.get("error") {
+            obs.error = Some(describe_error(err));
+            return;
+        }
+        if obs.model.is_none() {
+            obs.model = str_at(&v, &["model"]).map(str::to_owned);
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            obs.usage = openai_usage(u, "prompt_tokens", "completion_tokens");
+        }
+        for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            let ci = u64_at(choice, &["index"]).unwrap_or(0);
+            let deltas = choice.get("delta").and_then(|d| d.get("tool_calls"));
+            for d in deltas.and_then(Value::as_array).into_iter().flatten() {
+                let ti = u64_at(d, &["index"]).unwrap_or(0);
+                let tc = tools.entry((ci, ti)).or_insert_with(|| ToolCall {
+                    id: None,
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+                if let Some(id) = str_at(d, &["id"]) {
+                    tc.id = Some(id.to_owned());
+                }
+                if let Some(n) = str_at(d, &["function", "name"]) {
+                    tc.name.push_str(n);
+                }
+                if let Some(a) = str_at(d, &["function", "arguments"]) {
+                    tc.arguments.push_str(a);
+                }
+            }
+        }
+    }
+}
+
+impl ResponseObserver for ChatStreamObserver {
+    fn feed(&mut self, chunk: &[u8]) {
+        let (obs, tools) = (&mut self.obs, &mut self.tools);
+        self.sse.feed(chunk, |ev| Self::on_event(obs, tools, ev));
+    }
+
+    fn finish(mut self: Box<Self>) -> Observation {
+        let mut obs = std::mem::take(&mut self.obs);
+        obs.tool_calls = std::mem::take(&mut self.tools).into_values().collect();
+        obs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_request_without_include_usage_gets_it_injected() {
+        let body = Bytes::from(
+            json!({"model": "gpt-4o", "stream": true,
+                   "messages": [{"role": "user", "content": "hi"}],
+                   "tools": [{"type": "function", "function": {"name": "get_weather"}}]})
+            .to_string(),
+        );
+        let info = OpenAiChat.parse_request("/v1/chat/completions", &body).unwrap();
+        assert_eq!(info.tools_offered, vec!["get_weather"]);
+        assert_eq!(info.prompt.as_deref(), Some("hi"));
+        let rewritten: Value = serde_json::from_slice(&info.rewritten_body.unwrap()).unwrap();
+        assert_eq!(rewritten["stream_options"]["include_usage"], Value::Bool(true));
+        assert_eq!(rewritten["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn request_that_already_chose_include_usage_is_forwarded_untouched() {
+        let body = Bytes::from(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[]}"#,
+        );
+        let info = OpenAiChat.parse_request("/v1/chat/completions", &body).unwrap();
+        assert!(info.rewritten_body.is_none());
+    }
+
+    #[test]
+    fn stream_observer_assembles_tool_calls_by_index_and_reads_final_usage() {
+        let stream = concat!(
+            "data: {\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":9,\"prompt_tokens_details\":{\"cached_tokens\":10}}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let mut o = OpenAiChat.observer("/v1/chat/completions", true);
+        for chunk in stream.as_bytes().chunks(5) {
+            o.feed(chunk);
+        }
+        let obs = o.finish();
+        assert_eq!(obs.tool_calls.len(), 1);
+        assert_eq!(obs.tool_calls[0].id.as_deref(), Some("call_1"));
+        assert_eq!(obs.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(
+            obs.usage,
+            Usage { input_tokens: 20, output_tokens: 9, cache_read_tokens: 10, cache_write_tokens: 0 }
+        );
+    }
+
+    #[test]
+    fn auth_error_body_matches_openai_format() {
+        let v: Value =
+            serde_json::from_slice(&OpenAiChat.error_body(GatewayError::Authentication, "bad"))
+                .unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["message"], "bad");
+    }
+}
