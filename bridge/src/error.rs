@@ -4,4 +4,22 @@
 pub enum Error {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The interception store (SQLite or PostgreSQL) failed or is unreachable.
+    #[error("store: {0}")]
+    Store(String),
+    /// A store URL that names no supported backend.
+    #[error("invalid store URL {url:?}: {reason} (use a path, sqlite://PATH or postgres://USER@HOST:PORT/DB)")]
+    StoreUrl { url: String, reason: String },
+    /// A bridge key id that does not exist.
+    #[error("no bridge key with id {0:?} (see `bridge keys list`)")]
+    UnknownKey(String),
+    /// The on-disk spool could not be read or written.
+    #[error("spool {path}: {reason}")]
+    Spool { path: String, reason: String },
+    /// Telemetry (logging, OTLP export) could not be set up.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+    /// A bad argument to a usage or listing query (e.g. an unparsable `--since`).
+    #[error("{0}")]
+    Query(String),
 }

@@ -1,1 +1,364 @@
-//! (in progress)
+//! The recorder: takes finished interception records off the request path and stores them.
+//!
+//! [`Recorder::record`] never blocks and never fails: it hands the record to a bounded channel
+//! (or, if that is full, to the on-disk spool from a blocking thread). One writer task prices
+//! each record, logs it as one JSON line, updates metrics and inserts records in batches (up to
+//! [`BATCH_SIZE`] or every [`FLUSH_INTERVAL`]). When the store fails, batches go to the spool
+//! and the writer retries the spool with exponential backoff until the store takes them; while
+//! the spool is not empty new batches also go there, so a down store costs one failed insert
+//! per backoff period rather than one per batch. A spool left by a previous run is replayed at
+//! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::pricing::PricingTable;
+use crate::record::InterceptionRecord;
+use crate::spool::{Spool, DEFAULT_MAX_BYTES};
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+/// Records per insert transaction.
+pub const BATCH_SIZE: usize = 256;
+/// A partial batch is written after this long.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Records that may wait in memory before spilling to the spool.
+const CHANNEL_CAPACITY: usize = 8192;
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest prompt text written to the log line (the store keeps it whole).
+const LOG_PROMPT_CHARS: usize = 200;
+
+enum Msg {
+    Record(Box<InterceptionRecord>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Tuning knobs; [`RecorderOptions::default`] is what `bridge serve` uses.
+#[derive(Debug, Clone)]
+pub struct RecorderOptions {
+    pub spool_max_bytes: u64,
+    pub channel_capacity: usize,
+}
+
+impl Default for RecorderOptions {
+    fn default() -> Self {
+        RecorderOptions {
+            spool_max_bytes: DEFAULT_MAX_BYTES,
+            channel_capacity: CHANNEL_CAPACITY,
+        }
+    }
+}
+
+/// Shared by the handle and the writer task: what turns a record into a log line and metrics.
+struct Shared {
+    pricing: PricingTable,
+    telemetry: Telemetry,
+    spool: Spool,
+}
+
+impl Shared {
+    fn prepare(&self, rec: &mut InterceptionRecord) {
+        if rec.cost_usd.is_none() {
+            if let Some(model) = &rec.model {
+                rec.cost_usd = self.pricing.cost(model, &rec.usage);
+            }
+        }
+        log_record(rec);
+        self.telemetry.observe_record(rec);
+    }
+
+    fn spool(&self, recs: &[InterceptionRecord]) {
+        match self.spool.append(recs) {
+            Ok(a) if a.dropped > 0 => self.telemetry.spool_dropped(a.dropped),
+            Ok(_) => {}
+            Err(e) => {
+                // The disk failed too: nothing left to keep these records in.
+                tracing::error!(error = %e, records = recs.len(), "could not spool interception records; dropped");
+                self.telemetry.spool_dropped(recs.len() as u64);
+            }
+        }
+        let (n, b) = self.spool.depth();
+        self.telemetry.set_spool_depth(n, b);
+    }
+}
+
+/// Handle to the recorder; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Recorder {
+    /// Starts the writer task (must be called inside a Tokio runtime).
+    pub fn start(
+        store: Store,
+        pricing: PricingTable,
+        spool_dir: PathBuf,
+        telemetry: Telemetry,
+    ) -> Result<Recorder, Error> {
+        Self::start_with(store, pricing, spool_dir, telemetry, RecorderOptions::default())
+    }
+
+    /// [`Recorder::start`] with explicit options.
+    pub fn start_with(
+        store: Store,
+        pricing: PricingTable,
+        spool_dir: PathBuf,
+        telemetry: Telemetry,
+        options: RecorderOptions,
+    ) -> Result<Recorder, Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| Error::Store(format!("the recorder needs a Tokio runtime: {e}")))?;
+        let spool = Spool::open(&spool_dir, options.spool_max_bytes)?;
+        let (n, b) = spool.depth();
+        telemetry.set_spool_depth(n, b);
+        if n > 0 {
+            tracing::info!(records = n, spool = %spool_dir.display(), "replaying interception records left in the spool");
+        }
+        let shared = Arc::new(Shared {
+            pricing,
+            telemetry,
+            spool,
+        });
+        let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
+        let writer = Writer {
+            store,
+            shared: shared.clone(),
+            batch: Vec::with_capacity(BATCH_SIZE),
+            backoff: MIN_BACKOFF,
+            next_retry: Instant::now(),
+        };
+        let task = runtime.spawn(writer.run(rx));
+        Ok(Recorder {
+            tx,
+            shared,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+
+    /// Non-blocking; prices, logs (one JSON line), updates metrics, batches to the store; on
+    /// store outage spools to disk (bounded) and retries.
+    pub fn record(&self, rec: InterceptionRecord) {
+        match self.tx.try_send(Msg::Record(Box::new(rec))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Msg::Record(rec)))
+            | Err(mpsc::error::TrySendError::Closed(Msg::Record(rec))) => {
+                // The writer is behind (or gone): keep the record on disk instead of in memory.
+                let shared = self.shared.clone();
+                let spill = move || {
+                    let mut rec = *rec;
+                    shared.prepare(&mut rec);
+                    shared.spool(std::slice::from_ref(&rec));
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn_blocking(spill);
+                    }
+                    Err(_) => spill(),
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Flushes everything: the batch in memory, then the spool if the store takes it.
+    /// Records that still cannot be stored stay in the spool for the next start.
+    pub async fn shutdown(&self) {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(ack_tx)).await.is_ok() {
+            let _ = ack_rx.await;
+        }
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// `(records, bytes)` in the spool now.
+    pub fn spool_depth(&self) -> (u64, u64) {
+        self.shared.spool.depth()
+    }
+}
+
+struct Writer {
+    store: Store,
+    shared: Arc<Shared>,
+    batch: Vec<InterceptionRecord>,
+    backoff: Duration,
+    next_retry: Instant,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Record(rec)) => {
+                        self.accept(*rec);
+                        if self.batch.len() >= BATCH_SIZE {
+                            self.flush().await;
+                        }
+                    }
+                    Some(Msg::Shutdown(ack)) => {
+                        rx.close();
+                        while let Ok(msg) = rx.try_recv() {
+                            if let Msg::Record(rec) = msg {
+                                self.accept(*rec);
+                                if self.batch.len() >= BATCH_SIZE {
+                                    self.flush().await;
+                                }
+                            }
+                        }
+                        self.flush().await;
+                        if !self.shared.spool.is_empty() {
+                            self.drain_spool().await;
+                        }
+                        let _ = ack.send(());
+                        return;
+                    }
+                    None => {
+                        self.flush().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.flush().await;
+                    if !self.shared.spool.is_empty() && Instant::now() >= self.next_retry {
+                        self.drain_spool().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, mut rec: InterceptionRecord) {
+        self.shared.prepare(&mut rec);
+        self.batch.push(rec);
+    }
+
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if !self.shared.spool.is_empty() {
+            // Outage in progress: queue behind the spool rather than hit the store again.
+            self.spool_blocking(batch).await;
+            return;
+        }
+        match self.store.insert_interceptions(&batch).await {
+            Ok(_) => self.shared.telemetry.records_stored(batch.len() as u64),
+            Err(e) => {
+                self.shared.telemetry.store_error();
+                tracing::warn!(error = %e, records = batch.len(), store = %self.store.describe(),
+                    "store unavailable; spooling interception records to disk");
+                self.spool_blocking(batch).await;
+                self.next_retry = Instant::now() + self.backoff;
+            }
+        }
+    }
+
+    async fn spool_blocking(&self, batch: Vec<InterceptionRecord>) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.spool(&batch)).await;
+    }
+
+    /// Moves sealed spool segments into the store, oldest first; stops at the first failure.
+    async fn drain_spool(&mut self) {
+        let shared = self.shared.clone();
+        let segments = match tokio::task::spawn_blocking(move || shared.spool.seal()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot list the spool");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut stored = 0u64;
+        for seg in segments {
+            let records = match self.shared.spool.read_segment(&seg) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read spool segment");
+                    return;
+                }
+            };
+            for chunk in records.chunks(BATCH_SIZE) {
+                if let Err(e) = self.store.insert_interceptions(chunk).await {
+                    self.shared.telemetry.store_error();
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.next_retry = Instant::now() + self.backoff;
+                    tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64,
+                        "store still unavailable; spooled records kept");
+                    return;
+                }
+            }
+            stored += records.len() as u64;
+            self.shared.telemetry.records_stored(records.len() as u64);
+            if let Err(e) = self.shared.spool.remove_segment(&seg) {
+                tracing::error!(error = %e, "cannot remove a replayed spool segment");
+                return;
+            }
+            let (n, b) = self.shared.spool.depth();
+            self.shared.telemetry.set_spool_depth(n, b);
+        }
+        self.backoff = MIN_BACKOFF;
+        if stored > 0 {
+            tracing::info!(records = stored, "spooled interception records written to the store");
+        }
+    }
+}
+
+/// One JSON log line per request: the record's fields, the prompt shortened. The record holds
+/// no secrets (the token is never in it), so every field can be logged.
+fn log_record(r: &InterceptionRecord) {
+    let prompt = r.prompt.as_deref().map(|p| {
+        if p.chars().count() > LOG_PROMPT_CHARS {
+            let mut s: String = p.chars().take(LOG_PROMPT_CHARS).collect();
+            s.push('…');
+            s
+        } else {
+            p.to_string()
+        }
+    });
+    let tool_calls: Vec<&str> = r.tool_calls.iter().map(|t| t.name.as_str()).collect();
+    tracing::info!(
+        target: "bridge::interception",
+        id = %r.id,
+        user = %r.user,
+        key_id = r.key_id.as_deref(),
+        provider = r.provider.as_str(),
+        endpoint = %r.endpoint,
+        model = r.model.as_deref(),
+        client = r.client.as_deref(),
+        streaming = r.streaming,
+        started_at = %r.started_at.to_rfc3339(),
+        ttfb_ms = r.ttfb_ms,
+        duration_ms = r.duration_ms,
+        status = r.status,
+        outcome = r.outcome.as_str(),
+        input_tokens = r.usage.input_tokens,
+        output_tokens = r.usage.output_tokens,
+        cache_read_tokens = r.usage.cache_read_tokens,
+        cache_write_tokens = r.usage.cache_write_tokens,
+        cost_usd = r.cost_usd,
+        prompt = prompt.as_deref(),
+        tools_offered = ?r.tools_offered,
+        tool_calls = ?tool_calls,
+        workspace = r.context.workspace.as_deref(),
+        template = r.context.template.as_deref(),
+        session = r.context.session.as_deref(),
+        error = r.error.as_deref(),
+        "interception"
+    );
+}

@@ -1,1 +1,758 @@
-//! (in progress)
+//! The interception store: keys and interception records, in SQLite or PostgreSQL.
+//!
+//! One code path serves both backends: every statement is written once in PostgreSQL syntax
+//! with `$N` placeholders (SQLite accepts `?N`, so the text is translated mechanically), the
+//! schema uses types both understand (`BIGINT`, `DOUBLE PRECISION`, `TEXT`), times are stored as
+//! microseconds since the Unix epoch, and aggregates are cast to `BIGINT` so both return the
+//! same Rust types. The backends differ only in how a statement is executed ([`Backend`]).
+//!
+//! SQLite is the embedded default (`bridge.db`, WAL). PostgreSQL is for several bridge replicas
+//! sharing one database; its connection is re-established on the next call after it drops, so
+//! a database restart only costs the records that the recorder spools meanwhile.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use tokio::sync::Mutex as AsyncMutex;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::record::{InterceptionRecord, Outcome, Provider, ToolCall, Usage, WorkspaceContext};
+
+/// Schema migrations, applied in order at open; the version of each is its index + 1.
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys and interceptions.
+    "CREATE TABLE IF NOT EXISTS keys (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        last_used_at BIGINT,
+        revoked_at BIGINT
+    );
+    CREATE TABLE IF NOT EXISTS interceptions (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        key_id TEXT,
+        provider TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT,
+        client TEXT,
+        streaming BIGINT NOT NULL,
+        started_at BIGINT NOT NULL,
+        day TEXT NOT NULL,
+        ttfb_ms DOUBLE PRECISION,
+        duration_ms DOUBLE PRECISION NOT NULL,
+        status BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        cache_read_tokens BIGINT NOT NULL,
+        cache_write_tokens BIGINT NOT NULL,
+        cost_usd DOUBLE PRECISION,
+        prompt TEXT,
+        tools_offered TEXT NOT NULL,
+        tool_calls TEXT NOT NULL,
+        workspace TEXT,
+        template TEXT,
+        session TEXT,
+        error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS interceptions_started_at ON interceptions (started_at);
+    CREATE INDEX IF NOT EXISTS interceptions_user ON interceptions (user_name, started_at)",
+];
+
+const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \
+    streaming, started_at, day, ttfb_ms, duration_ms, status, outcome, input_tokens, \
+    output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, prompt, tools_offered, \
+    tool_calls, workspace, template, session, error";
+
+/// A value bound to or read from a statement. Nulls are typed because PostgreSQL checks the
+/// type of every parameter, null or not.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Int(Option<i64>),
+    Real(Option<f64>),
+    Text(Option<String>),
+}
+
+impl Value {
+    fn int(&self) -> i64 {
+        match self {
+            Value::Int(v) => v.unwrap_or(0),
+            Value::Real(v) => v.unwrap_or(0.0) as i64,
+            Value::Text(_) => 0,
+        }
+    }
+    fn opt_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(v) => *v,
+            Value::Real(v) => v.map(|f| f as i64),
+            Value::Text(_) => None,
+        }
+    }
+    fn opt_real(&self) -> Option<f64> {
+        match self {
+            Value::Int(v) => v.map(|i| i as f64),
+            Value::Real(v) => *v,
+            Value::Text(_) => None,
+        }
+    }
+    fn opt_text(&self) -> Option<String> {
+        match self {
+            Value::Text(v) => v.clone(),
+            _ => None,
+        }
+    }
+    fn text(&self) -> String {
+        self.opt_text().unwrap_or_default()
+    }
+}
+
+/// The two ways of executing a statement.
+enum Backend {
+    Sqlite(Arc<StdMutex<rusqlite::Connection>>),
+    Postgres {
+        config: String,
+        client: AsyncMutex<Option<tokio_postgres::Client>>,
+    },
+}
+
+/// Handle to the store; cheap to clone (the connection is shared).
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+    description: Arc<String>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.description)
+            .finish()
+    }
+}
+
+/// A bridge key as listed (never the token or its hash).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub user: String,
+    /// First characters of the token, for recognising it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Filter for listing interceptions.
+#[derive(Debug, Clone, Default)]
+pub struct InterceptionFilter {
+    pub user: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+/// `$1` → `?1`: SQLite understands numbered `?N` parameters, so one SQL text serves both.
+fn to_sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+impl Store {
+    /// "sqlite://path", a bare path ("bridge.db"), or "postgres://user@host:port/db".
+    pub async fn open(url: &str) -> Result<Store, Error> {
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let backend = Backend::Postgres {
+                config: url.to_string(),
+                client: AsyncMutex::new(None),
+            };
+            Store {
+                backend: Arc::new(backend),
+                description: Arc::new(redact_url(url)),
+            }
+        } else {
+            let path = match url.strip_prefix("sqlite://") {
+                Some(p) => p,
+                None if url.contains("://") => {
+                    return Err(Error::StoreUrl {
+                        url: redact_url(url),
+                        reason: "unknown scheme".into(),
+                    })
+                }
+                None => url,
+            };
+            if path.is_empty() {
+                return Err(Error::StoreUrl {
+                    url: url.into(),
+                    reason: "empty path".into(),
+                });
+            }
+            let path = PathBuf::from(path);
+            let conn = tokio::task::spawn_blocking(move || open_sqlite(&path))
+                .await
+                .map_err(store_err)??;
+            Store {
+                backend: Arc::new(Backend::Sqlite(Arc::new(StdMutex::new(conn)))),
+                description: Arc::new(url.to_string()),
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The store's URL with any password removed, for logs and messages.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        self.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        let applied = self
+            .query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations", vec![])
+            .await?;
+        let current = applied.first().and_then(|r| r.first()).map(Value::int).unwrap_or(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            self.execute_batch(sql).await?;
+            // ON CONFLICT: two replicas migrating at once must not fail each other.
+            self.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
+                vec![Value::Int(Some(version)), Value::Int(Some(micros(Utc::now())))],
+            )
+            .await?;
+            tracing::info!(store = %self.description, version, "applied store migration");
+        }
+        Ok(())
+    }
+
+    /// Runs several statements without parameters.
+    async fn execute_batch(&self, sql: &str) -> Result<(), Error> {
+        match &*self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                let sql = sql.to_string();
+                tokio::task::spawn_blocking(move || {
+                    conn.lock()
+                        .map_err(store_err)?
+                        .execute_batch(&sql)
+                        .map_err(store_err)
+                })
+                .await
+                .map_err(store_err)?
+            }
+            Backend::Postgres { .. } => {
+                let sql = sql.to_string();
+                self.with_pg(move |client| {
+                    Box::pin(async move { client.batch_execute(&sql).await.map(|_| 0) })
+                })
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// Runs one statement and returns the number of rows it changed.
+    pub(crate) async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, Error> {
+        self.execute_many(sql, vec![params]).await
+    }
+
+    /// Runs one statement once per parameter set, all in one transaction; returns the number
+    /// of rows changed.
+    pub(crate) async fn execute_many(
+        &self,
+        sql: &str,
+        param_sets: Vec<Vec<Value>>,
+    ) -> Result<u64, Error> {
+        match &*self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                let sql = to_sqlite_sql(sql);
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = conn.lock().map_err(store_err)?;
+                    let tx = conn.transaction().map_err(store_err)?;
+                    let mut changed = 0u64;
+                    {
+                        let mut stmt = tx.prepare_cached(&sql).map_err(store_err)?;
+                        for params in &param_sets {
+                            let bound: Vec<&dyn rusqlite::ToSql> =
+                                params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+                            changed += stmt.execute(&bound[..]).map_err(store_err)? as u64;
+                        }
+                    }
+                    tx.commit().map_err(store_err)?;
+                    Ok(changed)
+                })
+                .await
+                .map_err(store_err)?
+            }
+            Backend::Postgres { .. } => {
+                let sql = sql.to_string();
+                self.with_pg(move |client| {
+                    Box::pin(async move {
+                        let tx = client.transaction().await?;
+                        let stmt = tx.prepare(&sql).await?;
+                        let mut changed = 0u64;
+                        for params in &param_sets {
+                            let bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                                .iter()
+                                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                                .collect();
+                            changed += tx.execute(&stmt, &bound).await?;
+                        }
+                        tx.commit().await?;
+                        Ok(changed)
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs a query and returns its rows as values.
+    pub(crate) async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, Error> {
+        match &*self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.clone();
+                let sql = to_sqlite_sql(sql);
+                tokio::task::spawn_blocking(move || {
+                    let conn = conn.lock().map_err(store_err)?;
+                    let mut stmt = conn.prepare_cached(&sql).map_err(store_err)?;
+                    let n = stmt.column_count();
+                    let bound: Vec<&dyn rusqlite::ToSql> =
+                        params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+                    let mut rows = stmt.query(&bound[..]).map_err(store_err)?;
+                    let mut out = Vec::new();
+                    while let Some(row) = rows.next().map_err(store_err)? {
+                        let mut vals = Vec::with_capacity(n);
+                        for i in 0..n {
+                            use rusqlite::types::ValueRef;
+                            vals.push(match row.get_ref(i).map_err(store_err)? {
+                                ValueRef::Null => Value::Text(None),
+                                ValueRef::Integer(v) => Value::Int(Some(v)),
+                                ValueRef::Real(v) => Value::Real(Some(v)),
+                                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                    Value::Text(Some(String::from_utf8_lossy(t).into_owned()))
+                                }
+                            });
+                        }
+                        out.push(vals);
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(store_err)?
+            }
+            Backend::Postgres { .. } => {
+                let sql = sql.to_string();
+                self.with_pg(move |client| {
+                    Box::pin(async move {
+                        let bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                            .iter()
+                            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                            .collect();
+                        let rows = client.query(&sql, &bound).await?;
+                        let mut out = Vec::with_capacity(rows.len());
+                        for row in rows {
+                            let mut vals = Vec::with_capacity(row.len());
+                            for (i, col) in row.columns().iter().enumerate() {
+                                use tokio_postgres::types::Type;
+                                let t = col.type_();
+                                vals.push(if *t == Type::INT8 {
+                                    Value::Int(row.try_get::<_, Option<i64>>(i)?)
+                                } else if *t == Type::INT4 {
+                                    Value::Int(row.try_get::<_, Option<i32>>(i)?.map(i64::from))
+                                } else if *t == Type::FLOAT8 {
+                                    Value::Real(row.try_get::<_, Option<f64>>(i)?)
+                                } else {
+                                    Value::Text(row.try_get::<_, Option<String>>(i)?)
+                                });
+                            }
+                            out.push(vals);
+                        }
+                        Ok(out)
+                    })
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `f` with a live PostgreSQL client, connecting (again) if needed.
+    async fn with_pg<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: for<'c> FnOnce(
+            &'c mut tokio_postgres::Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>,
+        >,
+    {
+        let Backend::Postgres { config, client } = &*self.backend else {
+            return Err(Error::Store("not a PostgreSQL store".into()));
+        };
+        let mut guard = client.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = None;
+            let connect = tokio_postgres::connect(config, tokio_postgres::NoTls);
+            let (c, connection) = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .map_err(|_| Error::Store(format!("connecting to {}: timed out", self.description)))?
+                .map_err(|e| Error::Store(format!("connecting to {}: {e}", self.description)))?;
+            let description = self.description.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(store = %description, error = %e, "PostgreSQL connection ended");
+                }
+            });
+            *guard = Some(c);
+        }
+        let c = guard.as_mut().expect("connected above");
+        let result = f(c).await;
+        if let Err(e) = &result {
+            // A dropped connection is re-established on the next call.
+            if c.is_closed() || e.is_closed() {
+                *guard = None;
+            }
+        }
+        result.map_err(|e| Error::Store(pg_error_text(&e)))
+    }
+
+    // ---- keys ----
+
+    pub(crate) async fn insert_key(
+        &self,
+        id: &str,
+        user: &str,
+        prefix: &str,
+        token_hash: &str,
+        created_at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO keys (id, user_name, prefix, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Value::Text(Some(id.into())),
+                Value::Text(Some(user.into())),
+                Value::Text(Some(prefix.into())),
+                Value::Text(Some(token_hash.into())),
+                Value::Int(Some(micros(created_at))),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// All keys, oldest first.
+    pub async fn list_keys(&self) -> Result<Vec<KeyRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT id, user_name, prefix, created_at, last_used_at, revoked_at FROM keys ORDER BY created_at, id",
+                vec![],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| KeyRow {
+                id: r[0].text(),
+                user: r[1].text(),
+                prefix: r[2].text(),
+                created_at: from_micros(r[3].int()),
+                last_used_at: r[4].opt_int().map(from_micros),
+                revoked_at: r[5].opt_int().map(from_micros),
+            })
+            .collect())
+    }
+
+    /// Marks a key revoked; revoking twice keeps the first time.
+    pub(crate) async fn revoke_key(&self, id: &str) -> Result<(), Error> {
+        let n = self
+            .execute(
+                "UPDATE keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+                vec![Value::Int(Some(micros(Utc::now()))), Value::Text(Some(id.into()))],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::UnknownKey(id.into()));
+        }
+        Ok(())
+    }
+
+    /// Looks up a key by token hash: `(key id, user, revoked)`.
+    pub(crate) async fn key_by_hash(&self, hash: &str) -> Result<Option<(String, String, bool)>, Error> {
+        let rows = self
+            .query(
+                "SELECT id, user_name, revoked_at FROM keys WHERE token_hash = $1",
+                vec![Value::Text(Some(hash.into()))],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|r| (r[0].text(), r[1].text(), r[2].opt_int().is_some())))
+    }
+
+    pub(crate) async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> Result<(), Error> {
+        self.execute(
+            "UPDATE keys SET last_used_at = $1 WHERE id = $2",
+            vec![Value::Int(Some(micros(at))), Value::Text(Some(id.into()))],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- interceptions ----
+
+    /// Inserts records in one transaction; a record whose id is already stored is skipped, so
+    /// replaying a spool never duplicates. Returns how many were new.
+    pub async fn insert_interceptions(&self, records: &[InterceptionRecord]) -> Result<u64, Error> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let placeholders: Vec<String> = (1..=26).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "INSERT INTO interceptions ({INTERCEPTION_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+            placeholders.join(", ")
+        );
+        let sets = records.iter().map(record_params).collect();
+        self.execute_many(&sql, sets).await
+    }
+
+    /// Number of stored interceptions.
+    pub async fn count_interceptions(&self) -> Result<u64, Error> {
+        let rows = self
+            .query("SELECT CAST(COUNT(*) AS BIGINT) FROM interceptions", vec![])
+            .await?;
+        Ok(rows.first().map(|r| r[0].int()).unwrap_or(0) as u64)
+    }
+
+    /// Interceptions, newest first.
+    pub async fn list_interceptions(
+        &self,
+        filter: &InterceptionFilter,
+    ) -> Result<Vec<InterceptionRecord>, Error> {
+        let mut sql = format!("SELECT {INTERCEPTION_COLUMNS} FROM interceptions WHERE 1 = 1");
+        let mut params = Vec::new();
+        if let Some(user) = &filter.user {
+            params.push(Value::Text(Some(user.clone())));
+            sql.push_str(&format!(" AND user_name = ${}", params.len()));
+        }
+        if let Some(since) = filter.since {
+            params.push(Value::Int(Some(micros(since))));
+            sql.push_str(&format!(" AND started_at >= ${}", params.len()));
+        }
+        sql.push_str(" ORDER BY started_at DESC, id DESC");
+        if let Some(limit) = filter.limit {
+            params.push(Value::Int(Some(i64::from(limit))));
+            sql.push_str(&format!(" LIMIT ${}", params.len()));
+        }
+        let rows = self.query(&sql, params).await?;
+        rows.into_iter().map(record_from_row).collect()
+    }
+
+    /// One interception by id (full uuid or a unique prefix of it).
+    pub async fn get_interception(&self, id: &str) -> Result<Option<InterceptionRecord>, Error> {
+        let pattern = format!("{}%", id.replace(['%', '_'], ""));
+        let rows = self
+            .query(
+                &format!("SELECT {INTERCEPTION_COLUMNS} FROM interceptions WHERE id LIKE $1 ORDER BY id LIMIT 2"),
+                vec![Value::Text(Some(pattern))],
+            )
+            .await?;
+        if rows.len() > 1 {
+            return Err(Error::Query(format!(
+                "interception id prefix {id:?} is ambiguous; give more characters"
+            )));
+        }
+        rows.into_iter().next().map(record_from_row).transpose()
+    }
+
+    /// Rows for usage reports: `(group key, requests, input, output, cache read, cache write,
+    /// cost)` grouped by `column`, which must be one of the fixed names below.
+    pub(crate) async fn usage_rows(
+        &self,
+        column: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Vec<Value>>, Error> {
+        let column = match column {
+            "user_name" | "model" | "provider" | "day" => column,
+            other => return Err(Error::Query(format!("cannot group by {other:?}"))),
+        };
+        let sql = format!(
+            "SELECT COALESCE({column}, '(none)'), CAST(COUNT(*) AS BIGINT), \
+             CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+             CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT), \
+             CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) \
+             FROM interceptions WHERE started_at >= $1 GROUP BY {column} ORDER BY 1"
+        );
+        let since = since.map(micros).unwrap_or(i64::MIN);
+        self.query(&sql, vec![Value::Int(Some(since))]).await
+    }
+}
+
+fn record_params(r: &InterceptionRecord) -> Vec<Value> {
+    let t = |s: &Option<String>| Value::Text(s.clone());
+    vec![
+        Value::Text(Some(r.id.to_string())),
+        Value::Text(Some(r.user.clone())),
+        t(&r.key_id),
+        Value::Text(Some(r.provider.as_str().into())),
+        Value::Text(Some(r.endpoint.clone())),
+        t(&r.model),
+        t(&r.client),
+        Value::Int(Some(i64::from(r.streaming))),
+        Value::Int(Some(micros(r.started_at))),
+        Value::Text(Some(r.started_at.format("%Y-%m-%d").to_string())),
+        Value::Real(r.ttfb_ms),
+        Value::Real(Some(r.duration_ms)),
+        Value::Int(Some(i64::from(r.status))),
+        Value::Text(Some(r.outcome.as_str().into())),
+        Value::Int(Some(r.usage.input_tokens as i64)),
+        Value::Int(Some(r.usage.output_tokens as i64)),
+        Value::Int(Some(r.usage.cache_read_tokens as i64)),
+        Value::Int(Some(r.usage.cache_write_tokens as i64)),
+        Value::Real(r.cost_usd),
+        t(&r.prompt),
+        Value::Text(Some(serde_json::to_string(&r.tools_offered).unwrap_or_default())),
+        Value::Text(Some(serde_json::to_string(&r.tool_calls).unwrap_or_default())),
+        t(&r.context.workspace),
+        t(&r.context.template),
+        t(&r.context.session),
+        t(&r.error),
+    ]
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Error> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|e| Error::Store(format!("stored value {s:?}: {e}")))
+}
+
+fn record_from_row(r: Vec<Value>) -> Result<InterceptionRecord, Error> {
+    let id = Uuid::parse_str(&r[0].text()).map_err(store_err)?;
+    let provider: Provider = parse_enum(&r[3].text())?;
+    let outcome: Outcome = parse_enum(&r[13].text())?;
+    let tools_offered: Vec<String> = serde_json::from_str(&r[20].text()).unwrap_or_default();
+    let tool_calls: Vec<ToolCall> = serde_json::from_str(&r[21].text()).unwrap_or_default();
+    Ok(InterceptionRecord {
+        id,
+        user: r[1].text(),
+        key_id: r[2].opt_text(),
+        provider,
+        endpoint: r[4].text(),
+        model: r[5].opt_text(),
+        client: r[6].opt_text(),
+        streaming: r[7].int() != 0,
+        started_at: from_micros(r[8].int()),
+        ttfb_ms: r[10].opt_real(),
+        duration_ms: r[11].opt_real().unwrap_or(0.0),
+        status: r[12].int() as u16,
+        outcome,
+        usage: Usage {
+            input_tokens: r[14].int() as u64,
+            output_tokens: r[15].int() as u64,
+            cache_read_tokens: r[16].int() as u64,
+            cache_write_tokens: r[17].int() as u64,
+        },
+        cost_usd: r[18].opt_real(),
+        prompt: r[19].opt_text(),
+        tools_offered,
+        tool_calls,
+        context: WorkspaceContext {
+            workspace: r[22].opt_text(),
+            template: r[23].opt_text(),
+            session: r[24].opt_text(),
+        },
+        error: r[25].opt_text(),
+    })
+}
+
+fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, Error> {
+    let conn = rusqlite::Connection::open(path)
+        .map_err(|e| Error::Store(format!("opening {}: {e}", path.display())))?;
+    // WAL: readers (the CLI) never block the writer (the recorder). The busy timeout is short
+    // on purpose: a long-held lock is treated as an outage and records go to the spool.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(store_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(store_err)?;
+    conn.busy_timeout(Duration::from_secs(2)).map_err(store_err)?;
+    Ok(conn)
+}
+
+/// Removes the password from a URL like `postgres://user:secret@host/db`.
+fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            if let Some(src) = std::error::Error::source(e) {
+                s.push_str(&format!(": {src}"));
+            }
+            s
+        }
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Value::Int(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Value::Real(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Real(*v)),
+            Value::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            _ => ToSqlOutput::Borrowed(ValueRef::Null),
+        })
+    }
+}
+
+impl tokio_postgres::types::ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Int(v) => v.to_sql(ty, out),
+            Value::Real(v) => v.to_sql(ty, out),
+            Value::Text(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <Option<i64> as tokio_postgres::types::ToSql>::accepts(ty)
+            || <Option<f64> as tokio_postgres::types::ToSql>::accepts(ty)
+            || <Option<String> as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}

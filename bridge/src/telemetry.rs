@@ -1,1 +1,241 @@
-//! (in progress)
+//! Telemetry: JSON logs, Prometheus metrics, and (when configured) OTLP export.
+//!
+//! Logs are `tracing` events rendered as one JSON object per line on stderr. Metrics are kept
+//! in memory here and rendered in the Prometheus text format for `GET /metrics`; the metric
+//! set is small and fixed, so a hand-rolled registry avoids a dependency and its build time.
+//! The recorder feeds this module once per finished request; the request path only moves the
+//! in-flight gauge.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use crate::error::Error;
+use crate::record::{InterceptionRecord, Provider};
+
+/// Upper bounds (seconds) of the request duration histogram buckets.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; DURATION_BUCKETS.len()];
+        }
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            if v <= *le {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    /// (provider, model, outcome) → requests.
+    requests: BTreeMap<(String, String, String), u64>,
+    /// (provider, model, token type) → tokens.
+    tokens: BTreeMap<(String, String, &'static str), u64>,
+    /// (provider, model) → USD.
+    cost: BTreeMap<(String, String), f64>,
+    /// provider → duration histogram.
+    duration: BTreeMap<String, Histogram>,
+    /// provider → requests in flight.
+    in_flight: BTreeMap<String, i64>,
+    spool_records: u64,
+    spool_bytes: u64,
+    spool_dropped: u64,
+    store_errors: u64,
+    records_stored: u64,
+}
+
+/// Handle to the process's telemetry; cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    service_name: Arc<String>,
+    metrics: Arc<Mutex<Metrics>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service_name", &self.service_name)
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// JSON logs to stderr; OTLP traces+metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    ///
+    /// The log level comes from `RUST_LOG` (default `info`). Calling this twice in one process
+    /// (tests) keeps the first subscriber.
+    pub fn init(service_name: &str) -> Result<Telemetry, Error> {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let _already_set = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init()
+            .is_err();
+        if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            tracing::warn!(
+                endpoint,
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but this build has no OTLP exporter; \
+                 scrape GET /metrics and collect the JSON logs instead"
+            );
+        }
+        Ok(Telemetry::metrics_only(service_name))
+    }
+
+    /// Metrics without installing a log subscriber (tests, benches, library users who set up
+    /// their own).
+    pub fn metrics_only(service_name: &str) -> Telemetry {
+        Telemetry {
+            service_name: Arc::new(service_name.to_string()),
+            metrics: Arc::new(Mutex::new(Metrics::default())),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Metrics) -> R) -> R {
+        let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut m)
+    }
+
+    /// In-flight gauge ++.
+    pub fn request_started(&self, provider: Provider) {
+        self.with(|m| *m.in_flight.entry(provider.as_str().into()).or_default() += 1);
+    }
+
+    /// In-flight gauge --.
+    pub fn request_finished(&self, provider: Provider) {
+        self.with(|m| *m.in_flight.entry(provider.as_str().into()).or_default() -= 1);
+    }
+
+    /// Counts a finished request (called by the recorder, after pricing).
+    pub fn observe_record(&self, r: &InterceptionRecord) {
+        let provider = r.provider.as_str().to_string();
+        let model = r.model.clone().unwrap_or_default();
+        self.with(|m| {
+            *m.requests
+                .entry((provider.clone(), model.clone(), r.outcome.as_str().into()))
+                .or_default() += 1;
+            for (kind, n) in [
+                ("input", r.usage.input_tokens),
+                ("output", r.usage.output_tokens),
+                ("cache_read", r.usage.cache_read_tokens),
+                ("cache_write", r.usage.cache_write_tokens),
+            ] {
+                if n > 0 {
+                    *m.tokens
+                        .entry((provider.clone(), model.clone(), kind))
+                        .or_default() += n;
+                }
+            }
+            if let Some(c) = r.cost_usd {
+                *m.cost.entry((provider.clone(), model.clone())).or_default() += c;
+            }
+            m.duration
+                .entry(provider)
+                .or_default()
+                .observe(r.duration_ms / 1000.0);
+        });
+    }
+
+    /// Current spool depth.
+    pub fn set_spool_depth(&self, records: u64, bytes: u64) {
+        self.with(|m| {
+            m.spool_records = records;
+            m.spool_bytes = bytes;
+        });
+    }
+
+    /// Records lost because the spool was full.
+    pub fn spool_dropped(&self, n: u64) {
+        self.with(|m| m.spool_dropped += n);
+    }
+
+    /// A failed store write.
+    pub fn store_error(&self) {
+        self.with(|m| m.store_errors += 1);
+    }
+
+    /// Records written to the store.
+    pub fn records_stored(&self, n: u64) {
+        self.with(|m| m.records_stored += n);
+    }
+
+    /// Store write failures so far.
+    pub fn store_errors(&self) -> u64 {
+        self.with(|m| m.store_errors)
+    }
+
+    /// Records dropped because the spool was full, so far.
+    pub fn spool_dropped_total(&self) -> u64 {
+        self.with(|m| m.spool_dropped)
+    }
+
+    /// The metrics in the Prometheus text exposition format (for GET /metrics).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        self.with(|m| {
+            header(&mut out, "bridge_requests_total", "counter", "Requests recorded, by provider, model and outcome.");
+            for ((p, model, o), n) in &m.requests {
+                let _ = writeln!(out, "bridge_requests_total{{provider=\"{}\",model=\"{}\",outcome=\"{}\"}} {n}", esc(p), esc(model), esc(o));
+            }
+            header(&mut out, "bridge_tokens_total", "counter", "Tokens reported by the provider, by type.");
+            for ((p, model, t), n) in &m.tokens {
+                let _ = writeln!(out, "bridge_tokens_total{{provider=\"{}\",model=\"{}\",type=\"{t}\"}} {n}", esc(p), esc(model));
+            }
+            header(&mut out, "bridge_cost_usd_total", "counter", "Cost in USD from the pricing table.");
+            for ((p, model), c) in &m.cost {
+                let _ = writeln!(out, "bridge_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {c}", esc(p), esc(model));
+            }
+            header(&mut out, "bridge_request_duration_seconds", "histogram", "Time from request to the end of the answer.");
+            for (p, h) in &m.duration {
+                for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+                    let _ = writeln!(out, "bridge_request_duration_seconds_bucket{{provider=\"{}\",le=\"{le}\"}} {}", esc(p), h.counts.get(i).copied().unwrap_or(0));
+                }
+                let _ = writeln!(out, "bridge_request_duration_seconds_bucket{{provider=\"{}\",le=\"+Inf\"}} {}", esc(p), h.count);
+                let _ = writeln!(out, "bridge_request_duration_seconds_sum{{provider=\"{}\"}} {}", esc(p), h.sum);
+                let _ = writeln!(out, "bridge_request_duration_seconds_count{{provider=\"{}\"}} {}", esc(p), h.count);
+            }
+            header(&mut out, "bridge_requests_in_flight", "gauge", "Requests being served now.");
+            for (p, n) in &m.in_flight {
+                let _ = writeln!(out, "bridge_requests_in_flight{{provider=\"{}\"}} {n}", esc(p));
+            }
+            header(&mut out, "bridge_spool_records", "gauge", "Records waiting in the on-disk spool for the store.");
+            let _ = writeln!(out, "bridge_spool_records {}", m.spool_records);
+            header(&mut out, "bridge_spool_bytes", "gauge", "Size of the on-disk spool.");
+            let _ = writeln!(out, "bridge_spool_bytes {}", m.spool_bytes);
+            header(&mut out, "bridge_spool_dropped_total", "counter", "Records lost because the spool was full.");
+            let _ = writeln!(out, "bridge_spool_dropped_total {}", m.spool_dropped);
+            header(&mut out, "bridge_store_errors_total", "counter", "Failed writes to the store.");
+            let _ = writeln!(out, "bridge_store_errors_total {}", m.store_errors);
+            header(&mut out, "bridge_records_stored_total", "counter", "Records written to the store.");
+            let _ = writeln!(out, "bridge_records_stored_total {}", m.records_stored);
+        });
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a Prometheus label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

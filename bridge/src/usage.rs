@@ -1,1 +1,1 @@
-//! (in progress)
+//! Usage reports: requests, tokens and cost grouped by user, model, provider or day.
