@@ -1,5 +1,17 @@
+//! The `bridge` binary: the gateway (`bridge serve`) and its administration commands.
+
 mod cli;
 
-fn main() {
-    println!("bridge: under construction");
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bridge: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,117 @@
-//! Subcommands of the `bridge` binary. (in progress)
+//! Subcommands of the `bridge` binary.
+//!
+//! Every command that reads or writes records finds the store the same way: `--store URL`, else
+//! the `store:` of `--config FILE`, else `bridge.db` in the working directory.
+
+mod interceptions;
+mod keys;
+mod usage;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use bridge::store::Store;
+
+/// Bridge: a governed LLM gateway. Agents send their Anthropic and OpenAI API calls to Bridge
+/// with a personal bridge token; Bridge forwards them with the real provider key and records
+/// who used which model, prompt, tools, tokens and cost.
+#[derive(Debug, Parser)]
+#[command(name = "bridge", version, propagate_version = true)]
+#[command(after_help = "Start with `bridge keys create --user alice`, then `bridge serve`.\n\
+Point the SDK at Bridge: ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_API_KEY=<bridge token>.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage bridge keys (the tokens users put in their SDKs instead of provider keys).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Report requests, tokens and cost, grouped by user, model, provider or day.
+    Usage(usage::UsageArgs),
+    /// List and inspect recorded requests (prompt, tools, tool calls, tokens, cost).
+    #[command(subcommand)]
+    Interceptions(interceptions::InterceptionsCommand),
+}
+
+/// Where the store is; shared by all commands that read or write records.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Store URL: a SQLite path (`bridge.db`, `sqlite:///var/lib/bridge/bridge.db`) or
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`. Overrides the config file's `store:`.
+    #[arg(long, env = "BRIDGE_STORE", global = true)]
+    store: Option<String>,
+    /// Bridge config file (bridge.yaml); only its `store:` is used by this command.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The store URL chosen by the flags.
+    pub fn url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.store {
+            return Ok(url.clone());
+        }
+        if let Some(path) = &self.config {
+            return store_from_config(path);
+        }
+        Ok("bridge.db".into())
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        let url = self.url()?;
+        Store::open(&url)
+            .await
+            .with_context(|| format!("opening the store {url:?}"))
+    }
+}
+
+fn store_from_config(path: &Path) -> anyhow::Result<String> {
+    #[derive(serde::Deserialize)]
+    struct OnlyStore {
+        store: Option<String>,
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let parsed: OnlyStore = serde_yaml::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(":{}:{}", l.line(), l.column()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{at}: {e}", path.display())
+    })?;
+    Ok(parsed.store.unwrap_or_else(|| "bridge.db".into()))
+}
+
+/// Output format of listings and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people (reports end with a totals row).
+    Table,
+    /// JSON for programs.
+    Json,
+    /// Comma-separated values for spreadsheets.
+    Csv,
+}
+
+impl From<OutputFormat> for bridge::usage::Format {
+    fn from(f: OutputFormat) -> Self {
+        match f {
+            OutputFormat::Table => bridge::usage::Format::Table,
+            OutputFormat::Json => bridge::usage::Format::Json,
+            OutputFormat::Csv => bridge::usage::Format::Csv,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keys(cmd) => keys::run(cmd).await,
+        Command::Usage(args) => usage::run(args).await,
+        Command::Interceptions(cmd) => interceptions::run(cmd).await,
+    }
+}

@@ -1,0 +1,140 @@
+//! `bridge interceptions`: list recorded requests and show one in full.
+
+use clap::Subcommand;
+
+use super::{OutputFormat, StoreArgs};
+use bridge::store::InterceptionFilter;
+use bridge::usage::render_table;
+
+#[derive(Debug, Subcommand)]
+pub enum InterceptionsCommand {
+    /// List recorded requests, newest first.
+    #[command(after_help = "Example: bridge interceptions list --user alice --since 24h --limit 20")]
+    List {
+        /// Only this user's requests.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only requests since: 30m, 24h, 7d, a date or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Output format (csv is not offered here; use json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show one request in full: prompt, tools offered, tool calls with arguments, tokens,
+    /// cost, timing and workspace context.
+    Show {
+        /// The interception id (or a unique prefix of it), from `bridge interceptions list`.
+        id: String,
+        /// Output format (table prints a readable report).
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
+    match cmd {
+        InterceptionsCommand::List {
+            user,
+            since,
+            limit,
+            format,
+            store,
+        } => {
+            let since = since
+                .map(|s| bridge::usage::parse_since(&s, chrono::Utc::now()))
+                .transpose()?;
+            let store = store.open().await?;
+            let records = store
+                .list_interceptions(&InterceptionFilter {
+                    user,
+                    since,
+                    limit: Some(limit),
+                })
+                .await?;
+            if format == OutputFormat::Table {
+                let header = ["ID", "STARTED", "USER", "PROVIDER", "MODEL", "OUTCOME", "IN", "OUT", "COST", "TOOL CALLS"]
+                    .map(String::from);
+                let rows: Vec<[String; 10]> = records
+                    .iter()
+                    .map(|r| {
+                        [
+                            r.id.to_string(),
+                            r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            r.user.clone(),
+                            r.provider.as_str().into(),
+                            r.model.clone().unwrap_or_else(|| "-".into()),
+                            r.outcome.as_str().into(),
+                            r.usage.input_tokens.to_string(),
+                            r.usage.output_tokens.to_string(),
+                            r.cost_usd.map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into()),
+                            r.tool_calls.len().to_string(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", render_table(&header, &rows, false));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            }
+        }
+        InterceptionsCommand::Show { id, format, store } => {
+            let store = store.open().await?;
+            let Some(r) = store.get_interception(&id).await? else {
+                anyhow::bail!("no interception with id {id:?} (see `bridge interceptions list`)");
+            };
+            if format != OutputFormat::Table {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+            println!("id:          {}", r.id);
+            println!("user:        {} (key {})", r.user, opt(&r.key_id));
+            println!("provider:    {} {}", r.provider.as_str(), r.endpoint);
+            println!("model:       {}", opt(&r.model));
+            println!("client:      {}", opt(&r.client));
+            println!("started:     {}", r.started_at.to_rfc3339());
+            println!(
+                "timing:      ttfb {} ms, total {:.1} ms{}",
+                r.ttfb_ms.map(|t| format!("{t:.1}")).unwrap_or_else(|| "-".into()),
+                r.duration_ms,
+                if r.streaming { ", streaming" } else { "" }
+            );
+            println!("status:      {} ({})", r.status, r.outcome.as_str());
+            if let Some(e) = &r.error {
+                println!("error:       {e}");
+            }
+            println!(
+                "tokens:      input {}, output {}, cache read {}, cache write {}",
+                r.usage.input_tokens, r.usage.output_tokens, r.usage.cache_read_tokens, r.usage.cache_write_tokens
+            );
+            println!(
+                "cost:        {}",
+                r.cost_usd.map(|c| format!("${c:.6}")).unwrap_or_else(|| "- (model not priced)".into())
+            );
+            println!(
+                "context:     workspace {}, template {}, session {}",
+                opt(&r.context.workspace),
+                opt(&r.context.template),
+                opt(&r.context.session)
+            );
+            println!("tools offered: {}", if r.tools_offered.is_empty() { "-".into() } else { r.tools_offered.join(", ") });
+            if r.tool_calls.is_empty() {
+                println!("tool calls:  -");
+            } else {
+                println!("tool calls:");
+                for c in &r.tool_calls {
+                    println!("  - {} ({}): {}", c.name, c.id.as_deref().unwrap_or("-"), c.arguments);
+                }
+            }
+            println!("prompt:\n{}", r.prompt.as_deref().unwrap_or("-"));
+        }
+    }
+    Ok(())
+}
