@@ -1,1 +1,329 @@
-//! (in progress)
+//! `bridge.yaml`: parsed and validated once, at startup, into [`BridgeConfig`].
+//!
+//! ```yaml
+//! listen: 127.0.0.1:8787          # default
+//! store: bridge.db                # SQLite path, sqlite://PATH or postgres://USER@HOST:PORT/DB
+//! spool_dir: bridge-spool         # where records wait while the store is down
+//! providers:
+//!   anthropic:
+//!     base_url: https://api.anthropic.com   # or an existing gateway, e.g. http://gw/anthropic
+//!     api_key_env: ANTHROPIC_API_KEY        # or api_key: sk-ant-...
+//!   openai:
+//!     base_url: https://api.openai.com
+//!     api_key_env: OPENAI_API_KEY
+//! pricing:                        # USD per million tokens; adds to / overrides the defaults
+//!   my-finetune: { input: 1.0, output: 2.0 }
+//! ```
+//!
+//! Every error names the file, line, column and field, so a typo is fixed in one look. With no
+//! file, the defaults above apply and a provider is configured only if its standard key
+//! variable (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`) is set.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use http::HeaderValue;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::pricing::PricingTable;
+use crate::proxy::Upstream;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub const DEFAULT_STORE: &str = "bridge.db";
+pub const DEFAULT_SPOOL_DIR: &str = "bridge-spool";
+const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
+const DEFAULT_OPENAI_URL: &str = "https://api.openai.com";
+
+/// The validated configuration of a bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub listen: SocketAddr,
+    /// Store URL as [`crate::store::Store::open`] takes it.
+    pub store: String,
+    pub spool_dir: PathBuf,
+    pub providers: Providers,
+    pub pricing: PricingTable,
+    /// Where the configuration came from (`None`: built-in defaults).
+    pub source: Option<PathBuf>,
+}
+
+/// Configured upstreams; `None` means the provider's routes answer 503.
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    pub anthropic: Option<Upstream>,
+    pub openai: Option<Upstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    spool_dir: Option<PathBuf>,
+    #[serde(default)]
+    providers: RawProviders,
+    pricing: Option<PricingTable>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProviders {
+    anthropic: Option<RawProvider>,
+    openai: Option<RawProvider>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    base_url: Option<String>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+}
+
+impl BridgeConfig {
+    /// Loads `path`, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<BridgeConfig, Error> {
+        let Some(path) = path else {
+            return Self::defaults_from_env();
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text, path)
+    }
+
+    /// The configuration used when no file is given.
+    fn defaults_from_env() -> Result<BridgeConfig, Error> {
+        let from_env = |var: &str, url: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .and_then(|k| key_value(&k).ok())
+                .map(|api_key| Upstream {
+                    base_url: url.to_owned(),
+                    api_key,
+                })
+        };
+        Ok(BridgeConfig {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            store: DEFAULT_STORE.to_owned(),
+            spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
+            providers: Providers {
+                anthropic: from_env("ANTHROPIC_API_KEY", DEFAULT_ANTHROPIC_URL),
+                openai: from_env("OPENAI_API_KEY", DEFAULT_OPENAI_URL),
+            },
+            pricing: PricingTable::default(),
+            source: None,
+        })
+    }
+
+    /// Parses and validates YAML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<BridgeConfig, Error> {
+        let file = path.display().to_string();
+        let raw: RawConfig = if text.trim().is_empty() {
+            serde_yaml::from_str("{}")
+        } else {
+            serde_yaml::from_str(text)
+        }
+        .map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!("{file}:{}:{}", l.line(), l.column()))
+                .unwrap_or_else(|| file.clone());
+            Error::Config(format!("{at}: {e}"))
+        })?;
+        let err = |field_path: &[&str], msg: String| {
+            let (line, col) = locate(text, field_path).unwrap_or((1, 1));
+            Error::Config(format!(
+                "{file}:{line}:{col}: field `{}`: {msg}",
+                field_path.join(".")
+            ))
+        };
+
+        let listen = match raw.listen {
+            Some(l) => l.parse::<SocketAddr>().map_err(|e| {
+                err(
+                    &["listen"],
+                    format!("{e}: expected IP:PORT such as {DEFAULT_LISTEN}"),
+                )
+            })?,
+            None => DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+        };
+        let store = raw.store.unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        if store.trim().is_empty() {
+            return Err(err(&["store"], "must not be empty".into()));
+        }
+        let provider = |name: &str, raw: Option<RawProvider>, default_url: &str| {
+            let Some(raw) = raw else { return Ok(None) };
+            let base_url = raw.base_url.unwrap_or_else(|| default_url.to_owned());
+            let base_url = validate_base_url(&base_url)
+                .map_err(|m| err(&["providers", name, "base_url"], m))?;
+            let key = match (raw.api_key, raw.api_key_env) {
+                (Some(k), None) => k,
+                (None, Some(var)) => std::env::var(&var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+                    err(
+                        &["providers", name, "api_key_env"],
+                        format!("environment variable {var} is not set (or empty)"),
+                    )
+                })?,
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        &["providers", name, "api_key"],
+                        "give either `api_key` or `api_key_env`, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(err(
+                        &["providers", name],
+                        "missing `api_key_env` (name of the variable holding the provider key) or `api_key`".into(),
+                    ))
+                }
+            };
+            let api_key = key_value(&key).map_err(|m| err(&["providers", name, "api_key"], m))?;
+            Ok(Some(Upstream { base_url, api_key }))
+        };
+        let providers = Providers {
+            anthropic: provider("anthropic", raw.providers.anthropic, DEFAULT_ANTHROPIC_URL)?,
+            openai: provider("openai", raw.providers.openai, DEFAULT_OPENAI_URL)?,
+        };
+        Ok(BridgeConfig {
+            listen,
+            store,
+            spool_dir: raw
+                .spool_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+            providers,
+            pricing: raw.pricing.unwrap_or_default(),
+            source: Some(path.to_path_buf()),
+        })
+    }
+}
+
+/// A provider key as a header value, marked sensitive so `Debug` never prints it.
+fn key_value(key: &str) -> Result<HeaderValue, String> {
+    let mut v = HeaderValue::from_str(key.trim())
+        .map_err(|_| "key contains characters not allowed in an HTTP header".to_string())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// `http(s)://host[:port][/prefix]`, returned without a trailing slash.
+fn validate_base_url(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not have a query string"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Line and column (1-based) of the key at `path` in block-style YAML, for error messages.
+fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+        while stack.last().is_some_and(|(d, _)| *d >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_owned()));
+        if stack.len() == path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
+            return Some((i + 1, indent + 1));
+        }
+    }
+    // Point at the closest enclosing key that exists.
+    (path.len() > 1)
+        .then(|| locate(text, &path[..path.len() - 1]))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<BridgeConfig, Error> {
+        BridgeConfig::parse(text, Path::new("bridge.yaml"))
+    }
+
+    #[test]
+    fn full_config_parses_with_direct_key_and_chained_base_url() {
+        let c = parse(
+            "listen: 127.0.0.1:9999\nstore: sqlite:///tmp/b.db\nspool_dir: /tmp/spool\nproviders:\n  anthropic:\n    base_url: http://gw.internal/anthropic/\n    api_key: sk-ant-xyz\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        let a = c.providers.anthropic.unwrap();
+        assert_eq!(a.base_url, "http://gw.internal/anthropic");
+        assert!(a.api_key.is_sensitive());
+        assert!(c.providers.openai.is_none());
+        assert!(!format!("{a:?}").contains("sk-ant-xyz"));
+    }
+
+    #[test]
+    fn empty_file_means_defaults_with_no_providers() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.store, DEFAULT_STORE);
+        assert!(c.providers.anthropic.is_none());
+    }
+
+    #[test]
+    fn unknown_field_error_names_file_line_and_field() {
+        let e = parse("providers:\n  openai:\n    base_ur: http://x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bridge.yaml:3:"), "{e}");
+        assert!(e.contains("base_ur"), "{e}");
+    }
+
+    #[test]
+    fn missing_key_env_variable_error_points_at_api_key_env_line() {
+        let e = parse("providers:\n  openai:\n    base_url: http://127.0.0.1:1\n    api_key_env: BRIDGE_TEST_SURELY_UNSET_VAR\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:4:5: field `providers.openai.api_key_env`"),
+            "{e}"
+        );
+        assert!(e.contains("BRIDGE_TEST_SURELY_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_and_bad_base_url_are_rejected_with_their_field() {
+        let e = parse("listen: localhost\n").unwrap_err().to_string();
+        assert!(e.contains("bridge.yaml:1:1: field `listen`"), "{e}");
+        let e = parse("providers:\n  anthropic:\n    base_url: ftp://x\n    api_key: k\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bridge.yaml:3:5: field `providers.anthropic.base_url`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pricing_overrides_are_merged_onto_defaults() {
+        let c = parse("pricing:\n  my-model: { input: 1.0, output: 2.0 }\n").unwrap();
+        assert!(c.pricing.price("my-model").is_some());
+        assert!(c.pricing.price("claude-sonnet-4-5").is_some());
+    }
+}

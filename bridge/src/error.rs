@@ -22,4 +22,10 @@ pub enum Error {
     /// A bad argument to a usage or listing query (e.g. an unparsable `--since`).
     #[error("{0}")]
     Query(String),
+    /// bridge.yaml is unreadable or invalid; the message names file, line, column and field.
+    #[error("{0}")]
+    Config(String),
+    /// The gateway could not start serving (e.g. the listen address is taken).
+    #[error("server: {0}")]
+    Server(String),
 }

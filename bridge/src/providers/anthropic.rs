@@ -74,9 +74,7 @@ impl ProviderAdapter for Anthropic {
             GatewayError::NotConfigured | GatewayError::UpstreamUnavailable => "api_error",
             GatewayError::NotFound => "not_found_error",
         };
-        Bytes::from(
-            json!({"type": "error", "error": {"type": ty, "message": message}}).to_string(),
-        )
+        Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
     }
 
     fn observer(&self, endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver> {
@@ -178,9 +176,10 @@ impl MessagesStreamObserver {
             "content_block_delta" => {
                 if str_at(&v, &["delta", "type"]) == Some("input_json_delta") {
                     let index = u64_at(&v, &["index"]).unwrap_or(0);
-                    if let (Some(tc), Some(p)) =
-                        (tools.get_mut(&index), str_at(&v, &["delta", "partial_json"]))
-                    {
+                    if let (Some(tc), Some(p)) = (
+                        tools.get_mut(&index),
+                        str_at(&v, &["delta", "partial_json"]),
+                    ) {
                         tc.arguments.push_str(p);
                     }
                 }
@@ -246,9 +245,13 @@ mod tests {
 
     #[test]
     fn rejects_bodies_that_are_not_json_or_lack_a_model() {
-        assert!(Anthropic.parse_request("/v1/messages", &Bytes::from("nope")).is_err());
+        assert!(Anthropic
+            .parse_request("/v1/messages", &Bytes::from("nope"))
+            .is_err());
         let no_model = Bytes::from(r#"{"messages":[]}"#);
-        let err = Anthropic.parse_request("/v1/messages", &no_model).unwrap_err();
+        let err = Anthropic
+            .parse_request("/v1/messages", &no_model)
+            .unwrap_err();
         assert!(err.0.contains("model"));
     }
 
@@ -273,7 +276,12 @@ mod tests {
         let obs = o.finish();
         assert_eq!(
             obs.usage,
-            Usage { input_tokens: 12, output_tokens: 25, cache_read_tokens: 3, cache_write_tokens: 4 }
+            Usage {
+                input_tokens: 12,
+                output_tokens: 25,
+                cache_read_tokens: 3,
+                cache_write_tokens: 4
+            }
         );
         assert_eq!(obs.tool_calls.len(), 1);
         assert_eq!(obs.tool_calls[0].name, "get_weather");
@@ -285,7 +293,10 @@ mod tests {
     fn stream_observer_reports_error_events() {
         let mut o = Anthropic.observer("/v1/messages", true);
         o.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
-        assert_eq!(o.finish().error.as_deref(), Some("overloaded_error: Overloaded"));
+        assert_eq!(
+            o.finish().error.as_deref(),
+            Some("overloaded_error: Overloaded")
+        );
     }
 
     #[test]

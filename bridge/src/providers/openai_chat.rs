@@ -7,9 +7,9 @@
 //! `choices` is empty; the official SDKs and every client we know skip such chunks). That is
 //! the one case where the forwarded request body differs from the client's.
 //!
-//! Token accounting: OpenAI's `prompt_tokens` *includes* cached tokens; the record stores
-//! `input_tokens = prompt_tokens - cached_tokens` and `cache_read_tokens = cached_tokens` so
-//! that the two never overlap (same convention as Anthropic's usage).
+//! Token accounting: counts are stored exactly as OpenAI reports them, so `input_tokens`
+//! (`prompt_tokens`) *includes* `cache_read_tokens` (`prompt_tokens_details.cached_tokens`);
+//! the pricing table knows this per model (`input_includes_cache`).
 
 use std::collections::BTreeMap;
 
@@ -41,12 +41,12 @@ pub(crate) fn openai_error_body(kind: GatewayError, message: &str) -> Bytes {
     )
 }
 
-/// OpenAI usage → record usage (cached tokens split out of the prompt count).
+/// OpenAI usage → record usage, as reported (input includes the cached part).
 pub(crate) fn openai_usage(u: &Value, input: &str, output: &str) -> Usage {
     let prompt = u.get(input).and_then(Value::as_u64).unwrap_or(0);
     let cached = u64_at(u, &[&format!("{input}_details"), "cached_tokens"]).unwrap_or(0);
     Usage {
-        input_tokens: prompt.saturating_sub(cached),
+        input_tokens: prompt,
         output_tokens: u.get(output).and_then(Value::as_u64).unwrap_or(0),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
@@ -134,13 +134,22 @@ fn observe_completion(v: &Value) -> Observation {
     if let Some(u) = v.get("usage") {
         obs.usage = openai_usage(u, "prompt_tokens", "completion_tokens");
     }
-    for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for choice in v
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let calls = choice.get("message").and_then(|m| m.get("tool_calls"));
         for tc in calls.and_then(Value::as_array).into_iter().flatten() {
             obs.tool_calls.push(ToolCall {
                 id: str_at(tc, &["id"]).map(str::to_owned),
-                name: str_at(tc, &["function", "name"]).unwrap_or_default().to_owned(),
-                arguments: str_at(tc, &["function", "arguments"]).unwrap_or_default().to_owned(),
+                name: str_at(tc, &["function", "name"])
+                    .unwrap_or_default()
+                    .to_owned(),
+                arguments: str_at(tc, &["function", "arguments"])
+                    .unwrap_or_default()
+                    .to_owned(),
             });
         }
     }
@@ -173,7 +182,12 @@ impl ChatStreamObserver {
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             obs.usage = openai_usage(u, "prompt_tokens", "completion_tokens");
         }
-        for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let ci = u64_at(choice, &["index"]).unwrap_or(0);
             let deltas = choice.get("delta").and_then(|d| d.get("tool_calls"));
             for d in deltas.and_then(Value::as_array).into_iter().flatten() {
@@ -222,11 +236,16 @@ mod tests {
                    "tools": [{"type": "function", "function": {"name": "get_weather"}}]})
             .to_string(),
         );
-        let info = OpenAiChat.parse_request("/v1/chat/completions", &body).unwrap();
+        let info = OpenAiChat
+            .parse_request("/v1/chat/completions", &body)
+            .unwrap();
         assert_eq!(info.tools_offered, vec!["get_weather"]);
         assert_eq!(info.prompt.as_deref(), Some("hi"));
         let rewritten: Value = serde_json::from_slice(&info.rewritten_body.unwrap()).unwrap();
-        assert_eq!(rewritten["stream_options"]["include_usage"], Value::Bool(true));
+        assert_eq!(
+            rewritten["stream_options"]["include_usage"],
+            Value::Bool(true)
+        );
         assert_eq!(rewritten["messages"][0]["content"], "hi");
     }
 
@@ -235,7 +254,9 @@ mod tests {
         let body = Bytes::from(
             r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[]}"#,
         );
-        let info = OpenAiChat.parse_request("/v1/chat/completions", &body).unwrap();
+        let info = OpenAiChat
+            .parse_request("/v1/chat/completions", &body)
+            .unwrap();
         assert!(info.rewritten_body.is_none());
     }
 
@@ -258,7 +279,12 @@ mod tests {
         assert_eq!(obs.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
         assert_eq!(
             obs.usage,
-            Usage { input_tokens: 20, output_tokens: 9, cache_read_tokens: 10, cache_write_tokens: 0 }
+            Usage {
+                input_tokens: 30,
+                output_tokens: 9,
+                cache_read_tokens: 10,
+                cache_write_tokens: 0
+            }
         );
     }
 

@@ -91,7 +91,12 @@ fn observe_response(v: &Value) -> Observation {
     if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
         obs.usage = openai_usage(u, "input_tokens", "output_tokens");
     }
-    for item in v.get("output").and_then(Value::as_array).into_iter().flatten() {
+    for item in v
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if str_at(item, &["type"]) == Some("function_call") {
             obs.tool_calls.push(ToolCall {
                 id: str_at(item, &["call_id"])
@@ -133,10 +138,16 @@ impl ResponsesStreamObserver {
                 }
             }
             "response.created" => {
-                obs.model = v.get("response").and_then(|r| str_at(r, &["model"])).map(str::to_owned);
+                obs.model = v
+                    .get("response")
+                    .and_then(|r| str_at(r, &["model"]))
+                    .map(str::to_owned);
             }
             "response.output_item.done" => {
-                if let Some(item) = v.get("item").filter(|i| str_at(i, &["type"]) == Some("function_call")) {
+                if let Some(item) = v
+                    .get("item")
+                    .filter(|i| str_at(i, &["type"]) == Some("function_call"))
+                {
                     partial.push(ToolCall {
                         id: str_at(item, &["call_id"]).map(str::to_owned),
                         name: str_at(item, &["name"]).unwrap_or_default().to_owned(),
@@ -176,7 +187,9 @@ mod tests {
 
     #[test]
     fn parses_string_input_and_item_list_input() {
-        let s = Bytes::from(r#"{"model":"gpt-4.1","input":"hello","tools":[{"type":"function","name":"f"},{"type":"web_search"}]}"#);
+        let s = Bytes::from(
+            r#"{"model":"gpt-4.1","input":"hello","tools":[{"type":"function","name":"f"},{"type":"web_search"}]}"#,
+        );
         let info = OpenAiResponses.parse_request("/v1/responses", &s).unwrap();
         assert_eq!(info.prompt.as_deref(), Some("hello"));
         assert_eq!(info.tools_offered, vec!["f", "web_search"]);
@@ -188,7 +201,9 @@ mod tests {
             ]})
             .to_string(),
         );
-        let info = OpenAiResponses.parse_request("/v1/responses", &items).unwrap();
+        let info = OpenAiResponses
+            .parse_request("/v1/responses", &items)
+            .unwrap();
         assert_eq!(info.prompt.as_deref(), Some("q2"));
         assert!(info.streaming);
     }
@@ -212,7 +227,12 @@ mod tests {
         let obs = o.finish();
         assert_eq!(
             obs.usage,
-            Usage { input_tokens: 32, output_tokens: 6, cache_read_tokens: 8, cache_write_tokens: 0 }
+            Usage {
+                input_tokens: 40,
+                output_tokens: 6,
+                cache_read_tokens: 8,
+                cache_write_tokens: 0
+            }
         );
         assert_eq!(obs.tool_calls[0].id.as_deref(), Some("call_7"));
         assert_eq!(obs.tool_calls[0].name, "get_weather");

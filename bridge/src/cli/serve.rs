@@ -1,0 +1,46 @@
+//! `bridge serve`: load bridge.yaml and run the gateway until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use bridge::config::BridgeConfig;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Gateway config (bridge.yaml: listen, store, spool_dir, providers, pricing). Without it,
+    /// Bridge listens on 127.0.0.1:8787 with the SQLite store bridge.db in this directory, and
+    /// configures a provider only if ANTHROPIC_API_KEY / OPENAI_API_KEY is set.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = BridgeConfig::load(args.config.as_deref())?;
+    bridge::server::serve(config, shutdown_signal())
+        .await
+        .context("bridge serve")
+}
+
+/// Completes on Ctrl-C or SIGTERM (what container runtimes and systemd send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
