@@ -81,34 +81,34 @@ pub(crate) enum Value {
 }
 
 impl Value {
-    fn int(&self) -> i64 {
+    pub(crate) fn int(&self) -> i64 {
         match self {
             Value::Int(v) => v.unwrap_or(0),
             Value::Real(v) => v.unwrap_or(0.0) as i64,
             Value::Text(_) => 0,
         }
     }
-    fn opt_int(&self) -> Option<i64> {
+    pub(crate) fn opt_int(&self) -> Option<i64> {
         match self {
             Value::Int(v) => *v,
             Value::Real(v) => v.map(|f| f as i64),
             Value::Text(_) => None,
         }
     }
-    fn opt_real(&self) -> Option<f64> {
+    pub(crate) fn opt_real(&self) -> Option<f64> {
         match self {
             Value::Int(v) => v.map(|i| i as f64),
             Value::Real(v) => *v,
             Value::Text(_) => None,
         }
     }
-    fn opt_text(&self) -> Option<String> {
+    pub(crate) fn opt_text(&self) -> Option<String> {
         match self {
             Value::Text(v) => v.clone(),
             _ => None,
         }
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.opt_text().unwrap_or_default()
     }
 }

@@ -5,6 +5,7 @@
 
 mod interceptions;
 mod keys;
+mod serve;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway: authenticate bridge tokens, forward to the providers, record every
+    /// request. Stops cleanly (flushing records) on Ctrl-C or SIGTERM.
+    Serve(serve::ServeArgs),
     /// Manage bridge keys (the tokens users put in their SDKs instead of provider keys).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -110,6 +114,7 @@ impl From<OutputFormat> for bridge::usage::Format {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(args).await,
         Command::Keys(cmd) => keys::run(cmd).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Interceptions(cmd) => interceptions::run(cmd).await,
