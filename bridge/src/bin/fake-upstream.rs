@@ -1,1 +1,747 @@
-fn main() {}
+//! `fake-upstream`: a local stand-in for api.anthropic.com and api.openai.com, for tests,
+//! benchmarks and demos. It speaks the real wire formats (JSON and SSE) of Anthropic Messages
+//! (+ count_tokens), OpenAI Chat Completions, OpenAI Responses and the models list, so the
+//! official SDKs parse its answers, and it only answers requests carrying the server-side key
+//! it was given, which proves the bridge swapped the user's token for the provider key.
+//!
+//! Steering, per request:
+//! - a last user prompt mentioning "weather" (with tools offered) → a tool call with
+//!   arguments `{"city": "Paris"}` to the first tool offered;
+//! - `x-fake-delay-ms: N` → N ms between stream events;
+//! - `x-fake-hold-ms: N` → N ms pause after the first stream event;
+//! - `x-fake-error: overloaded` (Anthropic 529 `overloaded_error`, OpenAI 503), `x-fake-error:
+//!   <status>` (that status), `x-fake-error: mid-stream` (an error event after the first text).
+//!
+//! Every response carries `x-fake-received-headers`, the names of the request headers that
+//! reached it, so tests can check what the bridge forwarded and what it stripped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fake-upstream",
+    about = "Local fake of the Anthropic and OpenAI APIs"
+)]
+struct Args {
+    /// Address to listen on (loopback only is sensible).
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    listen: SocketAddr,
+    /// The only `x-api-key` accepted on Anthropic routes.
+    #[arg(
+        long,
+        env = "FAKE_ANTHROPIC_KEY",
+        default_value = "sk-ant-fake-upstream-key"
+    )]
+    anthropic_key: String,
+    /// The only `Authorization: Bearer` key accepted on OpenAI routes.
+    #[arg(
+        long,
+        env = "FAKE_OPENAI_KEY",
+        default_value = "sk-openai-fake-upstream-key"
+    )]
+    openai_key: String,
+}
+
+struct Keys {
+    anthropic: String,
+    openai: String,
+}
+
+static IDS: AtomicU64 = AtomicU64::new(1);
+
+fn next_id(prefix: &str) -> String {
+    format!("{prefix}{:020}", IDS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A response body fed by a task through a channel, so events leave as they are produced.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+enum FakeBody {
+    Full(Option<Bytes>),
+    Stream(ChannelBody),
+}
+
+impl Body for FakeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            FakeBody::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+}
+
+/// How the request asked the fake to behave.
+struct Steering {
+    delay: Duration,
+    hold: Duration,
+    error: Option<String>,
+    received: String,
+}
+
+impl Steering {
+    fn from(headers: &HeaderMap) -> Steering {
+        let ms = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or_default()
+        };
+        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        Steering {
+            delay: ms("x-fake-delay-ms"),
+            hold: ms("x-fake-hold-ms"),
+            error: headers
+                .get("x-fake-error")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            received: names.join(","),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let keys: &'static Keys = Box::leak(Box::new(Keys {
+        anthropic: args.anthropic_key,
+        openai: args.openai_key,
+    }));
+    let listener = TcpListener::bind(args.listen).await?;
+    eprintln!("fake-upstream listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc =
+                service_fn(move |req| async move { Ok::<_, Infallible>(handle(req, keys).await) });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
+    let steering = Steering::from(req.headers());
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let mut resp = if path.starts_with("/v1/messages") || path.contains("/anthropic/") {
+        anthropic(&method, &path, &headers, &body, keys, &steering)
+    } else {
+        openai(&method, &path, &headers, &body, keys, &steering)
+    };
+    if let Ok(v) = HeaderValue::from_str(&steering.received) {
+        resp.headers_mut().insert("x-fake-received-headers", v);
+    }
+    resp
+}
+
+fn json_response(status: u16, v: Value, request_id_header: &'static str) -> Response<FakeBody> {
+    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(v.to_string()))));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Ok(id) = HeaderValue::from_str(&next_id("req_")) {
+        r.headers_mut().insert(request_id_header, id);
+    }
+    r
+}
+
+/// Starts an SSE response whose events are produced by `events` with the steering's pauses.
+fn sse_response(
+    events: Vec<Bytes>,
+    steering: &Steering,
+    request_id_header: &'static str,
+) -> Response<FakeBody> {
+    let (tx, rx) = mpsc::channel(16);
+    let (delay, hold) = (steering.delay, steering.hold);
+    tokio::spawn(async move {
+        for (i, ev) in events.into_iter().enumerate() {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(ev).await.is_err() {
+                return; // the client went away
+            }
+            if i == 0 && !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+        }
+    });
+    let mut r = Response::new(FakeBody::Stream(ChannelBody(rx)));
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    if let Ok(id) = HeaderValue::from_str(&next_id("req_")) {
+        h.insert(request_id_header, id);
+    }
+    r
+}
+
+fn sse(event: Option<&str>, data: &Value) -> Bytes {
+    match event {
+        Some(e) => Bytes::from(format!("event: {e}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("data: {data}\n\n")),
+    }
+}
+
+/// The text of the last user message (string content or text parts of any type).
+fn last_user_text(messages: Option<&Value>) -> String {
+    let Some(msgs) = messages.and_then(Value::as_array) else {
+        return messages
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+    };
+    for m in msgs.iter().rev() {
+        if m.get("role").and_then(Value::as_str) != Some("user") {
+            continue;
+        }
+        match m.get("content") {
+            Some(Value::String(s)) => return s.clone(),
+            Some(Value::Array(parts)) => {
+                let t: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
+                if !t.is_empty() {
+                    return t.join("\n");
+                }
+            }
+            _ => {}
+        }
+    }
+    String::new()
+}
+
+/// The reply text, and the words it is streamed in.
+fn reply_for(prompt: &str) -> (String, Vec<String>) {
+    let short: String = prompt.chars().take(60).collect();
+    let text = format!("Hello from the fake upstream. You said: {short}");
+    let mut pieces: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
+    if pieces.is_empty() {
+        pieces.push(text.clone());
+    }
+    (text, pieces)
+}
+
+/// Token counts the fake reports: deterministic, roughly 4 bytes per token.
+fn input_tokens(body: &Bytes) -> u64 {
+    (body.len() as u64 / 4).max(1)
+}
+
+fn wants_tool(prompt: &str, tools: &[String]) -> Option<String> {
+    (prompt.to_lowercase().contains("weather") && !tools.is_empty()).then(|| tools[0].clone())
+}
+
+const TOOL_ARGS: &str = r#"{"city": "Paris"}"#;
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic
+
+fn anthropic_error(status: u16, ty: &str, message: &str) -> Response<FakeBody> {
+    json_response(
+        status,
+        json!({"type": "error", "error": {"type": ty, "message": message}}),
+        "request-id",
+    )
+}
+
+fn anthropic(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    keys: &Keys,
+    steering: &Steering,
+) -> Response<FakeBody> {
+    let key_ok = headers
+        .get("x-api-key")
+        .is_some_and(|v| v.as_bytes() == keys.anthropic.as_bytes());
+    if !key_ok {
+        return anthropic_error(
+            401,
+            "authentication_error",
+            "invalid x-api-key (fake upstream)",
+        );
+    }
+    if headers.get("anthropic-version").is_none() {
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "anthropic-version header is required",
+        );
+    }
+    if method != Method::POST {
+        return anthropic_error(405, "invalid_request_error", "method not allowed");
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return anthropic_error(400, "invalid_request_error", "body is not JSON");
+    };
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("claude-sonnet-4-5")
+        .to_owned();
+    match steering.error.as_deref() {
+        Some("overloaded") | Some("529") => {
+            return anthropic_error(529, "overloaded_error", "Overloaded")
+        }
+        Some(s) if s.parse::<u16>().is_ok() => {
+            return anthropic_error(s.parse().unwrap_or(500), "api_error", "fake upstream error")
+        }
+        _ => {}
+    }
+    let input = input_tokens(body);
+    if path.ends_with("/count_tokens") {
+        return json_response(200, json!({"input_tokens": input}), "request-id");
+    }
+    if !path.ends_with("/v1/messages") {
+        return anthropic_error(404, "not_found_error", "unknown path");
+    }
+    let prompt = last_user_text(req.get("messages"));
+    let tools: Vec<String> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tool = wants_tool(&prompt, &tools);
+    let (text, pieces) = reply_for(&prompt);
+    let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
+    let msg_id = next_id("msg_");
+    let tool_id = next_id("toolu_");
+    let stop_reason = if tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let usage = json!({"input_tokens": input, "output_tokens": output,
+                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0});
+
+    if !stream {
+        let mut content = vec![json!({"type": "text", "text": text})];
+        if let Some(name) = &tool {
+            let args: Value = serde_json::from_str(TOOL_ARGS).unwrap_or(Value::Null);
+            content.push(json!({"type": "tool_use", "id": tool_id, "name": name, "input": args}));
+        }
+        return json_response(
+            200,
+            json!({"id": msg_id, "type": "message", "role": "assistant", "model": model,
+                   "content": content, "stop_reason": stop_reason, "stop_sequence": null,
+                   "usage": usage}),
+            "request-id",
+        );
+    }
+
+    let mut ev = Vec::new();
+    ev.push(sse(
+        Some("message_start"),
+        &json!({"type": "message_start", "message": {"id": msg_id, "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+    ));
+    ev.push(sse(
+        Some("content_block_start"),
+        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    ev.push(sse(Some("ping"), &json!({"type": "ping"})));
+    for (i, p) in pieces.iter().enumerate() {
+        ev.push(sse(
+            Some("content_block_delta"),
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+        ));
+        if i == 0 && steering.error.as_deref() == Some("mid-stream") {
+            ev.push(sse(
+                Some("error"),
+                &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ));
+            return sse_response(ev, steering, "request-id");
+        }
+    }
+    ev.push(sse(
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    if let Some(name) = &tool {
+        ev.push(sse(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": 1, "content_block":
+                {"type": "tool_use", "id": tool_id, "name": name, "input": {}}}),
+        ));
+        let (a, b) = TOOL_ARGS.split_at(9);
+        for part in [a, b] {
+            ev.push(sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": part}}),
+            ));
+        }
+        ev.push(sse(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": 1}),
+        ));
+    }
+    ev.push(sse(
+        Some("message_delta"),
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                "usage": {"output_tokens": output}}),
+    ));
+    ev.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
+    sse_response(ev, steering, "request-id")
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI
+
+fn openai_error(status: u16, ty: &str, code: Option<&str>, message: &str) -> Response<FakeBody> {
+    json_response(
+        status,
+        json!({"error": {"message": message, "type": ty, "param": null, "code": code}}),
+        "x-request-id",
+    )
+}
+
+fn openai(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    keys: &Keys,
+    steering: &Steering,
+) -> Response<FakeBody> {
+    let expected = format!("Bearer {}", keys.openai);
+    let key_ok = headers
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    if !key_ok {
+        return openai_error(
+            401,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            "Incorrect API key provided (fake upstream)",
+        );
+    }
+    match steering.error.as_deref() {
+        Some("overloaded") => {
+            return openai_error(503, "server_error", None, "The server is overloaded")
+        }
+        Some(s) if s.parse::<u16>().is_ok() => {
+            return openai_error(
+                s.parse().unwrap_or(500),
+                "server_error",
+                None,
+                "fake upstream error",
+            )
+        }
+        _ => {}
+    }
+    if method == Method::GET && path.ends_with("/v1/models") {
+        let data: Vec<Value> = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3"]
+            .iter()
+            .map(|id| json!({"id": id, "object": "model", "created": 1715367049, "owned_by": "openai"}))
+            .collect();
+        return json_response(200, json!({"object": "list", "data": data}), "x-request-id");
+    }
+    if method != Method::POST {
+        return openai_error(404, "invalid_request_error", None, "unknown url");
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return openai_error(400, "invalid_request_error", None, "body is not JSON");
+    };
+    if path.ends_with("/v1/chat/completions") {
+        chat(&req, body, steering)
+    } else if path.ends_with("/v1/responses") {
+        responses(&req, body, steering)
+    } else {
+        openai_error(404, "invalid_request_error", None, "unknown url")
+    }
+}
+
+fn tool_names(req: &Value, nested: bool) -> Vec<String> {
+    req.get("tools")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| {
+                    let n = if nested {
+                        t.get("function").and_then(|f| f.get("name"))
+                    } else {
+                        t.get("name")
+                    };
+                    n.and_then(Value::as_str).map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn chat(req: &Value, body: &Bytes, steering: &Steering) -> Response<FakeBody> {
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("gpt-4o")
+        .to_owned();
+    let prompt = last_user_text(req.get("messages"));
+    let tool = wants_tool(&prompt, &tool_names(req, true));
+    let (text, pieces) = reply_for(&prompt);
+    let input = input_tokens(body);
+    let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
+    let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}});
+    let id = next_id("chatcmpl-");
+    let call_id = next_id("call_");
+    let created = now();
+    let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+        if let Some(name) = &tool {
+            message["content"] = Value::Null;
+            message["tool_calls"] = json!([{"id": call_id, "type": "function",
+                "function": {"name": name, "arguments": TOOL_ARGS}}]);
+        }
+        return json_response(
+            200,
+            json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+                   "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                   "usage": usage, "system_fingerprint": "fp_fake"}),
+            "x-request-id",
+        );
+    }
+    let include_usage = req
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let chunk = |choices: Value| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                           "model": model, "system_fingerprint": "fp_fake", "choices": choices});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        sse(None, &c)
+    };
+    let mut ev = vec![chunk(
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": null, "finish_reason": null}]),
+    )];
+    if let Some(name) = &tool {
+        ev.push(chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": call_id,
+            "type": "function", "function": {"name": name, "arguments": ""}}]},
+            "logprobs": null, "finish_reason": null}]),
+        ));
+        let (a, b) = TOOL_ARGS.split_at(9);
+        for part in [a, b] {
+            ev.push(chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                "function": {"arguments": part}}]}, "logprobs": null, "finish_reason": null}]),
+            ));
+        }
+    } else {
+        for p in &pieces {
+            ev.push(chunk(json!([{"index": 0, "delta": {"content": p}, "logprobs": null, "finish_reason": null}])));
+            if steering.error.as_deref() == Some("mid-stream") {
+                ev.push(sse(None, &json!({"error": {"message": "The server had an error while processing your request.",
+                    "type": "server_error", "param": null, "code": null}})));
+                return sse_response(ev, steering, "x-request-id");
+            }
+        }
+    }
+    ev.push(chunk(
+        json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}]),
+    ));
+    if include_usage {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                           "model": model, "system_fingerprint": "fp_fake", "choices": []});
+        c["usage"] = usage;
+        ev.push(sse(None, &c));
+    }
+    ev.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(ev, steering, "x-request-id")
+}
+
+fn responses(req: &Value, body: &Bytes, steering: &Steering) -> Response<FakeBody> {
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("gpt-4.1")
+        .to_owned();
+    let prompt = last_user_text(req.get("input"));
+    let tool = wants_tool(&prompt, &tool_names(req, false));
+    let (text, pieces) = reply_for(&prompt);
+    let input = input_tokens(body);
+    let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
+    let resp_id = next_id("resp_");
+    let item_id = next_id(if tool.is_some() { "fc_" } else { "msg_" });
+    let call_id = next_id("call_");
+    let created = now();
+    let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input + output});
+    let final_item = match &tool {
+        Some(name) => json!({"type": "function_call", "id": item_id, "call_id": call_id,
+                             "name": name, "arguments": TOOL_ARGS, "status": "completed"}),
+        None => {
+            json!({"type": "message", "id": item_id, "status": "completed", "role": "assistant",
+                       "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        }
+    };
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": resp_id, "object": "response", "created_at": created, "status": status,
+               "model": model, "output": output, "usage": usage, "error": null,
+               "incomplete_details": null, "instructions": null, "metadata": {},
+               "parallel_tool_calls": true, "temperature": 1.0, "top_p": 1.0,
+               "tool_choice": "auto", "tools": req.get("tools").cloned().unwrap_or(json!([])),
+               "text": {"format": {"type": "text"}}, "truncation": "disabled"})
+    };
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        return json_response(
+            200,
+            response("completed", json!([final_item]), usage),
+            "x-request-id",
+        );
+    }
+    let mut seq = 0u64;
+    let mut ev = Vec::new();
+    let mut push = |ty: &str, mut data: Value| {
+        data["type"] = json!(ty);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        ev.push(sse(Some(ty), &data));
+    };
+    push(
+        "response.created",
+        json!({"response": response("in_progress", json!([]), Value::Null)}),
+    );
+    push(
+        "response.in_progress",
+        json!({"response": response("in_progress", json!([]), Value::Null)}),
+    );
+    match &tool {
+        Some(name) => {
+            push(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": {"type": "function_call",
+                "id": item_id, "call_id": call_id, "name": name, "arguments": "", "status": "in_progress"}}),
+            );
+            let (a, b) = TOOL_ARGS.split_at(9);
+            for part in [a, b] {
+                push(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": item_id, "output_index": 0, "delta": part}),
+                );
+            }
+            push(
+                "response.function_call_arguments.done",
+                json!({"item_id": item_id, "output_index": 0, "arguments": TOOL_ARGS}),
+            );
+        }
+        None => {
+            push(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": {"type": "message",
+                "id": item_id, "status": "in_progress", "role": "assistant", "content": []}}),
+            );
+            push(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+            );
+            for p in &pieces {
+                push(
+                    "response.output_text.delta",
+                    json!({"item_id": item_id, "output_index": 0,
+                    "content_index": 0, "delta": p, "logprobs": []}),
+                );
+                if steering.error.as_deref() == Some("mid-stream") {
+                    push(
+                        "error",
+                        json!({"error": {"type": "server_error", "code": "server_error",
+                        "message": "The server had an error while processing your request."}}),
+                    );
+                    return sse_response(ev, steering, "x-request-id");
+                }
+            }
+            push(
+                "response.output_text.done",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "text": text, "logprobs": []}),
+            );
+            push(
+                "response.content_part.done",
+                json!({"item_id": item_id, "output_index": 0,
+                "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}}),
+            );
+        }
+    }
+    push(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": final_item}),
+    );
+    push(
+        "response.completed",
+        json!({"response": response("completed", json!([final_item]), usage)}),
+    );
+    sse_response(ev, steering, "x-request-id")
+}
