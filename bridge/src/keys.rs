@@ -86,11 +86,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len() * 4 / 3 + 3);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        let n =
+            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -139,7 +139,9 @@ impl Authenticator {
             match cache.get(&hash) {
                 Some(e) if now.duration_since(e.fetched) < self.ttl => {
                     let identity = e.identity.clone();
-                    let due = e.touched.is_none_or(|t| now.duration_since(t) >= TOUCH_INTERVAL);
+                    let due = e
+                        .touched
+                        .is_none_or(|t| now.duration_since(t) >= TOUCH_INTERVAL);
                     drop(cache);
                     if let (Some(id), true) = (&identity, due) {
                         self.touch(&hash, &id.key_id);
@@ -189,8 +191,13 @@ impl Authenticator {
         let now = Instant::now();
         {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(entry) = cache.get_mut(hash) else { return };
-            if entry.touched.is_some_and(|t| now.duration_since(t) < TOUCH_INTERVAL) {
+            let Some(entry) = cache.get_mut(hash) else {
+                return;
+            };
+            if entry
+                .touched
+                .is_some_and(|t| now.duration_since(t) < TOUCH_INTERVAL)
+            {
                 return;
             }
             entry.touched = Some(now);

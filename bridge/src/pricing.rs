@@ -159,7 +159,10 @@ mod tests {
     #[test]
     fn anthropic_cache_tokens_are_billed_on_top_of_input() {
         let t = PricingTable::default();
-        let c = t.cost("claude-sonnet-4-5", &usage(1_000_000, 1_000_000, 1_000_000, 1_000_000));
+        let c = t.cost(
+            "claude-sonnet-4-5",
+            &usage(1_000_000, 1_000_000, 1_000_000, 1_000_000),
+        );
         assert!((c.unwrap() - (3.0 + 15.0 + 0.3 + 3.75)).abs() < 1e-9);
     }
 
@@ -172,9 +175,10 @@ mod tests {
 
     #[test]
     fn yaml_overrides_and_extends_the_defaults() {
-        let t: PricingTable =
-            serde_yaml::from_str("gpt-4o: {input: 1, output: 2}\nmy-model: {input: 10, output: 20}")
-                .unwrap();
+        let t: PricingTable = serde_yaml::from_str(
+            "gpt-4o: {input: 1, output: 2}\nmy-model: {input: 10, output: 20}",
+        )
+        .unwrap();
         assert_eq!(t.price("gpt-4o").unwrap().output, 2.0);
         assert_eq!(t.price("my-model-v2").unwrap().input, 10.0);
         assert_eq!(t.price("claude-3-haiku").unwrap().input, 0.25);

@@ -104,7 +104,13 @@ impl Recorder {
         spool_dir: PathBuf,
         telemetry: Telemetry,
     ) -> Result<Recorder, Error> {
-        Self::start_with(store, pricing, spool_dir, telemetry, RecorderOptions::default())
+        Self::start_with(
+            store,
+            pricing,
+            spool_dir,
+            telemetry,
+            RecorderOptions::default(),
+        )
     }
 
     /// [`Recorder::start`] with explicit options.
@@ -314,7 +320,10 @@ impl Writer {
         }
         self.backoff = MIN_BACKOFF;
         if stored > 0 {
-            tracing::info!(records = stored, "spooled interception records written to the store");
+            tracing::info!(
+                records = stored,
+                "spooled interception records written to the store"
+            );
         }
     }
 }

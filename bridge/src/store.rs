@@ -114,6 +114,8 @@ impl Value {
 }
 
 /// The two ways of executing a statement.
+// One Backend exists per store, behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Sqlite(Arc<StdMutex<rusqlite::Connection>>),
     Postgres {
@@ -227,9 +229,16 @@ impl Store {
         )
         .await?;
         let applied = self
-            .query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations", vec![])
+            .query(
+                "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations",
+                vec![],
+            )
             .await?;
-        let current = applied.first().and_then(|r| r.first()).map(Value::int).unwrap_or(0);
+        let current = applied
+            .first()
+            .and_then(|r| r.first())
+            .map(Value::int)
+            .unwrap_or(0);
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i64 + 1;
             if version <= current {
@@ -331,7 +340,11 @@ impl Store {
     }
 
     /// Runs a query and returns its rows as values.
-    pub(crate) async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, Error> {
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Vec<Value>>, Error> {
         match &*self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.clone();
@@ -417,7 +430,9 @@ impl Store {
             let connect = tokio_postgres::connect(config, tokio_postgres::NoTls);
             let (c, connection) = tokio::time::timeout(Duration::from_secs(5), connect)
                 .await
-                .map_err(|_| Error::Store(format!("connecting to {}: timed out", self.description)))?
+                .map_err(|_| {
+                    Error::Store(format!("connecting to {}: timed out", self.description))
+                })?
                 .map_err(|e| Error::Store(format!("connecting to {}: {e}", self.description)))?;
             let description = self.description.clone();
             tokio::spawn(async move {
@@ -488,7 +503,10 @@ impl Store {
         let n = self
             .execute(
                 "UPDATE keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
-                vec![Value::Int(Some(micros(Utc::now()))), Value::Text(Some(id.into()))],
+                vec![
+                    Value::Int(Some(micros(Utc::now()))),
+                    Value::Text(Some(id.into())),
+                ],
             )
             .await?;
         if n == 0 {
@@ -498,7 +516,10 @@ impl Store {
     }
 
     /// Looks up a key by token hash: `(key id, user, revoked)`.
-    pub(crate) async fn key_by_hash(&self, hash: &str) -> Result<Option<(String, String, bool)>, Error> {
+    pub(crate) async fn key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(String, String, bool)>, Error> {
         let rows = self
             .query(
                 "SELECT id, user_name, revoked_at FROM keys WHERE token_hash = $1",
@@ -632,8 +653,12 @@ fn record_params(r: &InterceptionRecord) -> Vec<Value> {
         Value::Int(Some(r.usage.cache_write_tokens as i64)),
         Value::Real(r.cost_usd),
         t(&r.prompt),
-        Value::Text(Some(serde_json::to_string(&r.tools_offered).unwrap_or_default())),
-        Value::Text(Some(serde_json::to_string(&r.tool_calls).unwrap_or_default())),
+        Value::Text(Some(
+            serde_json::to_string(&r.tools_offered).unwrap_or_default(),
+        )),
+        Value::Text(Some(
+            serde_json::to_string(&r.tool_calls).unwrap_or_default(),
+        )),
         t(&r.context.workspace),
         t(&r.context.template),
         t(&r.context.session),
@@ -694,7 +719,8 @@ fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, Error> {
         .map_err(store_err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(store_err)?;
-    conn.busy_timeout(Duration::from_secs(2)).map_err(store_err)?;
+    conn.busy_timeout(Duration::from_secs(2))
+        .map_err(store_err)?;
     Ok(conn)
 }
 

@@ -191,40 +191,130 @@ impl Telemetry {
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
         self.with(|m| {
-            header(&mut out, "bridge_requests_total", "counter", "Requests recorded, by provider, model and outcome.");
+            header(
+                &mut out,
+                "bridge_requests_total",
+                "counter",
+                "Requests recorded, by provider, model and outcome.",
+            );
             for ((p, model, o), n) in &m.requests {
-                let _ = writeln!(out, "bridge_requests_total{{provider=\"{}\",model=\"{}\",outcome=\"{}\"}} {n}", esc(p), esc(model), esc(o));
+                let _ = writeln!(
+                    out,
+                    "bridge_requests_total{{provider=\"{}\",model=\"{}\",outcome=\"{}\"}} {n}",
+                    esc(p),
+                    esc(model),
+                    esc(o)
+                );
             }
-            header(&mut out, "bridge_tokens_total", "counter", "Tokens reported by the provider, by type.");
+            header(
+                &mut out,
+                "bridge_tokens_total",
+                "counter",
+                "Tokens reported by the provider, by type.",
+            );
             for ((p, model, t), n) in &m.tokens {
-                let _ = writeln!(out, "bridge_tokens_total{{provider=\"{}\",model=\"{}\",type=\"{t}\"}} {n}", esc(p), esc(model));
+                let _ = writeln!(
+                    out,
+                    "bridge_tokens_total{{provider=\"{}\",model=\"{}\",type=\"{t}\"}} {n}",
+                    esc(p),
+                    esc(model)
+                );
             }
-            header(&mut out, "bridge_cost_usd_total", "counter", "Cost in USD from the pricing table.");
+            header(
+                &mut out,
+                "bridge_cost_usd_total",
+                "counter",
+                "Cost in USD from the pricing table.",
+            );
             for ((p, model), c) in &m.cost {
-                let _ = writeln!(out, "bridge_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {c}", esc(p), esc(model));
+                let _ = writeln!(
+                    out,
+                    "bridge_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {c}",
+                    esc(p),
+                    esc(model)
+                );
             }
-            header(&mut out, "bridge_request_duration_seconds", "histogram", "Time from request to the end of the answer.");
+            header(
+                &mut out,
+                "bridge_request_duration_seconds",
+                "histogram",
+                "Time from request to the end of the answer.",
+            );
             for (p, h) in &m.duration {
                 for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "bridge_request_duration_seconds_bucket{{provider=\"{}\",le=\"{le}\"}} {}", esc(p), h.counts.get(i).copied().unwrap_or(0));
+                    let _ = writeln!(
+                        out,
+                        "bridge_request_duration_seconds_bucket{{provider=\"{}\",le=\"{le}\"}} {}",
+                        esc(p),
+                        h.counts.get(i).copied().unwrap_or(0)
+                    );
                 }
-                let _ = writeln!(out, "bridge_request_duration_seconds_bucket{{provider=\"{}\",le=\"+Inf\"}} {}", esc(p), h.count);
-                let _ = writeln!(out, "bridge_request_duration_seconds_sum{{provider=\"{}\"}} {}", esc(p), h.sum);
-                let _ = writeln!(out, "bridge_request_duration_seconds_count{{provider=\"{}\"}} {}", esc(p), h.count);
+                let _ = writeln!(
+                    out,
+                    "bridge_request_duration_seconds_bucket{{provider=\"{}\",le=\"+Inf\"}} {}",
+                    esc(p),
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "bridge_request_duration_seconds_sum{{provider=\"{}\"}} {}",
+                    esc(p),
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "bridge_request_duration_seconds_count{{provider=\"{}\"}} {}",
+                    esc(p),
+                    h.count
+                );
             }
-            header(&mut out, "bridge_requests_in_flight", "gauge", "Requests being served now.");
+            header(
+                &mut out,
+                "bridge_requests_in_flight",
+                "gauge",
+                "Requests being served now.",
+            );
             for (p, n) in &m.in_flight {
-                let _ = writeln!(out, "bridge_requests_in_flight{{provider=\"{}\"}} {n}", esc(p));
+                let _ = writeln!(
+                    out,
+                    "bridge_requests_in_flight{{provider=\"{}\"}} {n}",
+                    esc(p)
+                );
             }
-            header(&mut out, "bridge_spool_records", "gauge", "Records waiting in the on-disk spool for the store.");
+            header(
+                &mut out,
+                "bridge_spool_records",
+                "gauge",
+                "Records waiting in the on-disk spool for the store.",
+            );
             let _ = writeln!(out, "bridge_spool_records {}", m.spool_records);
-            header(&mut out, "bridge_spool_bytes", "gauge", "Size of the on-disk spool.");
+            header(
+                &mut out,
+                "bridge_spool_bytes",
+                "gauge",
+                "Size of the on-disk spool.",
+            );
             let _ = writeln!(out, "bridge_spool_bytes {}", m.spool_bytes);
-            header(&mut out, "bridge_spool_dropped_total", "counter", "Records lost because the spool was full.");
+            header(
+                &mut out,
+                "bridge_spool_dropped_total",
+                "counter",
+                "Records lost because the spool was full.",
+            );
             let _ = writeln!(out, "bridge_spool_dropped_total {}", m.spool_dropped);
-            header(&mut out, "bridge_store_errors_total", "counter", "Failed writes to the store.");
+            header(
+                &mut out,
+                "bridge_store_errors_total",
+                "counter",
+                "Failed writes to the store.",
+            );
             let _ = writeln!(out, "bridge_store_errors_total {}", m.store_errors);
-            header(&mut out, "bridge_records_stored_total", "counter", "Records written to the store.");
+            header(
+                &mut out,
+                "bridge_records_stored_total",
+                "counter",
+                "Records written to the store.",
+            );
             let _ = writeln!(out, "bridge_records_stored_total {}", m.records_stored);
         });
         out
@@ -237,5 +327,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escapes a Prometheus label value.
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -184,7 +184,11 @@ pub fn render(rows: &[UsageRow], by: GroupBy, format: Format) -> String {
 
 /// Right-aligns columns whose cells are all numbers (or `-`), left-aligns the others; draws a
 /// rule above the last row if `total_row`.
-pub fn render_table<const N: usize>(header: &[String; N], rows: &[[String; N]], total_row: bool) -> String {
+pub fn render_table<const N: usize>(
+    header: &[String; N],
+    rows: &[[String; N]],
+    total_row: bool,
+) -> String {
     let mut widths = [0usize; N];
     for r in std::iter::once(header).chain(rows.iter()) {
         for (i, c) in r.iter().enumerate() {
@@ -240,20 +244,38 @@ mod tests {
 
     #[test]
     fn since_accepts_relative_durations_and_dates() {
-        let now = DateTime::parse_from_rfc3339("2025-03-10T12:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(parse_since("7d", now).unwrap().to_rfc3339(), "2025-03-03T12:00:00+00:00");
-        assert_eq!(parse_since("24h", now).unwrap().to_rfc3339(), "2025-03-09T12:00:00+00:00");
-        assert_eq!(parse_since("30m", now).unwrap().to_rfc3339(), "2025-03-10T11:30:00+00:00");
-        assert_eq!(parse_since("2025-01-31", now).unwrap().to_rfc3339(), "2025-01-31T00:00:00+00:00");
+        let now = DateTime::parse_from_rfc3339("2025-03-10T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(
-            parse_since("2025-01-31T09:00:00+01:00", now).unwrap().to_rfc3339(),
+            parse_since("7d", now).unwrap().to_rfc3339(),
+            "2025-03-03T12:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("24h", now).unwrap().to_rfc3339(),
+            "2025-03-09T12:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("30m", now).unwrap().to_rfc3339(),
+            "2025-03-10T11:30:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2025-01-31", now).unwrap().to_rfc3339(),
+            "2025-01-31T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2025-01-31T09:00:00+01:00", now)
+                .unwrap()
+                .to_rfc3339(),
             "2025-01-31T08:00:00+00:00"
         );
     }
 
     #[test]
     fn since_rejects_garbage_with_a_hint() {
-        let err = parse_since("yesterday", Utc::now()).unwrap_err().to_string();
+        let err = parse_since("yesterday", Utc::now())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("7d"), "{err}");
         assert!(parse_since("7x", Utc::now()).is_err());
     }

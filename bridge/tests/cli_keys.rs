@@ -27,7 +27,11 @@ fn bridge(args: &[&str], store: &str) -> Output {
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "bridge failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "bridge failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
@@ -43,7 +47,8 @@ async fn keys_created_by_the_cli_authenticate_until_revoked() {
     let note = String::from_utf8_lossy(&created.stderr);
     assert!(note.contains("will not be shown again"), "{note}");
 
-    let listed: serde_json::Value = serde_json::from_str(&stdout(&bridge(&["keys", "list", "--format", "json"], db))).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&bridge(&["keys", "list", "--format", "json"], db))).unwrap();
     let key = &listed[0];
     assert_eq!(key["user"], "alice");
     assert!(key["revoked_at"].is_null());
@@ -52,29 +57,48 @@ async fn keys_created_by_the_cli_authenticate_until_revoked() {
     let raw = std::fs::read(dir.path().join("bridge.db")).unwrap();
     let wal = std::fs::read(dir.path().join("bridge.db-wal")).unwrap_or_default();
     let needle = token.as_bytes();
-    assert!(!raw.windows(needle.len()).any(|w| w == needle) && !wal.windows(needle.len()).any(|w| w == needle));
+    assert!(
+        !raw.windows(needle.len()).any(|w| w == needle)
+            && !wal.windows(needle.len()).any(|w| w == needle)
+    );
     let table = stdout(&bridge(&["keys", "list"], db));
-    assert!(table.contains(&key_id) && !table.contains(&token), "{table}");
+    assert!(
+        table.contains(&key_id) && !table.contains(&token),
+        "{table}"
+    );
 
     let store = Store::open(db).await.unwrap();
     let auth = Authenticator::with_ttl(store.clone(), Duration::from_millis(100));
     let who = auth.authenticate(&token).await.unwrap().unwrap();
-    assert_eq!((who.user.as_str(), who.key_id.as_str()), ("alice", key_id.as_str()));
+    assert_eq!(
+        (who.user.as_str(), who.key_id.as_str()),
+        ("alice", key_id.as_str())
+    );
     assert_eq!(auth.authenticate("brg_wrong").await.unwrap(), None);
-    assert_eq!(auth.authenticate("sk-ant-not-a-bridge-token").await.unwrap(), None);
+    assert_eq!(
+        auth.authenticate("sk-ant-not-a-bridge-token")
+            .await
+            .unwrap(),
+        None
+    );
 
     let revoked = stdout(&bridge(&["keys", "revoke", &key_id], db));
     assert!(revoked.contains(&key_id));
     // A running authenticator sees the revocation once its cache entry expires.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(auth.authenticate(&token).await.unwrap(), None);
-    let listed: serde_json::Value = serde_json::from_str(&stdout(&bridge(&["keys", "list", "--format", "json"], db))).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&bridge(&["keys", "list", "--format", "json"], db))).unwrap();
     assert!(listed[0]["revoked_at"].is_string());
-    assert!(listed[0]["last_used_at"].is_string(), "authentication records last use: {listed}");
+    assert!(
+        listed[0]["last_used_at"].is_string(),
+        "authentication records last use: {listed}"
+    );
 
     let unknown = bridge(&["keys", "revoke", "key_doesnotexist"], db);
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no bridge key with id \"key_doesnotexist\""));
+    assert!(String::from_utf8_lossy(&unknown.stderr)
+        .contains("no bridge key with id \"key_doesnotexist\""));
 }
 
 #[tokio::test]
@@ -83,22 +107,69 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
     let db = dir.path().join("bridge.db");
     let db = db.to_str().unwrap();
     let store = Store::open(db).await.unwrap();
-    let rec = Recorder::start(store, PricingTable::default(), dir.path().join("spool"), Telemetry::metrics_only("t")).unwrap();
-    let first = record("alice", Provider::Anthropic, "claude-sonnet-4", Utc::now(), 1_000_000, 0);
+    let rec = Recorder::start(
+        store,
+        PricingTable::default(),
+        dir.path().join("spool"),
+        Telemetry::metrics_only("t"),
+    )
+    .unwrap();
+    let first = record(
+        "alice",
+        Provider::Anthropic,
+        "claude-sonnet-4",
+        Utc::now(),
+        1_000_000,
+        0,
+    );
     rec.record(first.clone());
-    rec.record(record("bob", Provider::Openai, "gpt-4o", Utc::now(), 1_000_000, 0));
-    rec.record(record("bob", Provider::Openai, "gpt-4o", Utc::now() - chrono::Duration::days(10), 1, 1));
+    rec.record(record(
+        "bob",
+        Provider::Openai,
+        "gpt-4o",
+        Utc::now(),
+        1_000_000,
+        0,
+    ));
+    rec.record(record(
+        "bob",
+        Provider::Openai,
+        "gpt-4o",
+        Utc::now() - chrono::Duration::days(10),
+        1,
+        1,
+    ));
     rec.shutdown().await;
 
     let table = stdout(&bridge(&["usage", "--since", "7d", "--by", "user"], db));
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("USER") && lines[0].contains("COST (USD)"), "{table}");
-    assert!(lines.iter().any(|l| l.starts_with("alice") && l.contains("3.0000")), "{table}");
-    assert!(lines.last().unwrap().starts_with("TOTAL") && lines.last().unwrap().contains("5.5000"), "{table}");
+    assert!(
+        lines[0].starts_with("USER") && lines[0].contains("COST (USD)"),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("alice") && l.contains("3.0000")),
+        "{table}"
+    );
+    assert!(
+        lines.last().unwrap().starts_with("TOTAL") && lines.last().unwrap().contains("5.5000"),
+        "{table}"
+    );
 
-    let csv = stdout(&bridge(&["usage", "--since", "30d", "--by", "model", "--format", "csv"], db));
+    let csv = stdout(&bridge(
+        &[
+            "usage", "--since", "30d", "--by", "model", "--format", "csv",
+        ],
+        db,
+    ));
     assert!(csv.contains("\ngpt-4o,2,1000001,1,"), "{csv}");
-    let json: serde_json::Value = serde_json::from_str(&stdout(&bridge(&["usage", "--by", "provider", "--format", "json"], db))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout(&bridge(
+        &["usage", "--by", "provider", "--format", "json"],
+        db,
+    )))
+    .unwrap();
     assert_eq!(json["group_by"], "provider");
     assert_eq!(json["total"]["requests"], 2);
 
@@ -107,10 +178,19 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --since"));
 
     let list = stdout(&bridge(&["interceptions", "list", "--user", "alice"], db));
-    assert!(list.contains(&first.id.to_string()) && !list.contains("bob"), "{list}");
-    let shown = stdout(&bridge(&["interceptions", "show", &first.id.to_string()], db));
+    assert!(
+        list.contains(&first.id.to_string()) && !list.contains("bob"),
+        "{list}"
+    );
+    let shown = stdout(&bridge(
+        &["interceptions", "show", &first.id.to_string()],
+        db,
+    ));
     assert!(shown.contains("What is the weather in Paris?"), "{shown}");
-    assert!(shown.contains("get_weather (toolu_01): {\"city\":\"Paris\"}"), "{shown}");
+    assert!(
+        shown.contains("get_weather (toolu_01): {\"city\":\"Paris\"}"),
+        "{shown}"
+    );
     assert!(shown.contains("workspace ws-1"), "{shown}");
     let missing = bridge(&["interceptions", "show", "ffffffff"], db);
     assert!(!missing.status.success());
@@ -130,11 +210,25 @@ fn every_subcommand_explains_itself_with_help() {
         vec!["interceptions", "list", "--help"],
         vec!["interceptions", "show", "--help"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_bridge")).args(&args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bridge"))
+            .args(&args)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("Usage: bridge"), "{args:?}: {text}");
+        assert!(
+            out.status.success() && text.contains("Usage: bridge"),
+            "{args:?}: {text}"
+        );
     }
-    let usage = Command::new(env!("CARGO_BIN_EXE_bridge")).args(["usage", "--help"]).output().unwrap();
+    let usage = Command::new(env!("CARGO_BIN_EXE_bridge"))
+        .args(["usage", "--help"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&usage.stdout);
-    assert!(text.contains("--since") && text.contains("--by") && text.contains("--format") && text.contains("--store"));
+    assert!(
+        text.contains("--since")
+            && text.contains("--by")
+            && text.contains("--format")
+            && text.contains("--store")
+    );
 }

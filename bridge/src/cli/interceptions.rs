@@ -9,7 +9,9 @@ use bridge::usage::render_table;
 #[derive(Debug, Subcommand)]
 pub enum InterceptionsCommand {
     /// List recorded requests, newest first.
-    #[command(after_help = "Example: bridge interceptions list --user alice --since 24h --limit 20")]
+    #[command(
+        after_help = "Example: bridge interceptions list --user alice --since 24h --limit 20"
+    )]
     List {
         /// Only this user's requests.
         #[arg(long)]
@@ -60,8 +62,19 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                 })
                 .await?;
             if format == OutputFormat::Table {
-                let header = ["ID", "STARTED", "USER", "PROVIDER", "MODEL", "OUTCOME", "IN", "OUT", "COST", "TOOL CALLS"]
-                    .map(String::from);
+                let header = [
+                    "ID",
+                    "STARTED",
+                    "USER",
+                    "PROVIDER",
+                    "MODEL",
+                    "OUTCOME",
+                    "IN",
+                    "OUT",
+                    "COST",
+                    "TOOL CALLS",
+                ]
+                .map(String::from);
                 let rows: Vec<[String; 10]> = records
                     .iter()
                     .map(|r| {
@@ -74,7 +87,9 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                             r.outcome.as_str().into(),
                             r.usage.input_tokens.to_string(),
                             r.usage.output_tokens.to_string(),
-                            r.cost_usd.map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into()),
+                            r.cost_usd
+                                .map(|c| format!("{c:.4}"))
+                                .unwrap_or_else(|| "-".into()),
                             r.tool_calls.len().to_string(),
                         ]
                     })
@@ -102,7 +117,9 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             println!("started:     {}", r.started_at.to_rfc3339());
             println!(
                 "timing:      ttfb {} ms, total {:.1} ms{}",
-                r.ttfb_ms.map(|t| format!("{t:.1}")).unwrap_or_else(|| "-".into()),
+                r.ttfb_ms
+                    .map(|t| format!("{t:.1}"))
+                    .unwrap_or_else(|| "-".into()),
                 r.duration_ms,
                 if r.streaming { ", streaming" } else { "" }
             );
@@ -112,11 +129,16 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             }
             println!(
                 "tokens:      input {}, output {}, cache read {}, cache write {}",
-                r.usage.input_tokens, r.usage.output_tokens, r.usage.cache_read_tokens, r.usage.cache_write_tokens
+                r.usage.input_tokens,
+                r.usage.output_tokens,
+                r.usage.cache_read_tokens,
+                r.usage.cache_write_tokens
             );
             println!(
                 "cost:        {}",
-                r.cost_usd.map(|c| format!("${c:.6}")).unwrap_or_else(|| "- (model not priced)".into())
+                r.cost_usd
+                    .map(|c| format!("${c:.6}"))
+                    .unwrap_or_else(|| "- (model not priced)".into())
             );
             println!(
                 "context:     workspace {}, template {}, session {}",
@@ -124,13 +146,25 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                 opt(&r.context.template),
                 opt(&r.context.session)
             );
-            println!("tools offered: {}", if r.tools_offered.is_empty() { "-".into() } else { r.tools_offered.join(", ") });
+            println!(
+                "tools offered: {}",
+                if r.tools_offered.is_empty() {
+                    "-".into()
+                } else {
+                    r.tools_offered.join(", ")
+                }
+            );
             if r.tool_calls.is_empty() {
                 println!("tool calls:  -");
             } else {
                 println!("tool calls:");
                 for c in &r.tool_calls {
-                    println!("  - {} ({}): {}", c.name, c.id.as_deref().unwrap_or("-"), c.arguments);
+                    println!(
+                        "  - {} ({}): {}",
+                        c.name,
+                        c.id.as_deref().unwrap_or("-"),
+                        c.arguments
+                    );
                 }
             }
             println!("prompt:\n{}", r.prompt.as_deref().unwrap_or("-"));

@@ -66,8 +66,10 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                     }
                 }
                 OutputFormat::Table => {
-                    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
-                    let header = ["ID", "USER", "PREFIX", "CREATED", "LAST USED", "REVOKED"].map(String::from);
+                    let fmt =
+                        |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+                    let header = ["ID", "USER", "PREFIX", "CREATED", "LAST USED", "REVOKED"]
+                        .map(String::from);
                     let rows: Vec<[String; 6]> = keys
                         .iter()
                         .map(|k| {

@@ -20,8 +20,10 @@ use bridge::store::Store;
 /// who used which model, prompt, tools, tokens and cost.
 #[derive(Debug, Parser)]
 #[command(name = "bridge", version, propagate_version = true)]
-#[command(after_help = "Start with `bridge keys create --user alice`, then `bridge serve`.\n\
-Point the SDK at Bridge: ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_API_KEY=<bridge token>.")]
+#[command(
+    after_help = "Start with `bridge keys create --user alice`, then `bridge serve`.\n\
+Point the SDK at Bridge: ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_API_KEY=<bridge token>."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

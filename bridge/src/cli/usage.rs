@@ -6,7 +6,9 @@ use super::{OutputFormat, StoreArgs};
 use bridge::usage::{self, GroupBy};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  bridge usage --since 7d --by user\n  bridge usage --since 2025-01-01 --by day --format csv > usage.csv")]
+#[command(
+    after_help = "Examples:\n  bridge usage --since 7d --by user\n  bridge usage --since 2025-01-01 --by day --format csv > usage.csv"
+)]
 pub struct UsageArgs {
     /// Start of the period: a duration back from now (30m, 24h, 7d, 2w), a date (2025-01-31)
     /// or an RFC 3339 time (2025-01-31T09:00:00Z).

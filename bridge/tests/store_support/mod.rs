@@ -34,7 +34,14 @@ impl Drop for TempDir {
     }
 }
 
-pub fn record(user: &str, provider: Provider, model: &str, started_at: DateTime<Utc>, input: u64, output: u64) -> InterceptionRecord {
+pub fn record(
+    user: &str,
+    provider: Provider,
+    model: &str,
+    started_at: DateTime<Utc>,
+    input: u64,
+    output: u64,
+) -> InterceptionRecord {
     InterceptionRecord {
         id: uuid::Uuid::now_v7(),
         user: user.into(),
@@ -108,24 +115,50 @@ impl Postgres {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("PostgreSQL binaries not found in {PG_BIN}: install the Debian package postgresql-15");
             }
-            eprintln!("skipping: PostgreSQL binaries not found in {PG_BIN} (install postgresql-15)");
+            eprintln!(
+                "skipping: PostgreSQL binaries not found in {PG_BIN} (install postgresql-15)"
+            );
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("bridge-pg-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "bridge-pg-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let run_as_postgres = !is_root_free();
         if run_as_postgres {
-            let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().unwrap();
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
             assert!(status.success(), "chown of the PostgreSQL data dir failed");
         }
         let data = dir.join("data");
         let out = pg_command(run_as_postgres, "initdb")
-            .args(["-U", "bridge", "--auth=trust", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-U",
+                "bridge",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .unwrap();
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let pg = Postgres { dir, port };
         pg.restart();
         Some(pg)
@@ -165,7 +198,11 @@ impl Postgres {
     /// Stops immediately (like a crash or an outage), dropping open connections.
     pub fn stop(&self) {
         let out = self.ctl(&["-w", "-m", "immediate", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -180,7 +217,9 @@ impl Drop for Postgres {
 fn is_root_free() -> bool {
     // The owner of /proc/self is our uid; this avoids unsafe libc calls in tests.
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() != 0).unwrap_or(true)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() != 0)
+        .unwrap_or(true)
 }
 
 fn pg_command(as_postgres: bool, tool: &str) -> Command {
