@@ -173,15 +173,13 @@ impl MessagesStreamObserver {
                     );
                 }
             }
-            "content_block_delta" => {
-                if str_at(&v, &["delta", "type"]) == Some("input_json_delta") {
-                    let index = u64_at(&v, &["index"]).unwrap_or(0);
-                    if let (Some(tc), Some(p)) = (
-                        tools.get_mut(&index),
-                        str_at(&v, &["delta", "partial_json"]),
-                    ) {
-                        tc.arguments.push_str(p);
-                    }
+            "content_block_delta" if str_at(&v, &["delta", "type"]) == Some("input_json_delta") => {
+                let index = u64_at(&v, &["index"]).unwrap_or(0);
+                if let (Some(tc), Some(p)) = (
+                    tools.get_mut(&index),
+                    str_at(&v, &["delta", "partial_json"]),
+                ) {
+                    tc.arguments.push_str(p);
                 }
             }
             "message_delta" => {
