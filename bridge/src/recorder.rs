@@ -186,6 +186,7 @@ impl Recorder {
         if let Some(task) = task {
             let _ = task.await;
         }
+        self.shared.telemetry.flush().await;
     }
 
     /// `(records, bytes)` in the spool now.

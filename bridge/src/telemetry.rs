@@ -4,7 +4,10 @@
 //! in memory here and rendered in the Prometheus text format for `GET /metrics`; the metric
 //! set is small and fixed, so a hand-rolled registry avoids a dependency and its build time.
 //! The recorder feeds this module once per finished request; the request path only moves the
-//! in-flight gauge.
+//! in-flight gauge. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same observations are
+//! exported as OTLP GenAI spans and metrics ([`otlp`]).
+
+pub mod otlp;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -64,6 +67,7 @@ struct Metrics {
 pub struct Telemetry {
     service_name: Arc<String>,
     metrics: Arc<Mutex<Metrics>>,
+    otlp: Option<Arc<otlp::OtlpExporter>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -90,14 +94,29 @@ impl Telemetry {
             .with_writer(std::io::stderr)
             .try_init()
             .is_err();
-        if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            tracing::warn!(
-                endpoint,
-                "OTEL_EXPORTER_OTLP_ENDPOINT is set but this build has no OTLP exporter; \
-                 scrape GET /metrics and collect the JSON logs instead"
-            );
+        let service_name =
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.into());
+        match otlp::OtlpConfig::from_env()? {
+            Some(config) => {
+                tracing::info!(endpoint = %config.endpoint, "exporting OTLP traces and metrics (http/json)");
+                Telemetry::with_otlp(&service_name, config)
+            }
+            None => Ok(Telemetry::metrics_only(&service_name)),
         }
-        Ok(Telemetry::metrics_only(service_name))
+    }
+
+    /// Metrics plus OTLP export to `config` (no log subscriber). Needs a Tokio runtime.
+    pub fn with_otlp(service_name: &str, config: otlp::OtlpConfig) -> Result<Telemetry, Error> {
+        let mut t = Telemetry::metrics_only(service_name);
+        t.otlp = Some(Arc::new(otlp::OtlpExporter::start(service_name, config)?));
+        Ok(t)
+    }
+
+    /// Exports pending OTLP spans and metrics (the recorder calls this at shutdown).
+    pub async fn flush(&self) {
+        if let Some(o) = &self.otlp {
+            o.flush().await;
+        }
     }
 
     /// Metrics without installing a log subscriber (tests, benches, library users who set up
@@ -106,6 +125,7 @@ impl Telemetry {
         Telemetry {
             service_name: Arc::new(service_name.to_string()),
             metrics: Arc::new(Mutex::new(Metrics::default())),
+            otlp: None,
         }
     }
 
@@ -126,6 +146,9 @@ impl Telemetry {
 
     /// Counts a finished request (called by the recorder, after pricing).
     pub fn observe_record(&self, r: &InterceptionRecord) {
+        if let Some(o) = &self.otlp {
+            o.observe(r);
+        }
         let provider = r.provider.as_str().to_string();
         let model = r.model.clone().unwrap_or_default();
         self.with(|m| {

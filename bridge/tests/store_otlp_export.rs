@@ -1,0 +1,217 @@
+//! OTLP export of recorded requests to a collector stand-in on loopback: the HTTP requests
+//! it receives are parsed as OTLP/JSON and checked for the GenAI semantic conventions.
+
+mod store_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bridge::pricing::PricingTable;
+use bridge::record::{Outcome, Provider};
+use bridge::recorder::Recorder;
+use bridge::store::Store;
+use bridge::telemetry::otlp::OtlpConfig;
+use bridge::telemetry::Telemetry;
+use chrono::Utc;
+use serde_json::Value;
+use store_support::{record, TempDir};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>, Value)>>>;
+
+/// Accepts HTTP/1.1 POSTs on 127.0.0.1 and keeps (path, headers, JSON body).
+async fn collector() -> (String, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Received = Arc::default();
+    let got = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let (sock, _) = listener.accept().await.unwrap();
+            let got = got.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    let mut headers = Vec::new();
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).await.unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        let (k, v) = h.split_once(':').unwrap();
+                        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        if k == "content-length" {
+                            len = v.parse().unwrap();
+                        }
+                        headers.push((k, v));
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).await.unwrap();
+                    got.lock().unwrap().push((
+                        path,
+                        headers,
+                        serde_json::from_slice(&body).unwrap(),
+                    ));
+                    w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), received)
+}
+
+fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
+    attrs
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[tokio::test]
+async fn recorded_requests_are_exported_as_otlp_genai_spans_and_metrics() {
+    let (endpoint, received) = collector().await;
+    let dir = TempDir::new("otlp");
+    let store = Store::open(dir.path().join("bridge.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let config = OtlpConfig {
+        endpoint,
+        headers: vec![("x-api-key".into(), "collector-secret".into())],
+        metric_interval: Duration::from_secs(3600),
+    };
+    let telemetry = Telemetry::with_otlp("bridge-test", config).unwrap();
+    let rec = Recorder::start(
+        store,
+        PricingTable::default(),
+        dir.path().join("spool"),
+        telemetry,
+    )
+    .unwrap();
+    let ok = record(
+        "alice",
+        Provider::Anthropic,
+        "claude-sonnet-4",
+        Utc::now(),
+        1200,
+        300,
+    );
+    let mut failed = record("bob", Provider::Openai, "gpt-4o", Utc::now(), 10, 0);
+    failed.outcome = Outcome::UpstreamError;
+    failed.status = 429;
+    failed.error = Some("rate_limit_error".into());
+    rec.record(ok.clone());
+    rec.record(failed);
+    rec.shutdown().await; // flushes telemetry too
+
+    let got = received.lock().unwrap().clone();
+    let (_, headers, traces) = got
+        .iter()
+        .find(|(p, _, _)| p == "/v1/traces")
+        .expect("a trace export");
+    assert!(headers.contains(&("x-api-key".into(), "collector-secret".into())));
+    assert!(headers.contains(&("content-type".into(), "application/json".into())));
+    let rs = &traces["resourceSpans"][0];
+    assert_eq!(
+        attr(&rs["resource"]["attributes"], "service.name").unwrap()["stringValue"],
+        "bridge-test"
+    );
+    let spans = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    let span = spans
+        .iter()
+        .find(|s| s["name"] == "chat claude-sonnet-4")
+        .unwrap();
+    assert_eq!(span["kind"], 3);
+    assert_eq!(
+        span["traceId"].as_str().unwrap(),
+        ok.id.simple().to_string()
+    );
+    let a = &span["attributes"];
+    assert_eq!(
+        attr(a, "gen_ai.system").unwrap()["stringValue"],
+        "anthropic"
+    );
+    assert_eq!(
+        attr(a, "gen_ai.request.model").unwrap()["stringValue"],
+        "claude-sonnet-4"
+    );
+    assert_eq!(
+        attr(a, "gen_ai.usage.input_tokens").unwrap()["intValue"],
+        "1200"
+    );
+    assert_eq!(
+        attr(a, "gen_ai.usage.output_tokens").unwrap()["intValue"],
+        "300"
+    );
+    assert_eq!(attr(a, "enduser.id").unwrap()["stringValue"], "alice");
+    assert!(
+        attr(a, "bridge.cost_usd").unwrap()["doubleValue"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        attr(a, "prompt").is_none() && !span.to_string().contains("weather in Paris"),
+        "prompts are not exported"
+    );
+    let bad = spans.iter().find(|s| s["name"] == "chat gpt-4o").unwrap();
+    assert_eq!(bad["status"]["code"], 2);
+    assert_eq!(
+        attr(&bad["attributes"], "error.type").unwrap()["stringValue"],
+        "upstream_error"
+    );
+
+    let (_, _, metrics) = got
+        .iter()
+        .find(|(p, _, _)| p == "/v1/metrics")
+        .expect("a metric export");
+    let ms = metrics["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+        .as_array()
+        .unwrap();
+    let tokens = ms
+        .iter()
+        .find(|m| m["name"] == "gen_ai.client.token.usage")
+        .unwrap();
+    assert_eq!(tokens["unit"], "{token}");
+    let points = tokens["histogram"]["dataPoints"].as_array().unwrap();
+    let input = points
+        .iter()
+        .find(|p| {
+            attr(&p["attributes"], "gen_ai.token.type").unwrap()["stringValue"] == "input"
+                && attr(&p["attributes"], "gen_ai.system").unwrap()["stringValue"] == "anthropic"
+        })
+        .unwrap();
+    assert_eq!(input["count"], "1");
+    assert_eq!(input["sum"], 1200.0);
+    let buckets = input["bucketCounts"].as_array().unwrap();
+    assert_eq!(
+        buckets.len(),
+        input["explicitBounds"].as_array().unwrap().len() + 1
+    );
+    let duration = ms
+        .iter()
+        .find(|m| m["name"] == "gen_ai.client.operation.duration")
+        .unwrap();
+    assert_eq!(duration["unit"], "s");
+    let dp = duration["histogram"]["dataPoints"].as_array().unwrap();
+    assert_eq!(dp.len(), 2);
+    assert!(dp
+        .iter()
+        .any(|p| attr(&p["attributes"], "error.type").is_some()));
+}
