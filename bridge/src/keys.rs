@@ -23,6 +23,9 @@ pub const TOKEN_PREFIX: &str = "brg_";
 
 /// How long a lookup result is trusted before asking the store again.
 const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Beyond this many cached tokens, expired entries are evicted (guessing tokens must not grow
+/// memory without bound).
+const CACHE_MAX: usize = 10_000;
 /// `last_used_at` is written at most this often per key, to keep writes off the hot path.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -160,6 +163,13 @@ impl Authenticator {
                 };
                 {
                     let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= CACHE_MAX {
+                        let ttl = self.ttl;
+                        cache.retain(|_, e| now.duration_since(e.fetched) < ttl);
+                        if cache.len() >= CACHE_MAX {
+                            cache.clear();
+                        }
+                    }
                     let touched = cache.get(&hash).and_then(|e| e.touched);
                     cache.insert(
                         hash.clone(),

@@ -372,3 +372,71 @@ fn log_record(r: &InterceptionRecord) {
         "interception"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Outcome, Provider, Usage, WorkspaceContext};
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_record_is_logged_as_one_json_line_with_a_shortened_prompt() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let rec = InterceptionRecord {
+            id: uuid::Uuid::now_v7(),
+            user: "alice".into(),
+            key_id: Some("key_1".into()),
+            provider: Provider::Anthropic,
+            endpoint: "/v1/messages".into(),
+            model: Some("claude-sonnet-4".into()),
+            client: None,
+            streaming: false,
+            started_at: chrono::Utc::now(),
+            ttfb_ms: None,
+            duration_ms: 5.0,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+                ..Default::default()
+            },
+            cost_usd: Some(0.01),
+            prompt: Some("x".repeat(1000)),
+            tools_offered: vec!["bash".into()],
+            tool_calls: vec![],
+            context: WorkspaceContext::default(),
+            error: None,
+        };
+        tracing::subscriber::with_default(subscriber, || log_record(&rec));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["model"], "claude-sonnet-4");
+        assert_eq!(v["input_tokens"], 7);
+        assert_eq!(v["id"], rec.id.to_string());
+        assert_eq!(
+            v["prompt"].as_str().unwrap().chars().count(),
+            LOG_PROMPT_CHARS + 1
+        );
+    }
+}
