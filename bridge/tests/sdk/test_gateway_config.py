@@ -1,0 +1,70 @@
+"""Starting the bridge: config errors and unconfigured providers."""
+
+import subprocess
+
+import anthropic
+import openai
+import pytest
+
+from conftest import BRIDGE_BIN, free_port, wait_for_port
+
+
+def test_config_error_names_file_line_column_and_field(tmp_path):
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(
+        "listen: 127.0.0.1:0\n"
+        "providers:\n"
+        "  openai:\n"
+        "    base_url: http://127.0.0.1:1\n"
+        "    api_key_env: BRIDGE_TEST_VARIABLE_THAT_IS_NOT_SET\n"
+    )
+    r = subprocess.run([BRIDGE_BIN, "serve", "--config", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=30)
+    assert r.returncode != 0
+    assert f"{cfg}:5:5: field `providers.openai.api_key_env`" in r.stderr
+    assert "BRIDGE_TEST_VARIABLE_THAT_IS_NOT_SET" in r.stderr
+
+
+def test_unknown_config_field_is_reported_with_its_line(tmp_path):
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text("listen: 127.0.0.1:0\nprovider:\n  openai: {}\n")
+    r = subprocess.run([BRIDGE_BIN, "serve", "--config", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=30)
+    assert r.returncode != 0
+    assert f"{cfg}:2:" in r.stderr and "provider" in r.stderr
+
+
+@pytest.fixture
+def bare_bridge(tmp_path):
+    """A bridge with a store but no providers configured."""
+    port = free_port()
+    store = f"sqlite://{tmp_path / 'b.db'}"
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(f"listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {tmp_path / 'spool'}\n")
+    token = subprocess.run([BRIDGE_BIN, "keys", "create", "--user", "carol", "--store", store],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    log = open(tmp_path / "bridge.log", "w")
+    p = subprocess.Popen([BRIDGE_BIN, "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                         cwd=tmp_path)
+    wait_for_port(port, p, "bridge")
+    yield f"http://127.0.0.1:{port}", token, tmp_path / "bridge.log"
+    p.terminate()
+    p.wait(timeout=15)
+    log.close()
+
+
+def test_unconfigured_providers_answer_503_in_their_own_format_and_are_logged(bare_bridge):
+    url, token, log = bare_bridge
+    a = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=token, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as e:
+        a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 503
+    assert e.value.body["type"] == "error"
+    assert "not configured" in e.value.body["error"]["message"]
+    o = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=token, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as e:
+        o.models.list()
+    assert e.value.status_code == 503
+    assert e.value.code == "provider_not_configured"
+    text = log.read_text()
+    assert "provider not configured" in text and "anthropic" in text and "openai" in text
