@@ -1,6 +1,8 @@
 """Starting the bridge: config errors and unconfigured providers."""
 
+import json
 import subprocess
+import time
 
 import anthropic
 import openai
@@ -36,35 +38,55 @@ def test_unknown_config_field_is_reported_with_its_line(tmp_path):
 
 @pytest.fixture
 def bare_bridge(tmp_path):
-    """A bridge with a store but no providers configured."""
+    """A bridge whose Anthropic upstream is a loopback port nobody listens on, and no OpenAI."""
     port = free_port()
+    dead = free_port()
     store = f"sqlite://{tmp_path / 'b.db'}"
     cfg = tmp_path / "bridge.yaml"
-    cfg.write_text(f"listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {tmp_path / 'spool'}\n")
+    cfg.write_text(
+        f"listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {tmp_path / 'spool'}\n"
+        f"providers:\n  anthropic:\n    base_url: http://127.0.0.1:{dead}\n    api_key: sk-ant-x\n"
+    )
     token = subprocess.run([BRIDGE_BIN, "keys", "create", "--user", "carol", "--store", store],
                            capture_output=True, text=True, check=True).stdout.strip()
     log = open(tmp_path / "bridge.log", "w")
     p = subprocess.Popen([BRIDGE_BIN, "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                          cwd=tmp_path)
     wait_for_port(port, p, "bridge")
-    yield f"http://127.0.0.1:{port}", token, tmp_path / "bridge.log"
+    yield f"http://127.0.0.1:{port}", token, tmp_path / "bridge.log", store
     p.terminate()
     p.wait(timeout=15)
     log.close()
 
 
-def test_unconfigured_providers_answer_503_in_their_own_format_and_are_logged(bare_bridge):
-    url, token, log = bare_bridge
-    a = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=token, max_retries=0)
-    with pytest.raises(anthropic.APIStatusError) as e:
-        a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
-    assert e.value.status_code == 503
-    assert e.value.body["type"] == "error"
-    assert "not configured" in e.value.body["error"]["message"]
+def test_unconfigured_provider_answers_503_in_its_own_format_and_is_logged(bare_bridge):
+    url, token, log, _store = bare_bridge
     o = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=token, max_retries=0)
     with pytest.raises(openai.APIStatusError) as e:
         o.models.list()
     assert e.value.status_code == 503
     assert e.value.code == "provider_not_configured"
+    assert "not configured" in e.value.message
     text = log.read_text()
-    assert "provider not configured" in text and "anthropic" in text and "openai" in text
+    assert "provider not configured" in text and "openai" in text
+
+
+def test_unreachable_upstream_answers_502_and_is_recorded_as_upstream_unavailable(bare_bridge):
+    url, token, _log, store = bare_bridge
+    a = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=token, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as e:
+        a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 502
+    assert e.value.body["type"] == "error"
+    deadline = time.time() + 10
+    while True:
+        out = subprocess.run([BRIDGE_BIN, "interceptions", "list", "--format", "json", "--store", store],
+                             capture_output=True, text=True, check=True).stdout
+        recs = json.loads(out)
+        if recs:
+            break
+        assert time.time() < deadline, "no record of the failed request"
+        time.sleep(0.1)
+    assert recs[0]["outcome"] == "upstream_unavailable"
+    assert recs[0]["status"] == 502
+    assert recs[0]["user"] == "carol"
