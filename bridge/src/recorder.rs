@@ -10,6 +10,7 @@
 //! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ struct Shared {
     pricing: PricingTable,
     telemetry: Telemetry,
     spool: Spool,
+    /// Records that found the channel full, waiting for one blocking task to spool them
+    /// together (one fsync per group rather than per record).
+    overflow: Mutex<Vec<InterceptionRecord>>,
+    overflow_busy: AtomicBool,
 }
 
 impl Shared {
@@ -71,6 +76,32 @@ impl Shared {
         }
         log_record(rec);
         self.telemetry.observe_record(rec);
+    }
+
+    /// Spools overflowed records until none are left (runs on a blocking thread).
+    fn spill_overflow(&self) {
+        loop {
+            let mut batch =
+                std::mem::take(&mut *self.overflow.lock().unwrap_or_else(|p| p.into_inner()));
+            if batch.is_empty() {
+                self.overflow_busy.store(false, Ordering::Release);
+                // A record pushed between the take and the store would otherwise wait for the
+                // next overflow: take the job back if so.
+                let pending = !self
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if pending && !self.overflow_busy.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            for rec in &mut batch {
+                self.prepare(rec);
+            }
+            self.spool(&batch);
+        }
     }
 
     fn spool(&self, recs: &[InterceptionRecord]) {
@@ -133,6 +164,8 @@ impl Recorder {
             pricing,
             telemetry,
             spool,
+            overflow: Mutex::new(Vec::new()),
+            overflow_busy: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {
@@ -158,17 +191,19 @@ impl Recorder {
             Err(mpsc::error::TrySendError::Full(Msg::Record(rec)))
             | Err(mpsc::error::TrySendError::Closed(Msg::Record(rec))) => {
                 // The writer is behind (or gone): keep the record on disk instead of in memory.
-                let shared = self.shared.clone();
-                let spill = move || {
-                    let mut rec = *rec;
-                    shared.prepare(&mut rec);
-                    shared.spool(std::slice::from_ref(&rec));
-                };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        rt.spawn_blocking(spill);
+                self.shared
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(*rec);
+                if !self.shared.overflow_busy.swap(true, Ordering::AcqRel) {
+                    let shared = self.shared.clone();
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => {
+                            rt.spawn_blocking(move || shared.spill_overflow());
+                        }
+                        Err(_) => shared.spill_overflow(),
                     }
-                    Err(_) => spill(),
                 }
             }
             Err(_) => {}
@@ -178,6 +213,10 @@ impl Recorder {
     /// Flushes everything: the batch in memory, then the spool if the store takes it.
     /// Records that still cannot be stored stay in the spool for the next start.
     pub async fn shutdown(&self) {
+        // Overflowed records first, so the writer's last spool pass includes them.
+        while self.shared.overflow_busy.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (ack_tx, ack_rx) = oneshot::channel();
         if self.tx.send(Msg::Shutdown(ack_tx)).await.is_ok() {
             let _ = ack_rx.await;
@@ -341,7 +380,10 @@ fn log_record(r: &InterceptionRecord) {
             p.to_string()
         }
     });
+    // Names only, comma-separated: arguments can be large and belong in the store.
     let tool_calls: Vec<&str> = r.tool_calls.iter().map(|t| t.name.as_str()).collect();
+    let tool_calls = tool_calls.join(",");
+    let tools_offered = r.tools_offered.join(",");
     tracing::info!(
         target: "bridge::interception",
         id = %r.id,
@@ -363,8 +405,8 @@ fn log_record(r: &InterceptionRecord) {
         cache_write_tokens = r.usage.cache_write_tokens,
         cost_usd = r.cost_usd,
         prompt = prompt.as_deref(),
-        tools_offered = ?r.tools_offered,
-        tool_calls = ?tool_calls,
+        tools_offered = %tools_offered,
+        tool_calls = %tool_calls,
         workspace = r.context.workspace.as_deref(),
         template = r.context.template.as_deref(),
         session = r.context.session.as_deref(),

@@ -172,7 +172,7 @@ pub fn render(rows: &[UsageRow], by: GroupBy, format: Format) -> String {
                     r.output_tokens.to_string(),
                     r.cache_read_tokens.to_string(),
                     r.cache_write_tokens.to_string(),
-                    format!("{:.4}", r.cost_usd),
+                    format!("{:.6}", r.cost_usd),
                 ]
             };
             let mut body: Vec<[String; 7]> = rows.iter().map(line).collect();

@@ -150,11 +150,11 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("alice") && l.contains("3.0000")),
+            .any(|l| l.starts_with("alice") && l.contains("3.000000")),
         "{table}"
     );
     assert!(
-        lines.last().unwrap().starts_with("TOTAL") && lines.last().unwrap().contains("5.5000"),
+        lines.last().unwrap().starts_with("TOTAL") && lines.last().unwrap().contains("5.500000"),
         "{table}"
     );
 

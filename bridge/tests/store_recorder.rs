@@ -125,7 +125,7 @@ async fn usage_reports_group_recorded_requests_by_user_model_provider_and_day() 
         table.lines().last().unwrap().starts_with("TOTAL"),
         "{table}"
     );
-    assert!(table.contains("4.8000"), "{table}");
+    assert!(table.contains("4.800000"), "{table}");
     let csv = usage::render(&by_user, GroupBy::User, Format::Csv);
     assert_eq!(
         csv.lines().next().unwrap(),
