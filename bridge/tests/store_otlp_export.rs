@@ -131,7 +131,17 @@ async fn recorded_requests_are_exported_as_otlp_genai_spans_and_metrics() {
         attr(&rs["resource"]["attributes"], "service.name").unwrap()["stringValue"],
         "bridge-test"
     );
-    let spans = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+    // The exporter batches by time too, so the spans may come in more than one request.
+    let spans: Vec<Value> = got
+        .iter()
+        .filter(|(p, _, _)| p == "/v1/traces")
+        .flat_map(|(_, _, t)| {
+            t["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect();
     assert_eq!(spans.len(), 2);
     let span = spans
         .iter()
@@ -177,8 +187,10 @@ async fn recorded_requests_are_exported_as_otlp_genai_spans_and_metrics() {
         "upstream_error"
     );
 
+    // Metrics are cumulative: the last export has everything.
     let (_, _, metrics) = got
         .iter()
+        .rev()
         .find(|(p, _, _)| p == "/v1/metrics")
         .expect("a metric export");
     let ms = metrics["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
