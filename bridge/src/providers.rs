@@ -168,7 +168,10 @@ pub struct JsonBodyObserver {
 
 impl JsonBodyObserver {
     pub fn new(parse: fn(&serde_json::Value) -> Observation) -> Self {
-        Self { body: Vec::new(), parse }
+        Self {
+            body: Vec::new(),
+            parse,
+        }
     }
 }
 
@@ -316,6 +319,9 @@ mod tests {
     fn content_text_joins_text_parts_and_skips_others() {
         let v = serde_json::json!([{"type":"text","text":"a"},{"type":"image"},{"type":"text","text":"b"}]);
         assert_eq!(content_text(&v, &["text"]).as_deref(), Some("a\nb"));
-        assert_eq!(content_text(&serde_json::json!("hi"), &["text"]).as_deref(), Some("hi"));
+        assert_eq!(
+            content_text(&serde_json::json!("hi"), &["text"]).as_deref(),
+            Some("hi")
+        );
     }
 }

@@ -306,6 +306,9 @@ impl Gateway {
         // Small SSE frames must leave immediately; Nagle would add up to 40 ms per event.
         http.set_nodelay(true);
         http.enforce_http(false);
+        // A dead upstream host must fail fast (502) instead of holding the client until its own
+        // timeout; slow *answers* are normal for LLMs, so there is no response timeout.
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
