@@ -113,6 +113,9 @@ pub struct Authenticator {
     store: Store,
     cache: Arc<Mutex<HashMap<String, CacheEntry>>>,
     ttl: Duration,
+    /// Set when a lookup failed: until then, known tokens are answered from the cache without
+    /// asking the store, so an outage does not add a connect timeout to every request.
+    store_down_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Authenticator {
@@ -126,6 +129,7 @@ impl Authenticator {
             store,
             cache: Arc::new(Mutex::new(HashMap::new())),
             ttl,
+            store_down_until: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -155,6 +159,15 @@ impl Authenticator {
                 None => None,
             }
         };
+        if let Some(identity) = &stale {
+            let down = *self
+                .store_down_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if down.is_some_and(|until| now < until) {
+                return Ok(identity.clone());
+            }
+        }
         match self.store.key_by_hash(&hash).await {
             Ok(found) => {
                 let identity = match found {
@@ -185,14 +198,20 @@ impl Authenticator {
                 }
                 Ok(identity)
             }
-            Err(e) => match stale {
-                // The store is down but we knew this token: keep serving the last answer.
-                Some(identity) => {
-                    tracing::warn!(error = %e, "key store unavailable; using cached key lookup");
-                    Ok(identity)
+            Err(e) => {
+                *self
+                    .store_down_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + self.ttl);
+                match stale {
+                    // The store is down but we knew this token: keep serving the last answer.
+                    Some(identity) => {
+                        tracing::warn!(error = %e, "key store unavailable; using cached key lookup");
+                        Ok(identity)
+                    }
+                    None => Err(e),
                 }
-                None => Err(e),
-            },
+            }
         }
     }
 

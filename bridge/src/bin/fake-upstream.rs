@@ -13,7 +13,9 @@
 //!   <status>` (that status), `x-fake-error: mid-stream` (an error event after the first text).
 //!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
-//! reached it, so tests can check what the bridge forwarded and what it stripped.
+//! reached it, so tests can check what the bridge forwarded and what it stripped, and
+//! `x-fake-received-path`, the path it was asked for (to test upstream chaining). Routes match
+//! by suffix (`.../v1/messages`), so it also stands in for a gateway mounted under a prefix.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -174,6 +176,9 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     };
     if let Ok(v) = HeaderValue::from_str(&steering.received) {
         resp.headers_mut().insert("x-fake-received-headers", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&path) {
+        resp.headers_mut().insert("x-fake-received-path", v);
     }
     resp
 }

@@ -45,7 +45,8 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float =
 class Bridge:
     """A running bridge + fake upstream, with helpers to read what the bridge recorded."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, upstream_prefix: str = ""):
+        """`upstream_prefix` mounts the upstream under a path, as an existing LLM gateway is."""
         self.tmp = tmp
         self.db = tmp / "bridge.db"
         self.store = f"sqlite://{self.db}"
@@ -53,16 +54,19 @@ class Bridge:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = tmp / "bridge.yaml"
+        upstream = f"http://127.0.0.1:{self.upstream_port}"
+        anthropic_url = f"{upstream}{upstream_prefix}/anthropic" if upstream_prefix else upstream
+        openai_url = f"{upstream}{upstream_prefix}/openai" if upstream_prefix else upstream
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"store: {self.store}\n"
             f"spool_dir: {tmp / 'spool'}\n"
             "providers:\n"
             "  anthropic:\n"
-            f"    base_url: http://127.0.0.1:{self.upstream_port}\n"
+            f"    base_url: {anthropic_url}\n"
             "    api_key_env: TEST_ANTHROPIC_KEY\n"
             "  openai:\n"
-            f"    base_url: http://127.0.0.1:{self.upstream_port}\n"
+            f"    base_url: {openai_url}\n"
             f"    api_key: {OPENAI_KEY}\n"
         )
         self.procs = []

@@ -90,3 +90,23 @@ def test_unreachable_upstream_answers_502_and_is_recorded_as_upstream_unavailabl
     assert recs[0]["outcome"] == "upstream_unavailable"
     assert recs[0]["status"] == 502
     assert recs[0]["user"] == "carol"
+
+
+def test_base_url_may_point_at_an_upstream_gateway_under_a_path_prefix(tmp_path):
+    """Upstream chaining: the bridge keeps the base_url's path and appends the API path to it."""
+    from conftest import Bridge
+
+    b = Bridge(tmp_path, upstream_prefix="/gateway/v2").start()
+    try:
+        a = anthropic.Anthropic(base_url=f"{b.url}/anthropic", api_key=b.token, max_retries=0)
+        raw = a.messages.with_raw_response.create(
+            model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "chained?"}])
+        assert raw.headers["x-fake-received-path"] == "/gateway/v2/anthropic/v1/messages"
+        assert raw.parse().content[0].type == "text"
+        o = openai.OpenAI(base_url=f"{b.url}/openai/v1", api_key=b.token, max_retries=0)
+        raw = o.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "chained?"}])
+        assert raw.headers["x-fake-received-path"] == "/gateway/v2/openai/v1/chat/completions"
+        assert raw.parse().choices[0].message.content
+    finally:
+        b.stop()
