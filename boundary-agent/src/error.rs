@@ -1,7 +1,44 @@
-//! The crate's one error type.
+//! The crate's one error type. User-facing problems carry enough context (file, line, field,
+//! missing privilege) to be fixed without reading the source.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("{0}")]
     Io(#[from] std::io::Error),
+
+    #[error("boundary needs {privilege} to {why}; run it as root (or with that capability)")]
+    MissingPrivilege {
+        privilege: &'static str,
+        why: &'static str,
+    },
+
+    #[error("cgroup v2 is not available: {0}")]
+    NoCgroup2(String),
+
+    #[error("loading the eBPF programs failed: {0}")]
+    Ebpf(String),
+
+    #[error("the policy does not fit the kernel maps: {0}")]
+    Compile(String),
+
+    #[error("DNS: {0}")]
+    Dns(String),
+
+    #[error("invalid target {target:?}: {reason}")]
+    InvalidTarget { target: String, reason: String },
 }
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,608 @@
-//! (in progress)
+//! Turning the policy's domains into addresses, and keeping them fresh.
+//!
+//! Names are looked up in the hosts file first, then asked of the nameservers, exactly those of
+//! the policy (or /etc/resolv.conf): no system resolver library decides behind our back where a
+//! query goes. Each name is asked again before its TTL runs out (clamped to
+//! `dns.min_ttl..=dns.max_ttl`); an address that a name stops resolving to stays allowed for
+//! `dns.grace_period`, so open connections and answers cached by programs keep working.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::policy::{DnsSettings, DomainPattern, Policy};
+
+/// How often hosts-file answers (which have no TTL) are looked at again.
+const HOSTS_TTL: Duration = Duration::from_secs(5);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every known name currently resolves to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressBook {
+    /// name → address → `None` while current, `Some(deadline)` while in its grace period.
+    names: BTreeMap<String, BTreeMap<IpAddr, Option<Instant>>>,
+}
+
+impl AddressBook {
+    /// Adds a permanent address for `name`.
+    pub fn insert_static(&mut self, name: &str, ip: IpAddr) {
+        self.names.entry(name.to_string()).or_default().insert(ip, None);
+    }
+
+    /// Records a fresh answer for `name`: its addresses become current, addresses it no longer
+    /// has enter their grace period. Returns whether anything changed.
+    pub fn update(&mut self, name: &str, ips: &[IpAddr], now: Instant, grace: Duration) -> bool {
+        let entry = self.names.entry(name.to_string()).or_default();
+        let before = entry.clone();
+        for (ip, state) in entry.iter_mut() {
+            if !ips.contains(ip) && state.is_none() {
+                *state = Some(now + grace);
+            }
+        }
+        for ip in ips {
+            entry.insert(*ip, None);
+        }
+        *entry != before
+    }
+
+    /// Drops addresses whose grace period is over. Returns whether anything changed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for addrs in self.names.values_mut() {
+            addrs.retain(|_, state| {
+                let keep = state.is_none_or(|deadline| deadline > now);
+                changed |= !keep;
+                keep
+            });
+        }
+        changed
+    }
+
+    /// Addresses of every known name the pattern matches.
+    pub fn addresses_matching(&self, pattern: &DomainPattern) -> Vec<IpAddr> {
+        let mut out = BTreeSet::new();
+        match pattern {
+            DomainPattern::Exact(name) => {
+                if let Some(addrs) = self.names.get(name) {
+                    out.extend(addrs.keys().copied());
+                }
+            }
+            DomainPattern::Wildcard(_) => {
+                for (name, addrs) in &self.names {
+                    if pattern.matches(name) {
+                        out.extend(addrs.keys().copied());
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Every name that resolves (or recently resolved) to `ip`, sorted.
+    pub fn domains_for(&self, ip: IpAddr) -> Vec<String> {
+        let ip = canonical(ip);
+        self.names
+            .iter()
+            .filter(|(_, addrs)| addrs.contains_key(&ip))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.values().all(|a| a.is_empty())
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Where names are resolved: the policy's `dns:` section, overridden from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    pub nameservers: Vec<SocketAddr>,
+    pub hosts_file: PathBuf,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub grace_period: Duration,
+}
+
+impl ResolverConfig {
+    /// Reads /etc/resolv.conf only when the policy and the overrides name no nameserver.
+    pub fn new(
+        settings: &DnsSettings,
+        dns_server: Option<SocketAddr>,
+        hosts_file: Option<&Path>,
+    ) -> Result<Self> {
+        let nameservers = match (dns_server, &settings.nameservers) {
+            (Some(server), _) => vec![server],
+            (None, Some(list)) => list.clone(),
+            (None, None) => system_nameservers(Path::new("/etc/resolv.conf"))?,
+        };
+        let hosts_file = hosts_file
+            .map(Path::to_path_buf)
+            .or_else(|| settings.hosts_file.clone())
+            .unwrap_or_else(|| PathBuf::from("/etc/hosts"));
+        Ok(ResolverConfig {
+            nameservers,
+            hosts_file,
+            min_ttl: settings.min_ttl,
+            max_ttl: settings.max_ttl,
+            grace_period: settings.grace_period,
+        })
+    }
+}
+
+/// `nameserver` lines of a resolv.conf.
+pub fn system_nameservers(path: &Path) -> Result<Vec<SocketAddr>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect())
+}
+
+/// Addresses of `name` in a hosts file.
+pub fn hosts_lookup(path: &Path, name: &str) -> Vec<IpAddr> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        let Some(ip) = fields.next().and_then(|f| f.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if fields.any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&name)) && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// Resolves the policy's exact domains and keeps the answers fresh.
+pub struct Resolver {
+    config: ResolverConfig,
+    names: Vec<String>,
+    book: AddressBook,
+    next_refresh: BTreeMap<String, Instant>,
+}
+
+impl Resolver {
+    pub fn new(policy: &Policy, config: ResolverConfig) -> Self {
+        Resolver {
+            config,
+            names: policy.exact_domains(),
+            book: AddressBook::default(),
+            next_refresh: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ResolverConfig {
+        &self.config
+    }
+
+    /// Resolves every name once. Names that do not resolve are reported and retried later.
+    pub async fn resolve_initial(&mut self) -> AddressBook {
+        let now = Instant::now();
+        let lookups = self.names.clone().into_iter().map(|name| {
+            let config = self.config.clone();
+            async move {
+                let answer = resolve(&config, &name).await;
+                (name, answer)
+            }
+        });
+        for (name, answer) in futures_join_all(lookups).await {
+            self.apply(&name, answer, now);
+        }
+        self.book.clone()
+    }
+
+    fn apply(&mut self, name: &str, answer: Result<(Vec<IpAddr>, Duration)>, now: Instant) -> bool {
+        let (changed, ttl) = match answer {
+            Ok((ips, ttl)) => {
+                if ips.is_empty() {
+                    tracing::warn!(domain = name, "does not resolve; nothing is allowed for it yet");
+                }
+                (self.book.update(name, &ips, now, self.config.grace_period), ttl)
+            }
+            Err(e) => {
+                // Keep what we had: an unreachable nameserver must not cut working connections.
+                tracing::warn!(domain = name, error = %e, "resolution failed; keeping previous addresses");
+                (false, self.config.min_ttl)
+            }
+        };
+        let ttl = ttl.clamp(self.config.min_ttl, self.config.max_ttl);
+        // Ask again when 80% of the TTL has passed, so the new answer is in place before
+        // programs' cached answers (which expire at 100%) are refreshed.
+        self.next_refresh.insert(name.to_string(), now + ttl.mul_f32(0.8));
+        changed
+    }
+
+    /// Re-resolves names as their TTLs run out and publishes each changed book.
+    pub fn spawn_refresh(mut self, tx: watch::Sender<Arc<AddressBook>>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let now = Instant::now();
+                let due = self
+                    .next_refresh
+                    .values()
+                    .min()
+                    .copied()
+                    .unwrap_or(now + self.config.max_ttl);
+                let grace_due = now + Duration::from_secs(1);
+                let wake = due.min(grace_due);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = tx.closed() => return,
+                }
+                let now = Instant::now();
+                let mut changed = self.book.expire(now);
+                let names: Vec<String> = self
+                    .next_refresh
+                    .iter()
+                    .filter(|(_, t)| **t <= now)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in names {
+                    let answer = resolve(&self.config, &name).await;
+                    changed |= self.apply(&name, answer, Instant::now());
+                }
+                if changed && tx.send(Arc::new(self.book.clone())).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Hosts file first; then A and AAAA from the first nameserver that answers.
+pub async fn resolve(config: &ResolverConfig, name: &str) -> Result<(Vec<IpAddr>, Duration)> {
+    let from_hosts = hosts_lookup(&config.hosts_file, name);
+    if !from_hosts.is_empty() {
+        return Ok((from_hosts, HOSTS_TTL));
+    }
+    if config.nameservers.is_empty() {
+        return Err(Error::Dns(format!("no nameserver configured to resolve {name}")));
+    }
+    let mut last_error = None;
+    for server in &config.nameservers {
+        let mut ips = Vec::new();
+        let mut ttl: Option<u32> = None;
+        let mut ok = true;
+        for qtype in [wire::TYPE_A, wire::TYPE_AAAA] {
+            match query(*server, name, qtype).await {
+                Ok(answer) => {
+                    ips.extend(answer.addresses);
+                    if let Some(t) = answer.min_ttl {
+                        ttl = Some(ttl.map_or(t, |old| old.min(t)));
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    last_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if ok {
+            return Ok((ips, Duration::from_secs(ttl.unwrap_or(30).into())));
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::Dns("no answer".into())))
+}
+
+async fn query(server: SocketAddr, name: &str, qtype: u16) -> Result<wire::Answer> {
+    let id: u16 = rand_id();
+    let request = wire::build_query(id, name, qtype)?;
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await?;
+    socket.connect(server).await?;
+    socket.send(&request).await?;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
+            .await
+            .map_err(|_| Error::Dns(format!("{server} did not answer about {name} within {QUERY_TIMEOUT:?}")))??;
+        match wire::parse_answer(&buf[..n], id) {
+            Ok(answer) if answer.truncated => return query_tcp(server, &request, id).await,
+            Ok(answer) => return Ok(answer),
+            // A stray datagram (wrong id): keep waiting for ours.
+            Err(wire::WireError::WrongId) => continue,
+            Err(e) => return Err(Error::Dns(format!("{server}: {e}"))),
+        }
+    }
+}
+
+async fn query_tcp(server: SocketAddr, request: &[u8], id: u16) -> Result<wire::Answer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(server).await?;
+        let mut framed = (request.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(request);
+        stream.write_all(&framed).await?;
+        let len = stream.read_u16().await? as usize;
+        let mut buf = vec![0u8; len];
+        stream.read_exact(&mut buf).await?;
+        wire::parse_answer(&buf, id).map_err(|e| Error::Dns(format!("{server}: {e}")))
+    };
+    tokio::time::timeout(QUERY_TIMEOUT, work)
+        .await
+        .map_err(|_| Error::Dns(format!("{server} did not answer over TCP")))?
+}
+
+fn rand_id() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
+
+/// The DNS wire format, the small part of it we need (RFC 1035).
+pub mod wire {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    pub const TYPE_A: u16 = 1;
+    pub const TYPE_AAAA: u16 = 28;
+
+    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+    pub enum WireError {
+        #[error("answer is truncated or malformed")]
+        Malformed,
+        #[error("answer is for another query")]
+        WrongId,
+        #[error("server failure (rcode {0})")]
+        ServerFailure(u8),
+    }
+
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub struct Answer {
+        pub addresses: Vec<IpAddr>,
+        /// Smallest TTL among the address records.
+        pub min_ttl: Option<u32>,
+        pub truncated: bool,
+    }
+
+    pub fn build_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, crate::error::Error> {
+        let mut out = Vec::with_capacity(32 + name.len());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&0x0100u16.to_be_bytes()); // recursion desired
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.trim_end_matches('.').split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err(crate::error::Error::Dns(format!("`{name}` is not a valid name")));
+            }
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+        out.push(0);
+        out.extend_from_slice(&qtype.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes()); // class IN
+        Ok(out)
+    }
+
+    fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, WireError> {
+        loop {
+            let len = *msg.get(at).ok_or(WireError::Malformed)? as usize;
+            if len == 0 {
+                return Ok(at + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Ok(at + 2);
+            }
+            at += 1 + len;
+        }
+    }
+
+    fn u16_at(msg: &[u8], at: usize) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes([
+            *msg.get(at).ok_or(WireError::Malformed)?,
+            *msg.get(at + 1).ok_or(WireError::Malformed)?,
+        ]))
+    }
+
+    /// Collects the A/AAAA records of the answer section (CNAME chains included by servers).
+    pub fn parse_answer(msg: &[u8], id: u16) -> Result<Answer, WireError> {
+        if msg.len() < 12 {
+            return Err(WireError::Malformed);
+        }
+        if u16_at(msg, 0)? != id {
+            return Err(WireError::WrongId);
+        }
+        let flags = u16_at(msg, 2)?;
+        let truncated = flags & 0x0200 != 0;
+        let rcode = (flags & 0x000f) as u8;
+        // NXDOMAIN (3) is an answer: the name has no address.
+        if rcode != 0 && rcode != 3 {
+            return Err(WireError::ServerFailure(rcode));
+        }
+        let qdcount = u16_at(msg, 4)?;
+        let ancount = u16_at(msg, 6)?;
+        let mut at = 12;
+        for _ in 0..qdcount {
+            at = skip_name(msg, at)? + 4;
+        }
+        let mut answer = Answer {
+            truncated,
+            ..Answer::default()
+        };
+        for _ in 0..ancount {
+            at = skip_name(msg, at)?;
+            let rtype = u16_at(msg, at)?;
+            let ttl = u32::from_be_bytes(
+                msg.get(at + 4..at + 8)
+                    .ok_or(WireError::Malformed)?
+                    .try_into()
+                    .map_err(|_| WireError::Malformed)?,
+            );
+            let rdlen = u16_at(msg, at + 8)? as usize;
+            let rdata = msg.get(at + 10..at + 10 + rdlen).ok_or(WireError::Malformed)?;
+            let ip = match (rtype, rdlen) {
+                (TYPE_A, 4) => Some(IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]))),
+                (TYPE_AAAA, 16) => {
+                    let b: [u8; 16] = rdata.try_into().map_err(|_| WireError::Malformed)?;
+                    Some(IpAddr::V6(Ipv6Addr::from(b)))
+                }
+                _ => None,
+            };
+            if let Some(ip) = ip {
+                answer.addresses.push(ip);
+                answer.min_ttl = Some(answer.min_ttl.map_or(ttl, |t| t.min(ttl)));
+            }
+            at += 10 + rdlen;
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// A one-name DNS server on 127.0.0.1 answering A queries from a shared, changeable list.
+    fn dns_server(answers: Arc<std::sync::Mutex<(Vec<[u8; 4]>, u32)>>) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                let q = &buf[..n];
+                let mut resp = q.to_vec();
+                resp[2] = 0x81;
+                resp[3] = 0x80;
+                let qtype = u16::from_be_bytes([q[n - 4], q[n - 3]]);
+                let (ips, ttl) = answers.lock().unwrap().clone();
+                let ips = if qtype == 1 { ips } else { Vec::new() };
+                resp[6..8].copy_from_slice(&(ips.len() as u16).to_be_bytes());
+                for ip in ips {
+                    resp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+                    resp.extend_from_slice(&ttl.to_be_bytes());
+                    resp.extend_from_slice(&[0, 4]);
+                    resp.extend_from_slice(&ip);
+                }
+                socket.send_to(&resp, peer).unwrap();
+            }
+        });
+        addr
+    }
+
+    fn config(server: SocketAddr, hosts: &Path) -> ResolverConfig {
+        ResolverConfig {
+            nameservers: vec![server],
+            hosts_file: hosts.to_path_buf(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60),
+            grace_period: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn resolves_through_the_configured_nameserver_with_ttl() {
+        let answers = Arc::new(std::sync::Mutex::new((vec![[127, 0, 0, 2]], 42)));
+        let server = dns_server(answers);
+        let dir = tempfile::tempdir().unwrap();
+        let (ips, ttl) = resolve(&config(server, &dir.path().join("none")), "allowed.test").await.unwrap();
+        assert_eq!(ips, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(ttl, Duration::from_secs(42));
+    }
+
+    #[tokio::test]
+    async fn hosts_file_wins_over_dns() {
+        let answers = Arc::new(std::sync::Mutex::new((vec![[127, 0, 0, 9]], 42)));
+        let server = dns_server(answers);
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "# comment\n127.0.0.2 Allowed.Test other\n::1 allowed.test\n").unwrap();
+        let (ips, _) = resolve(&config(server, &hosts), "allowed.test.").await.unwrap();
+        assert_eq!(ips, vec!["127.0.0.2".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn refresh_publishes_new_addresses_and_keeps_old_ones_for_the_grace_period() {
+        let answers = Arc::new(std::sync::Mutex::new((vec![[127, 0, 0, 2]], 1)));
+        let server = dns_server(answers.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let policy = crate::config::parse("t.yaml", "allowlist: [\"domain=moving.test\"]").unwrap();
+        let mut resolver = Resolver::new(&policy, config(server, &dir.path().join("none")));
+        let book = resolver.resolve_initial().await;
+        let old: IpAddr = "127.0.0.2".parse().unwrap();
+        let new: IpAddr = "127.0.0.4".parse().unwrap();
+        assert_eq!(book.domains_for(old), vec!["moving.test"]);
+        answers.lock().unwrap().0 = vec![[127, 0, 0, 4]];
+        let (tx, mut rx) = watch::channel(Arc::new(book));
+        let _task = resolver.spawn_refresh(tx);
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        let book = rx.borrow_and_update().clone();
+        let pattern = DomainPattern::Exact("moving.test".into());
+        assert_eq!(book.addresses_matching(&pattern), vec![old, new], "old address kept during grace");
+        // After the 2 s grace period the old address goes.
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            tokio::time::timeout(Duration::from_secs(6), rx.changed()).await.unwrap().unwrap();
+            let book = rx.borrow_and_update().clone();
+            if book.addresses_matching(&pattern) == vec![new] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "old address never expired");
+        }
+    }
+
+    #[test]
+    fn reads_nameservers_from_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "search x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\n").unwrap();
+        assert_eq!(
+            system_nameservers(&path).unwrap(),
+            vec!["127.0.0.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn parses_answers_and_rejects_garbage() {
+        assert_eq!(wire::parse_answer(&[0; 5], 1), Err(wire::WireError::Malformed));
+        let q = wire::build_query(7, "a.test", wire::TYPE_A).unwrap();
+        assert_eq!(wire::parse_answer(&q, 8), Err(wire::WireError::WrongId));
+        assert_eq!(wire::parse_answer(&q, 7).unwrap().addresses, Vec::<IpAddr>::new());
+    }
+}
