@@ -28,16 +28,32 @@ fn build_ebpf() -> Result<PathBuf> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest.parent().context("workspace root")?;
     let ebpf = root.join("boundary-ebpf");
-    for path in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rust-toolchain.toml"] {
+    for path in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "rust-toolchain.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf.join(path).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("boundary-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("boundary-common/src").display()
+    );
 
     let target_dir = root.join("target/bpf");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(&ebpf);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(&ebpf);
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("CARGO")

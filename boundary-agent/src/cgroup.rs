@@ -56,7 +56,12 @@ impl Cgroup {
         match fs::create_dir(&parent) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(Error::File { path: parent, source }),
+            Err(source) => {
+                return Err(Error::File {
+                    path: parent,
+                    source,
+                })
+            }
         }
         let path = parent.join(name);
         fs::create_dir(&path).map_err(|source| Error::File {
@@ -135,6 +140,17 @@ pub fn remove_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// Kills every process in the cgroup at `path` (the cgroup itself stays).
+pub fn kill_all(path: &Path) -> Result<()> {
+    if is_populated(path) {
+        fs::write(path.join("cgroup.kill"), "1").map_err(|source| Error::File {
+            path: path.join("cgroup.kill"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// The session cgroup directories under `root` (for the stale-session sweep).
 pub fn sessions(root: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(root.join(PARENT)) else {
@@ -160,7 +176,10 @@ mod tests {
         let hybrid = "25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs ro\n\
                       30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
                       31 25 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(cgroup2_root_in(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(
+            cgroup2_root_in(hybrid),
+            Some("/sys/fs/cgroup/unified".into())
+        );
         let unified = "29 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_root_in(unified), Some("/sys/fs/cgroup".into()));
         assert_eq!(cgroup2_root_in("1 0 0:1 / / rw - ext4 /dev/sda rw\n"), None);

@@ -45,7 +45,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}: {}", self.file, p.line, p.col, p.field, p.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, p.line, p.col, p.field, p.message
+            )?;
         }
         Ok(())
     }
@@ -167,7 +171,8 @@ impl MarkedEventReceiver for TreeBuilder {
         match ev {
             Event::Scalar(value, style, _, _) => {
                 let plain = matches!(style, yaml_rust2::scanner::TScalarStyle::Plain);
-                let kind = if plain && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+                let kind = if plain && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL")
+                {
                     Kind::Null
                 } else {
                     Kind::Scalar(value)
@@ -269,7 +274,11 @@ fn build_policy(root: Node, errors: &mut Errors) -> Policy {
     let entries = match root.kind {
         Kind::Map(entries) => entries,
         Kind::Null => {
-            errors.add(root.pos, "(root)", "the config is empty; it needs at least `allowlist:`");
+            errors.add(
+                root.pos,
+                "(root)",
+                "the config is empty; it needs at least `allowlist:`",
+            );
             return policy;
         }
         _ => {
@@ -355,7 +364,11 @@ fn build_dns(node: Node, errors: &mut Errors) -> DnsSettings {
                 for item in items(value, &field, errors) {
                     match scalar(&item).as_deref().map(parse_nameserver) {
                         Some(Some(addr)) => servers.push(addr),
-                        _ => errors.add(item.pos, &field, "expected an IP address, optionally with :port"),
+                        _ => errors.add(
+                            item.pos,
+                            &field,
+                            "expected an IP address, optionally with :port",
+                        ),
                     }
                 }
                 dns.nameservers = Some(servers);
@@ -375,14 +388,26 @@ fn build_dns(node: Node, errors: &mut Errors) -> DnsSettings {
                         "max_ttl" => dns.max_ttl = d,
                         _ => dns.grace_period = d,
                     },
-                    _ => errors.add(value.pos, &field, "expected a duration such as 30, 30s, 5m or 1h"),
+                    _ => errors.add(
+                        value.pos,
+                        &field,
+                        "expected a duration such as 30, 30s, 5m or 1h",
+                    ),
                 }
             }
-            other => errors.add(key.pos, format!("dns.{other}"), unknown_key(other, DNS_KEYS)),
+            other => errors.add(
+                key.pos,
+                format!("dns.{other}"),
+                unknown_key(other, DNS_KEYS),
+            ),
         }
     }
     if dns.min_ttl > dns.max_ttl {
-        errors.add(node.pos, "dns.min_ttl", "must not be larger than dns.max_ttl");
+        errors.add(
+            node.pos,
+            "dns.min_ttl",
+            "must not be larger than dns.max_ttl",
+        );
     }
     dns
 }
@@ -463,7 +488,9 @@ fn parse_rule_string(text: &str) -> Result<Rule, RuleProblem> {
         let Some((key, value)) = token.split_once('=') else {
             return Err(RuleProblem::new(
                 "",
-                format!("`{token}` is not key=value (rules look like \"domain=github.com port=443\")"),
+                format!(
+                    "`{token}` is not key=value (rules look like \"domain=github.com port=443\")"
+                ),
             ));
         };
         let slot = match key {
@@ -474,7 +501,12 @@ fn parse_rule_string(text: &str) -> Result<Rule, RuleProblem> {
             "proto" => &mut parts.proto,
             "method" => &mut parts.methods,
             "path" => &mut parts.paths,
-            other => return Err(RuleProblem::new(other, unknown_key(other, RULE_STRING_KEYS))),
+            other => {
+                return Err(RuleProblem::new(
+                    other,
+                    unknown_key(other, RULE_STRING_KEYS),
+                ))
+            }
         };
         if slot.is_some() {
             return Err(RuleProblem::new(key, "given twice in one rule"));
@@ -495,7 +527,10 @@ fn parse_rule_map(
     let mut parts = RuleParts::default();
     let mut text = Vec::new();
     let mut key_pos: Vec<(&'static str, Pos)> = Vec::new();
-    let first = entries.first().map(|(k, _)| k.pos).unwrap_or(Pos { line: 0, col: 0 });
+    let first = entries
+        .first()
+        .map(|(k, _)| k.pos)
+        .unwrap_or(Pos { line: 0, col: 0 });
     for (key, value) in entries {
         let name = scalar(key).unwrap_or_default();
         let joined = match &value.kind {
@@ -506,7 +541,11 @@ fn parse_rule_map(
                 .collect::<Vec<_>>()
                 .join(","),
             _ => {
-                errors.add(value.pos, format!("{field}.{name}"), "expected a value or a list of values");
+                errors.add(
+                    value.pos,
+                    format!("{field}.{name}"),
+                    "expected a value or a list of values",
+                );
                 continue;
             }
         };
@@ -519,7 +558,10 @@ fn parse_rule_map(
             "methods" | "method" => (&mut parts.methods, "method"),
             "paths" | "path" => (&mut parts.paths, "path"),
             other => {
-                return Err((RuleProblem::new(other, unknown_key(other, RULE_MAP_KEYS)), key.pos))
+                return Err((
+                    RuleProblem::new(other, unknown_key(other, RULE_MAP_KEYS)),
+                    key.pos,
+                ))
             }
         };
         if slot.is_some() {
@@ -561,7 +603,10 @@ fn finish_rule(parts: RuleParts) -> Result<Rule, RuleProblem> {
         Target::Domain(DomainPattern::parse(d).map_err(|m| RuleProblem::new("domain", m))?)
     } else if let Some(c) = &parts.cidr {
         let net: IpNet = c.parse().map_err(|_| {
-            RuleProblem::new("cidr", format!("`{c}` is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))
+            RuleProblem::new(
+                "cidr",
+                format!("`{c}` is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"),
+            )
         })?;
         if net.trunc() != net {
             return Err(RuleProblem::new(
@@ -588,10 +633,16 @@ fn finish_rule(parts: RuleParts) -> Result<Rule, RuleProblem> {
     let methods = split_list(parts.methods.as_deref());
     for m in &methods {
         if !m.chars().all(|c| c.is_ascii_alphabetic()) {
-            return Err(RuleProblem::new("method", format!("`{m}` is not an HTTP method")));
+            return Err(RuleProblem::new(
+                "method",
+                format!("`{m}` is not an HTTP method"),
+            ));
         }
     }
-    let methods = methods.into_iter().map(|m| m.to_ascii_uppercase()).collect();
+    let methods = methods
+        .into_iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect();
     let paths = split_list(parts.paths.as_deref());
     for p in &paths {
         if !p.starts_with('/') {
@@ -632,7 +683,9 @@ pub(crate) fn parse_ports(text: &str) -> Result<Vec<PortRange>, String> {
         };
         let parse = |s: &str| -> Result<u16, String> {
             match s.parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("`{part}` is not a port (1-65535) or range (8000-8100)")),
+                Ok(0) | Err(_) => Err(format!(
+                    "`{part}` is not a port (1-65535) or range (8000-8100)"
+                )),
                 Ok(p) => Ok(p),
             }
         };
@@ -665,7 +718,9 @@ fn parse_nameserver(text: &str) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Some(addr);
     }
-    text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+    text.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, 53))
 }
 
 /// `30`, `30s`, `5m`, `1h`.
@@ -700,7 +755,11 @@ fn items(node: Node, field: &str, errors: &mut Errors) -> Vec<Node> {
         Kind::Seq(items) => items,
         Kind::Null => Vec::new(),
         _ => {
-            errors.add(node.pos, field, format!("expected a list, found {}", node.describe()));
+            errors.add(
+                node.pos,
+                field,
+                format!("expected a list, found {}", node.describe()),
+            );
             Vec::new()
         }
     }
@@ -709,7 +768,11 @@ fn items(node: Node, field: &str, errors: &mut Errors) -> Vec<Node> {
 fn expect_string(node: &Node, field: &str, errors: &mut Errors) -> Option<String> {
     let s = scalar(node);
     if s.is_none() {
-        errors.add(node.pos, field, format!("expected a string, found {}", node.describe()));
+        errors.add(
+            node.pos,
+            field,
+            format!("expected a string, found {}", node.describe()),
+        );
     }
     s
 }
@@ -781,11 +844,20 @@ log_level: warn
         assert_eq!(p.rules[2].text, "method=GET,HEAD domain=api.github.com");
         assert_eq!(p.rules[2].methods, vec!["GET", "HEAD"]);
         assert_eq!(p.rules[3].paths, vec!["/users", "/posts"]);
-        assert_eq!(p.rules[1].target, Target::Domain(DomainPattern::Wildcard("npmjs.org".into())));
+        assert_eq!(
+            p.rules[1].target,
+            Target::Domain(DomainPattern::Wildcard("npmjs.org".into()))
+        );
         assert_eq!(p.log_dir.as_deref(), Some(Path::new("/tmp/boundary_logs")));
         assert_eq!(p.mode, Mode::Enforce);
-        assert!(p.allow_loopback, "loopback is allowed unless the config says otherwise");
-        assert_eq!(p.rules.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert!(
+            p.allow_loopback,
+            "loopback is allowed unless the config says otherwise"
+        );
+        assert_eq!(
+            p.rules.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
     }
 
     #[test]
@@ -810,13 +882,28 @@ dns:
         assert_eq!(p.name, "agents");
         assert_eq!(p.mode, Mode::Audit);
         assert!(!p.allow_loopback);
-        assert_eq!(p.rules[1].ports, vec![PortRange { lo: 443, hi: 443 }, PortRange { lo: 8000, hi: 8100 }]);
+        assert_eq!(
+            p.rules[1].ports,
+            vec![
+                PortRange { lo: 443, hi: 443 },
+                PortRange { lo: 8000, hi: 8100 }
+            ]
+        );
         assert_eq!(p.rules[1].protocols, PROTO_TCP);
-        assert_eq!(p.rules[1].text, "cidr=2001:db8::/32 port=443,8000-8100 proto=tcp");
-        assert_eq!(p.rules[2].target, Target::Net("192.0.2.7/32".parse().unwrap()));
+        assert_eq!(
+            p.rules[1].text,
+            "cidr=2001:db8::/32 port=443,8000-8100 proto=tcp"
+        );
+        assert_eq!(
+            p.rules[2].target,
+            Target::Net("192.0.2.7/32".parse().unwrap())
+        );
         assert_eq!(p.rules[2].protocols, PROTO_UDP);
         assert_eq!(p.rules[3].ports, vec![PortRange { lo: 443, hi: 443 }]);
-        assert_eq!(p.dns.nameservers, Some(vec!["127.0.0.1:5353".parse().unwrap()]));
+        assert_eq!(
+            p.dns.nameservers,
+            Some(vec!["127.0.0.1:5353".parse().unwrap()])
+        );
         assert_eq!(p.dns.grace_period, Duration::from_secs(300));
     }
 
@@ -848,7 +935,8 @@ dns:
     #[test]
     fn rejects_rules_without_or_with_two_destinations() {
         assert!(problems("allowlist: [\"port=443\"]")[0].contains("needs a destination"));
-        assert!(problems("allowlist: [\"domain=a.com cidr=10.0.0.0/8\"]")[0].contains("exactly one destination"));
+        assert!(problems("allowlist: [\"domain=a.com cidr=10.0.0.0/8\"]")[0]
+            .contains("exactly one destination"));
     }
 
     #[test]

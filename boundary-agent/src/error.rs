@@ -19,11 +19,8 @@ pub enum Error {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 
-    #[error("boundary needs {privilege} to {why}; run it as root (or with that capability)")]
-    MissingPrivilege {
-        privilege: &'static str,
-        why: &'static str,
-    },
+    #[error("boundary run needs privileges it does not have: {0}. Run it as root (sudo boundary run ...); the command was not started")]
+    MissingPrivileges(String),
 
     #[error("cgroup v2 is not available: {0}")]
     NoCgroup2(String),

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, RingBuf};
 use boundary_common::{
-    Event, ACTION_ALLOW, ACTION_DENY, ACTION_WOULD_DENY, AF_INET, AF_INET6, HOOK_CONNECT4, HOOK_CONNECT6,
-    HOOK_SENDMSG4, HOOK_SENDMSG6, HOOK_SOCK_CREATE, PROTO_TCP, PROTO_UDP, RULE_NONE,
+    Event, ACTION_ALLOW, ACTION_DENY, ACTION_WOULD_DENY, AF_INET, AF_INET6, HOOK_CONNECT4,
+    HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, HOOK_SOCK_CREATE, PROTO_TCP, PROTO_UDP, RULE_NONE,
 };
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -64,7 +64,10 @@ impl Enricher {
         m.insert("event.action".into(), action.into());
         m.insert("boundary.hook".into(), hook_name(e.hook).into());
         if e.hook == HOOK_SOCK_CREATE {
-            m.insert("boundary.socket.type".into(), socket_type(e.family, e.sock_type).into());
+            m.insert(
+                "boundary.socket.type".into(),
+                socket_type(e.family, e.sock_type).into(),
+            );
             m.insert("network.protocol.number".into(), e.ip_protocol.into());
         } else {
             let ip = address(e);
@@ -89,7 +92,10 @@ impl Enricher {
             "boundary.rule".into(),
             match e.rule_id {
                 RULE_NONE => "none".into(),
-                id => policy.rule_text(id).unwrap_or("unknown (policy reloaded)").into(),
+                id => policy
+                    .rule_text(id)
+                    .unwrap_or("unknown (policy reloaded)")
+                    .into(),
             },
         );
         m.insert(
@@ -113,7 +119,10 @@ impl Enricher {
                 .map(|p| p.to_string_lossy().into_owned())
                 .into(),
         );
-        m.insert("process.command_line".into(), command_line(&proc_dir).into());
+        m.insert(
+            "process.command_line".into(),
+            command_line(&proc_dir).into(),
+        );
         m.insert("process.parent_pid".into(), parent_pid(&proc_dir).into());
         m.insert("user.id".into(), uid.into());
         m.insert("user.name".into(), self.user_name(uid).into());
@@ -255,6 +264,11 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// Resolves once `stop` is true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Reads one ring until `stop` turns true, then drains what is left and returns.
 pub async fn read_ring(
     ring: RingBuf<MapData>,
@@ -272,7 +286,7 @@ pub async fn read_ring(
                 drain(guard.get_inner_mut(), &enricher, &out);
                 guard.clear_ready();
             }
-            _ = stop.wait_for(|s| *s) => {
+            _ = stopped(&mut stop) => {
                 drain(fd.get_mut(), &enricher, &out);
                 return Ok(());
             }
@@ -299,7 +313,9 @@ pub struct Sink {
 
 impl Sink {
     pub fn new() -> Self {
-        Sink { writers: Vec::new() }
+        Sink {
+            writers: Vec::new(),
+        }
     }
 
     pub fn stdout(&mut self) {
@@ -322,8 +338,10 @@ impl Sink {
                 path: path.to_path_buf(),
                 source,
             })?;
-        self.writers
-            .push((path.display().to_string(), Box::new(io::LineWriter::new(file))));
+        self.writers.push((
+            path.display().to_string(),
+            Box::new(io::LineWriter::new(file)),
+        ));
         Ok(())
     }
 
@@ -384,7 +402,10 @@ mod tests {
         };
         // SAFETY: viewing a POD struct as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&e as *const Event).cast::<u8>(), std::mem::size_of::<Event>())
+            std::slice::from_raw_parts(
+                (&e as *const Event).cast::<u8>(),
+                std::mem::size_of::<Event>(),
+            )
         };
         assert_eq!(decode(bytes).unwrap().port, 8080);
     }

@@ -42,6 +42,7 @@ pub struct Enforcer {
     allow_v4: LpmTrie<MapData, [u8; 4], Grants>,
     allow_v6: LpmTrie<MapData, [u8; 16], Grants>,
     lost: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
     installed_v4: BTreeMap<(Ipv4Addr, u8), Grants>,
     installed_v6: BTreeMap<(Ipv6Addr, u8), Grants>,
     pins: Vec<PinnedLink>,
@@ -82,6 +83,7 @@ impl Enforcer {
             allow_v4: take_map(&mut ebpf, "ALLOW_V4")?,
             allow_v6: take_map(&mut ebpf, "ALLOW_V6")?,
             lost: take_map(&mut ebpf, "LOST")?,
+            settings: settings_map,
             installed_v4: BTreeMap::new(),
             installed_v6: BTreeMap::new(),
             pins: Vec::new(),
@@ -89,6 +91,13 @@ impl Enforcer {
             ebpf,
         };
         Ok((enforcer, rings))
+    }
+
+    /// Switches mode (enforce/audit) or event reporting; takes effect at the next connect.
+    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(|e| Error::Ebpf(format!("writing SETTINGS: {e}")))
     }
 
     /// Makes the kernel tries equal `compiled`: adds and changes first, then removes, so an
@@ -143,8 +152,12 @@ impl Enforcer {
             let id = program
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(|e| Error::Ebpf(format!("attaching `{name}`: {}", chain(&e))))?;
-            let link = FdLink::try_from(program.take_link(id).map_err(|e| Error::Ebpf(e.to_string()))?)
-                .map_err(|e| Error::Ebpf(format!("link of `{name}`: {e}")))?;
+            let link = FdLink::try_from(
+                program
+                    .take_link(id)
+                    .map_err(|e| Error::Ebpf(e.to_string()))?,
+            )
+            .map_err(|e| Error::Ebpf(format!("link of `{name}`: {e}")))?;
             self.pin(link, &dir, name)?;
         }
         for name in SOCK_PROGRAMS {
@@ -152,8 +165,12 @@ impl Enforcer {
             let id = program
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(|e| Error::Ebpf(format!("attaching `{name}`: {}", chain(&e))))?;
-            let link = FdLink::try_from(program.take_link(id).map_err(|e| Error::Ebpf(e.to_string()))?)
-                .map_err(|e| Error::Ebpf(format!("link of `{name}`: {e}")))?;
+            let link = FdLink::try_from(
+                program
+                    .take_link(id)
+                    .map_err(|e| Error::Ebpf(e.to_string()))?,
+            )
+            .map_err(|e| Error::Ebpf(format!("link of `{name}`: {e}")))?;
             self.pin(link, &dir, name)?;
         }
         Ok(())
@@ -223,10 +240,16 @@ pub fn ensure_bpffs() -> Result<()> {
         Some("bpf"),
         path,
         Some("bpf"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|e| Error::Ebpf(format!("mounting bpffs at {BPFFS} (to pin the programs so they outlive the agent): {e}")))
+    .map_err(|e| {
+        Error::Ebpf(format!(
+            "mounting bpffs at {BPFFS} (to pin the programs so they outlive the agent): {e}"
+        ))
+    })
 }
 
 fn statfs_type(path: &Path) -> Option<i64> {

@@ -1,5 +1,7 @@
+//! `boundary`: run commands under a kernel-enforced egress allowlist.
+
 mod cli;
 
 fn main() {
-    println!("boundary: under construction");
+    std::process::exit(cli::main());
 }

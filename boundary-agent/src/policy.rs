@@ -125,7 +125,9 @@ fn validate_hostname(name: &str) -> std::result::Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(format!("`{label}` has characters other than letters, digits, - and _"));
+            return Err(format!(
+                "`{label}` has characters other than letters, digits, - and _"
+            ));
         }
     }
     Ok(())
@@ -294,26 +296,50 @@ pub struct CompiledPolicy {
 }
 
 /// Compiles the policy with the addresses currently known for its domains.
-pub fn compile(policy: &Policy, book: &AddressBook, nameservers: &[SocketAddr]) -> Result<CompiledPolicy> {
+pub fn compile(
+    policy: &Policy,
+    book: &AddressBook,
+    nameservers: &[SocketAddr],
+) -> Result<CompiledPolicy> {
     let mut nets: BTreeMap<IpNet, Vec<PortGrant>> = BTreeMap::new();
     let mut add = |net: IpNet, ports: &[PortRange], protocols: u8, rule_id: u32| {
         let grants = nets.entry(net.trunc()).or_default();
         if ports.is_empty() {
-            grants.push(PortGrant { lo: 1, hi: u16::MAX, protocols, rule_id });
+            grants.push(PortGrant {
+                lo: 1,
+                hi: u16::MAX,
+                protocols,
+                rule_id,
+            });
         }
         for r in ports {
-            grants.push(PortGrant { lo: r.lo, hi: r.hi, protocols, rule_id });
+            grants.push(PortGrant {
+                lo: r.lo,
+                hi: r.hi,
+                protocols,
+                rule_id,
+            });
         }
     };
     let all = PROTO_TCP | PROTO_UDP;
     if policy.allow_loopback {
-        add("127.0.0.0/8".parse().expect("literal"), &[], all, RULE_LOOPBACK);
+        add(
+            "127.0.0.0/8".parse().expect("literal"),
+            &[],
+            all,
+            RULE_LOOPBACK,
+        );
         add("::1/128".parse().expect("literal"), &[], all, RULE_LOOPBACK);
     }
     if policy.dns.allow_nameservers {
         for ns in nameservers {
             let port = ns.port();
-            add(IpNet::from(ns.ip()), &[PortRange { lo: port, hi: port }], all, RULE_DNS);
+            add(
+                IpNet::from(ns.ip()),
+                &[PortRange { lo: port, hi: port }],
+                all,
+                RULE_DNS,
+            );
         }
     }
     for rule in &policy.rules {
@@ -335,8 +361,16 @@ pub fn compile(policy: &Policy, book: &AddressBook, nameservers: &[SocketAddr]) 
             ))
         })?;
         match net {
-            IpNet::V4(n) => out.v4.push(PrefixEntry { addr: n.addr(), prefix_len: n.prefix_len(), grants }),
-            IpNet::V6(n) => out.v6.push(PrefixEntry { addr: n.addr(), prefix_len: n.prefix_len(), grants }),
+            IpNet::V4(n) => out.v4.push(PrefixEntry {
+                addr: n.addr(),
+                prefix_len: n.prefix_len(),
+                grants,
+            }),
+            IpNet::V6(n) => out.v6.push(PrefixEntry {
+                addr: n.addr(),
+                prefix_len: n.prefix_len(),
+                grants,
+            }),
         }
     }
     Ok(out)
@@ -348,7 +382,9 @@ fn push_down(nets: &mut BTreeMap<IpNet, Vec<PortGrant>>) {
     for net in &keys {
         let mut inherited = Vec::new();
         for len in 0..net.prefix_len() {
-            let parent = IpNet::new(net.addr(), len).expect("shorter prefix is valid").trunc();
+            let parent = IpNet::new(net.addr(), len)
+                .expect("shorter prefix is valid")
+                .trunc();
             if let Some(g) = nets.get(&parent) {
                 inherited.extend_from_slice(g);
             }
@@ -403,7 +439,10 @@ fn collapse(mut grants: Vec<PortGrant>, gap: u16) -> Vec<PortGrant> {
 /// Which rule allows `ip:port` over `protocol` in `compiled` (what the kernel would decide).
 pub fn lookup(compiled: &CompiledPolicy, ip: IpAddr, port: u16, protocol: u8) -> Option<u32> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     let best = |grants: &[PortGrant]| {
@@ -505,21 +544,43 @@ mod tests {
         let p = policy("allowlist: []\n");
         let ns: SocketAddr = "127.0.0.1:5353".parse().unwrap();
         let c = compile(&p, &AddressBook::default(), &[ns]).unwrap();
-        assert_eq!(lookup(&c, "127.0.0.9".parse().unwrap(), 22, PROTO_TCP), Some(RULE_LOOPBACK));
-        assert_eq!(lookup(&c, "::1".parse().unwrap(), 22, PROTO_TCP), Some(RULE_LOOPBACK));
-        assert_eq!(lookup(&c, "::ffff:127.0.0.9".parse().unwrap(), 22, PROTO_TCP), Some(RULE_LOOPBACK));
+        assert_eq!(
+            lookup(&c, "127.0.0.9".parse().unwrap(), 22, PROTO_TCP),
+            Some(RULE_LOOPBACK)
+        );
+        assert_eq!(
+            lookup(&c, "::1".parse().unwrap(), 22, PROTO_TCP),
+            Some(RULE_LOOPBACK)
+        );
+        assert_eq!(
+            lookup(&c, "::ffff:127.0.0.9".parse().unwrap(), 22, PROTO_TCP),
+            Some(RULE_LOOPBACK)
+        );
         let p = policy("allow_loopback: false\nallowlist: []\n");
         let c = compile(&p, &AddressBook::default(), &[ns]).unwrap();
-        assert_eq!(lookup(&c, "127.0.0.1".parse().unwrap(), 5353, PROTO_UDP), Some(RULE_DNS));
-        assert_eq!(lookup(&c, "127.0.0.1".parse().unwrap(), 5354, PROTO_UDP), None);
+        assert_eq!(
+            lookup(&c, "127.0.0.1".parse().unwrap(), 5353, PROTO_UDP),
+            Some(RULE_DNS)
+        );
+        assert_eq!(
+            lookup(&c, "127.0.0.1".parse().unwrap(), 5354, PROTO_UDP),
+            None
+        );
     }
 
     #[test]
     fn compile_respects_protocols() {
-        let p = policy("allow_loopback: false\nallowlist:\n  - \"ip=192.0.2.1 port=53 proto=udp\"\n");
+        let p =
+            policy("allow_loopback: false\nallowlist:\n  - \"ip=192.0.2.1 port=53 proto=udp\"\n");
         let c = compile(&p, &AddressBook::default(), &[]).unwrap();
-        assert_eq!(lookup(&c, "192.0.2.1".parse().unwrap(), 53, PROTO_UDP), Some(1));
-        assert_eq!(lookup(&c, "192.0.2.1".parse().unwrap(), 53, PROTO_TCP), None);
+        assert_eq!(
+            lookup(&c, "192.0.2.1".parse().unwrap(), 53, PROTO_UDP),
+            Some(1)
+        );
+        assert_eq!(
+            lookup(&c, "192.0.2.1".parse().unwrap(), 53, PROTO_TCP),
+            None
+        );
     }
 
     #[test]
@@ -533,7 +594,10 @@ mod tests {
         assert_eq!(c.v4.len(), 1);
         assert_eq!(lookup(&c, ip, 80, PROTO_TCP), Some(1));
         assert_eq!(lookup(&c, ip, 81, PROTO_TCP), Some(2));
-        assert_eq!(book.domains_for(ip), vec!["a.test".to_string(), "b.test".to_string()]);
+        assert_eq!(
+            book.domains_for(ip),
+            vec!["a.test".to_string(), "b.test".to_string()]
+        );
     }
 
     #[test]
@@ -543,14 +607,22 @@ mod tests {
             yaml.push_str(&format!("  - \"ip=192.0.2.1 port={}\"\n", 1000 + i * 10));
         }
         let err = compile(&policy(&yaml), &AddressBook::default(), &[]).unwrap_err();
-        assert!(err.to_string().contains("192.0.2.1/32 would need 20 port grants"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("192.0.2.1/32 would need 20 port grants"),
+            "{err}"
+        );
     }
 
     #[test]
     fn compile_of_ten_thousand_rules_is_fast_and_deterministic() {
         let mut yaml = String::from("allow_loopback: false\nallowlist:\n");
         for i in 0..10_000u32 {
-            yaml.push_str(&format!("  - \"cidr=10.{}.{}.0/24 port=443\"\n", i / 256, i % 256));
+            yaml.push_str(&format!(
+                "  - \"cidr=10.{}.{}.0/24 port=443\"\n",
+                i / 256,
+                i % 256
+            ));
         }
         let p = policy(&yaml);
         let start = std::time::Instant::now();
@@ -563,7 +635,9 @@ mod tests {
 
     #[test]
     fn warns_about_http_rules_and_wildcards() {
-        let p = policy("allowlist:\n  - \"method=GET domain=api.github.com\"\n  - \"domain=*.npmjs.org\"\n");
+        let p = policy(
+            "allowlist:\n  - \"method=GET domain=api.github.com\"\n  - \"domain=*.npmjs.org\"\n",
+        );
         let w = p.warnings();
         assert_eq!(w.len(), 2);
         assert!(w[0].contains("domain level"));

@@ -31,7 +31,10 @@ pub struct AddressBook {
 impl AddressBook {
     /// Adds a permanent address for `name`.
     pub fn insert_static(&mut self, name: &str, ip: IpAddr) {
-        self.names.entry(name.to_string()).or_default().insert(ip, None);
+        self.names
+            .entry(name.to_string())
+            .or_default()
+            .insert(ip, None);
     }
 
     /// Records a fresh answer for `name`: its addresses become current, addresses it no longer
@@ -174,7 +177,8 @@ pub fn hosts_lookup(path: &Path, name: &str) -> Vec<IpAddr> {
         let Some(ip) = fields.next().and_then(|f| f.parse::<IpAddr>().ok()) else {
             continue;
         };
-        if fields.any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&name)) && !out.contains(&ip) {
+        if fields.any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&name)) && !out.contains(&ip)
+        {
             out.push(ip);
         }
     }
@@ -223,9 +227,15 @@ impl Resolver {
         let (changed, ttl) = match answer {
             Ok((ips, ttl)) => {
                 if ips.is_empty() {
-                    tracing::warn!(domain = name, "does not resolve; nothing is allowed for it yet");
+                    tracing::warn!(
+                        domain = name,
+                        "does not resolve; nothing is allowed for it yet"
+                    );
                 }
-                (self.book.update(name, &ips, now, self.config.grace_period), ttl)
+                (
+                    self.book.update(name, &ips, now, self.config.grace_period),
+                    ttl,
+                )
             }
             Err(e) => {
                 // Keep what we had: an unreachable nameserver must not cut working connections.
@@ -236,12 +246,16 @@ impl Resolver {
         let ttl = ttl.clamp(self.config.min_ttl, self.config.max_ttl);
         // Ask again when 80% of the TTL has passed, so the new answer is in place before
         // programs' cached answers (which expire at 100%) are refreshed.
-        self.next_refresh.insert(name.to_string(), now + ttl.mul_f32(0.8));
+        self.next_refresh
+            .insert(name.to_string(), now + ttl.mul_f32(0.8));
         changed
     }
 
     /// Re-resolves names as their TTLs run out and publishes each changed book.
-    pub fn spawn_refresh(mut self, tx: watch::Sender<Arc<AddressBook>>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_refresh(
+        mut self,
+        tx: watch::Sender<Arc<AddressBook>>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let now = Instant::now();
@@ -299,7 +313,9 @@ pub async fn resolve(config: &ResolverConfig, name: &str) -> Result<(Vec<IpAddr>
         return Ok((from_hosts, HOSTS_TTL));
     }
     if config.nameservers.is_empty() {
-        return Err(Error::Dns(format!("no nameserver configured to resolve {name}")));
+        return Err(Error::Dns(format!(
+            "no nameserver configured to resolve {name}"
+        )));
     }
     let mut last_error = None;
     for server in &config.nameservers {
@@ -344,7 +360,11 @@ async fn query(server: SocketAddr, name: &str, qtype: u16) -> Result<wire::Answe
     loop {
         let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
             .await
-            .map_err(|_| Error::Dns(format!("{server} did not answer about {name} within {QUERY_TIMEOUT:?}")))??;
+            .map_err(|_| {
+                Error::Dns(format!(
+                    "{server} did not answer about {name} within {QUERY_TIMEOUT:?}"
+                ))
+            })??;
         match wire::parse_answer(&buf[..n], id) {
             Ok(answer) if answer.truncated => return query_tcp(server, &request, id).await,
             Ok(answer) => return Ok(answer),
@@ -409,7 +429,9 @@ pub mod wire {
         out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
         for label in name.trim_end_matches('.').split('.') {
             if label.is_empty() || label.len() > 63 {
-                return Err(crate::error::Error::Dns(format!("`{name}` is not a valid name")));
+                return Err(crate::error::Error::Dns(format!(
+                    "`{name}` is not a valid name"
+                )));
             }
             out.push(label.len() as u8);
             out.extend_from_slice(label.as_bytes());
@@ -475,9 +497,13 @@ pub mod wire {
                     .map_err(|_| WireError::Malformed)?,
             );
             let rdlen = u16_at(msg, at + 8)? as usize;
-            let rdata = msg.get(at + 10..at + 10 + rdlen).ok_or(WireError::Malformed)?;
+            let rdata = msg
+                .get(at + 10..at + 10 + rdlen)
+                .ok_or(WireError::Malformed)?;
             let ip = match (rtype, rdlen) {
-                (TYPE_A, 4) => Some(IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]))),
+                (TYPE_A, 4) => Some(IpAddr::V4(Ipv4Addr::new(
+                    rdata[0], rdata[1], rdata[2], rdata[3],
+                ))),
                 (TYPE_AAAA, 16) => {
                     let b: [u8; 16] = rdata.try_into().map_err(|_| WireError::Malformed)?;
                     Some(IpAddr::V6(Ipv6Addr::from(b)))
@@ -541,7 +567,9 @@ mod tests {
         let answers = Arc::new(std::sync::Mutex::new((vec![[127, 0, 0, 2]], 42)));
         let server = dns_server(answers);
         let dir = tempfile::tempdir().unwrap();
-        let (ips, ttl) = resolve(&config(server, &dir.path().join("none")), "allowed.test").await.unwrap();
+        let (ips, ttl) = resolve(&config(server, &dir.path().join("none")), "allowed.test")
+            .await
+            .unwrap();
         assert_eq!(ips, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(ttl, Duration::from_secs(42));
     }
@@ -552,9 +580,21 @@ mod tests {
         let server = dns_server(answers);
         let dir = tempfile::tempdir().unwrap();
         let hosts = dir.path().join("hosts");
-        std::fs::write(&hosts, "# comment\n127.0.0.2 Allowed.Test other\n::1 allowed.test\n").unwrap();
-        let (ips, _) = resolve(&config(server, &hosts), "allowed.test.").await.unwrap();
-        assert_eq!(ips, vec!["127.0.0.2".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+        std::fs::write(
+            &hosts,
+            "# comment\n127.0.0.2 Allowed.Test other\n::1 allowed.test\n",
+        )
+        .unwrap();
+        let (ips, _) = resolve(&config(server, &hosts), "allowed.test.")
+            .await
+            .unwrap();
+        assert_eq!(
+            ips,
+            vec![
+                "127.0.0.2".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
     }
 
     #[tokio::test]
@@ -571,14 +611,24 @@ mod tests {
         answers.lock().unwrap().0 = vec![[127, 0, 0, 4]];
         let (tx, mut rx) = watch::channel(Arc::new(book));
         let _task = resolver.spawn_refresh(tx);
-        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         let book = rx.borrow_and_update().clone();
         let pattern = DomainPattern::Exact("moving.test".into());
-        assert_eq!(book.addresses_matching(&pattern), vec![old, new], "old address kept during grace");
+        assert_eq!(
+            book.addresses_matching(&pattern),
+            vec![old, new],
+            "old address kept during grace"
+        );
         // After the 2 s grace period the old address goes.
         let deadline = Instant::now() + Duration::from_secs(6);
         loop {
-            tokio::time::timeout(Duration::from_secs(6), rx.changed()).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(6), rx.changed())
+                .await
+                .unwrap()
+                .unwrap();
             let book = rx.borrow_and_update().clone();
             if book.addresses_matching(&pattern) == vec![new] {
                 break;
@@ -591,18 +641,31 @@ mod tests {
     fn reads_nameservers_from_resolv_conf() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
-        std::fs::write(&path, "search x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\n").unwrap();
+        std::fs::write(
+            &path,
+            "search x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\n",
+        )
+        .unwrap();
         assert_eq!(
             system_nameservers(&path).unwrap(),
-            vec!["127.0.0.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+            vec![
+                "127.0.0.53:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
         );
     }
 
     #[test]
     fn parses_answers_and_rejects_garbage() {
-        assert_eq!(wire::parse_answer(&[0; 5], 1), Err(wire::WireError::Malformed));
+        assert_eq!(
+            wire::parse_answer(&[0; 5], 1),
+            Err(wire::WireError::Malformed)
+        );
         let q = wire::build_query(7, "a.test", wire::TYPE_A).unwrap();
         assert_eq!(wire::parse_answer(&q, 8), Err(wire::WireError::WrongId));
-        assert_eq!(wire::parse_answer(&q, 7).unwrap().addresses, Vec::<IpAddr>::new());
+        assert_eq!(
+            wire::parse_answer(&q, 7).unwrap().addresses,
+            Vec::<IpAddr>::new()
+        );
     }
 }

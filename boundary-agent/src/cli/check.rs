@@ -1,1 +1,222 @@
-//! `boundary check` (in progress)
+//! `boundary check`: would the policy allow this destination, and by which rule?
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use boundary_agent::config;
+use boundary_agent::error::{Error, Result};
+use boundary_agent::policy::{self, Policy};
+use boundary_agent::resolver::{self, Resolver, ResolverConfig};
+use boundary_common::{PROTO_TCP, PROTO_UDP, RULE_DNS, RULE_LOOPBACK};
+
+/// Say whether CONFIG allows a destination and by which rule, as `boundary run` would decide.
+///
+/// A domain is matched by name first; if no domain rule names it, its addresses are checked
+/// against the network rules. An IP is checked against everything the policy would install,
+/// including the current addresses of its domains. Exit status: 0 allowed, 1 denied,
+/// 2 error.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy (config.yaml).
+    #[arg(short, long, env = "BOUNDARY_CONFIG", value_name = "CONFIG")]
+    config: PathBuf,
+
+    /// DOMAIN, IP, DOMAIN:PORT, IP:PORT or [IPv6]:PORT. Without a port: any port.
+    #[arg(value_name = "TARGET")]
+    target: String,
+
+    /// Check UDP instead of TCP.
+    #[arg(long)]
+    udp: bool,
+
+    /// Resolve names through this nameserver (IP or IP:PORT).
+    #[arg(long, value_name = "IP[:PORT]")]
+    dns_server: Option<SocketAddr>,
+
+    /// Read this hosts file instead of the config's or /etc/hosts.
+    #[arg(long, value_name = "FILE")]
+    hosts_file: Option<PathBuf>,
+}
+
+pub fn main(args: Args) -> i32 {
+    super::init_logging("error");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("boundary: {e}");
+            return 2;
+        }
+    };
+    match runtime.block_on(check(&args)) {
+        Ok((true, text)) => {
+            println!("allow {text}");
+            0
+        }
+        Ok((false, text)) => {
+            println!("deny {text}");
+            1
+        }
+        Err(e) => {
+            eprintln!("boundary: {e}");
+            2
+        }
+    }
+}
+
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+fn parse_target(text: &str) -> Result<(Host, Option<u16>)> {
+    let invalid = |reason: &str| Error::InvalidTarget {
+        target: text.to_string(),
+        reason: reason.to_string(),
+    };
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((Host::Ip(ip), None));
+    }
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok((Host::Ip(sa.ip()), Some(sa.port())));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| invalid("the port must be 1-65535"))?;
+            (h, Some(port))
+        }
+        None => (text, None),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(invalid(
+            "expected DOMAIN, IP, DOMAIN:PORT, IP:PORT or [IPv6]:PORT",
+        ));
+    }
+    Ok((Host::Name(host), port))
+}
+
+async fn check(args: &Args) -> Result<(bool, String)> {
+    let policy = config::load(&args.config)?;
+    let (host, port) = parse_target(&args.target)?;
+    let protocol = if args.udp { PROTO_UDP } else { PROTO_TCP };
+    let proto = if args.udp { "udp" } else { "tcp" };
+    let shown = |h: &str| match port {
+        Some(p) => format!("{h}:{p}/{proto}"),
+        None => format!("{h}/{proto}"),
+    };
+    let resolver_config =
+        ResolverConfig::new(&policy.dns, args.dns_server, args.hosts_file.as_deref())?;
+    match host {
+        Host::Name(name) => {
+            if let Some(rule) = policy
+                .match_domain(&name, port)
+                .filter(|r| r.protocols & protocol != 0)
+            {
+                return Ok((
+                    true,
+                    format!("{}: {}", shown(&name), describe(&policy, rule.id)),
+                ));
+            }
+            // Not named by a rule: the kernel judges its addresses, so do the same.
+            let (ips, _) = resolver::resolve(&resolver_config, &name)
+                .await
+                .map_err(|e| Error::Dns(format!("{name}: {e}")))?;
+            if ips.is_empty() {
+                return Ok((
+                    false,
+                    format!("{}: no rule names it and it does not resolve", shown(&name)),
+                ));
+            }
+            let compiled = compile_all(&policy, &resolver_config).await?;
+            for ip in &ips {
+                if let Some(id) = allowed(&compiled, *ip, port, protocol) {
+                    return Ok((
+                        true,
+                        format!("{} ({ip}): {}", shown(&name), describe(&policy, id)),
+                    ));
+                }
+            }
+            let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+            Ok((
+                false,
+                format!("{} ({}): no rule allows it", shown(&name), list.join(", ")),
+            ))
+        }
+        Host::Ip(ip) => {
+            let compiled = compile_all(&policy, &resolver_config).await?;
+            let text = if ip.is_ipv6() && port.is_some() {
+                shown(&format!("[{ip}]"))
+            } else {
+                shown(&ip.to_string())
+            };
+            match allowed(&compiled, ip, port, protocol) {
+                Some(id) => Ok((true, format!("{text}: {}", describe(&policy, id)))),
+                None => Ok((false, format!("{text}: no rule allows it"))),
+            }
+        }
+    }
+}
+
+/// What `boundary run` would install right now: the policy with its domains resolved.
+async fn compile_all(policy: &Policy, config: &ResolverConfig) -> Result<policy::CompiledPolicy> {
+    let mut resolver = Resolver::new(policy, config.clone());
+    let book = resolver.resolve_initial().await;
+    policy::compile(policy, &book, &config.nameservers)
+}
+
+/// The rule allowing `ip` on `port` (or on any port when `None`).
+fn allowed(
+    compiled: &policy::CompiledPolicy,
+    ip: IpAddr,
+    port: Option<u16>,
+    protocol: u8,
+) -> Option<u32> {
+    match port {
+        Some(p) => policy::lookup(compiled, ip, p, protocol),
+        None => {
+            let mut candidates: Vec<u16> = compiled
+                .v4
+                .iter()
+                .flat_map(|e| e.grants.iter().map(|g| g.lo))
+                .chain(
+                    compiled
+                        .v6
+                        .iter()
+                        .flat_map(|e| e.grants.iter().map(|g| g.lo)),
+                )
+                .collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            candidates
+                .into_iter()
+                .find_map(|p| policy::lookup(compiled, ip, p, protocol))
+        }
+    }
+}
+
+fn describe(policy: &Policy, id: u32) -> String {
+    match id {
+        RULE_LOOPBACK => "loopback (allow_loopback: true)".into(),
+        RULE_DNS => "the configured nameserver (dns.allow_nameservers: true)".into(),
+        id => {
+            let rule = &policy.rules[id as usize - 1];
+            let file = policy
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            format!("rule {id} `{}` ({file}:{})", rule.text, rule.line)
+        }
+    }
+}
