@@ -129,9 +129,18 @@ async fn check(args: &Args) -> Result<(bool, String)> {
                 ));
             }
             // Not named by a rule: the kernel judges its addresses, so do the same.
-            let (ips, _) = resolver::resolve(&resolver_config, &name)
-                .await
-                .map_err(|e| Error::Dns(format!("{name}: {e}")))?;
+            let ips = match resolver::resolve(&resolver_config, &name).await {
+                Ok((ips, _)) => ips,
+                Err(e) => {
+                    return Ok((
+                        false,
+                        format!(
+                            "{}: no rule names it, and it could not be resolved ({e})",
+                            shown(&name)
+                        ),
+                    ))
+                }
+            };
             if ips.is_empty() {
                 return Ok((
                     false,
