@@ -255,7 +255,7 @@ pub fn ensure_bpffs() -> Result<()> {
 fn statfs_type(path: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
 }
 
 fn to_map<A: Copy + Ord>(entries: &[PrefixEntry<A>]) -> Result<BTreeMap<(A, u8), Grants>> {
