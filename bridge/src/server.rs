@@ -65,17 +65,39 @@ pub async fn serve(
         config.spool_dir.clone(),
         telemetry.clone(),
     )?;
-    for (name, up) in [
-        ("anthropic", &config.providers.anthropic),
-        ("openai", &config.providers.openai),
+    for (name, key_var, up) in [
+        (
+            "anthropic",
+            "ANTHROPIC_API_KEY",
+            &config.providers.anthropic,
+        ),
+        ("openai", "OPENAI_API_KEY", &config.providers.openai),
     ] {
-        match up {
-            Some(u) => tracing::info!(provider = name, base_url = %u.base_url, "provider configured"),
-            None => tracing::warn!(
+        match (up, &config.source) {
+            (Some(u), _) => {
+                tracing::info!(provider = name, base_url = %u.base_url, "provider configured")
+            }
+            (None, Some(path)) => tracing::warn!(
                 provider = name,
-                "provider not configured: its routes answer 503 (add it under `providers:` in bridge.yaml)"
+                config = %path.display(),
+                "provider not configured: its routes answer 503 (add it under `providers:` in the config)"
+            ),
+            (None, None) => tracing::warn!(
+                provider = name,
+                "provider not configured: its routes answer 503 (set {key_var}, or run with --config bridge.yaml)"
             ),
         }
+    }
+    if config.source.is_none() {
+        let dir = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            store = %config.store,
+            spool_dir = %config.spool_dir.display(),
+            working_dir = %dir,
+            "no --config given: using the built-in defaults"
+        );
     }
     let gateway = Gateway::new(
         config.providers.anthropic.clone(),
@@ -94,11 +116,13 @@ pub async fn serve(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", config.listen)))?;
+    // The bound address, which differs from the configured one for port 0.
+    let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        listen = %config.listen,
+        listen = %listen,
         store = store.describe(),
-        anthropic_base_url = %format!("http://{}/anthropic", config.listen),
-        openai_base_url = %format!("http://{}/openai/v1", config.listen),
+        anthropic_base_url = %format!("http://{listen}/anthropic"),
+        openai_base_url = %format!("http://{listen}/openai/v1"),
         "bridge serving"
     );
     run(listener, gateway, Some(admin), shutdown).await;

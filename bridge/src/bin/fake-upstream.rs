@@ -10,7 +10,10 @@
 //! - `x-fake-delay-ms: N` → N ms between stream events;
 //! - `x-fake-hold-ms: N` → N ms pause after the first stream event;
 //! - `x-fake-error: overloaded` (Anthropic 529 `overloaded_error`, OpenAI 503), `x-fake-error:
-//!   <status>` (that status), `x-fake-error: mid-stream` (an error event after the first text).
+//!   <status>` (that status), `x-fake-error: mid-stream` (an error event after the first text),
+//!   `x-fake-error: disconnect` (a stream whose connection is cut after half of its events);
+//! - `x-fake-cached-tokens: READ[,WRITE]` → usage reports READ prompt-cache hits (and, for
+//!   Anthropic, WRITE cache-creation tokens), in each provider's own fields.
 //!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
@@ -72,17 +75,18 @@ fn next_id(prefix: &str) -> String {
     format!("{prefix}{:020}", IDS.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A response body fed by a task through a channel, so events leave as they are produced.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A response body fed by a task through a channel, so events leave as they are produced. An
+/// `Err` item makes hyper abort the connection mid-body (`x-fake-error: disconnect`).
+struct ChannelBody(mpsc::Receiver<std::io::Result<Bytes>>);
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }
 
@@ -93,11 +97,11 @@ enum FakeBody {
 
 impl Body for FakeBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             FakeBody::Stream(s) => Pin::new(s).poll_frame(cx),
@@ -110,6 +114,8 @@ struct Steering {
     delay: Duration,
     hold: Duration,
     error: Option<String>,
+    /// Prompt-cache tokens to report: (read, write).
+    cached: (u64, u64),
     received: String,
 }
 
@@ -134,6 +140,14 @@ impl Steering {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             received: names.join(","),
+            cached: headers
+                .get("x-fake-cached-tokens")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    let mut n = v.split(',').map(|p| p.trim().parse::<u64>().unwrap_or(0));
+                    (n.next().unwrap_or(0), n.next().unwrap_or(0))
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -202,12 +216,22 @@ fn sse_response(
 ) -> Response<FakeBody> {
     let (tx, rx) = mpsc::channel(16);
     let (delay, hold) = (steering.delay, steering.hold);
+    let cut_after = (steering.error.as_deref() == Some("disconnect")).then_some(events.len() / 2);
     tokio::spawn(async move {
         for (i, ev) in events.into_iter().enumerate() {
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(ev).await.is_err() {
+            if cut_after == Some(i) {
+                // Let hyper flush what was sent (it drops unflushed bytes on a body error), as
+                // a real upstream that dies mid-answer has already put its earlier events on
+                // the wire.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fake cut");
+                let _ = tx.send(Err(cut)).await;
+                return;
+            }
+            if tx.send(Ok(ev)).await.is_err() {
                 return; // the client went away
             }
             if i == 0 && !hold.is_zero() {
@@ -370,8 +394,9 @@ fn anthropic(
         "end_turn"
     };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let (cache_read, cache_write) = steering.cached;
     let usage = json!({"input_tokens": input, "output_tokens": output,
-                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0});
+                       "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read});
 
     if !stream {
         let mut content = vec![json!({"type": "text", "text": text})];
@@ -394,7 +419,7 @@ fn anthropic(
         &json!({"type": "message_start", "message": {"id": msg_id, "type": "message",
             "role": "assistant", "model": model, "content": [], "stop_reason": null,
             "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+            "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read}}}),
     ));
     ev.push(sse(
         Some("content_block_start"),
@@ -547,10 +572,12 @@ fn chat(req: &Value, body: &Bytes, steering: &Steering) -> Response<FakeBody> {
     let prompt = last_user_text(req.get("messages"));
     let tool = wants_tool(&prompt, &tool_names(req, true));
     let (text, pieces) = reply_for(&prompt);
-    let input = input_tokens(body);
+    // OpenAI counts cached prompt tokens inside `prompt_tokens`.
+    let cached = steering.cached.0;
+    let input = input_tokens(body) + cached;
     let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
     let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}});
     let id = next_id("chatcmpl-");
     let call_id = next_id("call_");
@@ -634,13 +661,14 @@ fn responses(req: &Value, body: &Bytes, steering: &Steering) -> Response<FakeBod
     let prompt = last_user_text(req.get("input"));
     let tool = wants_tool(&prompt, &tool_names(req, false));
     let (text, pieces) = reply_for(&prompt);
-    let input = input_tokens(body);
+    let cached = steering.cached.0;
+    let input = input_tokens(body) + cached;
     let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
     let resp_id = next_id("resp_");
     let item_id = next_id(if tool.is_some() { "fc_" } else { "msg_" });
     let call_id = next_id("call_");
     let created = now();
-    let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+    let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input + output});
     let final_item = match &tool {

@@ -22,7 +22,9 @@ use bridge::store::Store;
 #[command(name = "bridge", version, propagate_version = true)]
 #[command(
     after_help = "Start with `bridge keys create --user alice`, then `bridge serve`.\n\
-Point the SDK at Bridge: ANTHROPIC_BASE_URL=http://HOST:PORT ANTHROPIC_API_KEY=<bridge token>."
+Point clients at Bridge with the bridge token as their API key:\n  \
+Anthropic SDKs, Claude Code: ANTHROPIC_BASE_URL=http://HOST:PORT/anthropic ANTHROPIC_API_KEY=<bridge token>\n  \
+OpenAI SDKs, Codex:          OPENAI_BASE_URL=http://HOST:PORT/openai/v1 OPENAI_API_KEY=<bridge token>"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -1,5 +1,6 @@
 //! `bridge serve`: load bridge.yaml and run the gateway until Ctrl-C or SIGTERM.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -8,16 +9,27 @@ use clap::Args;
 use bridge::config::BridgeConfig;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+bridge serve                                   # 127.0.0.1:8787, ./bridge.db, keys from ANTHROPIC_API_KEY / OPENAI_API_KEY\n  \
+bridge serve --config /etc/bridge/bridge.yaml\n  \
+bridge serve --config bridge.yaml --listen 0.0.0.0:8787")]
 pub struct ServeArgs {
     /// Gateway config (bridge.yaml: listen, store, spool_dir, providers, pricing). Without it,
     /// Bridge listens on 127.0.0.1:8787 with the SQLite store bridge.db in this directory, and
     /// configures a provider only if ANTHROPIC_API_KEY / OPENAI_API_KEY is set.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// Address to listen on (IP:PORT), overriding the config's `listen:`. Port 0 picks a free
+    /// port; the address actually bound is logged.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = BridgeConfig::load(args.config.as_deref())?;
+    let mut config = BridgeConfig::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
     bridge::server::serve(config, shutdown_signal())
         .await
         .context("bridge serve")

@@ -45,9 +45,11 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float =
 class Bridge:
     """A running bridge + fake upstream, with helpers to read what the bridge recorded."""
 
-    def __init__(self, tmp: Path, upstream_prefix: str = ""):
-        """`upstream_prefix` mounts the upstream under a path, as an existing LLM gateway is."""
+    def __init__(self, tmp: Path, upstream_prefix: str = "", log_level: str = "info"):
+        """`upstream_prefix` mounts the upstream under a path, as an existing LLM gateway is;
+        `log_level` is the bridge's RUST_LOG."""
         self.tmp = tmp
+        self.log_level = log_level
         self.db = tmp / "bridge.db"
         self.store = f"sqlite://{self.db}"
         self.upstream_port = free_port()
@@ -72,7 +74,7 @@ class Bridge:
         self.procs = []
 
     def start(self):
-        env = dict(os.environ, TEST_ANTHROPIC_KEY=ANTHROPIC_KEY, RUST_LOG="info")
+        env = dict(os.environ, TEST_ANTHROPIC_KEY=ANTHROPIC_KEY, RUST_LOG=self.log_level)
         self.token = self.create_key("alice")
         self.fake_log = open(self.tmp / "fake.log", "w")
         fake = subprocess.Popen(

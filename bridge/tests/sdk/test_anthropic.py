@@ -207,3 +207,37 @@ def test_error_event_mid_stream_raises_in_the_sdk_and_is_recorded_as_upstream_er
     assert rec["outcome"] == "upstream_error"
     assert rec["status"] == 200
     assert rec["error"] == "overloaded_error: Overloaded"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_cache_tokens_are_recorded_as_reported_and_priced_at_cache_rates(bridge, session_id, stream):
+    c = client(bridge, session_id, **{"x-fake-cached-tokens": "1000,200"})
+    kw = dict(model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "cached prompt"}])
+    if stream:
+        with c.messages.stream(**kw) as s:
+            usage = s.get_final_message().usage
+    else:
+        usage = c.messages.create(**kw).usage
+    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (1000, 200)
+    rec = bridge.wait_record(by_session(session_id))
+    u = rec["usage"]
+    assert (u["input_tokens"], u["output_tokens"]) == (usage.input_tokens, usage.output_tokens)
+    assert (u["cache_read_tokens"], u["cache_write_tokens"]) == (1000, 200)
+    # claude-sonnet-4*: $3 input, $15 output, $0.30 cache read, $3.75 cache write per million.
+    expected = (u["input_tokens"] * 3 + u["output_tokens"] * 15 + 1000 * 0.30 + 200 * 3.75) / 1e6
+    assert rec["cost_usd"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_upstream_connection_cut_mid_stream_fails_in_the_sdk_and_is_recorded_with_what_was_seen(bridge, session_id):
+    c = client(bridge, session_id, **{"x-fake-error": "disconnect"})
+    with pytest.raises(Exception) as e:  # the SDK's HTTP layer: httpx or httpx2
+        with c.messages.stream(model="claude-sonnet-4-6", max_tokens=50,
+                               messages=[{"role": "user", "content": "a long answer please"}]) as stream:
+            for _ in stream:
+                pass
+    assert isinstance(e.value, anthropic.APIError) or "incomplete" in str(e.value), repr(e.value)
+    rec = bridge.wait_record(by_session(session_id))
+    assert rec["outcome"] == "upstream_unavailable"
+    assert "broke mid-answer" in rec["error"]
+    assert rec["usage"]["input_tokens"] > 0  # message_start arrived before the cut
+    assert rec["prompt"] == "a long answer please"

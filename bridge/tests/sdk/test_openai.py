@@ -176,10 +176,81 @@ def test_error_chunk_mid_stream_raises_api_error_and_is_recorded(bridge, session
     assert "server_error" in rec["error"]
 
 
-def test_health_ready_and_metrics_endpoints(bridge):
+def test_health_ready_and_metrics_endpoints(bridge, session_id):
     assert httpx.get(f"{bridge.url}/healthz").status_code == 200
     ready = httpx.get(f"{bridge.url}/readyz")
-    assert ready.status_code == 200 and ready.json()["store"] == "ok"
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "store": "ok", "spooled_records": 0, "spooled_bytes": 0}
+
+    c = client(bridge, session_id)
+    r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "metrics"}])
+    bridge.wait_record(by_session(session_id))
     metrics = httpx.get(f"{bridge.url}/metrics")
     assert metrics.status_code == 200
-    assert "bridge" in metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    series = {}
+    for line in metrics.text.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP bridge_", "# TYPE bridge_")), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        series[name] = float(value)
+    key = 'bridge_requests_total{provider="openai",model="gpt-4o-mini",outcome="ok"}'
+    assert series[key] >= 1
+    assert series['bridge_tokens_total{provider="openai",model="gpt-4o-mini",type="input"}'] >= r.usage.prompt_tokens
+    assert series['bridge_cost_usd_total{provider="openai",model="gpt-4o-mini"}'] > 0
+    assert series['bridge_request_duration_seconds_count{provider="openai"}'] >= 1
+    assert series['bridge_request_duration_seconds_bucket{provider="openai",le="+Inf"}'] == \
+        series['bridge_request_duration_seconds_count{provider="openai"}']
+    assert series['bridge_requests_in_flight{provider="openai"}'] == 0
+    assert series["bridge_spool_records"] == 0
+    assert series["bridge_records_stored_total"] >= 1
+    assert "# TYPE bridge_request_duration_seconds histogram" in metrics.text
+
+
+def test_cached_prompt_tokens_are_recorded_and_billed_at_the_cached_rate(bridge, session_id):
+    c = client(bridge, session_id, **{"x-fake-cached-tokens": "500"})
+    r = c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "cache me"}])
+    assert r.usage.prompt_tokens_details.cached_tokens == 500
+    rec = bridge.wait_record(by_session(session_id))
+    u = rec["usage"]
+    assert (u["input_tokens"], u["cache_read_tokens"]) == (r.usage.prompt_tokens, 500)
+    # gpt-4o: $2.50 input (of which cached: $1.25), $10 output per million; OpenAI counts the
+    # cached tokens inside prompt_tokens.
+    expected = ((r.usage.prompt_tokens - 500) * 2.5 + 500 * 1.25 + r.usage.completion_tokens * 10) / 1e6
+    assert rec["cost_usd"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_responses_stream_records_cached_tokens_from_the_completed_event(bridge, session_id):
+    c = client(bridge, session_id, **{"x-fake-cached-tokens": "64"})
+    with c.responses.stream(model="gpt-4.1", input="cached responses") as stream:
+        final = stream.get_final_response()
+    assert final.usage.input_tokens_details.cached_tokens == 64
+    rec = bridge.wait_record(by_session(session_id))
+    assert rec["usage"]["cache_read_tokens"] == 64
+    assert rec["usage"]["input_tokens"] == final.usage.input_tokens
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/openai/v1/chat/completions"),
+    ("POST", "/openai/v1/responses"),
+    ("GET", "/openai/v1/models"),
+])
+def test_missing_token_gets_401_in_openai_format_on_every_route(bridge, method, path):
+    r = httpx.request(method, f"{bridge.url}{path}", json={"model": "gpt-4o", "input": "x"} if method == "POST" else None)
+    assert r.status_code == 401
+    err = r.json()["error"]
+    assert (err["type"], err["code"]) == ("invalid_request_error", "invalid_api_key")
+    assert "bridge token" in err["message"]
+
+
+def test_upstream_connection_cut_mid_stream_is_recorded_as_upstream_unavailable(bridge, session_id):
+    c = client(bridge, session_id, **{"x-fake-error": "disconnect"})
+    with pytest.raises(Exception) as e:  # the SDK's HTTP layer: httpx or httpx2
+        for _ in c.chat.completions.create(model="gpt-4o", stream=True,
+                                           messages=[{"role": "user", "content": "long answer"}]):
+            pass
+    assert isinstance(e.value, openai.APIError) or "incomplete" in str(e.value), repr(e.value)
+    rec = bridge.wait_record(by_session(session_id))
+    assert rec["outcome"] == "upstream_unavailable"
+    assert rec["prompt"] == "long answer"
