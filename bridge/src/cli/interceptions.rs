@@ -1,10 +1,20 @@
 //! `bridge interceptions`: list recorded requests and show one in full.
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 
 use super::{OutputFormat, StoreArgs};
+use bridge::record::InterceptionRecord;
 use bridge::store::InterceptionFilter;
-use bridge::usage::render_table;
+use bridge::usage::{csv_field, render_table};
+
+/// Output format of `interceptions show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowFormat {
+    /// A readable report.
+    Table,
+    /// The whole record as JSON.
+    Json,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum InterceptionsCommand {
@@ -22,7 +32,7 @@ pub enum InterceptionsCommand {
         /// At most this many rows.
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        /// Output format (csv is not offered here; use json).
+        /// Output format (json and csv carry every field, prompt included).
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
         #[command(flatten)]
@@ -33,9 +43,9 @@ pub enum InterceptionsCommand {
     Show {
         /// The interception id (or a unique prefix of it), from `bridge interceptions list`.
         id: String,
-        /// Output format (table prints a readable report).
+        /// Output format.
         #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
+        format: ShowFormat,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -61,7 +71,9 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     limit: Some(limit),
                 })
                 .await?;
-            if format == OutputFormat::Table {
+            if format == OutputFormat::Csv {
+                print!("{}", records_csv(&records));
+            } else if format == OutputFormat::Table {
                 let header = [
                     "ID",
                     "STARTED",
@@ -104,7 +116,7 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             let Some(r) = store.get_interception(&id).await? else {
                 anyhow::bail!("no interception with id {id:?} (see `bridge interceptions list`)");
             };
-            if format != OutputFormat::Table {
+            if format == ShowFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
             }
@@ -171,4 +183,51 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Records as CSV, one line per request; tool calls as `name(arguments)` joined by `; `.
+fn records_csv(records: &[InterceptionRecord]) -> String {
+    let mut out = String::from(
+        "id,started_at,user,key_id,provider,endpoint,model,client,streaming,status,outcome,\
+         input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,ttfb_ms,\
+         duration_ms,tools_offered,tool_calls,workspace,template,session,error,prompt\n",
+    );
+    let opt = |o: &Option<String>| csv_field(o.as_deref().unwrap_or_default());
+    for r in records {
+        let calls: Vec<String> = r
+            .tool_calls
+            .iter()
+            .map(|c| format!("{}({})", c.name, c.arguments))
+            .collect();
+        let fields = [
+            r.id.to_string(),
+            r.started_at.to_rfc3339(),
+            csv_field(&r.user),
+            opt(&r.key_id),
+            r.provider.as_str().to_string(),
+            csv_field(&r.endpoint),
+            opt(&r.model),
+            opt(&r.client),
+            r.streaming.to_string(),
+            r.status.to_string(),
+            r.outcome.as_str().to_string(),
+            r.usage.input_tokens.to_string(),
+            r.usage.output_tokens.to_string(),
+            r.usage.cache_read_tokens.to_string(),
+            r.usage.cache_write_tokens.to_string(),
+            r.cost_usd.map(|c| format!("{c:.6}")).unwrap_or_default(),
+            r.ttfb_ms.map(|t| format!("{t:.3}")).unwrap_or_default(),
+            format!("{:.3}", r.duration_ms),
+            csv_field(&r.tools_offered.join(";")),
+            csv_field(&calls.join("; ")),
+            opt(&r.context.workspace),
+            opt(&r.context.template),
+            opt(&r.context.session),
+            opt(&r.error),
+            opt(&r.prompt),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
 }

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{OutputFormat, StoreArgs};
-use bridge::usage::render_table;
+use bridge::usage::{csv_field, render_table};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -57,7 +57,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                         println!(
                             "{},{},{},{},{},{}",
                             k.id,
-                            k.user,
+                            csv_field(&k.user),
                             k.prefix,
                             k.created_at.to_rfc3339(),
                             k.last_used_at.map(|t| t.to_rfc3339()).unwrap_or_default(),

@@ -22,9 +22,9 @@ use bridge::store::Store;
 #[command(name = "bridge", version, propagate_version = true)]
 #[command(
     after_help = "Start with `bridge keys create --user alice`, then `bridge serve`.\n\
-Point clients at Bridge with the bridge token as their API key:\n  \
-Anthropic SDKs, Claude Code: ANTHROPIC_BASE_URL=http://HOST:PORT/anthropic ANTHROPIC_API_KEY=<bridge token>\n  \
-OpenAI SDKs, Codex:          OPENAI_BASE_URL=http://HOST:PORT/openai/v1 OPENAI_API_KEY=<bridge token>"
+Point clients at Bridge, with their bridge token as the API key:\n  \
+Claude Code, Anthropic SDKs: ANTHROPIC_BASE_URL=http://HOST:PORT/anthropic\n  \
+Codex, OpenAI SDKs:          OPENAI_BASE_URL=http://HOST:PORT/openai/v1"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -10,7 +10,7 @@ use bridge::config::BridgeConfig;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-bridge serve                                   # 127.0.0.1:8787, ./bridge.db, keys from ANTHROPIC_API_KEY / OPENAI_API_KEY\n  \
+bridge serve              # 127.0.0.1:8787, ./bridge.db, provider keys from the environment\n  \
 bridge serve --config /etc/bridge/bridge.yaml\n  \
 bridge serve --config bridge.yaml --listen 0.0.0.0:8787")]
 pub struct ServeArgs {

@@ -108,6 +108,16 @@ def test_interceptions_show_the_prompt_the_tools_and_the_tool_calls(own_bridge):
     full = json.loads(b.cli("interceptions", "show", tool_rec["id"], "--format", "json"))
     assert full == tool_rec
 
+    rows = list(csv.DictReader(io.StringIO(b.cli("interceptions", "list", "--format", "csv"))))
+    assert len(rows) == 4
+    row = next(r for r in rows if r["id"] == tool_rec["id"])
+    assert row["user"] == "alice" and row["model"] == "claude-sonnet-4-6" and row["outcome"] == "ok"
+    assert row["prompt"] == "What is the weather in Paris?"
+    assert row["tools_offered"] == "get_weather"
+    assert row["tool_calls"] == f"get_weather({call['arguments']})"
+    assert float(row["cost_usd"]) == pytest.approx(tool_rec["cost_usd"], abs=1e-6)
+    assert int(row["input_tokens"]) == tool_rec["usage"]["input_tokens"]
+
 
 def test_log_has_one_json_line_per_request_and_no_secret_even_at_trace_level(own_bridge):
     b = own_bridge
