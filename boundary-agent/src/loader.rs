@@ -16,7 +16,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{CgroupSock, CgroupSockAddr};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use boundary_common::{Grants, PortGrant, Settings, MAX_GRANTS};
 
 use crate::error::{Error, Result};
@@ -58,7 +58,12 @@ pub struct Rings {
 impl Enforcer {
     /// Loads and verifies the programs. Nothing is attached yet.
     pub fn load(settings: Settings) -> Result<(Enforcer, Rings)> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| Error::Ebpf(format!("{e:#}")))?;
+        // No CO-RE relocations are needed (the programs only touch the stable sock_addr and
+        // sock contexts), so the kernel's BTF is not parsed: that alone would cost ~30 MB.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(OBJECT)
+            .map_err(|e| Error::Ebpf(format!("{e:#}")))?;
         for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
             program

@@ -6,11 +6,11 @@
 //! `dns.min_ttl..=dns.max_ttl`); an address that a name stops resolving to stays allowed for
 //! `dns.grace_period`, so open connections and answers cached by programs keep working.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -164,22 +164,49 @@ pub fn system_nameservers(path: &Path) -> Result<Vec<SocketAddr>> {
         .collect())
 }
 
-/// Addresses of `name` in a hosts file.
+/// Addresses of `name` in a hosts file. The parsed file is cached until it changes, so a
+/// policy with thousands of names reads it once, not once per name.
 pub fn hosts_lookup(path: &Path, name: &str) -> Vec<IpAddr> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let mut out = Vec::new();
+    hosts_table(path).get(&name).cloned().unwrap_or_default()
+}
+
+type HostsTable = Arc<HashMap<String, Vec<IpAddr>>>;
+
+fn hosts_table(path: &Path) -> HostsTable {
+    static CACHE: Mutex<Option<(PathBuf, Option<(SystemTime, u64)>, HostsTable)>> =
+        Mutex::new(None);
+    let stamp = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((p, s, table)) = cache.as_ref() {
+        if p == path && *s == stamp && stamp.is_some() {
+            return table.clone();
+        }
+    }
+    let table: HostsTable = Arc::new(parse_hosts(
+        &std::fs::read_to_string(path).unwrap_or_default(),
+    ));
+    *cache = Some((path.to_path_buf(), stamp, table.clone()));
+    table
+}
+
+fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
+    let mut out: HashMap<String, Vec<IpAddr>> = HashMap::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or_default();
         let mut fields = line.split_whitespace();
         let Some(ip) = fields.next().and_then(|f| f.parse::<IpAddr>().ok()) else {
             continue;
         };
-        if fields.any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(&name)) && !out.contains(&ip)
-        {
-            out.push(ip);
+        for host in fields {
+            let ips = out
+                .entry(host.trim_end_matches('.').to_ascii_lowercase())
+                .or_default();
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
         }
     }
     out
@@ -208,17 +235,37 @@ impl Resolver {
     }
 
     /// Resolves every name once. Names that do not resolve are reported and retried later.
+    /// Hosts-file names are answered inline; DNS lookups run at most 32 at a time, so a policy
+    /// with thousands of domains neither floods the nameserver nor holds thousands of tasks.
     pub async fn resolve_initial(&mut self) -> AddressBook {
         let now = Instant::now();
-        let lookups = self.names.clone().into_iter().map(|name| {
-            let config = self.config.clone();
-            async move {
-                let answer = resolve(&config, &name).await;
-                (name, answer)
+        let mut pending = Vec::new();
+        for name in self.names.clone() {
+            let from_hosts = hosts_lookup(&self.config.hosts_file, &name);
+            if from_hosts.is_empty() {
+                pending.push(name);
+            } else {
+                self.apply(&name, Ok((from_hosts, HOSTS_TTL)), now);
             }
-        });
-        for (name, answer) in futures_join_all(lookups).await {
-            self.apply(&name, answer, now);
+        }
+        let mut queue = pending.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < 32 {
+                let Some(name) = queue.next() else { break };
+                let config = self.config.clone();
+                running.spawn(async move {
+                    let answer = resolve(&config, &name).await;
+                    (name, answer)
+                });
+            }
+            match running.join_next().await {
+                Some(Ok((name, answer))) => {
+                    self.apply(&name, answer, now);
+                }
+                Some(Err(e)) => tracing::error!(error = %e, "resolver task failed"),
+                None => break,
+            }
         }
         self.book.clone()
     }
@@ -289,21 +336,6 @@ impl Resolver {
             }
         })
     }
-}
-
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// Hosts file first; then A and AAAA from the first nameserver that answers.

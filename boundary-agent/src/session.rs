@@ -81,13 +81,16 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         });
     }
 
+    // Loaded before the policy is compiled: loading parses the kernel's BTF (~20 MB, freed
+    // right after), and doing it while the compiled policy is not yet in memory keeps the
+    // agent's peak RSS down. Nothing is attached yet, and the maps start empty (deny all).
+    let (mut enforcer, rings) = Enforcer::load(settings(&policy, &opts))?;
+
     let resolver_config =
         ResolverConfig::new(&policy.dns, opts.dns_server, opts.hosts_file.as_deref())?;
     let mut resolver = Resolver::new(&policy, resolver_config.clone());
     let book = resolver.resolve_initial().await;
     let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
-
-    let (mut enforcer, rings) = Enforcer::load(settings(&policy, &opts))?;
     enforcer.apply(&compiled)?;
 
     let root = match &opts.cgroup_root {
@@ -119,7 +122,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     if let Some(dir) = &policy.log_dir {
         sink.file(&dir.join(format!("boundary-{session_id}.jsonl")))?;
     }
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone()));
+    // One shared copy: a 10,000-rule policy is megabytes.
+    let policy = Arc::new(policy);
+    let (policy_tx, policy_rx) = watch::channel(policy.clone());
     let (book_tx, book_rx) = watch::channel(Arc::new(book));
     let enricher = Arc::new(Enricher::new(
         session_id.clone(),
@@ -384,7 +389,7 @@ fn command_text(command: &[OsString]) -> String {
 
 struct PolicyLoop {
     enforcer: Enforcer,
-    policy: Policy,
+    policy: Arc<Policy>,
     opts: RunOptions,
     resolver_config: ResolverConfig,
     book: watch::Receiver<Arc<AddressBook>>,
@@ -509,10 +514,11 @@ async fn reload(
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
     }
+    let policy = Arc::new(policy);
     s.policy = policy.clone();
     s.resolver_config = config;
     let rules = policy.rules.len();
-    let _ = s.policy_tx.send(Arc::new(policy));
+    let _ = s.policy_tx.send(policy);
     let (tx, rx) = watch::channel(Arc::new(book));
     let _ = s.events.send(s.enricher.session(
         "boundary.policy.reload",

@@ -32,7 +32,7 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
-static ALLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static ALLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Index 0: deny events lost, index 1: allow events lost (ring buffer full).
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);

@@ -1,0 +1,231 @@
+//! Boundary's cost, measured in one run on loopback (figures go into BENCHMARKS.md):
+//!
+//! - connect()+close() of a UDP socket to 127.0.0.2 outside any boundary (the baseline), inside a boundary with
+//!   a 1-rule policy (with and without allow events), and inside one with 10,000 rules (mixed
+//!   domains and CIDRs; the domains map to addresses that are installed but never contacted);
+//! - wall time of `boundary run -- true`;
+//! - the agent's peak RSS with the 10,000-rule policy.
+//!
+//! The measuring client is this same binary re-executed as `connect client ADDR N`, directly
+//! for the baseline and under `boundary run` otherwise. Rounds alternate between the
+//! configurations so that drift on the machine affects them all alike. Needs root.
+//!
+//! Why UDP: connect() on a UDP socket runs the same connect4 program as TCP but involves no
+//! handshake, no accept queue and no peer, so the difference between rows is the cost of the
+//! eBPF program alone (a TCP loop on loopback measures the listener's accept thread instead:
+//! its queue overflows and SYN retransmits add 200+ ms outliers).
+
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
+const CONNECTS: usize = 50_000;
+const ROUNDS: usize = 5;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("client") {
+        client(args[2].parse().unwrap(), args[3].parse().unwrap());
+        return;
+    }
+    if !nix_is_root() {
+        eprintln!("the boundary benchmark loads eBPF programs: run it as root");
+        std::process::exit(1);
+    }
+    // Nothing needs to listen: a UDP connect only sets the default destination. The socket is
+    // bound so that the port is ours for the run.
+    let receiver = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let addr = receiver.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.yaml");
+    std::fs::write(
+        &one,
+        "name: one-rule\nallow_loopback: false\nallowlist:\n  - \"ip=127.0.0.2\"\n",
+    )
+    .unwrap();
+    let (big, hosts) = ten_thousand_rules(dir.path());
+
+    let me = std::env::current_exe().unwrap();
+    let configs: [(&str, Option<(&Path, &[&str])>); 4] = [
+        ("outside any boundary (baseline)", None),
+        ("boundary, 1 rule", Some((&one, &[]))),
+        (
+            "boundary, 1 rule, --deny-events-only",
+            Some((&one, &["--deny-events-only"])),
+        ),
+        ("boundary, 10,000 rules", Some((&big, &[]))),
+    ];
+    let mut medians: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut rss_kb = 0u64;
+    for round in 0..ROUNDS {
+        for (i, (_, config)) in configs.iter().enumerate() {
+            let mut cmd = match config {
+                None => Command::new(&me),
+                Some((path, extra)) => {
+                    let mut c = Command::new(BOUNDARY);
+                    c.args(["run", "--config"])
+                        .arg(path)
+                        .arg("--hosts-file")
+                        .arg(&hosts)
+                        .args(["--dns-server", "127.0.0.1:9"])
+                        .args(*extra)
+                        .arg("--")
+                        .arg(&me);
+                    c
+                }
+            };
+            let out = cmd
+                .args(["client", &addr.to_string(), &CONNECTS.to_string()])
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, {}: {out:?}",
+                configs[i].0
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f: Vec<f64> = text
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            medians[i].push(f[0]);
+            p99s[i].push(f[1]);
+            if i == 3 {
+                rss_kb = rss_kb.max(f[2] as u64);
+            }
+        }
+    }
+    let startup = startup_times(&one, &hosts);
+
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let base = med(&medians[0]);
+    let one_rule = med(&medians[1]);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "UDP socket()+connect()+close() to {addr}, {CONNECTS} per run, {ROUNDS} alternating rounds; figures \
+         are the median over rounds of each run's median and p99.\n\n"
+    ));
+    out.push_str("| configuration | median µs | p99 µs | connects/s | added median µs | vs baseline | vs 1 rule |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for (i, (name, _)) in configs.iter().enumerate() {
+        let m = med(&medians[i]);
+        out.push_str(&format!(
+            "| {name} | {m:.2} | {:.2} | {:.0} | {:+.2} | {:.3}× | {} |\n",
+            med(&p99s[i]),
+            1e6 / m,
+            m - base,
+            m / base,
+            if i == 0 {
+                "".to_string()
+            } else {
+                format!("{:.3}×", m / one_rule)
+            },
+        ));
+    }
+    out.push_str(&format!(
+        "\n`boundary run -- true`, wall time over {} runs: median {:.1} ms, max {:.1} ms.\n",
+        startup.len(),
+        startup[startup.len() / 2],
+        startup[startup.len() - 1]
+    ));
+    out.push_str(&format!(
+        "Agent peak RSS (VmHWM) with the 10,000-rule policy: {:.1} MB.\n",
+        rss_kb as f64 / 1024.0
+    ));
+    print!("{out}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// 5,000 domains (hosts file → 10.x.y.1) and 5,000 CIDRs, plus the rule the client needs.
+fn ten_thousand_rules(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut config = String::from("name: ten-thousand\nallow_loopback: false\nallowlist:\n");
+    let mut hosts = String::new();
+    for i in 0..5_000u32 {
+        config.push_str(&format!("  - \"domain=d{i}.bench.test port=443\"\n"));
+        hosts.push_str(&format!(
+            "10.{}.{}.1 d{i}.bench.test\n",
+            100 + i / 256,
+            i % 256
+        ));
+    }
+    for i in 0..5_000u32 {
+        config.push_str(&format!(
+            "  - \"cidr=172.{}.{}.0/24 port={}\"\n",
+            16 + i / 256 % 16,
+            i % 256,
+            1000 + i % 50
+        ));
+    }
+    config.push_str("  - \"ip=127.0.0.2\"\n");
+    let c = dir.join("ten-thousand.yaml");
+    let h = dir.join("hosts");
+    std::fs::write(&c, config).unwrap();
+    std::fs::write(&h, hosts).unwrap();
+    (c, h)
+}
+
+fn startup_times(config: &Path, hosts: &Path) -> Vec<f64> {
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let status = Command::new(BOUNDARY)
+                .args(["run", "--config"])
+                .arg(config)
+                .arg("--hosts-file")
+                .arg(hosts)
+                .args(["--dns-server", "127.0.0.1:9", "--", "true"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times
+}
+
+/// Connects and closes `n` times; prints median µs, p99 µs and the parent's VmHWM in kB.
+fn client(addr: SocketAddr, n: usize) {
+    let mut samples = Vec::with_capacity(n);
+    // Warm up (first connects pay for page faults and the listener's accept thread).
+    for _ in 0..2_000 {
+        connect_close(addr);
+    }
+    for _ in 0..n {
+        let t = Instant::now();
+        connect_close(addr);
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let hwm = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        std::os::unix::process::parent_id()
+    ))
+    .ok()
+    .and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    })
+    .unwrap_or(0);
+    println!("{} {} {hwm}", us(samples[n / 2]), us(samples[n * 99 / 100]));
+}
+
+fn connect_close(addr: SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(addr).unwrap();
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
