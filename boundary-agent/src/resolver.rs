@@ -172,10 +172,11 @@ pub fn hosts_lookup(path: &Path, name: &str) -> Vec<IpAddr> {
 }
 
 type HostsTable = Arc<HashMap<String, Vec<IpAddr>>>;
+/// The file it was read from, its (mtime, size) when read, and the parsed table.
+type HostsCache = Option<(PathBuf, Option<(SystemTime, u64)>, HostsTable)>;
 
 fn hosts_table(path: &Path) -> HostsTable {
-    static CACHE: Mutex<Option<(PathBuf, Option<(SystemTime, u64)>, HostsTable)>> =
-        Mutex::new(None);
+    static CACHE: Mutex<HostsCache> = Mutex::new(None);
     let stamp = std::fs::metadata(path)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())));
