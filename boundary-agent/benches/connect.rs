@@ -6,6 +6,8 @@
 //! - wall time of `boundary run -- true`;
 //! - the agent's peak RSS with the 10,000-rule policy.
 //!
+//! Events are on, as in production: each one is enriched, serialized and written (to /dev/null).
+//!
 //! The measuring client is this same binary re-executed as `connect client ADDR N`, directly
 //! for the baseline and under `boundary run` otherwise. Rounds alternate between the
 //! configurations so that drift on the machine affects them all alike. Needs root.
@@ -24,6 +26,9 @@ use std::time::{Duration, Instant};
 const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
 const CONNECTS: usize = 50_000;
 const ROUNDS: usize = 5;
+
+/// A policy file and extra `boundary run` flags.
+type Boundary<'a> = (&'a Path, &'a [&'a str]);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -49,7 +54,7 @@ fn main() {
     let (big, hosts) = ten_thousand_rules(dir.path());
 
     let me = std::env::current_exe().unwrap();
-    let configs: [(&str, Option<(&Path, &[&str])>); 4] = [
+    let configs: [(&str, Option<Boundary>); 4] = [
         ("outside any boundary (baseline)", None),
         ("boundary, 1 rule", Some((&one, &[]))),
         (
@@ -71,7 +76,7 @@ fn main() {
                         .arg(path)
                         .arg("--hosts-file")
                         .arg(&hosts)
-                        .args(["--dns-server", "127.0.0.1:9"])
+                        .args(["--dns-server", "127.0.0.1:9", "--events", "/dev/null"])
                         .args(*extra)
                         .arg("--")
                         .arg(&me);

@@ -264,6 +264,26 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// How often the rings are drained without a wake-up from the kernel.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Events on their way to the sink.
+pub type EventSender = mpsc::Sender<Map<String, Value>>;
+
+/// Events queued between the ring readers and the sink.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// Queues a session-level event without waiting and without dropping it when the queue is
+/// momentarily full.
+pub fn emit(tx: &EventSender, event: Map<String, Value>) {
+    if let Err(mpsc::error::TrySendError::Full(event)) = tx.try_send(event) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(event).await;
+        });
+    }
+}
+
 /// Resolves once `stop` is true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -273,35 +293,43 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub async fn read_ring(
     ring: RingBuf<MapData>,
     enricher: Arc<Enricher>,
-    out: mpsc::UnboundedSender<Map<String, Value>>,
+    out: EventSender,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     // SAFETY: the RingBuf owns its map fd, which stays open (and is the same fd) for as long
     // as the AsyncFd owns the RingBuf.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
+    // Allow events are submitted without waking us (see the eBPF side): drain on a timer too.
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(Error::Io)?;
-                drain(guard.get_inner_mut(), &enricher, &out);
+                drain(guard.get_inner_mut(), &enricher, &out).await;
                 guard.clear_ready();
             }
+            _ = tick.tick() => drain(fd.get_mut(), &enricher, &out).await,
             _ = stopped(&mut stop) => {
-                drain(fd.get_mut(), &enricher, &out);
+                drain(fd.get_mut(), &enricher, &out).await;
                 return Ok(());
             }
         }
     }
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    enricher: &Enricher,
-    out: &mpsc::UnboundedSender<Map<String, Value>>,
-) {
-    while let Some(item) = ring.next() {
-        if let Some(event) = decode(&item) {
-            let _ = out.send(enricher.decision(&event));
+async fn drain(ring: &mut RingBuf<MapData>, enricher: &Enricher, out: &EventSender) {
+    loop {
+        let event = match ring.next() {
+            Some(item) => decode(&item),
+            None => return,
+        };
+        if let Some(event) = event {
+            // Bounded: when the sink falls behind, the kernel ring fills and the loss is
+            // counted and reported, instead of the agent's memory growing without limit.
+            if out.send(enricher.decision(&event)).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -356,7 +384,7 @@ impl Sink {
     }
 
     /// Writes events until every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Map<String, Value>>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Map<String, Value>>) {
         while let Some(event) = rx.recv().await {
             self.write(&event);
         }

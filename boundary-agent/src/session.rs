@@ -131,7 +131,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         policy_rx,
         book_rx.clone(),
     ));
-    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
     let sink_task = tokio::spawn(sink.run(event_rx));
     let (stop_tx, stop_rx) = watch::channel(false);
     let readers = [rings.deny, rings.allow].map(|ring| {
@@ -143,16 +143,19 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         ))
     });
 
-    let _ = event_tx.send(enricher.session(
-        "boundary.session.start",
-        json!({
-            "process.command_line": command_text(&opts.command),
-            "boundary.policy.source": opts.config.display().to_string(),
-            "boundary.policy.rules": policy.rules.len(),
-            "boundary.cgroup.path": guard.cgroup().path().display().to_string(),
-            "process.pid": std::process::id(),
-        }),
-    ));
+    events::emit(
+        &event_tx,
+        enricher.session(
+            "boundary.session.start",
+            json!({
+                "process.command_line": command_text(&opts.command),
+                "boundary.policy.source": opts.config.display().to_string(),
+                "boundary.policy.rules": policy.rules.len(),
+                "boundary.cgroup.path": guard.cgroup().path().display().to_string(),
+                "process.pid": std::process::id(),
+            }),
+        ),
+    );
 
     let child = match spawn(&opts, guard.cgroup(), &session_id, &policy.name) {
         Ok(child) => child,
@@ -162,10 +165,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             for r in readers {
                 let _ = r.await;
             }
-            let _ = event_tx.send(enricher.session(
-                "boundary.session.end",
-                json!({"process.exit.code": code, "error.message": message}),
-            ));
+            events::emit(
+                &event_tx,
+                enricher.session(
+                    "boundary.session.end",
+                    json!({"process.exit.code": code, "error.message": message}),
+                ),
+            );
             drop(event_tx);
             let _ = sink_task.await;
             let _ = enforcer.detach();
@@ -216,7 +222,10 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     if let Some(sig) = status.signal() {
         end.insert("process.exit.signal".into(), sig.into());
     }
-    let _ = event_tx.send(enricher.session("boundary.session.end", Value::Object(end)));
+    events::emit(
+        &event_tx,
+        enricher.session("boundary.session.end", Value::Object(end)),
+    );
     drop(event_tx);
     let _ = sink_task.await;
     if let Some(enforcer) = enforcer {
@@ -394,7 +403,7 @@ struct PolicyLoop {
     resolver_config: ResolverConfig,
     book: watch::Receiver<Arc<AddressBook>>,
     policy_tx: watch::Sender<Arc<Policy>>,
-    events: mpsc::UnboundedSender<Map<String, Value>>,
+    events: events::EventSender,
     enricher: Arc<Enricher>,
     stop: watch::Receiver<bool>,
 }
@@ -424,7 +433,7 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
             _ = tick.tick() => {
                 let lost = s.enforcer.lost();
                 if lost != lost_reported {
-                    let _ = s.events.send(s.enricher.lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1));
+                    events::emit(&s.events, s.enricher.lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1));
                     lost_reported = lost;
                 }
                 let now = stamp(&s.opts.config);
@@ -447,7 +456,8 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     }
     let lost = s.enforcer.lost();
     if lost != lost_reported {
-        let _ = s.events.send(
+        events::emit(
+            &s.events,
             s.enricher
                 .lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1),
         );
@@ -476,7 +486,7 @@ async fn reload(
         Ok(p) => p,
         Err(e) => {
             eprintln!("boundary: {e}\nboundary: keeping the last good policy in force");
-            let _ = s.events.send(s.enricher.session(
+            events::emit(&s.events, s.enricher.session(
                 "boundary.policy.rejected",
                 json!({"error.message": e.to_string(), "boundary.policy.source": s.opts.config.display().to_string()}),
             ));
@@ -520,7 +530,7 @@ async fn reload(
     let rules = policy.rules.len();
     let _ = s.policy_tx.send(policy);
     let (tx, rx) = watch::channel(Arc::new(book));
-    let _ = s.events.send(s.enricher.session(
+    events::emit(&s.events, s.enricher.session(
         "boundary.policy.reload",
         json!({"boundary.policy.rules": rules, "boundary.reload.ms": started.elapsed().as_millis() as u64}),
     ));

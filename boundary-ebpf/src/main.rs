@@ -39,6 +39,13 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 const ALLOW: i32 = 1;
 
+/// `bpf_ringbuf_submit` / `bpf_ringbuf_query` flags (uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// A quarter of ALLOW_EVENTS.
+const ALLOW_WAKEUP_BYTES: u64 = 1 << 18;
+
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
@@ -240,7 +247,17 @@ fn report(dest: &Dest, action: u8, rule_id: u32, sock_type: u8) {
         addr: dest.addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
-    entry.submit(0);
+    // Waking the agent costs the connecting thread an irq_work and a wake-up. Denials wake
+    // it at once (they are rare and wanted promptly); allow events are collected by the
+    // agent's periodic drain, with a wake-up only when a quarter of the ring is pending.
+    let flags = if !allowed {
+        0
+    } else if ring.query(BPF_RB_AVAIL_DATA) > ALLOW_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 #[cfg(not(test))]
