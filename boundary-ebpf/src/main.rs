@@ -41,7 +41,6 @@ const ALLOW: i32 = 1;
 
 /// `bpf_ringbuf_submit` / `bpf_ringbuf_query` flags (uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// A quarter of ALLOW_EVENTS.
 const ALLOW_WAKEUP_BYTES: u64 = 1 << 18;
@@ -253,7 +252,8 @@ fn report(dest: &Dest, action: u8, rule_id: u32, sock_type: u8) {
     let flags = if !allowed {
         0
     } else if ring.query(BPF_RB_AVAIL_DATA) > ALLOW_WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
+        // Adaptive: the kernel wakes the agent only if it is not already reading.
+        0
     } else {
         BPF_RB_NO_WAKEUP
     };
