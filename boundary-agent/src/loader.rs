@@ -154,29 +154,27 @@ impl Enforcer {
         self.pin_dir = Some(dir.clone());
         for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-            let id = program
+            let link = program
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| Error::Ebpf(format!("attaching `{name}`: {}", chain(&e))))?;
-            let link = FdLink::try_from(
-                program
-                    .take_link(id)
-                    .map_err(|e| Error::Ebpf(e.to_string()))?,
-            )
-            .map_err(|e| Error::Ebpf(format!("link of `{name}`: {e}")))?;
-            self.pin(link, &dir, name)?;
+                .and_then(|id| program.take_link(id))
+                .map_err(|e| attach_error(name, &e))?;
+            self.pin(
+                FdLink::try_from(link).map_err(|e| attach_error(name, &e))?,
+                &dir,
+                name,
+            )?;
         }
         for name in SOCK_PROGRAMS {
             let program: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;
-            let id = program
+            let link = program
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| Error::Ebpf(format!("attaching `{name}`: {}", chain(&e))))?;
-            let link = FdLink::try_from(
-                program
-                    .take_link(id)
-                    .map_err(|e| Error::Ebpf(e.to_string()))?,
-            )
-            .map_err(|e| Error::Ebpf(format!("link of `{name}`: {e}")))?;
-            self.pin(link, &dir, name)?;
+                .and_then(|id| program.take_link(id))
+                .map_err(|e| attach_error(name, &e))?;
+            self.pin(
+                FdLink::try_from(link).map_err(|e| attach_error(name, &e))?,
+                &dir,
+                name,
+            )?;
         }
         Ok(())
     }
@@ -311,6 +309,10 @@ where
         .take_map(name)
         .ok_or_else(|| Error::Ebpf(format!("map `{name}` is missing from the object")))?;
     M::try_from(map).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
+}
+
+fn attach_error(name: &str, e: &dyn std::error::Error) -> Error {
+    Error::Ebpf(format!("attaching `{name}`: {}", chain(e)))
 }
 
 /// An error with its causes, for the verifier log and errno behind aya's top-level message.

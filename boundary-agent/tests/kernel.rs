@@ -478,6 +478,20 @@ fn raw_sockets_are_refused() {
         .any(|e| e["boundary.hook"] == "sock_create" && e["boundary.socket.type"] == "raw"));
 }
 
+/// A Python script that waits for `go` to exist, then connects to 127.0.0.2 and 127.0.0.3 on
+/// `port`, collects `ok`/`eperm` in `r`, and runs `report`.
+fn try_both_when(go: &Path, port: u16, report: &str) -> String {
+    format!(
+        "import socket, os, time\n\
+         while not os.path.exists('{go}'): time.sleep(0.02)\n\
+         r = []\n\
+         for ip in ('127.0.0.2', '127.0.0.3'):\n    s = socket.socket()\n    try:\n        \
+         s.connect((ip, {port}))\n        r.append('ok')\n    except PermissionError:\n        r.append('eperm')\n\
+         {report}\n",
+        go = go.display()
+    )
+}
+
 #[test]
 fn two_sessions_with_different_policies_run_side_by_side() {
     let l = Listeners::start();
@@ -485,16 +499,7 @@ fn two_sessions_with_different_policies_run_side_by_side() {
     let b = Case::new("allow_loopback: false\nallowlist:\n  - \"ip=127.0.0.3\"\n");
     let go = a.path("go");
     // Both sessions are up before either tries: each waits for the `go` file.
-    let script = format!(
-        "import socket, os, time\n\
-         while not os.path.exists('{go}'): time.sleep(0.02)\n\
-         r = []\n\
-         for ip in ('127.0.0.2', '127.0.0.3'):\n    s = socket.socket()\n    try:\n        \
-         s.connect((ip, {p}))\n        r.append('ok')\n    except PermissionError:\n        r.append('eperm')\n\
-         print(' '.join(r))\n",
-        go = go.display(),
-        p = l.port
-    );
+    let script = try_both_when(&go, l.port, "print(' '.join(r))");
     let ca = a
         .command(&[], &["python3", "-c", &script])
         .stdout(Stdio::piped())
@@ -680,15 +685,10 @@ fn if_the_agent_dies_the_command_stays_confined() {
     let l = Listeners::start();
     let case = Case::new(&deny_config());
     let go = case.path("go");
-    let script = format!(
-        "import socket, os, time\n\
-         while not os.path.exists('{go}'): time.sleep(0.02)\n\
-         r = []\n\
-         for ip in ('127.0.0.2', '127.0.0.3'):\n    s = socket.socket()\n    try:\n        \
-         s.connect((ip, {p}))\n        r.append('ok')\n    except PermissionError:\n        r.append('eperm')\n\
-         open('{go}.result', 'w').write(' '.join(r))\n",
-        go = go.display(),
-        p = l.port
+    let script = try_both_when(
+        &go,
+        l.port,
+        &format!("open('{}.result', 'w').write(' '.join(r))", go.display()),
     );
     let mut agent = case
         .command(&[], &["python3", "-c", &script])
