@@ -1,15 +1,21 @@
 //! Bridge gateway benchmark: `cargo bench -p bridge --bench gateway` (or `cargo xtask bench bridge`).
 //!
 //! Everything on loopback. Starts `fake-upstream` and a real `bridge serve` (SQLite store in a
-//! temp dir, a real bridge key, the real recorder), then with a hyper load generator:
-//! 1. open-loop at a fixed rate (default 1,000 req/s for 10 s), non-streaming and streaming,
-//!    once straight at the fake upstream and once through the bridge; latency is measured from
-//!    each request's *scheduled* send time (no coordinated omission);
-//! 2. closed-loop maximum throughput with 64 concurrent workers, direct and through the bridge;
+//! temp dir, a real bridge key, the real recorder, logging at its default level), then with a
+//! hyper load generator:
+//! 1. open loop at a fixed rate (default 1,000 req/s, 10 s per side), non-streaming and
+//!    streaming, straight at the fake upstream and through the bridge, alternating in two
+//!    rounds (direct, bridge, direct, bridge) so both sides see the same machine; latency runs
+//!    from each request's *scheduled* send time (no coordinated omission), and sends are paced
+//!    by a thread on high-resolution timers (the generator's own lag is reported);
+//! 2. closed-loop maximum throughput with 64 concurrent workers, direct and through the bridge,
+//!    with the CPU time each process spent per request (from /proc/PID/stat);
 //! 3. the bridge's RSS with 1,000 concurrent streams held open (the fake upstream pauses after
 //!    the first event).
 //!
-//! Prints a markdown table. Tunables: BENCH_RATE, BENCH_SECS, BENCH_STREAMS.
+//! Prints markdown tables. Tunables: BENCH_RATE, BENCH_SECS, BENCH_STREAMS, BENCH_BRIDGE_LOG
+//! (the bridge's RUST_LOG, default `info` as in production), BENCH_BRIDGE_WORKERS (the
+//! bridge's Tokio worker threads, default one per CPU).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -105,50 +111,130 @@ struct OpenLoop {
     p99_us: f64,
     ok: usize,
     failed: usize,
+    /// How late the load generator sent its requests (p99), to show the schedule was kept.
+    send_lag_p99_us: f64,
 }
 
-async fn open_loop(
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Latencies (µs, from each request's scheduled send time) and send lags of one open-loop run.
+#[derive(Default)]
+struct Samples {
+    latency_us: Vec<f64>,
+    lag_us: Vec<f64>,
+    failed: usize,
+}
+
+/// Sends `rate` requests per second for `secs` seconds, each on its own task, so a slow
+/// answer never delays the next send (no coordinated omission). Sends are paced by a dedicated
+/// thread sleeping on the kernel's high-resolution timers: Tokio's timer wheel has 1 ms
+/// granularity, which at 1,000 req/s would add up to a millisecond of the generator's own
+/// lateness to every sample.
+async fn open_loop_samples(
     client: &HttpClient,
     t: &Target,
     stream: bool,
     rate: u64,
     secs: u64,
-) -> OpenLoop {
+) -> Samples {
     let total = (rate * secs) as usize;
     let period = Duration::from_nanos(1_000_000_000 / rate);
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(5);
+        for i in 0..total {
+            let scheduled = start + period * i as u32;
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if tx.send(scheduled).is_err() {
+                return;
+            }
+        }
+    });
+    let samples = Arc::new(Mutex::new(Samples::default()));
     let mut handles = Vec::with_capacity(total);
-    for i in 0..total {
-        let scheduled = start + period * i as u32;
-        tokio::time::sleep_until(scheduled.into()).await;
-        let (client, t, lat, failed) = (client.clone(), t.clone(), lat.clone(), failed.clone());
+    while let Some(scheduled) = rx.recv().await {
+        let (client, t, samples) = (client.clone(), t.clone(), samples.clone());
         handles.push(tokio::spawn(async move {
-            match one(&client, &t, stream, scheduled).await {
-                Some(d) => lat.lock().await.push(d.as_secs_f64() * 1e6),
-                None => {
-                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            let lag = scheduled.elapsed();
+            let result = one(&client, &t, stream, scheduled).await;
+            let mut s = samples.lock().await;
+            s.lag_us.push(lag.as_secs_f64() * 1e6);
+            match result {
+                Some(d) => s.latency_us.push(d.as_secs_f64() * 1e6),
+                None => s.failed += 1,
             }
         }));
     }
+    let _ = pacer.join();
     for h in handles {
         let _ = h.await;
     }
-    let mut v = std::mem::take(&mut *lat.lock().await);
-    v.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        v.get(((v.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    OpenLoop {
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        ok: v.len(),
-        failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+    let mut s = samples.lock().await;
+    std::mem::take(&mut *s)
+}
+
+/// Runs direct and bridged open loops alternately in `rounds` rounds (ABAB...), so that both
+/// see the same machine conditions, and pools each side's samples.
+async fn open_loop_pair(
+    client: &HttpClient,
+    direct: &Target,
+    via: &Target,
+    stream: bool,
+    rate: u64,
+    secs: u64,
+    rounds: u64,
+) -> (OpenLoop, OpenLoop) {
+    let per_round = (secs / rounds).max(1);
+    let (mut d, mut b) = (Samples::default(), Samples::default());
+    for _ in 0..rounds {
+        for (t, acc) in [(direct, &mut d), (via, &mut b)] {
+            let s = open_loop_samples(client, t, stream, rate, per_round).await;
+            acc.latency_us.extend(s.latency_us);
+            acc.lag_us.extend(s.lag_us);
+            acc.failed += s.failed;
+        }
     }
+    let summarize = |mut s: Samples| {
+        s.latency_us.sort_by(|a, b| a.total_cmp(b));
+        s.lag_us.sort_by(|a, b| a.total_cmp(b));
+        OpenLoop {
+            p50_us: percentile(&s.latency_us, 0.5),
+            p99_us: percentile(&s.latency_us, 0.99),
+            ok: s.latency_us.len(),
+            failed: s.failed,
+            send_lag_p99_us: percentile(&s.lag_us, 0.99),
+        }
+    };
+    (summarize(d), summarize(b))
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the `(comm)`, which may contain spaces.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some(Duration::from_secs_f64((utime + stime) / ticks_per_sec))
+        })
+        .unwrap_or_default()
+}
+
+struct ClosedLoop {
+    req_per_s: f64,
+    /// CPU µs per request used by each process: (load generator, fake upstream, bridge).
+    cpu_us_per_req: (f64, f64, f64),
 }
 
 async fn closed_loop(
@@ -157,7 +243,9 @@ async fn closed_loop(
     stream: bool,
     workers: usize,
     secs: u64,
-) -> f64 {
+    pids: (u32, u32, u32),
+) -> ClosedLoop {
+    let cpu0 = (cpu_time(pids.0), cpu_time(pids.1), cpu_time(pids.2));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -177,7 +265,18 @@ async fn closed_loop(
     for h in handles {
         n += h.await.unwrap_or(0);
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let elapsed = start.elapsed().as_secs_f64();
+    let per_req = |pid: u32, before: Duration| {
+        (cpu_time(pid).saturating_sub(before)).as_secs_f64() * 1e6 / n.max(1) as f64
+    };
+    ClosedLoop {
+        req_per_s: n as f64 / elapsed,
+        cpu_us_per_req: (
+            per_req(pids.0, cpu0.0),
+            per_req(pids.1, cpu0.1),
+            per_req(pids.2, cpu0.2),
+        ),
+    }
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -193,17 +292,23 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// Opens `n` streams through the bridge that stay open (the upstream holds after the first
-/// event), waits until every one has its first bytes, and samples the bridge's RSS.
+/// event), waits until every one has its first bytes (or 60 s pass), and samples the bridge's
+/// RSS. Returns (RSS KiB, streams that were open).
 async fn concurrent_streams(t: &Target, n: usize, bridge_pid: u32) -> (u64, usize) {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(n)
         .build_http();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(n);
-    let release = Arc::new(tokio::sync::Notify::new());
+    // A watch, not a Notify: a task that starts waiting after the release still sees it.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
     for _ in 0..n {
-        let (client, t, ready_tx, release) =
-            (client.clone(), t.clone(), ready_tx.clone(), release.clone());
+        let (client, t, ready_tx, mut release) = (
+            client.clone(),
+            t.clone(),
+            ready_tx.clone(),
+            release_rx.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let req = request(&t, true, &[("x-fake-hold-ms", "60000")]);
             let Ok(resp) = client.request(req).await else {
@@ -213,20 +318,27 @@ async fn concurrent_streams(t: &Target, n: usize, bridge_pid: u32) -> (u64, usiz
             let mut body = resp.into_body();
             let got_first = matches!(body.frame().await, Some(Ok(_)));
             let _ = ready_tx.send(got_first).await;
-            release.notified().await;
+            drop(ready_tx);
+            let _ = release.wait_for(|r| *r).await;
             drop(body); // the client hangs up; the bridge records client_cancelled
         }));
     }
     drop(ready_tx);
+    // Every task reports once (and keeps its sender until released), so count the reports
+    // rather than wait for the channel to close.
     let mut open = 0;
-    while let Some(ok) = ready_rx.recv().await {
-        open += ok as usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for _ in 0..n {
+        match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+            Ok(Some(ok)) => open += ok as usize,
+            _ => break,
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = rss_kib(bridge_pid, "VmRSS:");
-    release.notify_waiters();
+    let _ = release_tx.send(true);
     for h in handles {
-        let _ = h.await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
     }
     (rss, open)
 }
@@ -273,6 +385,7 @@ fn main() {
             .spawn()
             .expect("start fake-upstream"),
     );
+    let fake_pid = procs.0[0].id();
     let token = Command::new(bin("bridge"))
         .args(["keys", "create", "--user", "bench", "--store", &store])
         .stderr(Stdio::null())
@@ -289,10 +402,19 @@ fn main() {
         ),
     )
     .expect("write bridge.yaml");
-    let bridge = Command::new(bin("bridge"))
+    let mut bridge = Command::new(bin("bridge"));
+    if let Ok(n) = std::env::var("BENCH_BRIDGE_WORKERS") {
+        bridge.env("TOKIO_WORKER_THREADS", n);
+    }
+    let bridge = bridge
         .args(["serve", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        // The bridge's default log level (one JSON line per request), unless BENCH_BRIDGE_LOG
+        // says otherwise; the lines go to /dev/null.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_BRIDGE_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stderr(Stdio::null())
         .spawn()
         .expect("start bridge");
@@ -323,36 +445,41 @@ fn main() {
 
         let mut rows = Vec::new();
         for stream in [false, true] {
-            let d = open_loop(&client, &direct, stream, rate, secs).await;
-            let b = open_loop(&client, &via, stream, rate, secs).await;
+            let (d, b) = open_loop_pair(&client, &direct, &via, stream, rate, secs, 2).await;
             rows.push((stream, d, b));
         }
-        let tput = [
-            (false, closed_loop(&client, &direct, false, 64, 5).await, closed_loop(&client, &via, false, 64, 5).await),
-            (true, closed_loop(&client, &direct, true, 64, 5).await, closed_loop(&client, &via, true, 64, 5).await),
-        ];
+        let pids = (std::process::id(), fake_pid, bridge_pid);
+        let mut tput = Vec::new();
+        for stream in [false, true] {
+            let d = closed_loop(&client, &direct, stream, 64, 5, pids).await;
+            let b = closed_loop(&client, &via, stream, 64, 5, pids).await;
+            tput.push((stream, d, b));
+        }
         let idle_rss = rss_kib(bridge_pid, "VmRSS:");
         let (rss, open) = concurrent_streams(&via, streams, bridge_pid).await;
 
         println!("\n## Bridge gateway benchmark (loopback, {} CPUs)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-        println!("Open loop, {rate} req/s for {secs} s each; latency from scheduled send to last body byte.\n");
-        println!("| mode | direct p50 | bridge p50 | **added p50** | direct p99 | bridge p99 | **added p99** | ok / failed (bridge) |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("Open loop, {rate} req/s, {secs} s per side (two alternating rounds: direct, bridge, direct, bridge); latency from each request's scheduled send time to the last body byte.\n");
+        println!("| mode | direct p50 | bridge p50 | **added p50** | direct p99 | bridge p99 | **added p99** | ok / failed (direct, bridge) | generator send lag p99 |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for (stream, d, b) in &rows {
             println!(
-                "| {} | {:.0} µs | {:.0} µs | **{:.0} µs** | {:.0} µs | {:.0} µs | **{:.0} µs** | {} / {} |",
+                "| {} | {:.0} µs | {:.0} µs | **{:.0} µs** | {:.0} µs | {:.0} µs | **{:.0} µs** | {} / {}, {} / {} | {:.0} µs |",
                 if *stream { "streaming (SSE)" } else { "non-streaming" },
-                d.p50_us, b.p50_us, b.p50_us - d.p50_us, d.p99_us, b.p99_us, b.p99_us - d.p99_us, b.ok, b.failed
+                d.p50_us, b.p50_us, b.p50_us - d.p50_us, d.p99_us, b.p99_us, b.p99_us - d.p99_us,
+                d.ok, d.failed, b.ok, b.failed, d.send_lag_p99_us.max(b.send_lag_p99_us)
             );
         }
-        println!("\nClosed loop, 64 concurrent clients, 5 s each:\n");
-        println!("| mode | direct req/s | bridge req/s | bridge / direct |");
-        println!("|---|---|---|---|");
-        for (stream, d, b) in tput {
+        println!("\nClosed loop, 64 concurrent clients, 5 s each; CPU per request from /proc/PID/stat (generator, fake upstream, bridge):\n");
+        println!("| mode | direct req/s | bridge req/s | bridge / direct | CPU µs/req direct (gen + fake) | CPU µs/req via bridge (gen + fake + bridge) |");
+        println!("|---|---|---|---|---|---|");
+        for (stream, d, b) in &tput {
+            let (dg, df, _) = d.cpu_us_per_req;
+            let (bg, bf, bb) = b.cpu_us_per_req;
             println!(
-                "| {} | {:.0} | {:.0} | {:.2} |",
-                if stream { "streaming (SSE)" } else { "non-streaming" },
-                d, b, b / d
+                "| {} | {:.0} | {:.0} | {:.2} | {:.1} + {:.1} | {:.1} + {:.1} + {:.1} |",
+                if *stream { "streaming (SSE)" } else { "non-streaming" },
+                d.req_per_s, b.req_per_s, b.req_per_s / d.req_per_s, dg, df, bg, bf, bb
             );
         }
         println!("\nMemory:\n");

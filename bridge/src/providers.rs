@@ -262,6 +262,19 @@ pub(crate) fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a 
     cur.as_str()
 }
 
+/// Whether JSON text has a member `"key"` whose value is an object (`"usage": {`), judged
+/// without parsing; used to skip parsing stream events that cannot matter. May say yes
+/// wrongly (then the event is parsed for nothing), never no wrongly for well-formed JSON:
+/// inside a string value every `"` is escaped, so `"key"` followed by `:` only occurs as a key.
+pub(crate) fn has_object_member(json: &str, key: &str) -> bool {
+    let needle = format!("\"{key}\"");
+    json.match_indices(&needle).any(|(i, _)| {
+        let rest = json[i + needle.len()..].trim_start();
+        rest.strip_prefix(':')
+            .is_some_and(|r| r.trim_start().starts_with('{'))
+    })
+}
+
 /// "type: message" from a provider error object such as `{"type": "...", "message": "..."}`.
 pub(crate) fn describe_error(err: &serde_json::Value) -> String {
     let kind = err
@@ -313,6 +326,27 @@ mod tests {
     #[test]
     fn sse_parser_ignores_events_without_data() {
         assert!(collect(&[b"event: lonely\n\n"]).is_empty());
+    }
+
+    #[test]
+    fn object_member_check_finds_keys_with_object_values_only() {
+        assert!(has_object_member(
+            r#"{"usage":{"prompt_tokens":1}}"#,
+            "usage"
+        ));
+        assert!(has_object_member(r#"{"id":"x", "usage" : { }}"#, "usage"));
+        assert!(!has_object_member(
+            r#"{"usage":null,"choices":[]}"#,
+            "usage"
+        ));
+        assert!(!has_object_member(
+            r#"{"choices":[{"delta":{"content":"the \"usage\": {} field"}}]}"#,
+            "usage"
+        ));
+        assert!(has_object_member(
+            r#"{"error":{"message":"boom"}}"#,
+            "error"
+        ));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! [`Gateway::handle`] serves one provider request. It authenticates the caller, parses the
 //! body with the provider's adapter, swaps the client's bridge token for the server-side key,
 //! and forwards to `base_url + endpoint`. The upstream body is returned to the client wrapped
-//! in a [`TeeBody`], which hands each chunk to hyper unchanged and sends a refcounted clone
-//! (`Bytes::clone`, no copy) down an unbounded channel to an observer task. That task parses the
-//! copy (SSE or JSON), and when the body ends, fails or is dropped early (client gone) builds
-//! the [`InterceptionRecord`] and hands it to the [`RecordSink`]. Nothing on the client's path
-//! waits for parsing, logging or storage.
+//! in a [`TeeBody`], which hands each chunk to hyper unchanged and shows the same bytes to the
+//! adapter's [`ResponseObserver`] as they pass. Observing is incremental and cheap by design
+//! (SSE framing, and JSON parsing only of the few events that carry usage, tool calls or
+//! errors), so it runs in place: a per-chunk hand-off to another task cost more CPU in
+//! cross-thread wake-ups than the parsing itself. When the body ends, fails or is dropped
+//! early (client gone), the remaining work (parsing a buffered JSON answer, building the
+//! [`InterceptionRecord`], handing it to the [`RecordSink`]) runs in a task spawned after the
+//! last bytes were handed to hyper. Nothing on the client's path waits for logging or storage.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +27,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::mpsc;
 use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
@@ -106,24 +108,45 @@ impl Body for ProxyBody {
     }
 }
 
-/// What the tee tells the observer task.
-enum TapMsg {
-    /// First byte handed to hyper for the client, at this instant.
-    First(Instant),
-    Chunk(Bytes),
-    /// The upstream body ended normally.
-    End(Instant),
+/// How the upstream body ended.
+enum BodyEnd {
+    /// Normally.
+    Complete,
     /// The upstream connection broke mid-body.
-    Failed(Instant, String),
+    Failed(String),
     /// The body was dropped before its end: the client went away.
-    Dropped(Instant),
+    Dropped,
 }
 
-/// The upstream's body on its way to the client, with a copy of each chunk sent to the observer.
+/// What the tee needs to observe a response and record it when it is over.
+struct Watch {
+    observer: Box<dyn ResponseObserver>,
+    rec: InterceptionRecord,
+    started: Instant,
+    sink: Arc<dyn RecordSink>,
+    span: Span,
+}
+
+impl Watch {
+    /// Records the exchange. Runs in its own task when a runtime is there, so the client's
+    /// last bytes are flushed before the (possibly large) JSON answer is parsed.
+    fn finish(self: Box<Self>, end: BodyEnd, at: Instant) {
+        let work = move || finish_record(*self, end, at);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { work() });
+            }
+            Err(_) => work(),
+        }
+    }
+}
+
+/// The upstream's body on its way to the client; each chunk is shown to the observer as it
+/// passes.
 pub struct TeeBody {
     inner: Incoming,
-    tap: Option<mpsc::UnboundedSender<TapMsg>>,
-    seen_first: bool,
+    /// Boxed: the record is large, and most responses the gateway sends are its own small ones.
+    watch: Option<Box<Watch>>,
 }
 
 impl Body for TeeBody {
@@ -138,22 +161,21 @@ impl Body for TeeBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(tap)) = (frame.data_ref(), &this.tap) {
-                    if !this.seen_first {
-                        this.seen_first = true;
-                        let _ = tap.send(TapMsg::First(Instant::now()));
+                if let (Some(data), Some(w)) = (frame.data_ref(), this.watch.as_mut()) {
+                    if w.rec.ttfb_ms.is_none() {
+                        w.rec.ttfb_ms = Some(ms(w.started.elapsed()));
                     }
-                    let _ = tap.send(TapMsg::Chunk(data.clone()));
+                    w.observer.feed(data);
                 }
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(tap) = this.tap.take() {
-                    let _ = tap.send(TapMsg::Failed(Instant::now(), e.to_string()));
+                if let Some(w) = this.watch.take() {
+                    w.finish(BodyEnd::Failed(e.to_string()), Instant::now());
                 }
             }
             Poll::Ready(None) => {
-                if let Some(tap) = this.tap.take() {
-                    let _ = tap.send(TapMsg::End(Instant::now()));
+                if let Some(w) = this.watch.take() {
+                    w.finish(BodyEnd::Complete, Instant::now());
                 }
             }
             Poll::Pending => {}
@@ -172,15 +194,15 @@ impl Body for TeeBody {
 
 impl Drop for TeeBody {
     fn drop(&mut self) {
-        if let Some(tap) = self.tap.take() {
+        if let Some(w) = self.watch.take() {
             // An empty upstream body may be dropped after hyper saw `is_end_stream` without
             // polling to the end; that is a normal end, not a cancellation.
-            let msg = if self.inner.is_end_stream() {
-                TapMsg::End(Instant::now())
+            let end = if self.inner.is_end_stream() {
+                BodyEnd::Complete
             } else {
-                TapMsg::Dropped(Instant::now())
+                BodyEnd::Dropped
             };
-            let _ = tap.send(msg);
+            w.finish(end, Instant::now());
         }
     }
 }
@@ -314,7 +336,11 @@ impl Gateway {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // The timer lets the pool close connections idle for 60 s; without one, idle
+        // connections are only checked when reused, so a burst would leave up to 1,024 of them
+        // open to the upstream for good.
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
@@ -558,23 +584,16 @@ impl Gateway {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        let observer = adapter.observer(route.endpoint, is_sse);
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(
-            observe(
-                rx,
-                observer,
-                rec,
-                started,
-                self.inner.sink.clone(),
-                span.clone(),
-            )
-            .instrument(span),
-        );
+        let watch = Watch {
+            observer: adapter.observer(route.endpoint, is_sse),
+            rec,
+            started,
+            sink: self.inner.sink.clone(),
+            span,
+        };
         let mut out = Response::new(ProxyBody::Tee(TeeBody {
             inner: incoming,
-            tap: Some(tx),
-            seen_first: false,
+            watch: Some(Box::new(watch)),
         }));
         *out.status_mut() = resp_parts.status;
         let out_headers = out.headers_mut();
@@ -610,45 +629,23 @@ impl Gateway {
     }
 }
 
-/// The observer task: feeds the copy of the body to the adapter's observer, then records.
-async fn observe(
-    mut rx: mpsc::UnboundedReceiver<TapMsg>,
-    mut observer: Box<dyn ResponseObserver>,
-    mut rec: InterceptionRecord,
-    started: Instant,
-    sink: Arc<dyn RecordSink>,
-    span: Span,
-) {
-    let mut end = None;
-    let mut outcome = Outcome::Ok;
-    let mut failure = None;
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            TapMsg::First(at) => rec.ttfb_ms = Some(ms(at - started)),
-            TapMsg::Chunk(b) => observer.feed(&b),
-            TapMsg::End(at) => {
-                end = Some(at);
-                break;
-            }
-            TapMsg::Failed(at, e) => {
-                end = Some(at);
-                outcome = Outcome::UpstreamUnavailable;
-                failure = Some(format!("upstream connection broke mid-answer: {e}"));
-                break;
-            }
-            TapMsg::Dropped(at) => {
-                end = Some(at);
-                outcome = Outcome::ClientCancelled;
-                break;
-            }
-        }
-    }
-    // A closed channel without an end message means the body was never polled or dropped
-    // (the response was discarded): the client went away.
-    let end = end.unwrap_or_else(|| {
-        outcome = Outcome::ClientCancelled;
-        Instant::now()
-    });
+/// Builds the record of a finished exchange from what the observer saw, and hands it over.
+fn finish_record(w: Watch, end: BodyEnd, at: Instant) {
+    let Watch {
+        observer,
+        mut rec,
+        started,
+        sink,
+        span,
+    } = w;
+    let (mut outcome, failure) = match end {
+        BodyEnd::Complete => (Outcome::Ok, None),
+        BodyEnd::Failed(e) => (
+            Outcome::UpstreamUnavailable,
+            Some(format!("upstream connection broke mid-answer: {e}")),
+        ),
+        BodyEnd::Dropped => (Outcome::ClientCancelled, None),
+    };
     let Observation {
         usage,
         tool_calls,
@@ -670,7 +667,7 @@ async fn observe(
         (outcome == Outcome::UpstreamError).then(|| format!("upstream answered {}", rec.status))
     });
     rec.outcome = outcome;
-    rec.duration_ms = ms(end - started);
+    rec.duration_ms = ms(at - started);
     finish_span(&span, &rec);
     sink.request_finished(rec.provider);
     sink.record(rec);

@@ -140,6 +140,12 @@ pub struct MessagesStreamObserver {
 
 impl MessagesStreamObserver {
     fn on_event(obs: &mut Observation, tools: &mut BTreeMap<u64, ToolCall>, ev: SseEvent) {
+        // Most of a stream is text: skip parsing events that carry nothing to record.
+        match ev.event.as_deref() {
+            Some("ping" | "content_block_stop" | "message_stop") => return,
+            Some("content_block_delta") if !ev.data.contains("input_json_delta") => return,
+            _ => {}
+        }
         let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
             return;
         };

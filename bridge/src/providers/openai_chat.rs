@@ -169,6 +169,14 @@ impl ChatStreamObserver {
         if ev.data.starts_with("[DONE]") {
             return;
         }
+        // Most chunks are text deltas: parse only those that can carry something to record.
+        let interesting = obs.model.is_none()
+            || ev.data.contains("\"tool_calls\"")
+            || super::has_object_member(&ev.data, "usage")
+            || super::has_object_member(&ev.data, "error");
+        if !interesting {
+            return;
+        }
         let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
             return;
         };

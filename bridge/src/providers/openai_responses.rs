@@ -121,6 +121,14 @@ pub struct ResponsesStreamObserver {
 
 impl ResponsesStreamObserver {
     fn on_event(obs: &mut Observation, partial: &mut Vec<ToolCall>, ev: SseEvent) {
+        // Deltas (most of a stream) carry nothing the record needs; skip parsing them.
+        if ev
+            .event
+            .as_deref()
+            .is_some_and(|e| e.ends_with(".delta") || e.ends_with(".added"))
+        {
+            return;
+        }
         let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
             return;
         };
