@@ -98,10 +98,18 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         None => cgroup::cgroup2_root()?,
     };
     sweep_stale_sessions(&root);
-    let cgroup = Cgroup::create(&root, &session_id)?;
+    // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
+    // whose owner file is missing or names a dead agent.
     let session_file = Path::new(RUN_DIR).join(&session_id);
     let _ = std::fs::create_dir_all(RUN_DIR);
     let _ = std::fs::write(&session_file, std::process::id().to_string());
+    let cgroup = match Cgroup::create(&root, &session_id) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&session_file);
+            return Err(e);
+        }
+    };
     let guard = Cleanup {
         cgroup: Some(cgroup),
         session_file: session_file.clone(),
