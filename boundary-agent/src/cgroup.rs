@@ -113,15 +113,7 @@ pub fn remove_dir(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    if is_populated(path) {
-        // cgroup.kill (5.14+) kills the whole subtree atomically, forks in flight included.
-        if let Err(source) = fs::write(path.join("cgroup.kill"), "1") {
-            return Err(Error::File {
-                path: path.join("cgroup.kill"),
-                source,
-            });
-        }
-    }
+    kill_all(path)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match fs::remove_dir(path) {
@@ -140,7 +132,8 @@ pub fn remove_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Kills every process in the cgroup at `path` (the cgroup itself stays).
+/// Kills every process in the cgroup at `path` (the cgroup itself stays). cgroup.kill (5.14+)
+/// kills the whole subtree atomically, forks in flight included.
 pub fn kill_all(path: &Path) -> Result<()> {
     if is_populated(path) {
         fs::write(path.join("cgroup.kill"), "1").map_err(|source| Error::File {
