@@ -252,6 +252,7 @@ fn settings(policy: &Policy, opts: &RunOptions) -> Settings {
             Mode::Audit => MODE_AUDIT,
         },
         report_allows: u32::from(!opts.deny_events_only),
+        ..Settings::default()
     }
 }
 
