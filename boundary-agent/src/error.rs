@@ -34,6 +34,12 @@ pub enum Error {
     #[error("DNS: {0}")]
     Dns(String),
 
+    #[error("{0}")]
+    Confine(String),
+
+    #[error("the boundary agent: {0}")]
+    Agent(String),
+
     #[error("invalid target {target:?}: {reason}")]
     InvalidTarget { target: String, reason: String },
 }

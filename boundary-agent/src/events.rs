@@ -334,16 +334,27 @@ async fn drain(ring: &mut RingBuf<MapData>, enricher: &Enricher, out: &EventSend
     }
 }
 
-/// Where events go: any of stdout, a file given with `--events`, and `log_dir`.
+/// A fan-out of every event of a session (the agent daemon's live view: `boundary events
+/// --follow`). A receiver that falls behind loses events and is told how many; the session
+/// never waits for it.
+pub type Tap = tokio::sync::broadcast::Sender<Arc<Map<String, Value>>>;
+
+/// Where events go: any of stdout, a file given with `--events`, `log_dir`, and taps.
 pub struct Sink {
     writers: Vec<(String, Box<dyn Write + Send>)>,
+    taps: Vec<Tap>,
 }
 
 impl Sink {
     pub fn new() -> Self {
         Sink {
             writers: Vec::new(),
+            taps: Vec::new(),
         }
+    }
+
+    pub fn tap(&mut self, tap: Tap) {
+        self.taps.push(tap);
     }
 
     pub fn stdout(&mut self) {
@@ -374,6 +385,13 @@ impl Sink {
     }
 
     pub fn write(&mut self, event: &Map<String, Value>) {
+        if !self.taps.is_empty() {
+            let shared = Arc::new(event.clone());
+            for tap in &self.taps {
+                // No receiver is fine: nobody is following right now.
+                let _ = tap.send(shared.clone());
+            }
+        }
         let mut line = serde_json::to_vec(event).unwrap_or_default();
         line.push(b'\n');
         for (name, w) in &mut self.writers {

@@ -15,3 +15,8 @@ pub mod cgroup;
 pub mod events;
 pub mod loader;
 pub mod session;
+
+pub mod client;
+pub mod confine;
+pub mod daemon;
+pub mod protocol;

@@ -7,9 +7,8 @@
 //! step with DNS answers and with edits of config.yaml (a bad edit is reported and the last
 //! good policy stays in force).
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::cgroup::{self, Cgroup};
+use crate::confine::{Confinement, RunAs};
 use crate::config;
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
@@ -53,205 +53,340 @@ pub struct RunOptions {
     pub mode: Option<Mode>,
     /// Do not report allowed connections (deny and would_deny events are always reported).
     pub deny_events_only: bool,
+    /// Who the command runs as.
+    pub run_as: Option<RunAs>,
 }
 
-/// Runs the command under the policy and returns the exit code boundary should exit with.
-pub async fn run(opts: RunOptions) -> Result<i32> {
-    let mut policy = config::load(&opts.config)?;
-    if let Some(mode) = opts.mode {
-        policy.mode = mode;
+/// What a session needs to start: the policy file and the knobs around it. The command
+/// itself is started by the caller (single-shot `run`, or the client of the agent daemon).
+#[derive(Debug, Clone, Default)]
+pub struct SessionSpec {
+    pub config: PathBuf,
+    /// The command as text, for the session events.
+    pub command_line: String,
+    pub events: Option<PathBuf>,
+    pub hosts_file: Option<PathBuf>,
+    pub dns_server: Option<SocketAddr>,
+    pub session_id: Option<String>,
+    pub cgroup_root: Option<PathBuf>,
+    pub mode: Option<Mode>,
+    pub deny_events_only: bool,
+    /// The user the session belongs to (its command runs as them).
+    pub owner_uid: Option<u32>,
+}
+
+impl SessionSpec {
+    fn from_run(opts: &RunOptions) -> SessionSpec {
+        SessionSpec {
+            config: opts.config.clone(),
+            command_line: command_text(&opts.command),
+            events: opts.events.clone(),
+            hosts_file: opts.hosts_file.clone(),
+            dns_server: opts.dns_server,
+            session_id: opts.session_id.clone(),
+            cgroup_root: opts.cgroup_root.clone(),
+            mode: opts.mode,
+            deny_events_only: opts.deny_events_only,
+            owner_uid: None,
+        }
     }
-    check_privileges()?;
-    for warning in policy.warnings() {
-        tracing::warn!("{warning}");
-    }
-    let session_id = opts
-        .session_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    if !session_id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        || session_id.is_empty()
-        || session_id.len() > 64
+}
+
+/// Checks a session id: it names a cgroup and files, so it is kept to a safe alphabet.
+pub fn validate_session_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         return Err(Error::InvalidTarget {
-            target: session_id,
+            target: id.to_string(),
             reason: "a session id is 1 to 64 letters, digits, '-' or '_'".into(),
         });
     }
+    Ok(())
+}
 
-    // Loaded before the policy is compiled: loading parses the kernel's BTF (~20 MB, freed
-    // right after), and doing it while the compiled policy is not yet in memory keeps the
-    // agent's peak RSS down. Nothing is attached yet, and the maps start empty (deny all).
-    let (mut enforcer, rings) = Enforcer::load(settings(&policy, &opts))?;
+/// A running session: the policy in the kernel, the cgroup with the programs attached, the
+/// event pipeline and the task that keeps the maps in step with DNS and config edits.
+pub struct Session {
+    pub id: String,
+    pub policy_name: String,
+    pub policy_source: PathBuf,
+    pub started: SystemTime,
+    guard: Cleanup,
+    enricher: Arc<Enricher>,
+    event_tx: events::EventSender,
+    stop_tx: watch::Sender<bool>,
+    readers: Vec<tokio::task::JoinHandle<Result<()>>>,
+    policy_task: tokio::task::JoinHandle<Enforcer>,
+    refresh: tokio::task::JoinHandle<()>,
+    sink_task: tokio::task::JoinHandle<()>,
+}
 
-    let resolver_config =
-        ResolverConfig::new(&policy.dns, opts.dns_server, opts.hosts_file.as_deref())?;
-    let mut resolver = Resolver::new(&policy, resolver_config.clone());
-    let book = resolver.resolve_initial().await;
-    let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
-    enforcer.apply(&compiled)?;
+impl Session {
+    /// Loads the policy, fills the maps, creates the cgroup and attaches the programs: when
+    /// this returns, a process that joins [`Session::cgroup`] is confined.
+    pub async fn start(spec: SessionSpec, tap: Option<events::Tap>) -> Result<Session> {
+        let mut policy = config::load(&spec.config)?;
+        if let Some(mode) = spec.mode {
+            policy.mode = mode;
+        }
+        check_privileges()?;
+        for warning in policy.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let session_id = spec
+            .session_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        validate_session_id(&session_id)?;
 
-    let root = match &opts.cgroup_root {
-        Some(root) => root.clone(),
-        None => cgroup::cgroup2_root()?,
+        // Loaded before the policy is compiled: loading parses the kernel's BTF (~20 MB, freed
+        // right after), and doing it while the compiled policy is not yet in memory keeps the
+        // agent's peak RSS down. Nothing is attached yet, and the maps start empty (deny all).
+        let (mut enforcer, rings) = Enforcer::load(settings(&policy, spec.deny_events_only))?;
+
+        let resolver_config =
+            ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
+        let mut resolver = Resolver::new(&policy, resolver_config.clone());
+        let book = resolver.resolve_initial().await;
+        let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
+        enforcer.apply(&compiled)?;
+
+        let root = match &spec.cgroup_root {
+            Some(root) => root.clone(),
+            None => cgroup::cgroup2_root()?,
+        };
+        sweep_stale_sessions(&root);
+        // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
+        // whose owner file is missing or names a dead agent.
+        let session_file = Path::new(RUN_DIR).join(&session_id);
+        let _ = std::fs::create_dir_all(RUN_DIR);
+        if std::fs::symlink_metadata(&session_file).is_ok() {
+            return Err(Error::InvalidTarget {
+                target: session_id,
+                reason: "a session with this id is already running".into(),
+            });
+        }
+        let _ = std::fs::write(&session_file, std::process::id().to_string());
+        let cgroup = match Cgroup::create(&root, &session_id) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&session_file);
+                return Err(e);
+            }
+        };
+        let guard = Cleanup {
+            cgroup: Some(cgroup),
+            session_file: session_file.clone(),
+            pin_dir: Path::new(loader::PIN_ROOT).join(&session_id),
+        };
+        // On error the guard removes the cgroup and the pins.
+        enforcer.attach(guard.cgroup(), &session_id)?;
+
+        // Events: one sink task fed by the ring readers and the session's own events.
+        let mut sink = Sink::new();
+        match spec.events.as_deref() {
+            Some(p) if p == Path::new("-") => sink.stdout(),
+            Some(p) => sink.file(p)?,
+            None => {}
+        }
+        if let Some(dir) = &policy.log_dir {
+            sink.file(&dir.join(format!("boundary-{session_id}.jsonl")))?;
+        }
+        if let Some(tap) = tap {
+            sink.tap(tap);
+        }
+        // One shared copy: a 10,000-rule policy is megabytes.
+        let policy = Arc::new(policy);
+        let (policy_tx, policy_rx) = watch::channel(policy.clone());
+        let (book_tx, book_rx) = watch::channel(Arc::new(book));
+        let enricher = Arc::new(Enricher::new(
+            session_id.clone(),
+            policy_rx,
+            book_rx.clone(),
+        ));
+        let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
+        let sink_task = tokio::spawn(sink.run(event_rx));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let readers = [rings.deny, rings.allow]
+            .map(|ring| {
+                tokio::spawn(events::read_ring(
+                    ring,
+                    enricher.clone(),
+                    event_tx.clone(),
+                    stop_rx.clone(),
+                ))
+            })
+            .into_iter()
+            .collect();
+
+        let mut start = json!({
+            "process.command_line": spec.command_line,
+            "boundary.policy.source": spec.config.display().to_string(),
+            "boundary.policy.rules": policy.rules.len(),
+            "boundary.cgroup.path": guard.cgroup().path().display().to_string(),
+            "process.pid": std::process::id(),
+        });
+        if let Some(uid) = spec.owner_uid {
+            start["user.id"] = uid.into();
+        }
+        events::emit(
+            &event_tx,
+            enricher.session("boundary.session.start", start),
+        );
+
+        let refresh = resolver.spawn_refresh(book_tx);
+        let policy_name = policy.name.clone();
+        let policy_task = tokio::spawn(policy_loop(PolicyLoop {
+            enforcer,
+            policy,
+            spec: spec.clone(),
+            resolver_config,
+            book: book_rx,
+            policy_tx,
+            events: event_tx.clone(),
+            enricher: enricher.clone(),
+            stop: stop_rx,
+        }));
+        Ok(Session {
+            id: session_id,
+            policy_name,
+            policy_source: spec.config,
+            started: SystemTime::now(),
+            guard,
+            enricher,
+            event_tx,
+            stop_tx,
+            readers,
+            policy_task,
+            refresh,
+            sink_task,
+        })
+    }
+
+    pub fn cgroup(&self) -> &Cgroup {
+        self.guard.cgroup()
+    }
+
+    /// The environment every process of the session sees (for the Boundary–Bridge join).
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("BOUNDARY_SESSION_ID", self.id.clone()),
+            ("BOUNDARY_POLICY", self.policy_name.clone()),
+        ]
+    }
+
+    /// Queues a session-level event (`boundary.session.*`, `boundary.policy.*`).
+    pub fn emit(&self, name: &str, fields: Value) {
+        events::emit(&self.event_tx, self.enricher.session(name, fields));
+    }
+
+    /// Ends the session: kills whatever is left in the cgroup, drains the rings, writes
+    /// `boundary.session.end` with `end` as its fields, detaches and removes everything.
+    pub async fn finish(self, end: Map<String, Value>) {
+        let Session {
+            guard,
+            enricher,
+            event_tx,
+            stop_tx,
+            readers,
+            policy_task,
+            refresh,
+            sink_task,
+            ..
+        } = self;
+        // The command is done: nothing else in its cgroup may outlive it.
+        let _ = stop_tx.send(true);
+        refresh.abort();
+        if let Some(cgroup) = guard.cgroup.as_ref() {
+            let _ = cgroup::kill_all(cgroup.path());
+        }
+        for r in readers {
+            match r.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "event reader failed"),
+                Err(e) => tracing::error!(error = %e, "event reader panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let enforcer = match policy_task.await {
+            Ok(enforcer) => Some(enforcer),
+            Err(e) => {
+                tracing::error!(error = %e, "policy task failed");
+                None
+            }
+        };
+        events::emit(
+            &event_tx,
+            enricher.session("boundary.session.end", Value::Object(end)),
+        );
+        drop(event_tx);
+        let _ = sink_task.await;
+        if let Some(enforcer) = enforcer {
+            if let Err(e) = enforcer.detach() {
+                tracing::warn!(error = %e, "detaching the programs");
+            }
+        }
+        guard.finish();
+    }
+}
+
+/// Single-shot mode: runs the command under the policy (boundary is root) and returns the exit
+/// code boundary should exit with.
+pub async fn run(opts: RunOptions) -> Result<i32> {
+    let run_as = match &opts.run_as {
+        Some(r) => r.clone(),
+        None => RunAs::decide(None, false)?,
     };
-    sweep_stale_sessions(&root);
-    // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
-    // whose owner file is missing or names a dead agent.
-    let session_file = Path::new(RUN_DIR).join(&session_id);
-    let _ = std::fs::create_dir_all(RUN_DIR);
-    let _ = std::fs::write(&session_file, std::process::id().to_string());
-    let cgroup = match Cgroup::create(&root, &session_id) {
+    // Prepared before anything is loaded: a refusal costs nothing and leaves nothing behind.
+    let confinement = Confinement::new(&run_as)?;
+    let session = Session::start(SessionSpec::from_run(&opts), None).await?;
+    let confinement = match confinement.join_cgroup(&session.cgroup().join_path()) {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_file(&session_file);
+            session.finish(end_fields(EXIT_BOUNDARY_FAILED, None, Some(&e.to_string()))).await;
             return Err(e);
         }
     };
-    let guard = Cleanup {
-        cgroup: Some(cgroup),
-        session_file: session_file.clone(),
-        pin_dir: Path::new(loader::PIN_ROOT).join(&session_id),
-    };
-    if let Err(e) = enforcer.attach(guard.cgroup(), &session_id) {
-        guard.finish();
-        return Err(e);
-    }
-
-    // Events: one sink task fed by the ring readers and the session's own events.
-    let mut sink = Sink::new();
-    match opts.events.as_deref() {
-        Some(p) if p == Path::new("-") => sink.stdout(),
-        Some(p) => sink.file(p)?,
-        None => {}
-    }
-    if let Some(dir) = &policy.log_dir {
-        sink.file(&dir.join(format!("boundary-{session_id}.jsonl")))?;
-    }
-    // One shared copy: a 10,000-rule policy is megabytes.
-    let policy = Arc::new(policy);
-    let (policy_tx, policy_rx) = watch::channel(policy.clone());
-    let (book_tx, book_rx) = watch::channel(Arc::new(book));
-    let enricher = Arc::new(Enricher::new(
-        session_id.clone(),
-        policy_rx,
-        book_rx.clone(),
-    ));
-    let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
-    let sink_task = tokio::spawn(sink.run(event_rx));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let readers = [rings.deny, rings.allow].map(|ring| {
-        tokio::spawn(events::read_ring(
-            ring,
-            enricher.clone(),
-            event_tx.clone(),
-            stop_rx.clone(),
-        ))
-    });
-
-    events::emit(
-        &event_tx,
-        enricher.session(
-            "boundary.session.start",
-            json!({
-                "process.command_line": command_text(&opts.command),
-                "boundary.policy.source": opts.config.display().to_string(),
-                "boundary.policy.rules": policy.rules.len(),
-                "boundary.cgroup.path": guard.cgroup().path().display().to_string(),
-                "process.pid": std::process::id(),
-            }),
-        ),
-    );
-
-    let child = match spawn(&opts, guard.cgroup(), &session_id, &policy.name) {
+    let mut env: Vec<(&str, String)> = session.env().to_vec();
+    env.extend(confinement.user_env());
+    let child = match spawn(&opts.command, &env, confinement) {
         Ok(child) => child,
         Err((code, message)) => {
             eprintln!("boundary: {message}");
-            let _ = stop_tx.send(true);
-            for r in readers {
-                let _ = r.await;
-            }
-            events::emit(
-                &event_tx,
-                enricher.session(
-                    "boundary.session.end",
-                    json!({"process.exit.code": code, "error.message": message}),
-                ),
-            );
-            drop(event_tx);
-            let _ = sink_task.await;
-            let _ = enforcer.detach();
-            guard.finish();
+            session.finish(end_fields(code, None, Some(&message))).await;
             return Ok(code);
         }
     };
     let child_pid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
-
-    let refresh = resolver.spawn_refresh(book_tx);
-    let policy_task = tokio::spawn(policy_loop(PolicyLoop {
-        enforcer,
-        policy,
-        opts: opts.clone(),
-        resolver_config,
-        book: book_rx,
-        policy_tx,
-        events: event_tx.clone(),
-        enricher: enricher.clone(),
-        stop: stop_rx.clone(),
-    }));
-
     let status = wait_forwarding_signals(child, child_pid).await;
     let code = exit_code(&status);
-
-    // The command is done: nothing else in its cgroup may outlive it.
-    let _ = stop_tx.send(true);
-    refresh.abort();
-    if let Some(cgroup) = guard.cgroup.as_ref() {
-        let _ = cgroup::kill_all(cgroup.path());
-    }
-    for r in readers {
-        match r.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "event reader failed"),
-            Err(e) => tracing::error!(error = %e, "event reader panicked"),
-            Ok(Ok(())) => {}
-        }
-    }
-    let enforcer = match policy_task.await {
-        Ok(enforcer) => Some(enforcer),
-        Err(e) => {
-            tracing::error!(error = %e, "policy task failed");
-            None
-        }
-    };
-    let mut end = Map::new();
-    end.insert("process.exit.code".into(), code.into());
-    if let Some(sig) = status.signal() {
-        end.insert("process.exit.signal".into(), sig.into());
-    }
-    events::emit(
-        &event_tx,
-        enricher.session("boundary.session.end", Value::Object(end)),
-    );
-    drop(event_tx);
-    let _ = sink_task.await;
-    if let Some(enforcer) = enforcer {
-        if let Err(e) = enforcer.detach() {
-            tracing::warn!(error = %e, "detaching the programs");
-        }
-    }
-    guard.finish();
+    session.finish(end_fields(code, status.signal(), None)).await;
     Ok(code)
 }
 
-fn settings(policy: &Policy, opts: &RunOptions) -> Settings {
+/// The fields of `boundary.session.end`.
+pub fn end_fields(code: i32, signal: Option<i32>, error: Option<&str>) -> Map<String, Value> {
+    let mut end = Map::new();
+    end.insert("process.exit.code".into(), code.into());
+    if let Some(sig) = signal {
+        end.insert("process.exit.signal".into(), sig.into());
+    }
+    if let Some(message) = error {
+        end.insert("error.message".into(), message.into());
+    }
+    end
+}
+
+fn settings(policy: &Policy, deny_events_only: bool) -> Settings {
     Settings {
         mode: match policy.mode {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Audit => MODE_AUDIT,
         },
-        report_allows: u32::from(!opts.deny_events_only),
+        report_allows: u32::from(!deny_events_only),
         ..Settings::default()
     }
 }
@@ -289,54 +424,38 @@ impl Drop for Cleanup {
     }
 }
 
-/// Starts the command inside the cgroup. Errors carry the exit code to use (126/127).
-fn spawn(
-    opts: &RunOptions,
-    cgroup: &Cgroup,
-    session_id: &str,
-    policy_name: &str,
+/// Starts the confined command. Errors carry the exit code to use (126/127/125).
+pub fn spawn(
+    command: &[OsString],
+    env: &[(&str, String)],
+    confinement: Confinement,
 ) -> std::result::Result<tokio::process::Child, (i32, String)> {
-    let (program, args) = opts
-        .command
+    let (program, args) = command
         .split_first()
         .ok_or((2, "no command given".to_string()))?;
-    let procs = CString::new(cgroup.join_path().as_os_str().as_bytes())
-        .map_err(|_| (EXIT_BOUNDARY_FAILED, "cgroup path contains NUL".to_string()))?;
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env("BOUNDARY_SESSION_ID", session_id)
-        .env("BOUNDARY_POLICY", policy_name)
-        .kill_on_drop(false);
-    // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on
-    // memory prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                // Never exec outside the cgroup: the command would run unconfined.
-                return Err(err);
-            }
-            Ok(())
-        });
+    cmd.args(args).kill_on_drop(false);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
+    confinement.install(&mut cmd);
     cmd.spawn().map_err(|e| {
         let name = program.to_string_lossy();
         match e.kind() {
             std::io::ErrorKind::NotFound => (127, format!("{name}: command not found")),
-            std::io::ErrorKind::PermissionDenied => (126, format!("{name}: permission denied")),
-            _ => (EXIT_BOUNDARY_FAILED, format!("starting {name}: {e}")),
+            std::io::ErrorKind::PermissionDenied if e.raw_os_error() == Some(libc::EACCES) => {
+                (126, format!("{name}: permission denied"))
+            }
+            _ => (
+                EXIT_BOUNDARY_FAILED,
+                format!("confining and starting {name}: {e}"),
+            ),
         }
     })
 }
 
 /// Waits for the child, forwarding the signals a supervisor is expected to forward.
-async fn wait_forwarding_signals(
+pub async fn wait_forwarding_signals(
     mut child: tokio::process::Child,
     pid: Pid,
 ) -> std::process::ExitStatus {
@@ -389,7 +508,7 @@ fn terminal_delivers_to_us() -> bool {
 }
 
 /// The shell's convention: the command's code, or 128 + the signal that killed it.
-fn exit_code(status: &std::process::ExitStatus) -> i32 {
+pub fn exit_code(status: &std::process::ExitStatus) -> i32 {
     match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
@@ -408,7 +527,7 @@ fn command_text(command: &[OsString]) -> String {
 struct PolicyLoop {
     enforcer: Enforcer,
     policy: Arc<Policy>,
-    opts: RunOptions,
+    spec: SessionSpec,
     resolver_config: ResolverConfig,
     book: watch::Receiver<Arc<AddressBook>>,
     policy_tx: watch::Sender<Arc<Policy>>,
@@ -421,7 +540,7 @@ struct PolicyLoop {
 /// reports lost events. Returns the enforcer when the session stops.
 async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     let mut lost_reported = (0, 0);
-    let mut config_stamp = stamp(&s.opts.config);
+    let mut config_stamp = stamp(&s.spec.config);
     let mut extra_resolver: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -445,7 +564,7 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                     events::emit(&s.events, s.enricher.lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1));
                     lost_reported = lost;
                 }
-                let now = stamp(&s.opts.config);
+                let now = stamp(&s.spec.config);
                 if now != config_stamp {
                     config_stamp = now;
                     if let Some((handle, rx)) = reload(&mut s).await {
@@ -491,22 +610,22 @@ async fn reload(
     watch::Receiver<Arc<AddressBook>>,
 )> {
     let started = Instant::now();
-    let mut policy = match config::load(&s.opts.config) {
+    let mut policy = match config::load(&s.spec.config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("boundary: {e}\nboundary: keeping the last good policy in force");
             events::emit(&s.events, s.enricher.session(
                 "boundary.policy.rejected",
-                json!({"error.message": e.to_string(), "boundary.policy.source": s.opts.config.display().to_string()}),
+                json!({"error.message": e.to_string(), "boundary.policy.source": s.spec.config.display().to_string()}),
             ));
             return None;
         }
     };
-    if let Some(mode) = s.opts.mode {
+    if let Some(mode) = s.spec.mode {
         policy.mode = mode;
     }
     let config =
-        match ResolverConfig::new(&policy.dns, s.opts.dns_server, s.opts.hosts_file.as_deref()) {
+        match ResolverConfig::new(&policy.dns, s.spec.dns_server, s.spec.hosts_file.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("boundary: {e}; keeping the last good policy in force");
@@ -524,7 +643,7 @@ async fn reload(
     };
     if let Err(e) = s
         .enforcer
-        .set_settings(settings(&policy, &s.opts))
+        .set_settings(settings(&policy, s.spec.deny_events_only))
         .and_then(|_| s.enforcer.apply(&compiled))
     {
         eprintln!("boundary: applying the reloaded policy: {e}");

@@ -1,6 +1,8 @@
 //! Subcommands of the `boundary` binary: one module each.
 
+mod agent;
 mod check;
+mod inspect;
 mod run;
 mod validate;
 
@@ -9,17 +11,22 @@ use clap::{Parser, Subcommand};
 const ABOUT: &str = "Kernel-enforced egress allowlist for AI agents and everything they spawn";
 
 const LONG_ABOUT: &str = "\
-Boundary runs a command in a fresh cgroup v2 with eBPF programs attached (connect4/6, \
-sendmsg4/6, sock_create). The command and every process it starts can reach only the \
-destinations config.yaml allows; everything else fails with EPERM inside the program, and \
-every decision is written as a JSON audit event.";
+Boundary runs a command in a fresh cgroup v2 with eBPF programs attached. The command and \
+every process it starts can reach only the destinations the policy (config.yaml) allows; \
+everything else fails with EPERM inside the program, and every decision is written as a JSON \
+audit event. The command runs unprivileged (no_new_privs, no capabilities, a Landlock domain).
+
+In a workspace, root starts `boundary agent` once; users then run `boundary run -- CMD` with \
+no privileges. Without an agent, root can run single-shot sessions with --config.";
 
 const EXAMPLES: &str = "\
 Examples:
+  sudo boundary agent --config /etc/boundary/config.yaml     # once, at workspace start
+  boundary run -- claude                                     # any user, through the agent
+  boundary status; boundary sessions; boundary events --follow --action deny
   boundary validate config.yaml
   boundary check --config config.yaml api.github.com:443
-  sudo boundary run --config config.yaml --events - -- curl https://api.github.com/
-  sudo boundary run --config config.yaml -- claude";
+  sudo boundary run --config config.yaml --events - -- curl https://api.github.com/";
 
 #[derive(Parser)]
 #[command(name = "boundary", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
@@ -31,6 +38,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::Args),
+    Agent(agent::Args),
+    Status(inspect::StatusArgs),
+    Sessions(inspect::SessionsArgs),
+    Events(inspect::EventsArgs),
     Check(check::Args),
     Validate(validate::Args),
 }
@@ -39,6 +50,10 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Agent(args) => agent::main(args),
+        Command::Status(args) => inspect::status(args),
+        Command::Sessions(args) => inspect::sessions(args),
+        Command::Events(args) => inspect::events(args),
         Command::Check(args) => check::main(args),
         Command::Validate(args) => validate::main(args),
     }
@@ -55,4 +70,15 @@ fn init_logging(level: &str) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
+}
+
+/// `--dns-server IP[:PORT]` (port 53 when omitted).
+fn parse_dns_server(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    text.trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("`{text}` is not an IP address or IP:PORT"))
 }

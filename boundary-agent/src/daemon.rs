@@ -1,0 +1,768 @@
+//! `boundary agent`: the root daemon a workspace image starts once. It owns the policies and
+//! the sessions; unprivileged users reach it through [`crate::protocol`] to wrap commands.
+//!
+//! Trust: the daemon believes only the kernel. The caller's uid and pid come from
+//! SO_PEERCRED, a pidfd from SO_PEERPIDFD pins the identity of the process it moves, and the
+//! policy is the daemon's choice (its default, or one the admin named with `--policy`). A
+//! process that is already inside a boundary can start or join nothing (it would leave its
+//! own policy for another). Policy and hosts files must be root's and writable by nobody
+//! else, or the daemon refuses them.
+//!
+//! Fail closed: stopping the daemon leaves every session attached (pinned links); the next
+//! daemon finds them through their owner files and pins.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+use tokio::io::BufReader;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+
+use crate::config;
+use crate::error::{Error, Result};
+use crate::events::Tap;
+use crate::protocol::{self, Request};
+use crate::session::{self, end_fields, Session, SessionSpec};
+
+/// How many recent events `boundary events` (without --follow) can show.
+const RECENT_EVENTS: usize = 2000;
+/// How often a session whose client is gone is checked for remaining processes.
+const ORPHAN_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The default policy: every session gets it unless the caller picks a named one.
+    pub config: PathBuf,
+    /// Policies users may choose with `boundary run --policy NAME`.
+    pub policies: Vec<(String, PathBuf)>,
+    pub socket: PathBuf,
+    /// Also write every session's events here (`-` for stdout).
+    pub events: Option<PathBuf>,
+    pub dns_server: Option<SocketAddr>,
+    pub hosts_file: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+}
+
+struct Agent {
+    opts: AgentOptions,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Which uid owns each session, kept after it ends so its events stay readable to them.
+    owners: Mutex<VecDeque<(String, u32)>>,
+    tap: Tap,
+    recent: Mutex<VecDeque<Arc<Map<String, Value>>>>,
+    lost: Mutex<(u64, u64)>,
+    started: SystemTime,
+}
+
+/// What the daemon knows of a live session besides the [`Session`] its connection task owns.
+struct SessionEntry {
+    uid: u32,
+    client_pid: Option<i32>,
+    policy: String,
+    command: Vec<String>,
+    started: SystemTime,
+    cgroup: PathBuf,
+    /// One-time secret the command's own process presents to join; `None` once used.
+    token: Option<String>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn serve(opts: AgentOptions) -> Result<()> {
+    session::check_privileges()?;
+    for path in std::iter::once(&opts.config).chain(opts.policies.iter().map(|(_, p)| p)) {
+        trusted_file(path)?;
+        let policy = config::load(path)?;
+        if let Some(hosts) = opts.hosts_file.as_ref().or(policy.dns.hosts_file.as_ref()) {
+            trusted_file(hosts)?;
+        }
+    }
+    let listener = bind(&opts.socket)?;
+    let (tap, _) = broadcast::channel(4096);
+    let agent = Arc::new(Agent {
+        opts,
+        sessions: Mutex::new(HashMap::new()),
+        owners: Mutex::new(VecDeque::new()),
+        tap,
+        recent: Mutex::new(VecDeque::new()),
+        lost: Mutex::new((0, 0)),
+        started: SystemTime::now(),
+    });
+    tokio::spawn(collect_recent(agent.clone()));
+    if let Some(path) = agent.opts.events.clone() {
+        tokio::spawn(write_all_events(agent.clone(), path));
+    }
+    tracing::info!(socket = %agent.opts.socket.display(), policy = %agent.opts.config.display(), "boundary agent listening");
+    eprintln!(
+        "boundary agent: listening on {} (policy {})",
+        agent.opts.socket.display(),
+        agent.opts.config.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(agent, stream).await {
+                        tracing::debug!(error = %e, "agent connection ended with an error");
+                    }
+                });
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&agent.opts.socket);
+    let live = agent.sessions.lock().unwrap().len();
+    eprintln!(
+        "boundary agent: stopping; {live} session(s) stay confined by their pinned programs"
+    );
+    // No destructors: they would detach the sessions. The kernel keeps the pinned links.
+    std::process::exit(0);
+}
+
+/// Binds the socket: its directory root's and 0755, the socket itself 0666 (anyone may ask;
+/// the daemon decides). A stale socket file from a dead daemon is replaced; a live one is not.
+fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            path: dir.into(),
+            source,
+        })?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::Agent(format!(
+            "another agent is already listening on {}",
+            path.display()
+        )));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|source| {
+        Error::File {
+            path: path.into(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Refuses a policy or hosts file that anyone but root could change: a symlink, a file not
+/// owned by root or writable by group/others, or one in a directory someone else could
+/// rewrite (world-writable sticky directories such as /tmp are fine: others cannot replace
+/// root's entries there).
+pub fn trusted_file(path: &Path) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::Agent(format!(
+            "refusing {}: {why}; the agent only reads policy and hosts files that only root can change",
+            path.display()
+        )))
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if !meta.is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    if meta.uid() != 0 {
+        return refuse(format!("it is owned by uid {}, not root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "it is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    let absolute = std::fs::canonicalize(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    for dir in absolute.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let sticky = m.mode() & 0o1000 != 0;
+        if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky) {
+            return refuse(format!(
+                "its directory {} can be changed by uid {} or by group/others (mode {:o})",
+                dir.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn handle(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
+    let cred = stream.peer_cred()?;
+    let peer = Peer {
+        uid: cred.uid(),
+        pid: cred.pid(),
+        pidfd: peer_pidfd(&stream),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let Some(request) = protocol::read_json::<_, Request>(&mut reader).await? else {
+        return Ok(());
+    };
+    match request {
+        Request::Start {
+            policy,
+            command,
+            session_id,
+            deny_events_only,
+            events,
+        } => {
+            let start = StartRequest {
+                policy,
+                command,
+                session_id,
+                deny_events_only,
+                events,
+            };
+            run_session(agent, peer, start, reader, write).await
+        }
+        Request::Join { session, token } => {
+            let reply = match join(&agent, &peer, &session, &token) {
+                Ok(()) => "{\"ok\":true}\n".to_string(),
+                Err(e) => {
+                    tracing::warn!(session = %session, uid = peer.uid, pid = ?peer.pid, error = %e, "join refused");
+                    format!("{}\n", json!({"ok": false, "error": e.to_string()}))
+                }
+            };
+            use tokio::io::AsyncWriteExt;
+            write.write_all(reply.as_bytes()).await?;
+            Ok(())
+        }
+        Request::Status => protocol::write_json(&mut write, &status(&agent, &peer)).await,
+        Request::Sessions => protocol::write_json(&mut write, &sessions(&agent, &peer)).await,
+        Request::Events {
+            follow,
+            action,
+            session,
+        } => stream_events(&agent, &peer, follow, action, session, &mut write).await,
+        Request::Exited { .. } => {
+            protocol::write_json(
+                &mut write,
+                &json!({"ok": false, "error": "`exited` belongs to a session connection"}),
+            )
+            .await
+        }
+    }
+}
+
+struct Peer {
+    uid: u32,
+    pid: Option<i32>,
+    pidfd: Option<OwnedFd>,
+}
+
+struct StartRequest {
+    policy: Option<String>,
+    command: Vec<String>,
+    session_id: Option<String>,
+    deny_events_only: bool,
+    events: bool,
+}
+
+/// SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, immune to pid reuse.
+fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel installed a new fd that we now own.
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks that the process still exists.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
+    }
+}
+
+/// The cgroup v2 path of a process, as /proc/PID/cgroup shows it ("/boundary/ID").
+fn cgroup_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// Whether a process already runs inside a boundary session.
+fn inside_boundary(pid: i32) -> bool {
+    match cgroup_of(pid) {
+        Some(path) => path.starts_with("/boundary/") || path == "/boundary",
+        // Unknown: treat as inside, so nothing is granted on a guess.
+        None => true,
+    }
+}
+
+fn refuse_if_confined(peer: &Peer) -> Result<()> {
+    let Some(pid) = peer.pid else {
+        return Err(Error::Agent("the kernel did not report the caller's pid".into()));
+    };
+    if inside_boundary(pid) {
+        return Err(Error::Agent(
+            "this process already runs inside a boundary; it cannot start or join another session"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn run_session(
+    agent: Arc<Agent>,
+    peer: Peer,
+    start: StartRequest,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) -> Result<()> {
+    // Subscribed before the session exists, so its first events reach the client too.
+    let mut events = start.events.then(|| agent.tap.subscribe());
+    let started = async {
+        refuse_if_confined(&peer)?;
+        let (policy_name, path) = choose_policy(&agent.opts, start.policy.as_deref())?;
+        trusted_file(&path)?;
+        if let Some(id) = &start.session_id {
+            session::validate_session_id(id)?;
+        }
+        let spec = SessionSpec {
+            config: path,
+            command_line: start.command.join(" "),
+            events: None,
+            hosts_file: agent.opts.hosts_file.clone(),
+            dns_server: agent.opts.dns_server,
+            session_id: start.session_id.clone(),
+            cgroup_root: agent.opts.cgroup_root.clone(),
+            mode: None,
+            deny_events_only: start.deny_events_only,
+            owner_uid: Some(peer.uid),
+        };
+        let session = Session::start(spec, Some(agent.tap.clone())).await?;
+        Ok::<_, Error>((policy_name, session))
+    }
+    .await;
+    let (policy_name, session) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(uid = peer.uid, error = %e, "session refused");
+            return protocol::write_json(&mut write, &json!({"ok": false, "error": e.to_string()}))
+                .await;
+        }
+    };
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let id = session.id.clone();
+    agent.sessions.lock().unwrap().insert(
+        id.clone(),
+        SessionEntry {
+            uid: peer.uid,
+            client_pid: peer.pid,
+            policy: policy_name.clone(),
+            command: start.command.clone(),
+            started: SystemTime::now(),
+            cgroup: session.cgroup().path().to_path_buf(),
+            token: Some(token.clone()),
+        },
+    );
+    {
+        let mut owners = agent.owners.lock().unwrap();
+        owners.push_back((id.clone(), peer.uid));
+        if owners.len() > 10_000 {
+            owners.pop_front();
+        }
+    }
+    tracing::info!(session = %id, uid = peer.uid, policy = %policy_name, "session started");
+    let env: Map<String, Value> = session
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect();
+    protocol::write_json(
+        &mut write,
+        &json!({"ok": true, "session": id, "policy": policy_name, "token": token, "env": env}),
+    )
+    .await?;
+
+    // Until the client says the command exited, or goes away and the cgroup empties.
+    let cgroup = session.cgroup().path().to_path_buf();
+    let mut client_gone = false;
+    let mut poll = tokio::time::interval(ORPHAN_POLL);
+    let end = loop {
+        tokio::select! {
+            line = protocol::read_json::<_, Request>(&mut reader), if !client_gone => {
+                match line {
+                    Ok(Some(Request::Exited { code, signal })) => break end_fields(code, signal, None),
+                    Ok(Some(_)) => {
+                        let _ = protocol::write_json(&mut write, &json!({"ok": false, "error": "only `exited` is expected on a session connection"})).await;
+                    }
+                    Ok(None) | Err(_) => {
+                        client_gone = true;
+                        events = None;
+                    }
+                }
+            }
+            event = recv_event(&mut events) => {
+                match event {
+                    Ok(e) if e.get("session.id").and_then(Value::as_str) == Some(id.as_str()) => {
+                        if protocol::write_json(&mut write, &json!({"event": &*e})).await.is_err() {
+                            events = None;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = protocol::write_json(&mut write, &json!({"events_skipped": n})).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => events = None,
+                }
+            }
+            _ = poll.tick(), if client_gone => {
+                if !crate::cgroup::session_populated(&cgroup) {
+                    let mut end = Map::new();
+                    end.insert("process.exit.code".into(), Value::Null);
+                    end.insert("boundary.session.end.reason".into(), "client_gone".into());
+                    break end;
+                }
+            }
+        }
+    };
+    session.finish(end).await;
+    agent.sessions.lock().unwrap().remove(&id);
+    tracing::info!(session = %id, "session ended");
+    // Events written by the end of the session that the client has not seen yet.
+    if let Some(rx) = events.as_mut() {
+        while let Ok(e) = rx.try_recv() {
+            if e.get("session.id").and_then(Value::as_str) == Some(id.as_str()) {
+                let _ = protocol::write_json(&mut write, &json!({"event": &*e})).await;
+            }
+        }
+    }
+    let _ = protocol::write_json(&mut write, &json!({"ok": true, "done": true})).await;
+    Ok(())
+}
+
+async fn recv_event(
+    rx: &mut Option<broadcast::Receiver<Arc<Map<String, Value>>>>,
+) -> std::result::Result<Arc<Map<String, Value>>, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn choose_policy(opts: &AgentOptions, wanted: Option<&str>) -> Result<(String, PathBuf)> {
+    match wanted {
+        None => Ok(("default".into(), opts.config.clone())),
+        Some(name) => opts
+            .policies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = opts.policies.iter().map(|(n, _)| n.as_str()).collect();
+                Error::Agent(format!(
+                    "no policy named `{name}`; the admin offers: {}",
+                    if names.is_empty() {
+                        "only the default".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            }),
+    }
+}
+
+/// Moves the connecting process into the session, after checking it is who may join.
+fn join(agent: &Agent, peer: &Peer, session: &str, token: &str) -> Result<()> {
+    refuse_if_confined(peer)?;
+    let pid = peer.pid.expect("checked by refuse_if_confined");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    if field("NoNewPrivs:").as_deref() != Some("1") {
+        return Err(Error::Agent(
+            "the joining process must have no_new_privs set".into(),
+        ));
+    }
+    let mut sessions = agent.sessions.lock().unwrap();
+    let entry = sessions
+        .get_mut(session)
+        .ok_or_else(|| Error::Agent(format!("no session `{session}`")))?;
+    if entry.uid != peer.uid {
+        return Err(Error::Agent("the session belongs to another user".into()));
+    }
+    match &entry.token {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => {}
+        _ => return Err(Error::Agent("invalid or already used join token".into())),
+    }
+    entry.token = None;
+    std::fs::write(entry.cgroup.join("cgroup.procs"), pid.to_string()).map_err(|source| {
+        Error::File {
+            path: entry.cgroup.join("cgroup.procs"),
+            source,
+        }
+    })?;
+    // The peer waits for our answer, so it is alive unless killed; if it died, its pid may
+    // have been reused by another process we just moved: then nothing may exec on our word.
+    if let Some(pidfd) = &peer.pidfd {
+        if !pidfd_alive(pidfd) {
+            return Err(Error::Agent("the joining process exited".into()));
+        }
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn visible(agent: &Agent, peer: &Peer, session: &str) -> bool {
+    peer.uid == 0
+        || agent
+            .owners
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, uid)| id == session && *uid == peer.uid)
+}
+
+fn status(agent: &Agent, peer: &Peer) -> Value {
+    let sessions = agent.sessions.lock().unwrap();
+    let mine = sessions.values().filter(|s| s.uid == peer.uid).count();
+    let (lost_deny, lost_allow) = *agent.lock_lost();
+    let mut policies = vec![policy_summary("default", &agent.opts.config)];
+    for (name, path) in &agent.opts.policies {
+        policies.push(policy_summary(name, path));
+    }
+    json!({
+        "ok": true,
+        "agent": {
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "socket": agent.opts.socket.display().to_string(),
+            "uptime_s": agent.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        },
+        "policies": policies,
+        "sessions": {"running": sessions.len(), "yours": mine},
+        "events_lost": {"deny": lost_deny, "allow": lost_allow},
+        "landlock_abi": crate::confine::landlock_abi(),
+    })
+}
+
+impl Agent {
+    fn lock_lost(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        self.lost.lock().unwrap()
+    }
+}
+
+fn policy_summary(name: &str, path: &Path) -> Value {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(rfc3339);
+    match config::load(path) {
+        Ok(p) => json!({
+            "name": name, "policy.name": p.name, "source": path.display().to_string(),
+            "rules": p.rules.len(), "mode": p.mode.as_str(), "modified": modified,
+        }),
+        Err(e) => json!({
+            "name": name, "source": path.display().to_string(), "modified": modified,
+            "error": e.to_string(),
+        }),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn sessions(agent: &Agent, peer: &Peer) -> Value {
+    let sessions = agent.sessions.lock().unwrap();
+    let mut list: Vec<Value> = sessions
+        .iter()
+        .filter(|(_, s)| peer.uid == 0 || s.uid == peer.uid)
+        .map(|(id, s)| {
+            let processes = std::fs::read_to_string(s.cgroup.join("cgroup.procs"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            json!({
+                "session.id": id,
+                "policy": s.policy,
+                "user.id": s.uid,
+                "user.name": nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(s.uid)).ok().flatten().map(|u| u.name),
+                "client.pid": s.client_pid,
+                "command": s.command.join(" "),
+                "started": rfc3339(s.started),
+                "processes": processes,
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["started"].as_str().cmp(&b["started"].as_str()));
+    json!({"ok": true, "sessions": list})
+}
+
+async fn stream_events(
+    agent: &Agent,
+    peer: &Peer,
+    follow: bool,
+    action: Option<String>,
+    session: Option<String>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<()> {
+    let wanted = |e: &Map<String, Value>| {
+        let sid = e.get("session.id").and_then(Value::as_str).unwrap_or("");
+        if session.as_deref().is_some_and(|s| s != sid) {
+            return false;
+        }
+        if let Some(a) = &action {
+            if e.get("event.action").and_then(Value::as_str) != Some(a.as_str()) {
+                return false;
+            }
+        }
+        visible(agent, peer, sid)
+    };
+    // Subscribe before copying the backlog, so nothing falls between the two.
+    let mut rx = agent.tap.subscribe();
+    let backlog: Vec<Arc<Map<String, Value>>> =
+        agent.recent.lock().unwrap().iter().cloned().collect();
+    for e in backlog.iter().filter(|e| wanted(e)) {
+        protocol::write_json(write, &**e).await?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        match rx.recv().await {
+            Ok(e) if wanted(&e) => protocol::write_json(write, &*e).await?,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                protocol::write_json(
+                    write,
+                    &json!({"event.name": "boundary.follow.skipped", "boundary.events_skipped": n}),
+                )
+                .await?
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// Keeps the recent-events window and the loss totals for `status`.
+async fn collect_recent(agent: Arc<Agent>) {
+    let mut rx = agent.tap.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(e) => {
+                if e.get("event.name").and_then(Value::as_str) == Some("boundary.events_lost") {
+                    let n = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    let mut lost = agent.lock_lost();
+                    lost.0 += n("boundary.events_lost.deny");
+                    lost.1 += n("boundary.events_lost.allow");
+                }
+                let mut recent = agent.recent.lock().unwrap();
+                recent.push_back(e);
+                if recent.len() > RECENT_EVENTS {
+                    recent.pop_front();
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// `boundary agent --events`: every session's events in one stream.
+async fn write_all_events(agent: Arc<Agent>, path: PathBuf) {
+    let mut sink = crate::events::Sink::new();
+    if path == Path::new("-") {
+        sink.stdout();
+    } else if let Err(e) = sink.file(&path) {
+        tracing::error!(error = %e, "cannot open the agent's events file");
+        return;
+    }
+    let mut rx = agent.tap.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(e) => sink.write(&e),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "the agent's events file fell behind");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_others_can_change_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("config.yaml");
+        std::fs::write(&good, "name: x\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            trusted_file(&good).unwrap();
+        }
+        let writable = dir.path().join("w.yaml");
+        std::fs::write(&writable, "name: x\n").unwrap();
+        std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(trusted_file(&writable)
+            .unwrap_err()
+            .to_string()
+            .contains("writable by group or others"));
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(trusted_file(&link)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+    }
+
+    #[test]
+    fn tokens_compare_in_constant_time_and_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
