@@ -83,6 +83,10 @@ struct Case {
 impl Case {
     fn new(config: &str) -> Case {
         let dir = tempfile::tempdir().unwrap();
+        // The wrapped commands run as `nobody`: they must be able to write marker files here
+        // (sticky, like /tmp, so nobody cannot replace root's config).
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         std::fs::write(
             dir.path().join("hosts"),
@@ -106,6 +110,11 @@ impl Case {
             .arg("--events")
             .arg(self.path("events.jsonl"))
             .args(self.dns_override())
+            .args(if extra.contains(&"--root") {
+                &[][..]
+            } else {
+                &["--user", "nobody"][..]
+            })
             .args(extra)
             .arg("--")
             .args(cmd)
@@ -233,8 +242,9 @@ fn curl_reaches_the_allowed_domain_and_is_refused_elsewhere_with_full_events() {
         .unwrap()
         .ends_with("/curl"));
     assert!(deny["process.pid"].as_u64().unwrap() > 0);
-    assert_eq!(deny["user.id"], 0);
-    assert_eq!(deny["user.name"], "root");
+    // The command runs unprivileged, as the user boundary was told to run it as.
+    assert_eq!(deny["user.id"], 65534);
+    assert_eq!(deny["user.name"], "nobody");
     // RFC 3339 with nanoseconds, UTC.
     let ts = deny["timestamp"].as_str().unwrap();
     assert!(
@@ -465,7 +475,8 @@ fn raw_sockets_are_refused() {
     let case = Case::new(&deny_config());
     let script = "import socket\ntry:\n    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n    \
                   print('created')\nexcept PermissionError:\n    print('eperm')\n";
-    let out = case.run(&["python3", "-c", script]);
+    // As root (CAP_NET_RAW), so that the refusal is the program's and not the capability check.
+    let out = case.run_with(&["--root"], &["python3", "-c", script]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "eperm\n",
