@@ -75,7 +75,11 @@ impl TargetUser {
         let uid = std::env::var("SUDO_UID").ok()?;
         let uid: u32 = match uid.parse() {
             Ok(u) => u,
-            Err(_) => return Some(Err(Error::Confine(format!("SUDO_UID `{uid}` is not a uid")))),
+            Err(_) => {
+                return Some(Err(Error::Confine(format!(
+                    "SUDO_UID `{uid}` is not a uid"
+                ))))
+            }
         };
         if uid == 0 {
             return None;
@@ -242,7 +246,13 @@ impl Confinement {
                 }
             }
             // Ambient capabilities would survive the exec; clearing them is allowed to anyone.
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
             if let Some(user) = &self.user {
                 // Needs CAP_SETPCAP, which root still has here: after this, nothing the
                 // command execs can ever hold a capability.

@@ -122,9 +122,7 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     }
     let _ = std::fs::remove_file(&agent.opts.socket);
     let live = agent.sessions.lock().unwrap().len();
-    eprintln!(
-        "boundary agent: stopping; {live} session(s) stay confined by their pinned programs"
-    );
+    eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
     // No destructors: they would detach the sessions. The kernel keeps the pinned links.
     std::process::exit(0);
 }
@@ -132,11 +130,12 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
 /// Binds the socket: its directory root's and 0755, the socket itself 0666 (anyone may ask;
 /// the daemon decides). A stale socket file from a dead daemon is replaced; a live one is not.
 fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir).map_err(|source| Error::File {
             path: dir.into(),
             source,
         })?;
+        // Users must reach the socket; only root may replace it.
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -333,7 +332,9 @@ fn inside_boundary(pid: i32) -> bool {
 
 fn refuse_if_confined(peer: &Peer) -> Result<()> {
     let Some(pid) = peer.pid else {
-        return Err(Error::Agent("the kernel did not report the caller's pid".into()));
+        return Err(Error::Agent(
+            "the kernel did not report the caller's pid".into(),
+        ));
     };
     if inside_boundary(pid) {
         return Err(Error::Agent(

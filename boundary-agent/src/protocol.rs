@@ -49,7 +49,10 @@ pub enum Request {
         events: bool,
     },
     /// Sent by the forked command itself: move me into the session.
-    Join { session: String, token: String },
+    Join {
+        session: String,
+        token: String,
+    },
     /// The command ended (sent on the Start connection).
     Exited {
         code: i32,

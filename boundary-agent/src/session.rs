@@ -22,8 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::cgroup::{self, Cgroup};
-use crate::confine::{Confinement, RunAs};
 use crate::config;
+use crate::confine::{Confinement, RunAs};
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
 use crate::loader::{self, Enforcer};
@@ -233,10 +233,7 @@ impl Session {
         if let Some(uid) = spec.owner_uid {
             start["user.id"] = uid.into();
         }
-        events::emit(
-            &event_tx,
-            enricher.session("boundary.session.start", start),
-        );
+        events::emit(&event_tx, enricher.session("boundary.session.start", start));
 
         let refresh = resolver.spawn_refresh(book_tx);
         let policy_name = policy.name.clone();
@@ -346,7 +343,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let confinement = match confinement.join_cgroup(&session.cgroup().join_path()) {
         Ok(c) => c,
         Err(e) => {
-            session.finish(end_fields(EXIT_BOUNDARY_FAILED, None, Some(&e.to_string()))).await;
+            session
+                .finish(end_fields(EXIT_BOUNDARY_FAILED, None, Some(&e.to_string())))
+                .await;
             return Err(e);
         }
     };
@@ -363,7 +362,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let child_pid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
     let status = wait_forwarding_signals(child, child_pid).await;
     let code = exit_code(&status);
-    session.finish(end_fields(code, status.signal(), None)).await;
+    session
+        .finish(end_fields(code, status.signal(), None))
+        .await;
     Ok(code)
 }
 

@@ -85,8 +85,11 @@ impl Case {
         let dir = tempfile::tempdir().unwrap();
         // The wrapped commands run as `nobody`: they must be able to write marker files here
         // (sticky, like /tmp, so nobody cannot replace root's config).
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         std::fs::write(
             dir.path().join("hosts"),

@@ -144,7 +144,9 @@ pub fn events(args: EventsArgs) -> i32 {
             sanitize(&client::summarize(v))
         };
         // A closed pipe (`| head`) ends the command quietly.
-        writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_ok()
+        writeln!(stdout, "{line}")
+            .and_then(|_| stdout.flush())
+            .is_ok()
     };
     match runtime().block_on(client::events(
         &args.socket,

@@ -1,0 +1,667 @@
+//! End-to-end tests of the agent daemon against the real kernel: a root `boundary agent`, and
+//! an unprivileged user (`nobody`, through `setpriv`) wrapping real commands with
+//! `boundary run`. Every escape is tried from inside as that user and must fail, and the
+//! strong way: the forbidden listener counts the bytes it received and must count zero.
+//!
+//! Network rule: loopback only (allowed listener on 127.0.0.2, forbidden on 127.0.0.3);
+//! names come from a hosts file; the nameserver given to the agent is 127.0.0.1:9 where
+//! nothing listens. Needs root (CI runs as root).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
+const NOBODY: u32 = 65534;
+
+/// A TCP listener that answers like HTTP and counts every byte it receives.
+struct Counted {
+    port: u16,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn start(ip: &str) -> Counted {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let count = bytes.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let count = count.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = s.read(&mut buf) {
+                        count.fetch_add(n, Ordering::SeqCst);
+                    }
+                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+                });
+            }
+        });
+        Counted { port, bytes }
+    }
+
+    fn received(&self) -> usize {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// A running `boundary agent` with its own socket, policy and log directory.
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Agent {
+    fn start(config: &str) -> Agent {
+        Agent::start_with(config, &[])
+    }
+
+    fn start_with(config: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        // Sticky and world-writable like /tmp: `nobody` can leave marker files, but cannot
+        // replace root's policy (the agent accepts that, as it accepts /tmp).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let config = config.replace("LOG_DIR", &dir.path().join("logs").display().to_string());
+        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+        std::fs::write(
+            dir.path().join("hosts"),
+            "127.0.0.2 allowed.test\n127.0.0.3 blocked.test\n",
+        )
+        .unwrap();
+        let child = Command::new(BOUNDARY)
+            .arg("agent")
+            .arg("--config")
+            .arg(dir.path().join("config.yaml"))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .arg("--hosts-file")
+            .arg(dir.path().join("hosts"))
+            .args(["--dns-server", "127.0.0.1:9"])
+            .arg("--events")
+            .arg(dir.path().join("all-events.jsonl"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let agent = Agent { dir, child };
+        agent.wait_listening();
+        agent
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start listening"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `boundary run` as `nobody`, through this agent.
+    fn run_as_nobody(&self, extra: &[&str], cmd: &[&str]) -> Output {
+        self.nobody_command(extra, cmd).output().unwrap()
+    }
+
+    fn nobody_command(&self, extra: &[&str], cmd: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--reset-env",
+        ])
+        .arg(BOUNDARY)
+        .arg("run")
+        .arg("--socket")
+        .arg(self.socket())
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .current_dir(self.dir.path())
+        .stdin(Stdio::null());
+        c
+    }
+
+    /// Every event the agent wrote (its `--events` file), after the session ended.
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("all-events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the agent's events file has an event matching `pred`.
+    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event; events: {:#?}",
+                self.events()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn policy(extra_rules: &str) -> String {
+    format!(
+        "name: daemon-test\nallow_loopback: false\nlog_dir: LOG_DIR\nallowlist:\n  - \"domain=allowed.test\"\n{extra_rules}"
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn python(script: &str) -> Vec<String> {
+    vec!["python3".into(), "-c".into(), script.into()]
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn an_unprivileged_user_wraps_a_command_through_the_agent() {
+    let allowed = Counted::start("127.0.0.2");
+    let blocked = Counted::start("127.0.0.3");
+    let agent = Agent::start(&policy(""));
+    let script = format!(
+        "import socket, os\n\
+         s = socket.create_connection(('127.0.0.2', {a})); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print('allowed', s.recv(100).endswith(b'hello'))\n\
+         try:\n    socket.create_connection(('127.0.0.3', {b}), timeout=2).sendall(b'secret'); print('blocked reached')\n\
+         except PermissionError:\n    print('blocked eperm')\n\
+         st = open('/proc/self/status').read()\n\
+         print([l.split()[1] for l in st.splitlines() if l.startswith(('NoNewPrivs', 'CapEff', 'CapAmb'))])\n\
+         print(open('/proc/self/cgroup').read().strip().splitlines()[-1])\n\
+         print(os.getuid(), os.environ['BOUNDARY_SESSION_ID'] != '', os.environ['BOUNDARY_POLICY'])\n",
+        a = allowed.port,
+        b = blocked.port
+    );
+    let started = Instant::now();
+    let out = agent.run_as_nobody(&["--events", "-"], &refs(&python(&script)));
+    let elapsed = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let o = stdout(&out);
+    assert!(o.contains("allowed True\n"), "{}", text(&out));
+    assert!(o.contains("blocked eperm\n"), "{}", text(&out));
+    assert!(
+        o.contains("['0000000000000000', '0000000000000000', '1']"),
+        "{}",
+        text(&out)
+    );
+    assert!(o.contains("0::/boundary/"), "{}", text(&out));
+    assert!(o.contains("65534 True daemon-test\n"), "{}", text(&out));
+    assert_eq!(blocked.received(), 0, "the forbidden listener got bytes");
+    assert!(allowed.received() > 0);
+    // The events streamed to the client's stdout tell the truth about who and where.
+    let streamed: Vec<Value> = o
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let deny = streamed
+        .iter()
+        .find(|e| e["event.action"] == "deny")
+        .unwrap_or_else(|| panic!("no deny event streamed: {}", text(&out)));
+    assert_eq!(deny["destination.address"], "127.0.0.3");
+    assert_eq!(deny["destination.port"], blocked.port);
+    assert_eq!(deny["user.id"], NOBODY);
+    assert_eq!(deny["user.name"], "nobody");
+    assert!(streamed
+        .iter()
+        .any(|e| e["event.name"] == "boundary.session.start"));
+    assert!(streamed
+        .iter()
+        .any(|e| e["event.name"] == "boundary.session.end" && e["process.exit.code"] == 0));
+    // And the policy's log_dir has the session's file, readable by root only.
+    let session = deny["session.id"].as_str().unwrap();
+    let file = agent.path("logs").join(format!("boundary-{session}.jsonl"));
+    assert!(std::fs::read_to_string(&file).unwrap().contains("\"deny\""));
+    eprintln!("boundary run through the agent took {elapsed:?}");
+}
+
+#[test]
+fn without_an_agent_an_unprivileged_user_is_told_so_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(BOUNDARY)
+        .args(["run", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the boundary agent is not running"),
+        "{}",
+        text(&out)
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn the_agent_refuses_policy_files_others_could_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "name: x\nallowlist: []\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = |path: &Path| {
+        Command::new(BOUNDARY)
+            .arg("agent")
+            .arg("--config")
+            .arg(path)
+            .arg("--socket")
+            .arg(dir.path().join("a.sock"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&config);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
+        "{}",
+        text(&out)
+    );
+    // A symlink (to a file root owns) is refused too: it could be pointed anywhere, and
+    // the agent would print what it read there.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link.yaml");
+    std::os::unix::fs::symlink(&config, &link).unwrap();
+    let out = run(&link);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    // Owned by someone else.
+    std::os::unix::fs::chown(&config, Some(NOBODY), None).unwrap();
+    let out = run(&config);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid 65534"));
+}
+
+#[test]
+fn a_confined_process_cannot_start_or_join_another_session() {
+    let blocked = Counted::start("127.0.0.3");
+    let agent = Agent::start(&policy(""));
+    // From inside, ask the agent for a new session (which would have its own cgroup): refused.
+    let inner = format!(
+        "{BOUNDARY} run --socket {} -- python3 -c \"import socket; socket.create_connection(('127.0.0.3', {}), timeout=2).sendall(b'x'); print('escaped')\"; echo inner=$?",
+        agent.socket().display(),
+        blocked.port
+    );
+    let out = agent.run_as_nobody(&[], &["sh", "-c", &inner]);
+    let o = stdout(&out);
+    assert!(o.contains("inner=125"), "{}", text(&out));
+    assert!(!o.contains("escaped"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already runs inside a boundary"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(blocked.received(), 0);
+}
+
+#[test]
+fn escapes_through_the_host_fail_from_inside() {
+    let blocked = Counted::start("127.0.0.3");
+    let agent = Agent::start(&policy(""));
+    let cgroup_root = boundary_agent::cgroup::cgroup2_root().unwrap();
+    // A process of the same user, outside any boundary: the confined one must not be able to
+    // ptrace it, signal it, or talk to its abstract Unix socket.
+    let mut outside = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "python3",
+            "-c",
+            "import socket, time\n\
+             s = socket.socket(socket.AF_UNIX); s.bind('\\0boundary-test-outside'); s.listen(1)\n\
+             s.settimeout(8)\n\
+             try:\n    c, _ = s.accept(); print('accepted', flush=True)\nexcept OSError:\n    pass\n",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let pid = outside.id();
+    let script = format!(
+        r#"
+import ctypes, os, signal, socket, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, f):
+    try:
+        r = f()
+        print(name, "ok" if r is None or r == 0 else "fail:%s" % os.strerror(ctypes.get_errno() or 1))
+    except OSError as e:
+        print(name, "fail:%s" % e.strerror)
+# ptrace(PTRACE_ATTACH=16)
+attempt("ptrace", lambda: libc.ptrace(16, {pid}, 0, 0) and -1 or 0)
+attempt("signal", lambda: os.kill({pid}, 0))
+def abstract():
+    s = socket.socket(socket.AF_UNIX); s.connect('\0boundary-test-outside')
+attempt("abstract_unix", abstract)
+def cgroup_escape():
+    with open('{root}/cgroup.procs', 'w') as f: f.write(str(os.getpid()))
+attempt("cgroup_procs_root", cgroup_escape)
+def cgroup_mkdir():
+    os.mkdir('{root}/boundary/escape-test')
+attempt("cgroup_mkdir", cgroup_mkdir)
+def unpin():
+    for d in os.listdir('/sys/fs/bpf/boundary'):
+        os.unlink('/sys/fs/bpf/boundary/%s/connect4' % d)
+attempt("unpin", unpin)
+attempt("kill_agent", lambda: os.kill({agent}, signal.SIGKILL))
+def policy_edit():
+    open('{config}', 'a').write('\n  - "ip=127.0.0.3"\n')
+attempt("policy_edit", policy_edit)
+def hosts_edit():
+    open('{hosts}', 'a').write('127.0.0.3 allowed.test\n')
+attempt("hosts_edit", hosts_edit)
+attempt("setuid0", lambda: os.setuid(0))
+try:
+    socket.create_connection(('127.0.0.3', {port}), timeout=2).sendall(b'x'); print("connect ok")
+except OSError as e:
+    print("connect fail:%s" % e.strerror)
+"#,
+        pid = pid,
+        root = cgroup_root.display(),
+        agent = agent.child.id(),
+        config = agent.path("config.yaml").display(),
+        hosts = agent.path("hosts").display(),
+        port = blocked.port,
+    );
+    let out = agent.run_as_nobody(&[], &refs(&python(&script)));
+    let o = stdout(&out);
+    for technique in [
+        "ptrace",
+        "signal",
+        "abstract_unix",
+        "cgroup_procs_root",
+        "cgroup_mkdir",
+        "unpin",
+        "kill_agent",
+        "policy_edit",
+        "hosts_edit",
+        "setuid0",
+        "connect",
+    ] {
+        let line = o
+            .lines()
+            .find(|l| l.starts_with(&format!("{technique} ")))
+            .unwrap_or_else(|| panic!("{technique} not tried: {}", text(&out)));
+        assert!(
+            line.contains(" fail:"),
+            "{technique} succeeded from inside: {line}\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(blocked.received(), 0);
+    // The outside process was never reached, and is alive.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut heard = String::new();
+    let _ = BufReader::new(outside.stdout.take().unwrap()).read_line(&mut heard);
+    let _ = outside.wait();
+    assert!(
+        !heard.contains("accepted"),
+        "the abstract socket was reached"
+    );
+    // The agent survived and still serves.
+    assert!(agent.child.try_wait_alive());
+}
+
+trait AliveExt {
+    fn try_wait_alive(&self) -> bool;
+}
+
+impl AliveExt for Child {
+    fn try_wait_alive(&self) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.id() as i32), None).is_ok()
+    }
+}
+
+#[test]
+fn setuid_programs_inside_cannot_regain_root() {
+    let agent = Agent::start(&policy(""));
+    // A setuid-root copy of `id` (what sudo or su would rely on): no_new_privs makes the
+    // kernel ignore the bit.
+    let suid = agent.path("suid-id");
+    std::fs::copy("/usr/bin/id", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let outside = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&suid)
+        .arg("-u")
+        .output()
+        .unwrap();
+    // Outside a boundary the bit works (this is what the test would catch inside).
+    assert_eq!(stdout(&outside).trim(), "0", "{}", text(&outside));
+    let out = agent.run_as_nobody(&[], &[suid.to_str().unwrap(), "-u"]);
+    assert_eq!(stdout(&out).trim(), "65534", "{}", text(&out));
+}
+
+#[test]
+fn root_callers_must_name_the_user_and_sudo_drops_to_the_invoker() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "name: c\nallowlist: []\n").unwrap();
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut c = Command::new(BOUNDARY);
+        c.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--dns-server", "127.0.0.1:9"])
+            .args(extra)
+            .args(["--", "id", "-u"])
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[], &[]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run the command as root"));
+    let out = run(&[("SUDO_UID", "65534"), ("SUDO_GID", "65534")], &[]);
+    assert_eq!(stdout(&out).trim(), "65534", "{}", text(&out));
+    let out = run(&[], &["--user", "nobody"]);
+    assert_eq!(stdout(&out).trim(), "65534", "{}", text(&out));
+    let out = run(&[], &["--root"]);
+    assert_eq!(stdout(&out).trim(), "0", "{}", text(&out));
+}
+
+#[test]
+fn status_sessions_and_events_show_what_the_agent_does() {
+    let blocked = Counted::start("127.0.0.3");
+    let agent = Agent::start(&policy(""));
+    let ready = agent.path("ready");
+    let script = format!(
+        "import socket, time, os\n\
+         try:\n    socket.create_connection(('127.0.0.3', {}), timeout=2)\nexcept OSError:\n    pass\n\
+         open('{}', 'w').close()\n\
+         time.sleep(30)\n",
+        blocked.port,
+        ready.display()
+    );
+    let mut session = agent
+        .nobody_command(&["--session-id", "inspect-me"], &refs(&python(&script)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the session did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let ask = |args: &[&str], as_nobody: bool| {
+        let mut c = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(BOUNDARY);
+            c
+        } else {
+            Command::new(BOUNDARY)
+        };
+        c.args(args)
+            .arg("--socket")
+            .arg(agent.socket())
+            .output()
+            .unwrap()
+    };
+    let status = ask(&["status"], true);
+    assert!(status.status.success(), "{}", text(&status));
+    let s = stdout(&status);
+    assert!(s.contains("agent      running"), "{s}");
+    assert!(s.contains("daemon-test"), "{s}");
+    assert!(s.contains("1 running (1 yours)"), "{s}");
+    let sessions = ask(&["sessions"], true);
+    assert!(
+        stdout(&sessions).contains("inspect-me"),
+        "{}",
+        text(&sessions)
+    );
+    assert!(stdout(&sessions).contains("nobody"), "{}", text(&sessions));
+    let events = ask(
+        &["events", "--action", "deny", "--session", "inspect-me"],
+        true,
+    );
+    let e = stdout(&events);
+    assert!(e.contains("deny"), "{}", text(&events));
+    assert!(e.contains(&format!("127.0.0.3:{}", blocked.port)), "{e}");
+    // Another unprivileged user sees neither the session nor its events.
+    let other = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(BOUNDARY)
+        .args(["sessions", "--socket"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{}", text(&other));
+    assert!(!stdout(&other).contains("inspect-me"), "{}", text(&other));
+    let other_events = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(BOUNDARY)
+        .args(["events", "--json", "--socket"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert!(!stdout(&other_events).contains("inspect-me"));
+    // --follow sees new events as they happen.
+    let mut follow = Command::new(BOUNDARY)
+        .args(["events", "--follow", "--json", "--socket"])
+        .arg(agent.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(session.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = session.wait();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_end = false;
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if line.contains("boundary.session.end") && line.contains("inspect-me") {
+            saw_end = true;
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(saw_end, "events --follow did not show the session end");
+    agent.wait_event("session end", |e| {
+        e["event.name"] == "boundary.session.end" && e["session.id"] == "inspect-me"
+    });
+}
+
+#[test]
+fn stopping_the_agent_leaves_running_sessions_confined() {
+    let blocked = Counted::start("127.0.0.3");
+    let mut agent = Agent::start(&policy(""));
+    let go = agent.path("go");
+    let ready = agent.path("ready");
+    let script = format!(
+        "import socket, time, os\n\
+         open('{ready}', 'w').close()\n\
+         while not os.path.exists('{go}'): time.sleep(0.02)\n\
+         try:\n    socket.create_connection(('127.0.0.3', {port}), timeout=2).sendall(b'x'); print('reached')\n\
+         except OSError as e:\n    print('refused', e.errno)\n",
+        ready = ready.display(),
+        go = go.display(),
+        port = blocked.port
+    );
+    let session = agent
+        .nobody_command(&[], &refs(&python(&script)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the session did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: no chance to clean anything up.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = session.wait_with_output().unwrap();
+    assert_eq!(stdout(&out).trim(), "refused 1", "{}", text(&out));
+    assert_eq!(blocked.received(), 0);
+}
