@@ -24,9 +24,9 @@ use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
-use crate::config;
 use crate::error::{Error, Result};
 use crate::events::Tap;
+use crate::policy;
 use crate::protocol::{self, Request};
 use crate::session::{self, end_fields, Session, SessionSpec};
 
@@ -77,7 +77,7 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     session::check_privileges()?;
     for path in std::iter::once(&opts.config).chain(opts.policies.iter().map(|(_, p)| p)) {
         trusted_file(path)?;
-        let policy = config::load(path)?;
+        let policy = policy::load(path)?;
         if let Some(hosts) = opts.hosts_file.as_ref().or(policy.dns.hosts_file.as_ref()) {
             trusted_file(hosts)?;
         }
@@ -598,7 +598,7 @@ fn policy_summary(name: &str, path: &Path) -> Value {
         .and_then(|m| m.modified())
         .ok()
         .map(rfc3339);
-    match config::load(path) {
+    match policy::load(path) {
         Ok(p) => json!({
             "name": name, "policy.name": p.name, "source": path.display().to_string(),
             "rules": p.rules.len(), "mode": p.mode.as_str(), "modified": modified,

@@ -24,8 +24,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
+use crate::policy::AddressBook;
 use crate::policy::Policy;
-use crate::resolver::AddressBook;
 
 /// What every event of a session shares, and what enrichment reads.
 pub struct Enricher {

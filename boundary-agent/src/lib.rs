@@ -1,13 +1,18 @@
 //! Boundary agent: turns a `config.yaml` allowlist into kernel policy and runs commands under it.
 //!
-//! Config side: [`config`] parses and validates, [`policy`] matches and compiles rules into
-//! prefix entries, [`resolver`] turns domains into addresses and keeps them fresh.
-//! Kernel side: [`loader`] loads the eBPF programs and fills their maps, [`cgroup`] creates the
-//! session cgroup, [`session`] runs the wrapped command, [`events`] enriches and ships decisions.
+//! The floors, each using only those below it:
+//! - `cli` (in the `boundary` binary): arguments, messages, exit codes;
+//! - [`daemon`] (`boundary agent`), [`client`] (`boundary run` through it, inspection) and
+//!   their [`protocol`];
+//! - [`session`]: one policy, one cgroup, one copy of the programs, the event pipeline;
+//! - the kernel side: [`loader`] (programs, maps, pins), [`cgroup`] (session cgroups),
+//!   [`confine`] (what the command gives up before exec: privileges, no_new_privs, Landlock);
+//!   [`resolver`] (names to addresses) and [`events`] (enrichment, sinks);
+//! - [`policy`]: the pure policy (parse with positions, validate, match, compile); no I/O;
+//! - [`error`]: the crate's one error type.
 
 pub mod error;
 
-pub mod config;
 pub mod policy;
 pub mod resolver;
 

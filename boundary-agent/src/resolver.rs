@@ -6,7 +6,7 @@
 //! `dns.min_ttl..=dns.max_ttl`); an address that a name stops resolving to stays allowed for
 //! `dns.grace_period`, so open connections and answers cached by programs keep working.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,98 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::policy::{DnsSettings, DomainPattern, Policy};
+use crate::policy::{AddressBook, DnsSettings, Policy};
 
 /// How often hosts-file answers (which have no TTL) are looked at again.
 const HOSTS_TTL: Duration = Duration::from_secs(5);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What every known name currently resolves to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AddressBook {
-    /// name → address → `None` while current, `Some(deadline)` while in its grace period.
-    names: BTreeMap<String, BTreeMap<IpAddr, Option<Instant>>>,
-}
-
-impl AddressBook {
-    /// Adds a permanent address for `name`.
-    pub fn insert_static(&mut self, name: &str, ip: IpAddr) {
-        self.names
-            .entry(name.to_string())
-            .or_default()
-            .insert(ip, None);
-    }
-
-    /// Records a fresh answer for `name`: its addresses become current, addresses it no longer
-    /// has enter their grace period. Returns whether anything changed.
-    pub fn update(&mut self, name: &str, ips: &[IpAddr], now: Instant, grace: Duration) -> bool {
-        let entry = self.names.entry(name.to_string()).or_default();
-        let before = entry.clone();
-        for (ip, state) in entry.iter_mut() {
-            if !ips.contains(ip) && state.is_none() {
-                *state = Some(now + grace);
-            }
-        }
-        for ip in ips {
-            entry.insert(*ip, None);
-        }
-        *entry != before
-    }
-
-    /// Drops addresses whose grace period is over. Returns whether anything changed.
-    pub fn expire(&mut self, now: Instant) -> bool {
-        let mut changed = false;
-        for addrs in self.names.values_mut() {
-            addrs.retain(|_, state| {
-                let keep = state.is_none_or(|deadline| deadline > now);
-                changed |= !keep;
-                keep
-            });
-        }
-        changed
-    }
-
-    /// Addresses of every known name the pattern matches.
-    pub fn addresses_matching(&self, pattern: &DomainPattern) -> Vec<IpAddr> {
-        let mut out = BTreeSet::new();
-        match pattern {
-            DomainPattern::Exact(name) => {
-                if let Some(addrs) = self.names.get(name) {
-                    out.extend(addrs.keys().copied());
-                }
-            }
-            DomainPattern::Wildcard(_) => {
-                for (name, addrs) in &self.names {
-                    if pattern.matches(name) {
-                        out.extend(addrs.keys().copied());
-                    }
-                }
-            }
-        }
-        out.into_iter().collect()
-    }
-
-    /// Every name that resolves (or recently resolved) to `ip`, sorted.
-    pub fn domains_for(&self, ip: IpAddr) -> Vec<String> {
-        let ip = canonical(ip);
-        self.names
-            .iter()
-            .filter(|(_, addrs)| addrs.contains_key(&ip))
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.values().all(|a| a.is_empty())
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
 
 /// Where names are resolved: the policy's `dns:` section, overridden from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,6 +469,7 @@ pub mod wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::DomainPattern;
     use std::net::UdpSocket;
 
     /// A one-name DNS server on 127.0.0.1 answering A queries from a shared, changeable list.
@@ -635,7 +549,7 @@ mod tests {
         let answers = Arc::new(std::sync::Mutex::new((vec![[127, 0, 0, 2]], 1)));
         let server = dns_server(answers.clone());
         let dir = tempfile::tempdir().unwrap();
-        let policy = crate::config::parse("t.yaml", "allowlist: [\"domain=moving.test\"]").unwrap();
+        let policy = crate::policy::parse("t.yaml", "allowlist: [\"domain=moving.test\"]").unwrap();
         let mut resolver = Resolver::new(&policy, config(server, &dir.path().join("none")));
         let book = resolver.resolve_initial().await;
         let old: IpAddr = "127.0.0.2".parse().unwrap();

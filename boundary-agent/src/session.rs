@@ -22,13 +22,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::cgroup::{self, Cgroup};
-use crate::config;
+
 use crate::confine::{Confinement, RunAs};
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
 use crate::loader::{self, Enforcer};
+use crate::policy::AddressBook;
 use crate::policy::{self, Mode, Policy};
-use crate::resolver::{AddressBook, Resolver, ResolverConfig};
+use crate::resolver::{Resolver, ResolverConfig};
 
 /// Exit code when boundary itself fails (bad config, missing privilege, kernel refusal): the
 /// command did not run. 126/127 keep their shell meanings (not executable / not found).
@@ -129,7 +130,7 @@ impl Session {
     /// Loads the policy, fills the maps, creates the cgroup and attaches the programs: when
     /// this returns, a process that joins [`Session::cgroup`] is confined.
     pub async fn start(spec: SessionSpec, tap: Option<events::Tap>) -> Result<Session> {
-        let mut policy = config::load(&spec.config)?;
+        let mut policy = policy::load(&spec.config)?;
         if let Some(mode) = spec.mode {
             policy.mode = mode;
         }
@@ -611,7 +612,7 @@ async fn reload(
     watch::Receiver<Arc<AddressBook>>,
 )> {
     let started = Instant::now();
-    let mut policy = match config::load(&s.spec.config) {
+    let mut policy = match policy::load(&s.spec.config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("boundary: {e}\nboundary: keeping the last good policy in force");

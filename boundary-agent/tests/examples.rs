@@ -10,7 +10,7 @@ fn every_example_config_is_valid() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".yaml") && name != "bridge.yaml" {
-            boundary_agent::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            boundary_agent::policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
             checked += 1;
         }
     }

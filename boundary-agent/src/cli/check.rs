@@ -3,7 +3,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use boundary_agent::config;
 use boundary_agent::error::{Error, Result};
 use boundary_agent::policy::{self, Policy};
 use boundary_agent::resolver::{self, Resolver, ResolverConfig};
@@ -107,7 +106,7 @@ fn parse_target(text: &str) -> Result<(Host, Option<u16>)> {
 }
 
 async fn check(args: &Args) -> Result<(bool, String)> {
-    let policy = config::load(&args.config)?;
+    let policy = policy::load(&args.config)?;
     let (host, port) = parse_target(&args.target)?;
     let protocol = if args.udp { PROTO_UDP } else { PROTO_TCP };
     let proto = if args.udp { "udp" } else { "tcp" };

@@ -115,7 +115,7 @@ pub fn main(args: Args) -> i32 {
         return through_agent(args, &runtime);
     };
     // The config's log_level applies once it is read; until then, warnings only.
-    let level = boundary_agent::config::load(&config)
+    let level = boundary_agent::policy::load(&config)
         .map(|p| p.log_level)
         .unwrap_or_else(|_| "warn".into());
     super::init_logging(&level);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use boundary_agent::config;
+use boundary_agent::policy;
 use boundary_agent::policy::{DomainPattern, Target};
 
 /// Check config files without running anything; every problem is reported with
@@ -17,7 +17,7 @@ pub struct Args {
 pub fn main(args: Args) -> i32 {
     let mut code = 0;
     for path in &args.files {
-        match config::load(path) {
+        match policy::load(path) {
             Ok(policy) => {
                 let (mut exact, mut wild, mut nets) = (0, 0, 0);
                 for rule in &policy.rules {

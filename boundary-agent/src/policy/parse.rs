@@ -10,7 +10,6 @@
 //! - a mapping: `{domain: github.com, ports: [443, "8000-8100"], protocol: tcp}`,
 //!   `{cidr: 10.0.0.0/8}`, `{ip: 192.0.2.7, port: 53, protocol: udp}`.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,43 +18,9 @@ use ipnet::IpNet;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-use crate::policy::{DnsSettings, DomainPattern, Mode, Policy, PortRange, Rule, Target};
+use super::{DnsSettings, DomainPattern, Mode, Policy, PortRange, Rule, Target};
+pub use crate::error::{ConfigError, Problem};
 use boundary_common::{PROTO_TCP, PROTO_UDP};
-
-/// Every problem found in one config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub problems: Vec<Problem>,
-}
-
-/// One problem, located.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub line: usize,
-    pub col: usize,
-    /// Dotted path of the field, e.g. `allowlist[2].ports` or `mode`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(
-                f,
-                "{}:{}:{}: {}: {}",
-                self.file, p.line, p.col, p.field, p.message
-            )?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Policy, ConfigError> {

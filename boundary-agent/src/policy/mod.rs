@@ -1,4 +1,8 @@
-//! The validated policy, name matching, and compilation into kernel prefix entries.
+//! The policy: what `config.yaml` says, validated (the [`parse`] submodule), matched against
+//! names, and compiled into kernel prefix entries. No I/O beyond reading the file in
+//! [`load`], and nothing here knows how names are resolved: the addresses come in an
+//! [`AddressBook`] filled by whoever resolves them.
+//!
 //!
 //! Compilation turns rules plus the addresses their domains currently resolve to into
 //! longest-prefix-match entries. Each entry carries the port grants of its own rules *and* of
@@ -14,7 +18,12 @@ use boundary_common::{MAX_GRANTS, PROTO_TCP, PROTO_UDP, RULE_DNS, RULE_LOOPBACK}
 use ipnet::IpNet;
 
 use crate::error::{Error, Result};
-use crate::resolver::AddressBook;
+
+mod addresses;
+pub mod parse;
+
+pub use addresses::AddressBook;
+pub use parse::{load, parse};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -470,7 +479,7 @@ pub fn lookup(compiled: &CompiledPolicy, ip: IpAddr, port: u16, protocol: u8) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::policy::parse;
     use proptest::prelude::*;
 
     fn policy(yaml: &str) -> Policy {
