@@ -221,6 +221,11 @@ fn hook_name(hook: u8) -> &'static str {
         HOOK_SENDMSG4 => "sendmsg4",
         HOOK_SENDMSG6 => "sendmsg6",
         HOOK_SOCK_CREATE => "sock_create",
+        boundary_common::HOOK_LSM_SOCKET => "lsm.socket_create",
+        boundary_common::HOOK_SETSOCKOPT => "setsockopt",
+        boundary_common::HOOK_EGRESS => "egress",
+        boundary_common::HOOK_BPF => "lsm.bpf",
+        boundary_common::HOOK_USERNS => "lsm.userns_create",
         _ => "unknown",
     }
 }

@@ -1,26 +1,43 @@
 //! Loads the eBPF programs, keeps their maps in step with the compiled policy, and attaches
-//! them to a session cgroup.
+//! them to a session cgroup (a fresh one, or an existing one in whole-workspace mode).
 //!
 //! Fail closed: the attachments are bpf links pinned on bpffs, so they outlive the agent. If
 //! the agent is killed, the wrapped processes stay confined by the last policy it installed;
 //! only an explicit [`Enforcer::detach`] (after the session's processes are gone) removes them.
+//! The session's maps are pinned beside its links, so a restarted agent reopens them with
+//! [`Enforcer::adopt`] (policy, settings, exemptions and unread events included) without a
+//! moment in which the session is unconfined.
+//!
+//! The programs (boundary-ebpf): sock_addr hooks (connect4/6, sendmsg4/6), sock_create (inet
+//! allowlist), setsockopt (routing options), cgroup_skb egress (every packet's real
+//! destination), and BPF LSM attached per cgroup (`lsm_cgroup`: socket family allowlist,
+//! bpf(), user namespaces), which only ever applies to the session's own processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
-use aya::programs::{CgroupSock, CgroupSockAddr};
-use aya::{Ebpf, EbpfLoader};
-use boundary_common::{Grants, PortGrant, Settings, MAX_GRANTS};
+use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup};
+use aya::{Btf, Ebpf, EbpfLoader};
+use boundary_common::{
+    Grants, PortGrant, Settings, LOST_ALLOW, LOST_DENY, MAX_GRANTS, SUPPRESSED_ALLOW,
+    SUPPRESSED_EGRESS,
+};
 
 use crate::error::{Error, Result};
 use crate::policy::{CompiledPolicy, PrefixEntry};
+
+mod seccomp;
+pub use seccomp::SyscallFilter;
 
 /// The compiled eBPF object, built by build.rs from boundary-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/boundary.bpf.o"));
@@ -30,23 +47,68 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/boundary";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const SECURITYFS: &str = "/sys/kernel/security";
 
-/// Sock-addr programs and the hook each one attaches to (the ELF section names them).
-const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
+/// Set to `1` to run without the BPF LSM programs even where the kernel accepts them.
+pub const ENV_WITHOUT_LSM: &str = "BOUNDARY_WITHOUT_LSM";
+
+/// How each program is loaded and attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SockAddr,
+    Sock,
+    Sockopt,
+    Egress,
+    /// BPF LSM attached to a cgroup, on the named LSM hook.
+    Lsm(&'static str),
+}
+
+/// Every program, by its name in the object (the pin of its link has the same name).
+const PROGRAMS: [(&str, Kind); 10] = [
+    ("connect4", Kind::SockAddr),
+    ("connect6", Kind::SockAddr),
+    ("sendmsg4", Kind::SockAddr),
+    ("sendmsg6", Kind::SockAddr),
+    ("sock_create", Kind::Sock),
+    ("setsockopt", Kind::Sockopt),
+    ("egress", Kind::Egress),
+    ("lsm_socket_create", Kind::Lsm("socket_create")),
+    ("lsm_bpf", Kind::Lsm("bpf")),
+    ("lsm_userns_create", Kind::Lsm("userns_create")),
+];
+
+/// Every map, pinned under the session's directory by its name in the object.
+const MAPS: [&str; 9] = [
+    "ALLOW_V4",
+    "ALLOW_V6",
+    "SETTINGS",
+    "DENY_EVENTS",
+    "ALLOW_EVENTS",
+    "LOST",
+    "EXEMPT",
+    "ALLOW_SEEN",
+    "EGRESS_SEEN",
+];
 
 /// One loaded copy of the programs with its own maps: one per session, so that sessions
 /// with different policies never share state.
 pub struct Enforcer {
-    ebpf: Ebpf,
+    /// The loaded object; `None` for an adopted session (its programs live on in its links).
+    ebpf: Option<Ebpf>,
     allow_v4: LpmTrie<MapData, [u8; 4], Grants>,
     allow_v6: LpmTrie<MapData, [u8; 16], Grants>,
     lost: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    exempt: HashMap<MapData, u64, u8>,
+    /// What `SETTINGS` holds (with the loader's own `exempt` flag).
+    current: Settings,
+    /// A second handle on each map, pinned by `attach`.
+    map_handles: Vec<(&'static str, MapData)>,
     installed_v4: BTreeMap<(Ipv4Addr, u8), Grants>,
     installed_v6: BTreeMap<(Ipv6Addr, u8), Grants>,
     pins: Vec<PinnedLink>,
     pin_dir: Option<PathBuf>,
+    lsm: bool,
 }
 
 /// The two event rings, handed to the event reader.
@@ -58,27 +120,36 @@ pub struct Rings {
 impl Enforcer {
     /// Loads and verifies the programs. Nothing is attached yet.
     pub fn load(settings: Settings) -> Result<(Enforcer, Rings)> {
-        // No CO-RE relocations are needed (the programs only touch the stable sock_addr and
-        // sock contexts), so the kernel's BTF is not parsed: that alone would cost ~30 MB.
+        // No CO-RE relocations are needed (the programs only touch stable program contexts
+        // and LSM hook arguments), so the object is loaded without the kernel's BTF; only the
+        // LSM programs need it, for the ids of their hooks, and it is dropped right after.
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .load(OBJECT)
             .map_err(|e| Error::Ebpf(format!("{e:#}")))?;
-        for name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            program
-                .load()
+        for (name, kind) in PROGRAMS {
+            let result = match kind {
+                Kind::SockAddr => program_mut::<CgroupSockAddr>(&mut ebpf, name)?.load(),
+                Kind::Sock => program_mut::<CgroupSock>(&mut ebpf, name)?.load(),
+                Kind::Sockopt => program_mut::<CgroupSockopt>(&mut ebpf, name)?.load(),
+                Kind::Egress => program_mut::<CgroupSkb>(&mut ebpf, name)?.load(),
+                Kind::Lsm(_) => continue,
+            };
+            result
                 .map_err(|e| Error::Ebpf(format!("verifier rejected `{name}`: {}", chain(&e))))?;
         }
-        for name in SOCK_PROGRAMS {
-            let program: &mut CgroupSock = program_mut(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|e| Error::Ebpf(format!("verifier rejected `{name}`: {}", chain(&e))))?;
+        let lsm = load_lsm(&mut ebpf)?;
+        let mut map_handles = Vec::with_capacity(MAPS.len());
+        for name in MAPS {
+            map_handles.push((name, second_handle(&ebpf, name)?));
         }
         let mut settings_map: Array<MapData, Settings> = take_map(&mut ebpf, "SETTINGS")?;
+        let current = Settings {
+            exempt: 0,
+            ..settings
+        };
         settings_map
-            .set(0, settings, 0)
+            .set(0, current, 0)
             .map_err(|e| Error::Ebpf(format!("writing SETTINGS: {e}")))?;
         let rings = Rings {
             deny: take_map(&mut ebpf, "DENY_EVENTS")?,
@@ -88,21 +159,158 @@ impl Enforcer {
             allow_v4: take_map(&mut ebpf, "ALLOW_V4")?,
             allow_v6: take_map(&mut ebpf, "ALLOW_V6")?,
             lost: take_map(&mut ebpf, "LOST")?,
+            exempt: take_map(&mut ebpf, "EXEMPT")?,
             settings: settings_map,
+            current,
+            map_handles,
             installed_v4: BTreeMap::new(),
             installed_v6: BTreeMap::new(),
             pins: Vec::new(),
             pin_dir: None,
-            ebpf,
+            lsm,
+            ebpf: Some(ebpf),
+        };
+        Ok((enforcer, rings))
+    }
+
+    /// Reopens a running session from its pins under `PIN_ROOT/<session>`: its links stay
+    /// attached throughout (the session is never unconfined), its maps are the live ones, and
+    /// the returned rings hold whatever events were not read yet. `apply` then diffs against
+    /// what the maps hold.
+    pub fn adopt(session: &str) -> Result<(Enforcer, Rings)> {
+        let dir = Path::new(PIN_ROOT).join(session);
+        if !dir.is_dir() {
+            return Err(Error::Ebpf(format!(
+                "no pinned session at {} (nothing to adopt)",
+                dir.display()
+            )));
+        }
+        let open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .map_err(|e| Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e))))?;
+            Map::from_map_data(data).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
+        };
+        fn typed<M>(map: Map, name: &str) -> Result<M>
+        where
+            M: TryFrom<Map>,
+            M::Error: std::fmt::Display,
+        {
+            M::try_from(map).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
+        }
+        let mut pins = Vec::new();
+        let mut lsm = false;
+        for (name, kind) in PROGRAMS {
+            let path = dir.join(name);
+            if !path.exists() {
+                // A session pinned by an older agent without this program stays confined by
+                // the programs it has.
+                tracing::warn!(
+                    session,
+                    program = name,
+                    "adopted session lacks this program"
+                );
+                continue;
+            }
+            let link = PinnedLink::from_pin(&path)
+                .map_err(|e| Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e))))?;
+            lsm |= matches!(kind, Kind::Lsm(_));
+            pins.push(link);
+        }
+        if pins.is_empty() {
+            return Err(Error::Ebpf(format!(
+                "no pinned links in {} (nothing to adopt)",
+                dir.display()
+            )));
+        }
+        let mut map_handles = Vec::with_capacity(MAPS.len());
+        for name in MAPS {
+            let path = dir.join(name);
+            if let Ok(data) = MapData::from_pin(&path) {
+                map_handles.push((name, data));
+            }
+        }
+        let allow_v4: LpmTrie<MapData, [u8; 4], Grants> = typed(open("ALLOW_V4")?, "ALLOW_V4")?;
+        let allow_v6: LpmTrie<MapData, [u8; 16], Grants> = typed(open("ALLOW_V6")?, "ALLOW_V6")?;
+        let settings: Array<MapData, Settings> = typed(open("SETTINGS")?, "SETTINGS")?;
+        let current = settings
+            .get(&0, 0)
+            .map_err(|e| Error::Ebpf(format!("reading SETTINGS: {e}")))?;
+        let mut installed_v4 = BTreeMap::new();
+        for item in allow_v4.iter() {
+            let (key, grants) = item.map_err(|e| Error::Ebpf(format!("reading ALLOW_V4: {e}")))?;
+            installed_v4.insert((Ipv4Addr::from(key.data()), key.prefix_len() as u8), grants);
+        }
+        let mut installed_v6 = BTreeMap::new();
+        for item in allow_v6.iter() {
+            let (key, grants) = item.map_err(|e| Error::Ebpf(format!("reading ALLOW_V6: {e}")))?;
+            installed_v6.insert((Ipv6Addr::from(key.data()), key.prefix_len() as u8), grants);
+        }
+        let rings = Rings {
+            deny: typed(open("DENY_EVENTS")?, "DENY_EVENTS")?,
+            allow: typed(open("ALLOW_EVENTS")?, "ALLOW_EVENTS")?,
+        };
+        let enforcer = Enforcer {
+            ebpf: None,
+            allow_v4,
+            allow_v6,
+            lost: typed(open("LOST")?, "LOST")?,
+            exempt: typed(open("EXEMPT")?, "EXEMPT")?,
+            settings,
+            current,
+            map_handles,
+            installed_v4,
+            installed_v6,
+            pins,
+            pin_dir: Some(dir),
+            lsm,
         };
         Ok((enforcer, rings))
     }
 
     /// Switches mode (enforce/audit) or event reporting; takes effect at the next connect.
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        self.write_settings(Settings {
+            exempt: self.current.exempt,
+            ..settings
+        })
+    }
+
+    fn write_settings(&mut self, settings: Settings) -> Result<()> {
         self.settings
             .set(0, settings, 0)
-            .map_err(|e| Error::Ebpf(format!("writing SETTINGS: {e}")))
+            .map_err(|e| Error::Ebpf(format!("writing SETTINGS: {e}")))?;
+        self.current = settings;
+        Ok(())
+    }
+
+    /// Lets the processes of these cgroups (ids as [`cgroup_id`] returns them) through every
+    /// program untouched: a confined existing cgroup's own control processes in
+    /// whole-workspace mode. Replaces the previous set. The match is on the exact cgroup a
+    /// process (or a packet's socket) is in, not its ancestors.
+    pub fn set_exempt(&mut self, cgroup_ids: &[u64]) -> Result<()> {
+        let want: BTreeSet<u64> = cgroup_ids.iter().copied().collect();
+        let have: BTreeSet<u64> = self.exempt.keys().filter_map(|k| k.ok()).collect();
+        for id in want.difference(&have) {
+            self.exempt
+                .insert(id, 1, 0)
+                .map_err(|e| Error::Ebpf(format!("exempting cgroup {id}: {e}")))?;
+        }
+        // The flag goes up after the first insert and down before the last removal, so the
+        // programs never consult a half-written set with the wrong flag.
+        let flag = u32::from(!want.is_empty());
+        if flag != self.current.exempt {
+            self.write_settings(Settings {
+                exempt: flag,
+                ..self.current
+            })?;
+        }
+        for id in have.difference(&want) {
+            self.exempt
+                .remove(id)
+                .map_err(|e| Error::Ebpf(format!("removing exemption of cgroup {id}: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Makes the kernel tries equal `compiled`: adds and changes first, then removes, so an
@@ -143,7 +351,10 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Attaches every program to `cgroup` and pins the links under `PIN_ROOT/<session>`.
+    /// Attaches every program to `cgroup` and pins the links and maps under
+    /// `PIN_ROOT/<session>`. `cgroup` may be a fresh session cgroup or an existing one
+    /// (whole-workspace mode: see [`Enforcer::set_exempt`]); the programs apply to it and
+    /// every cgroup below it.
     pub fn attach(&mut self, cgroup: &impl AsFd, session: &str) -> Result<()> {
         ensure_bpffs()?;
         let dir = Path::new(PIN_ROOT).join(session);
@@ -152,51 +363,112 @@ impl Enforcer {
             source,
         })?;
         self.pin_dir = Some(dir.clone());
-        for name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-            let link = program
-                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .and_then(|id| program.take_link(id))
-                .map_err(|e| attach_error(name, &e))?;
-            self.pin(
-                FdLink::try_from(link).map_err(|e| attach_error(name, &e))?,
-                &dir,
-                name,
-            )?;
+        // Maps first: whoever finds the links pinned can also find the maps.
+        for (name, data) in &self.map_handles {
+            let path = dir.join(name);
+            data.pin(&path)
+                .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
         }
-        for name in SOCK_PROGRAMS {
-            let program: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;
-            let link = program
-                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .and_then(|id| program.take_link(id))
-                .map_err(|e| attach_error(name, &e))?;
-            self.pin(
-                FdLink::try_from(link).map_err(|e| attach_error(name, &e))?,
-                &dir,
-                name,
-            )?;
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Err(Error::Ebpf(
+                "an adopted session is already attached; it cannot be attached again".into(),
+            ));
+        };
+        let mut links = Vec::new();
+        let mut raw_links = Vec::new();
+        for (name, kind) in PROGRAMS {
+            let cg = cgroup.as_fd();
+            let link: FdLink = match kind {
+                Kind::SockAddr => {
+                    let p: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+                    let id = p
+                        .attach(cg, CgroupAttachMode::Single)
+                        .map_err(|e| attach_error(name, &e))?;
+                    FdLink::try_from(p.take_link(id).map_err(|e| attach_error(name, &e))?)
+                        .map_err(|e| attach_error(name, &e))?
+                }
+                Kind::Sock => {
+                    let p: &mut CgroupSock = program_mut(ebpf, name)?;
+                    let id = p
+                        .attach(cg, CgroupAttachMode::Single)
+                        .map_err(|e| attach_error(name, &e))?;
+                    FdLink::try_from(p.take_link(id).map_err(|e| attach_error(name, &e))?)
+                        .map_err(|e| attach_error(name, &e))?
+                }
+                Kind::Sockopt => {
+                    // aya 0.14 cannot turn a sockopt link into an FdLink (to pin it): the link
+                    // is created here and pinned by hand, then reopened as a PinnedLink.
+                    let p: &mut CgroupSockopt = program_mut(ebpf, name)?;
+                    let prog = p.fd().map_err(|e| attach_error(name, &e))?;
+                    let link = bpf_link_create(prog.as_fd(), cg, BPF_CGROUP_SETSOCKOPT)
+                        .map_err(|e| attach_error(name, &e))?;
+                    raw_links.push((name, link));
+                    continue;
+                }
+                Kind::Egress => {
+                    let p: &mut CgroupSkb = program_mut(ebpf, name)?;
+                    let id = p
+                        .attach(cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                        .map_err(|e| attach_error(name, &e))?;
+                    FdLink::try_from(p.take_link(id).map_err(|e| attach_error(name, &e))?)
+                        .map_err(|e| attach_error(name, &e))?
+                }
+                Kind::Lsm(_) => {
+                    if !self.lsm {
+                        continue;
+                    }
+                    let p: &mut LsmCgroup = program_mut(ebpf, name)?;
+                    let id = p.attach(cg).map_err(|e| attach_error(name, &e))?;
+                    FdLink::from(p.take_link(id).map_err(|e| attach_error(name, &e))?)
+                }
+            };
+            links.push((name, link));
         }
-        Ok(())
-    }
-
-    fn pin(&mut self, link: FdLink, dir: &Path, name: &str) -> Result<()> {
-        let path = dir.join(name);
-        let pinned = link
-            .pin(&path)
-            .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
-        self.pins.push(pinned);
+        for (name, link) in links {
+            let path = dir.join(name);
+            let pinned = link
+                .pin(&path)
+                .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
+            self.pins.push(pinned);
+        }
+        for (name, link) in raw_links {
+            let path = dir.join(name);
+            bpf_obj_pin(link.as_fd(), &path)
+                .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
+            let pinned = PinnedLink::from_pin(&path)
+                .map_err(|e| Error::Ebpf(format!("reopening {}: {}", path.display(), chain(&e))))?;
+            self.pins.push(pinned);
+        }
         Ok(())
     }
 
     /// Events the kernel could not queue because a ring was full: (deny, allow), summed over CPUs.
     pub fn lost(&self) -> (u64, u64) {
-        let sum = |i: u32| {
-            self.lost
-                .get(&i, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
-        (sum(0), sum(1))
+        (self.counter(LOST_DENY), self.counter(LOST_ALLOW))
+    }
+
+    /// Events deliberately folded, summed over CPUs: (allow events deduplicated into an
+    /// earlier one of the same process and destination, egress deny events held back by the
+    /// per-destination rate limit). Neither is lost: each later event carries the count of
+    /// the ones folded into it (`Event::count`), and these totals say how many in all.
+    pub fn suppressed(&self) -> (u64, u64) {
+        (
+            self.counter(SUPPRESSED_ALLOW),
+            self.counter(SUPPRESSED_EGRESS),
+        )
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        self.lost
+            .get(&slot, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Whether the BPF LSM programs are part of this enforcer (socket families, bpf(), user
+    /// namespaces).
+    pub fn has_lsm(&self) -> bool {
+        self.lsm
     }
 
     /// Unpins and detaches. Call only once the session's processes are gone.
@@ -211,6 +483,154 @@ impl Enforcer {
         }
         Ok(())
     }
+}
+
+/// The id the kernel gives a cgroup v2 directory (its inode number): what
+/// `bpf_get_current_cgroup_id` returns for processes in it, and what
+/// [`Enforcer::set_exempt`] takes.
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| Error::File {
+            path: path.into(),
+            source,
+        })
+}
+
+/// Loads the BPF LSM programs when the kernel lets us: the BPF LSM must be active (securityfs
+/// is mounted first if needed) and the kernel must accept BPF_PROG_TYPE_LSM programs (some
+/// hardened kernels refuse every BTF-attached program type with EPERM). Returns whether they
+/// are loaded. Without them, socket families other than inet, bpf() and user namespaces are
+/// confined by the session's syscall filter ([`crate::loader::SyscallFilter`]) alone, and a
+/// warning says so. `BOUNDARY_WITHOUT_LSM=1` skips them on purpose.
+fn load_lsm(ebpf: &mut Ebpf) -> Result<bool> {
+    if std::env::var(ENV_WITHOUT_LSM).is_ok_and(|v| v == "1") {
+        return Ok(false);
+    }
+    match bpf_lsm_active() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("the BPF LSM is not active (boot with lsm=...,bpf): socket families, bpf() and user namespaces are confined by the syscall filter only");
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the BPF LSM is active; running without the LSM programs");
+            return Ok(false);
+        }
+    }
+    let btf = Btf::from_sys_fs().map_err(|e| {
+        Error::Ebpf(format!(
+            "reading the kernel's BTF (/sys/kernel/btf/vmlinux, needed by the BPF LSM programs): {e}"
+        ))
+    })?;
+    for (name, kind) in PROGRAMS {
+        let Kind::Lsm(hook) = kind else { continue };
+        let program: &mut LsmCgroup = program_mut(ebpf, name)?;
+        if let Err(e) = program.load(hook, &btf) {
+            let text = chain(&e);
+            if text.contains("Operation not permitted") {
+                tracing::warn!(error = %text, "the kernel refuses BPF LSM programs: socket families, bpf() and user namespaces are confined by the syscall filter only");
+                return Ok(false);
+            }
+            return Err(Error::Ebpf(format!("verifier rejected `{name}`: {text}")));
+        }
+    }
+    Ok(true)
+}
+
+fn bpf_lsm_active() -> Result<bool> {
+    let list = Path::new(SECURITYFS).join("lsm");
+    if !list.exists() {
+        nix::mount::mount(
+            Some("securityfs"),
+            SECURITYFS,
+            Some("securityfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Ebpf(format!("mounting securityfs at {SECURITYFS}: {e}")))?;
+    }
+    let text = fs::read_to_string(&list).map_err(|source| Error::File { path: list, source })?;
+    Ok(text.trim().split(',').any(|l| l == "bpf"))
+}
+
+/// `enum bpf_attach_type` value of cgroup setsockopt programs (uapi/linux/bpf.h).
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `bpf(BPF_LINK_CREATE)` of a program on a cgroup.
+fn bpf_link_create(
+    prog: BorrowedFd,
+    target: BorrowedFd,
+    attach_type: u32,
+) -> std::io::Result<OwnedFd> {
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags; the rest zero.
+    let mut attr = [0u32; 16];
+    attr[0] = prog.as_raw_fd() as u32;
+    attr[1] = target.as_raw_fd() as u32;
+    attr[2] = attach_type;
+    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_LINK_CREATE.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `bpf(BPF_OBJ_PIN)`: pins a link (or any bpf object) at `path` on bpffs.
+fn bpf_obj_pin(fd: BorrowedFd, path: &Path) -> std::io::Result<()> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    // union bpf_attr, obj_pin: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u64; 4];
+    attr[0] = cpath.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u32 as u64;
+    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_PIN; cpath outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A second handle (a duplicated fd) on one of the object's maps, to pin it later.
+fn second_handle(ebpf: &Ebpf, name: &str) -> Result<MapData> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| Error::Ebpf(format!("map `{name}` is missing from the object")))?;
+    let data = match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d) => d,
+        _ => return Err(Error::Ebpf(format!("map `{name}` has an unexpected type"))),
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::Ebpf(format!("duplicating the fd of map `{name}`: {e}")))?;
+    MapData::from_fd(fd).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
 }
 
 /// Removes the pins of a session whose agent is gone (its links detach with the last pin).

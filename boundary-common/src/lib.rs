@@ -31,10 +31,57 @@ pub const HOOK_CONNECT6: u8 = 2;
 pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
+/// BPF LSM `socket_create`: a socket family, type or protocol outside the allowlist (AF_PACKET,
+/// AF_VSOCK, AF_XDP, AF_ALG, ... or a raw, ping, UDP-Lite inet socket). `family`,
+/// `sock_type` and `ip_protocol` say which.
+pub const HOOK_LSM_SOCKET: u8 = 6;
+/// cgroup setsockopt: an option that changes where packets go (IP_OPTIONS, IPV6_RTHDR, ...).
+/// `ip_protocol` holds the level and `detail` the option name.
+pub const HOOK_SETSOCKOPT: u8 = 7;
+/// cgroup_skb egress: a packet whose real destination (IP header) no grant allows, or that
+/// carries IPv4 options, an IPv6 routing header, or a transport other than TCP/UDP. `reason`
+/// says which; `count` includes the events suppressed by the per-destination rate limit.
+pub const HOOK_EGRESS: u8 = 8;
+/// BPF LSM `bpf`: the bpf() syscall from inside the session. `detail` holds the command.
+pub const HOOK_BPF: u8 = 9;
+/// BPF LSM `userns_create`: a new user namespace from inside the session.
+pub const HOOK_USERNS: u8 = 10;
+
+/// Why a decision was a denial (`Event::reason`). 0 for allow events and sock_addr denials.
+pub const REASON_POLICY: u8 = 0;
+/// The socket family, type or protocol is not on the allowlist.
+pub const REASON_SOCKET_KIND: u8 = 1;
+/// A socket option that changes routing, or TCP repair.
+pub const REASON_SOCKET_OPTION: u8 = 2;
+/// An IPv4 packet with IP options (source routing).
+pub const REASON_IP_OPTIONS: u8 = 3;
+/// An IPv6 packet with a routing header.
+pub const REASON_ROUTING_HEADER: u8 = 4;
+/// A transport other than TCP or UDP.
+pub const REASON_PROTOCOL: u8 = 5;
+/// A non-first fragment or unparsable header chain (the destination port cannot be checked).
+pub const REASON_MALFORMED: u8 = 6;
+/// An operation a session may never perform (bpf(), user namespaces).
+pub const REASON_FORBIDDEN: u8 = 7;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
+
+/// Indexes of the `LOST` per-CPU counters.
+pub const LOST_DENY: u32 = 0;
+pub const LOST_ALLOW: u32 = 1;
+/// Allow events folded into an earlier one by the in-kernel dedup (not lost: counted in the
+/// next event of the same key, `Event::count`).
+pub const SUPPRESSED_ALLOW: u32 = 2;
+/// Egress deny events held back by the per-destination rate limit (the packets were dropped).
+pub const SUPPRESSED_EGRESS: u32 = 3;
+pub const LOST_SLOTS: u32 = 4;
+
+/// Default allow-event dedup window (`Settings::allow_window_ms == 0`).
+pub const DEFAULT_ALLOW_WINDOW_MS: u32 = 1_000;
+/// One egress deny event per (destination, port, protocol) per this many nanoseconds.
+pub const EGRESS_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// `Settings::mode` values.
 pub const MODE_ENFORCE: u32 = 0;
@@ -76,6 +123,14 @@ pub struct Settings {
     pub mode: u32,
     /// Non-zero: also report allowed connections (deny events are always reported).
     pub report_allows: u32,
+    /// Allow events are deduplicated per (process, hook, destination, port, protocol): one
+    /// event per window, whose `count` says how many connections it stands for. 0 means
+    /// [`DEFAULT_ALLOW_WINDOW_MS`]; 1 is effectively "every connection". Denials are never
+    /// deduplicated by this.
+    pub allow_window_ms: u32,
+    /// Non-zero when the `EXEMPT` map holds cgroups (set by the loader, not by callers:
+    /// `Enforcer::set_settings` keeps the loader's value).
+    pub exempt: u32,
 }
 
 /// One decision, written by the kernel to a ring buffer.
@@ -97,12 +152,42 @@ pub struct Event {
     pub hook: u8,
     /// Socket type for sock_create events (SOCK_RAW = 3, ...).
     pub sock_type: u8,
-    pub _pad: u8,
+    /// `REASON_*`: why a denial was one (0 for allows and policy denials).
+    pub reason: u8,
     /// IP protocol number as the socket was created.
     pub ip_protocol: u32,
     /// IPv4 in the first four bytes, or IPv6; network byte order.
     pub addr: [u8; 16],
     pub comm: [u8; 16],
+    /// Decisions this record stands for: 1, plus identical ones suppressed since the previous
+    /// record of the same key (allow dedup window, egress deny rate limit).
+    pub count: u32,
+    /// Hook-specific: setsockopt option name, bpf() command; 0 otherwise.
+    pub detail: u32,
+}
+
+/// Key of the allow-event dedup LRU map and of the egress deny rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupKey {
+    /// Process (tgid) for allow dedup; 0 for the egress rate limit.
+    pub tgid: u32,
+    pub port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub hook: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// Value of the dedup maps: when the last event of the key was written, and how many were
+/// suppressed since.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupValue {
+    pub last_ns: u64,
+    pub suppressed: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -112,4 +197,6 @@ mod pod {
     unsafe impl aya::Pod for super::Grants {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::DedupKey {}
+    unsafe impl aya::Pod for super::DedupValue {}
 }

@@ -1,0 +1,267 @@
+//! The session's syscall filter (seccomp): the same "only what we know" as the eBPF programs,
+//! for what must hold even where the BPF LSM programs cannot load (kernels that refuse
+//! BPF_PROG_TYPE_LSM, or where `bpf` is not among the active LSMs).
+//!
+//! - `socket()`: AF_UNIX, AF_NETLINK, and AF_INET/AF_INET6 with TCP, MPTCP or UDP only (the
+//!   same allowlist as the `sock_create` and `lsm_socket_create` programs); `socketpair()`:
+//!   AF_UNIX only. Everything else (AF_PACKET, AF_VSOCK, AF_XDP, AF_ALG, raw, ping, UDP-Lite,
+//!   ...) fails with EPERM.
+//! - `bpf()`: EPERM (no loading, detaching or reading pinned programs and maps).
+//! - `unshare()` / `clone()` with CLONE_NEWUSER: EPERM; `clone3()`: ENOSYS, so that libc
+//!   falls back to `clone()`, whose flags a filter can read.
+//! - `io_uring_setup()`: EPERM (io_uring creates sockets without the `socket()` syscall).
+//! - any other syscall ABI (x32, i386): the process is killed.
+//!
+//! The filter is built before fork ([`SyscallFilter::new`]) and installed in the child right
+//! before exec ([`SyscallFilter::install`], async-signal-safe); it is inherited by every
+//! descendant and cannot be removed. It applies to root inside the session too.
+
+use std::io;
+
+const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+/// x32 syscalls carry this bit in their number on x86_64.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+// Classic BPF opcodes (linux/filter.h).
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_ALU_AND_K: u16 = 0x54;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_JGE_K: u16 = 0x35;
+const BPF_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+
+// struct seccomp_data offsets.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const fn arg_lo(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+const AF_UNIX: u32 = 1;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_NETLINK: u32 = 16;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_TYPE_MASK: u32 = 0xf;
+const CLONE_NEWUSER: u32 = 0x1000_0000;
+
+/// A jump target: the next instruction, or a label.
+#[derive(Clone, Copy)]
+enum To {
+    Next,
+    L(&'static str),
+}
+
+enum Insn {
+    Stmt(u16, u32),
+    Jump(u16, u32, To, To),
+    Label(&'static str),
+}
+
+/// A prebuilt seccomp program.
+pub struct SyscallFilter {
+    program: Vec<libc::sock_filter>,
+}
+
+impl Default for SyscallFilter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyscallFilter {
+    /// Builds the filter (allocates; call before fork).
+    pub fn new() -> SyscallFilter {
+        use Insn::*;
+        use To::*;
+        let nr = |n: libc::c_long| n as u32;
+        let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let insns = vec![
+            Stmt(BPF_LD_W_ABS, ARCH),
+            Jump(BPF_JEQ_K, AUDIT_ARCH, Next, L("kill")),
+            Stmt(BPF_LD_W_ABS, NR),
+            Jump(BPF_JGE_K, X32_SYSCALL_BIT, L("kill"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_socket), L("socket"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_socketpair), L("socketpair"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_bpf), L("eperm"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_io_uring_setup), L("eperm"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_clone3), L("enosys"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_unshare), L("flags0"), Next),
+            Jump(BPF_JEQ_K, nr(libc::SYS_clone), L("flags0"), L("allow")),
+            // unshare(flags) and clone(flags, ...) on x86_64 and aarch64: flags is argument 0.
+            Label("flags0"),
+            Stmt(BPF_LD_W_ABS, arg_lo(0)),
+            Jump(BPF_JSET_K, CLONE_NEWUSER, L("eperm"), L("allow")),
+            Label("socketpair"),
+            Stmt(BPF_LD_W_ABS, arg_lo(0)),
+            Jump(BPF_JEQ_K, AF_UNIX, L("allow"), L("eperm")),
+            Label("socket"),
+            Stmt(BPF_LD_W_ABS, arg_lo(0)),
+            Jump(BPF_JEQ_K, AF_UNIX, L("allow"), Next),
+            Jump(BPF_JEQ_K, AF_NETLINK, L("allow"), Next),
+            Jump(BPF_JEQ_K, AF_INET, L("inet"), Next),
+            Jump(BPF_JEQ_K, AF_INET6, L("inet"), L("eperm")),
+            Label("inet"),
+            Stmt(BPF_LD_W_ABS, arg_lo(1)),
+            Stmt(BPF_ALU_AND_K, SOCK_TYPE_MASK),
+            Jump(BPF_JEQ_K, SOCK_STREAM, L("stream"), Next),
+            Jump(BPF_JEQ_K, SOCK_DGRAM, L("dgram"), L("eperm")),
+            Label("stream"),
+            Stmt(BPF_LD_W_ABS, arg_lo(2)),
+            Jump(BPF_JEQ_K, 0, L("allow"), Next),
+            Jump(BPF_JEQ_K, libc::IPPROTO_TCP as u32, L("allow"), Next),
+            Jump(
+                BPF_JEQ_K,
+                libc::IPPROTO_MPTCP as u32,
+                L("allow"),
+                L("eperm"),
+            ),
+            Label("dgram"),
+            Stmt(BPF_LD_W_ABS, arg_lo(2)),
+            Jump(BPF_JEQ_K, 0, L("allow"), Next),
+            Jump(BPF_JEQ_K, libc::IPPROTO_UDP as u32, L("allow"), L("eperm")),
+            Label("allow"),
+            Stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
+            Label("eperm"),
+            Stmt(BPF_RET_K, eperm),
+            Label("enosys"),
+            Stmt(BPF_RET_K, enosys),
+            Label("kill"),
+            Stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
+        ];
+        SyscallFilter {
+            program: assemble(&insns),
+        }
+    }
+
+    /// Installs the filter on the calling thread (inherited across fork and exec). Only
+    /// makes syscalls: safe between fork and exec. Without CAP_SYS_ADMIN the kernel demands
+    /// no_new_privs first, which is then set.
+    pub fn install(&self) -> io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: self.program.len() as u16,
+            filter: self.program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: prog points to a valid filter that outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EACCES) {
+            return Err(err);
+        }
+        // SAFETY: plain prctl.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Instructions in the program (for tests).
+    pub fn len(&self) -> usize {
+        self.program.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.program.is_empty()
+    }
+}
+
+/// Resolves labels into classic BPF's relative forward jumps.
+fn assemble(insns: &[Insn]) -> Vec<libc::sock_filter> {
+    let mut labels = std::collections::HashMap::new();
+    let mut pc = 0usize;
+    for insn in insns {
+        match insn {
+            Insn::Label(name) => {
+                labels.insert(*name, pc);
+            }
+            _ => pc += 1,
+        }
+    }
+    let mut out = Vec::with_capacity(pc);
+    for insn in insns {
+        let here = out.len();
+        let target = |to: To| -> u8 {
+            match to {
+                To::Next => 0,
+                To::L(name) => {
+                    let at = labels[name];
+                    let offset = at
+                        .checked_sub(here + 1)
+                        .expect("classic BPF jumps only forward");
+                    u8::try_from(offset).expect("jump within 255 instructions")
+                }
+            }
+        };
+        match *insn {
+            Insn::Label(_) => {}
+            Insn::Stmt(code, k) => out.push(libc::sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            }),
+            Insn::Jump(code, k, jt, jf) => out.push(libc::sock_filter {
+                code,
+                jt: target(jt),
+                jf: target(jf),
+                k,
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_assembles_with_forward_jumps_ending_in_returns() {
+        let f = SyscallFilter::new();
+        assert!(f.len() > 20);
+        let last = f.program.last().unwrap();
+        assert_eq!(last.code, BPF_RET_K);
+        assert_eq!(last.k, SECCOMP_RET_KILL_PROCESS);
+        for (i, insn) in f
+            .program
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.code & 7 == 5)
+        {
+            assert!(i + 1 + (insn.jt as usize) < f.len());
+            assert!(i + 1 + (insn.jf as usize) < f.len());
+        }
+    }
+}
