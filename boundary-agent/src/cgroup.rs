@@ -75,6 +75,18 @@ impl Cgroup {
         Ok(Cgroup { path, dir })
     }
 
+    /// Opens an existing session cgroup (a restarted agent adopting a session).
+    pub fn open(path: &Path) -> Result<Cgroup> {
+        let dir = File::open(path).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            dir,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -13,7 +13,9 @@
 //!    only the ptrace restriction, which every Landlock domain carries);
 //! 5. in daemon mode, connect to the agent and ask it to move this very process (identified
 //!    by the kernel through SO_PEERCRED/SO_PEERPIDFD) into the session cgroup, and wait for
-//!    its answer. A child that is not moved never execs.
+//!    its answer. A child that is not moved never execs;
+//! 6. install the session's syscall filter (seccomp, see [`SyscallFilter`]): the socket
+//!    allowlist, no bpf(), no user namespaces, no io_uring, even where BPF LSM is missing.
 //!
 //! Everything the child runs is prepared before the fork: the closure only makes
 //! async-signal-safe system calls on memory allocated in the parent.
@@ -24,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::loader::SyscallFilter;
 
 /// The unprivileged identity the command runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +151,7 @@ pub struct Confinement {
     landlock: Option<OwnedFd>,
     last_cap: u32,
     join: Option<Join>,
+    seccomp: SyscallFilter,
 }
 
 /// Daemon mode: the request the child sends to the agent to be moved into its session.
@@ -168,6 +172,7 @@ impl Confinement {
             landlock: landlock_ruleset()?,
             last_cap: last_cap(),
             join: None,
+            seccomp: SyscallFilter::new(),
         })
     }
 
@@ -285,7 +290,8 @@ impl Confinement {
                 join_through_agent(join)?;
             }
         }
-        Ok(())
+        // Last: from here on the process can create only the sockets the policy knows.
+        self.seccomp.install()
     }
 }
 

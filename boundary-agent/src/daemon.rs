@@ -97,6 +97,7 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     if let Some(path) = agent.opts.events.clone() {
         tokio::spawn(write_all_events(agent.clone(), path));
     }
+    adopt_orphans(&agent).await;
     tracing::info!(socket = %agent.opts.socket.display(), policy = %agent.opts.config.display(), "boundary agent listening");
     eprintln!(
         "boundary agent: listening on {} (policy {})",
@@ -125,6 +126,63 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
     // No destructors: they would detach the sessions. The kernel keeps the pinned links.
     std::process::exit(0);
+}
+
+/// Takes over the sessions of a dead agent (or of a killed single-shot run): they stayed
+/// confined by their pinned programs; now their events are read again (including those
+/// written while nobody was reading), their policy follows DNS and edits again, and they end
+/// when their last process exits. A session whose processes are all gone is drained and
+/// ended at once, with an abnormal `boundary.session.end`.
+async fn adopt_orphans(agent: &Arc<Agent>) {
+    let root = match &agent.opts.cgroup_root {
+        Some(r) => r.clone(),
+        None => match crate::cgroup::cgroup2_root() {
+            Ok(r) => r,
+            Err(_) => return,
+        },
+    };
+    for id in session::orphaned_sessions(&root) {
+        let session = match Session::adopt(&id, &root, Some(agent.tap.clone())).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "cannot adopt the session; it stays confined by its last policy");
+                continue;
+            }
+        };
+        let uid = session.spec().owner_uid.unwrap_or(0);
+        let cgroup = session.cgroup().path().to_path_buf();
+        agent.sessions.lock().unwrap().insert(
+            id.clone(),
+            SessionEntry {
+                uid,
+                client_pid: None,
+                policy: session.policy_name.clone(),
+                command: vec![session.spec().command_line.clone()],
+                started: SystemTime::now(),
+                cgroup: cgroup.clone(),
+                token: None,
+            },
+        );
+        agent.owners.lock().unwrap().push_back((id.clone(), uid));
+        tracing::info!(session = %id, "adopted a running session");
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let reason = if crate::cgroup::session_populated(&cgroup) {
+                let mut poll = tokio::time::interval(ORPHAN_POLL);
+                while crate::cgroup::session_populated(&cgroup) {
+                    poll.tick().await;
+                }
+                "adopted_session_emptied"
+            } else {
+                "agent_died"
+            };
+            let mut end = Map::new();
+            end.insert("process.exit.code".into(), Value::Null);
+            end.insert("boundary.session.end.reason".into(), reason.into());
+            session.finish(end).await;
+            agent.sessions.lock().unwrap().remove(&id);
+        });
+    }
 }
 
 /// Binds the socket: its directory root's and 0755, the socket itself 0666 (anyone may ask;
@@ -321,22 +379,42 @@ fn cgroup_of(pid: i32) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Whether a process already runs inside a boundary session.
-fn inside_boundary(pid: i32) -> bool {
+/// Whether a process already runs inside a boundary session: under the default session
+/// parent (`/boundary/...`) or under this agent's own (`--cgroup-root`).
+fn inside_boundary(pid: i32, own_prefix: &str) -> bool {
     match cgroup_of(pid) {
-        Some(path) => path.starts_with("/boundary/") || path == "/boundary",
+        Some(path) => {
+            let path = format!("{path}/");
+            path.starts_with("/boundary/") || path.starts_with(own_prefix)
+        }
         // Unknown: treat as inside, so nothing is granted on a guess.
         None => true,
     }
 }
 
-fn refuse_if_confined(peer: &Peer) -> Result<()> {
+/// The cgroup path prefix (as /proc/PID/cgroup shows it) of this agent's sessions.
+fn session_prefix(opts: &AgentOptions) -> String {
+    let Some(root) = &opts.cgroup_root else {
+        return "/boundary/".into();
+    };
+    let mount = crate::cgroup::cgroup2_root().unwrap_or_default();
+    let relative = root.strip_prefix(&mount).unwrap_or(root);
+    let relative = relative.to_string_lossy();
+    let relative = relative.trim_matches('/');
+    if relative.is_empty() {
+        "/boundary/".into()
+    } else {
+        format!("/{relative}/boundary/")
+    }
+}
+
+fn refuse_if_confined(agent: &Agent, peer: &Peer) -> Result<()> {
     let Some(pid) = peer.pid else {
         return Err(Error::Agent(
             "the kernel did not report the caller's pid".into(),
         ));
     };
-    if inside_boundary(pid) {
+    if inside_boundary(pid, &session_prefix(&agent.opts)) {
         return Err(Error::Agent(
             "this process already runs inside a boundary; it cannot start or join another session"
                 .into(),
@@ -355,7 +433,7 @@ async fn run_session(
     // Subscribed before the session exists, so its first events reach the client too.
     let mut events = start.events.then(|| agent.tap.subscribe());
     let started = async {
-        refuse_if_confined(&peer)?;
+        refuse_if_confined(&agent, &peer)?;
         let (policy_name, path) = choose_policy(&agent.opts, start.policy.as_deref())?;
         trusted_file(&path)?;
         if let Some(id) = &start.session_id {
@@ -508,7 +586,7 @@ fn choose_policy(opts: &AgentOptions, wanted: Option<&str>) -> Result<(String, P
 
 /// Moves the connecting process into the session, after checking it is who may join.
 fn join(agent: &Agent, peer: &Peer, session: &str, token: &str) -> Result<()> {
-    refuse_if_confined(peer)?;
+    refuse_if_confined(agent, peer)?;
     let pid = peer.pid.expect("checked by refuse_if_confined");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {

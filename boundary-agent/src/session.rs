@@ -60,7 +60,8 @@ pub struct RunOptions {
 
 /// What a session needs to start: the policy file and the knobs around it. The command
 /// itself is started by the caller (single-shot `run`, or the client of the agent daemon).
-#[derive(Debug, Clone, Default)]
+/// Kept beside the session's owner file so that a restarted agent can adopt it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SessionSpec {
     pub config: PathBuf,
     /// The command as text, for the session events.
@@ -113,6 +114,7 @@ pub fn validate_session_id(id: &str) -> Result<()> {
 /// event pipeline and the task that keeps the maps in step with DNS and config edits.
 pub struct Session {
     pub id: String,
+    spec: SessionSpec,
     pub policy_name: String,
     pub policy_source: PathBuf,
     pub started: SystemTime,
@@ -165,7 +167,11 @@ impl Session {
         // whose owner file is missing or names a dead agent.
         let session_file = Path::new(RUN_DIR).join(&session_id);
         let _ = std::fs::create_dir_all(RUN_DIR);
-        if std::fs::symlink_metadata(&session_file).is_ok() {
+        let owner_alive = std::fs::read_to_string(&session_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
+        if owner_alive || root.join("boundary").join(&session_id).exists() {
             return Err(Error::InvalidTarget {
                 target: session_id,
                 reason: "a session with this id is already running".into(),
@@ -186,43 +192,7 @@ impl Session {
         };
         // On error the guard removes the cgroup and the pins.
         enforcer.attach(guard.cgroup(), &session_id)?;
-
-        // Events: one sink task fed by the ring readers and the session's own events.
-        let mut sink = Sink::new();
-        match spec.events.as_deref() {
-            Some(p) if p == Path::new("-") => sink.stdout(),
-            Some(p) => sink.file(p)?,
-            None => {}
-        }
-        if let Some(dir) = &policy.log_dir {
-            sink.file(&dir.join(format!("boundary-{session_id}.jsonl")))?;
-        }
-        if let Some(tap) = tap {
-            sink.tap(tap);
-        }
-        // One shared copy: a 10,000-rule policy is megabytes.
-        let policy = Arc::new(policy);
-        let (policy_tx, policy_rx) = watch::channel(policy.clone());
-        let (book_tx, book_rx) = watch::channel(Arc::new(book));
-        let enricher = Arc::new(Enricher::new(
-            session_id.clone(),
-            policy_rx,
-            book_rx.clone(),
-        ));
-        let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
-        let sink_task = tokio::spawn(sink.run(event_rx));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let readers = [rings.deny, rings.allow]
-            .map(|ring| {
-                tokio::spawn(events::read_ring(
-                    ring,
-                    enricher.clone(),
-                    event_tx.clone(),
-                    stop_rx.clone(),
-                ))
-            })
-            .into_iter()
-            .collect();
+        write_spec(&session_id, &spec);
 
         let mut start = json!({
             "process.command_line": spec.command_line,
@@ -234,35 +204,77 @@ impl Session {
         if let Some(uid) = spec.owner_uid {
             start["user.id"] = uid.into();
         }
-        events::emit(&event_tx, enricher.session("boundary.session.start", start));
-
-        let refresh = resolver.spawn_refresh(book_tx);
-        let policy_name = policy.name.clone();
-        let policy_task = tokio::spawn(policy_loop(PolicyLoop {
-            enforcer,
-            policy,
-            spec: spec.clone(),
-            resolver_config,
-            book: book_rx,
-            policy_tx,
-            events: event_tx.clone(),
-            enricher: enricher.clone(),
-            stop: stop_rx,
-        }));
-        Ok(Session {
+        let running = Running {
             id: session_id,
-            policy_name,
-            policy_source: spec.config,
-            started: SystemTime::now(),
+            spec,
+            policy,
+            enforcer,
+            rings,
+            resolver,
+            resolver_config,
+            book,
             guard,
-            enricher,
-            event_tx,
-            stop_tx,
-            readers,
-            policy_task,
-            refresh,
-            sink_task,
-        })
+        };
+        running.launch(tap, "boundary.session.start", start)
+    }
+
+    /// Takes over a session whose agent died (a restarted daemon): reopens its pinned maps
+    /// and links (it stays confined throughout), reads the events it could not write, and
+    /// keeps its policy up to date again.
+    pub async fn adopt(id: &str, root: &Path, tap: Option<events::Tap>) -> Result<Session> {
+        validate_session_id(id)?;
+        let spec: SessionSpec = std::fs::read(spec_path(id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                Error::Agent(format!(
+                    "session {id}: no readable {} (started by an older boundary?)",
+                    spec_path(id).display()
+                ))
+            })?;
+        let (mut enforcer, rings) = Enforcer::adopt(id)?;
+        let session_file = Path::new(RUN_DIR).join(id);
+        let _ = std::fs::write(&session_file, std::process::id().to_string());
+        let guard = Cleanup {
+            cgroup: Some(Cgroup::open(&root.join("boundary").join(id))?),
+            session_file,
+            pin_dir: Path::new(loader::PIN_ROOT).join(id),
+        };
+        // The file may have changed or broken while nobody watched: a bad one keeps the
+        // policy that is in the maps (fail closed), a good one is applied.
+        let mut policy = policy::load(&spec.config)?;
+        if let Some(mode) = spec.mode {
+            policy.mode = mode;
+        }
+        let resolver_config =
+            ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
+        let mut resolver = Resolver::new(&policy, resolver_config.clone());
+        let book = resolver.resolve_initial().await;
+        let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
+        enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
+        enforcer.apply(&compiled)?;
+        let fields = json!({
+            "boundary.policy.source": spec.config.display().to_string(),
+            "boundary.policy.rules": policy.rules.len(),
+            "boundary.cgroup.path": guard.cgroup().path().display().to_string(),
+            "process.pid": std::process::id(),
+        });
+        let running = Running {
+            id: id.to_string(),
+            spec,
+            policy,
+            enforcer,
+            rings,
+            resolver,
+            resolver_config,
+            book,
+            guard,
+        };
+        running.launch(tap, "boundary.session.adopted", fields)
+    }
+
+    pub fn spec(&self) -> &SessionSpec {
+        &self.spec
     }
 
     pub fn cgroup(&self) -> &Cgroup {
@@ -329,6 +341,128 @@ impl Session {
         }
         guard.finish();
     }
+}
+
+/// A session whose programs are attached, not yet running its event pipeline and policy task.
+struct Running {
+    id: String,
+    spec: SessionSpec,
+    policy: Policy,
+    enforcer: Enforcer,
+    rings: loader::Rings,
+    resolver: Resolver,
+    resolver_config: ResolverConfig,
+    book: AddressBook,
+    guard: Cleanup,
+}
+
+impl Running {
+    /// Starts the sinks, the ring readers, the resolver refresh and the policy task.
+    fn launch(self, tap: Option<events::Tap>, first: &str, fields: Value) -> Result<Session> {
+        let Running {
+            id: session_id,
+            spec,
+            policy,
+            enforcer,
+            rings,
+            resolver,
+            resolver_config,
+            book,
+            guard,
+        } = self;
+        // Events: one sink task fed by the ring readers and the session's own events.
+        let mut sink = Sink::new();
+        match spec.events.as_deref() {
+            Some(p) if p == Path::new("-") => sink.stdout(),
+            Some(p) => sink.file(p)?,
+            None => {}
+        }
+        if let Some(dir) = &policy.log_dir {
+            sink.file(&dir.join(format!("boundary-{session_id}.jsonl")))?;
+        }
+        if let Some(tap) = tap {
+            sink.tap(tap);
+        }
+        // One shared copy: a 10,000-rule policy is megabytes.
+        let policy = Arc::new(policy);
+        let (policy_tx, policy_rx) = watch::channel(policy.clone());
+        let (book_tx, book_rx) = watch::channel(Arc::new(book));
+        let enricher = Arc::new(Enricher::new(
+            session_id.clone(),
+            policy_rx,
+            book_rx.clone(),
+        ));
+        let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
+        let sink_task = tokio::spawn(sink.run(event_rx));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let readers = [rings.deny, rings.allow]
+            .map(|ring| {
+                tokio::spawn(events::read_ring(
+                    ring,
+                    enricher.clone(),
+                    event_tx.clone(),
+                    stop_rx.clone(),
+                ))
+            })
+            .into_iter()
+            .collect();
+        events::emit(&event_tx, enricher.session(first, fields));
+
+        let refresh = resolver.spawn_refresh(book_tx);
+        let policy_name = policy.name.clone();
+        let policy_task = tokio::spawn(policy_loop(PolicyLoop {
+            enforcer,
+            policy,
+            spec: spec.clone(),
+            resolver_config,
+            book: book_rx,
+            policy_tx,
+            events: event_tx.clone(),
+            enricher: enricher.clone(),
+            stop: stop_rx,
+        }));
+        Ok(Session {
+            id: session_id,
+            policy_name,
+            policy_source: spec.config.clone(),
+            spec,
+            started: SystemTime::now(),
+            guard,
+            enricher,
+            event_tx,
+            stop_tx,
+            readers,
+            policy_task,
+            refresh,
+            sink_task,
+        })
+    }
+}
+
+fn spec_path(id: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{id}.json"))
+}
+
+/// Saves what a restarted agent needs to adopt the session (root-only directory).
+fn write_spec(id: &str, spec: &SessionSpec) {
+    if let Ok(bytes) = serde_json::to_vec(spec) {
+        let _ = std::fs::write(spec_path(id), bytes);
+    }
+}
+
+/// Sessions under `root` whose owner (agent or single-shot run) is gone: what a restarted
+/// agent adopts.
+pub fn orphaned_sessions(root: &Path) -> Vec<String> {
+    cgroup::sessions(root)
+        .into_iter()
+        .filter_map(|dir| dir.file_name()?.to_str().map(str::to_string))
+        .filter(|id| {
+            let owner = std::fs::read_to_string(Path::new(RUN_DIR).join(id))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            !owner.is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+        })
+        .collect()
 }
 
 /// Single-shot mode: runs the command under the policy (boundary is root) and returns the exit
@@ -417,6 +551,9 @@ impl Cleanup {
             }
         }
         let _ = std::fs::remove_file(&self.session_file);
+        let mut spec = self.session_file.clone().into_os_string();
+        spec.push(".json");
+        let _ = std::fs::remove_file(spec);
     }
 }
 
@@ -692,6 +829,7 @@ fn sweep_stale_sessions(root: &Path) {
         loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&id));
         let _ = cgroup::remove_dir(&dir);
         let _ = std::fs::remove_file(Path::new(RUN_DIR).join(&id));
+        let _ = std::fs::remove_file(spec_path(&id));
     }
 }
 

@@ -56,11 +56,15 @@ impl Counted {
     }
 }
 
-/// A running `boundary agent` with its own socket, policy and log directory.
+/// A running `boundary agent` with its own socket, policy, log directory and cgroup root
+/// (so that agents of tests running side by side never adopt each other's sessions).
 struct Agent {
     dir: tempfile::TempDir,
     child: Child,
+    cgroup_root: PathBuf,
 }
+
+static AGENTS: AtomicUsize = AtomicUsize::new(0);
 
 impl Agent {
     fn start(config: &str) -> Agent {
@@ -79,26 +83,50 @@ impl Agent {
             "127.0.0.2 allowed.test\n127.0.0.3 blocked.test\n",
         )
         .unwrap();
-        let child = Command::new(BOUNDARY)
+        let cgroup_root = boundary_agent::cgroup::cgroup2_root()
+            .unwrap()
+            .join(format!(
+                "boundary-test-{}-{}",
+                std::process::id(),
+                AGENTS.fetch_add(1, Ordering::SeqCst)
+            ));
+        std::fs::create_dir_all(&cgroup_root).unwrap();
+        let child = Agent::spawn(dir.path(), &cgroup_root, extra);
+        let agent = Agent {
+            dir,
+            child,
+            cgroup_root,
+        };
+        agent.wait_listening();
+        agent
+    }
+
+    fn spawn(dir: &Path, cgroup_root: &Path, extra: &[&str]) -> Child {
+        Command::new(BOUNDARY)
             .arg("agent")
+            .arg("--cgroup-root")
+            .arg(cgroup_root)
             .arg("--config")
-            .arg(dir.path().join("config.yaml"))
+            .arg(dir.join("config.yaml"))
             .arg("--socket")
-            .arg(dir.path().join("agent.sock"))
+            .arg(dir.join("agent.sock"))
             .arg("--hosts-file")
-            .arg(dir.path().join("hosts"))
+            .arg(dir.join("hosts"))
             .args(["--dns-server", "127.0.0.1:9"])
             .arg("--events")
-            .arg(dir.path().join("all-events.jsonl"))
+            .arg(dir.join("all-events.jsonl"))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        let agent = Agent { dir, child };
-        agent.wait_listening();
-        agent
+            .unwrap()
+    }
+
+    /// Starts a new agent on the same files (after the old one died).
+    fn restart(&mut self) {
+        self.child = Agent::spawn(self.dir.path(), &self.cgroup_root, &[]);
+        self.wait_listening();
     }
 
     fn socket(&self) -> PathBuf {
@@ -178,6 +206,17 @@ impl Drop for Agent {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
+        // Sessions end with their commands; then their parent and our root can go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let parent = self.cgroup_root.join("boundary");
+        while std::fs::read_dir(&parent)
+            .is_ok_and(|d| d.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&parent);
+        let _ = std::fs::remove_dir(&self.cgroup_root);
     }
 }
 
@@ -237,7 +276,7 @@ fn an_unprivileged_user_wraps_a_command_through_the_agent() {
         "{}",
         text(&out)
     );
-    assert!(o.contains("0::/boundary/"), "{}", text(&out));
+    assert!(o.contains("/boundary/"), "{}", text(&out));
     assert!(o.contains("65534 True daemon-test\n"), "{}", text(&out));
     assert_eq!(blocked.received(), 0, "the forbidden listener got bytes");
     assert!(allowed.received() > 0);
@@ -631,23 +670,32 @@ fn status_sessions_and_events_show_what_the_agent_does() {
 }
 
 #[test]
-fn stopping_the_agent_leaves_running_sessions_confined() {
+fn a_killed_agent_leaves_sessions_confined_and_a_new_one_adopts_them() {
     let blocked = Counted::start("127.0.0.3");
     let mut agent = Agent::start(&policy(""));
+    let id = format!("adopt-me-{}", std::process::id());
     let go = agent.path("go");
+    let go2 = agent.path("go2");
     let ready = agent.path("ready");
     let script = format!(
         "import socket, time, os\n\
+         def attempt():\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(('127.0.0.3', {port}), timeout=2).sendall(b'x'); print('reached', flush=True)\n\
+         \x20   except OSError as e:\n\
+         \x20       print('refused', e.errno, flush=True)\n\
          open('{ready}', 'w').close()\n\
          while not os.path.exists('{go}'): time.sleep(0.02)\n\
-         try:\n    socket.create_connection(('127.0.0.3', {port}), timeout=2).sendall(b'x'); print('reached')\n\
-         except OSError as e:\n    print('refused', e.errno)\n",
+         attempt()\n\
+         while not os.path.exists('{go2}'): time.sleep(0.02)\n\
+         attempt()\n",
         ready = ready.display(),
         go = go.display(),
+        go2 = go2.display(),
         port = blocked.port
     );
     let session = agent
-        .nobody_command(&[], &refs(&python(&script)))
+        .nobody_command(&["--session-id", &id], &refs(&python(&script)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -657,11 +705,32 @@ fn stopping_the_agent_leaves_running_sessions_confined() {
         assert!(Instant::now() < deadline, "the session did not start");
         thread::sleep(Duration::from_millis(20));
     }
-    // SIGKILL: no chance to clean anything up.
+    // SIGKILL: no chance to clean anything up. The attempt made while no agent runs is
+    // refused by the pinned programs, and its event waits in the pinned ring.
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     std::fs::write(&go, "").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    agent.restart();
+    agent.wait_event("adoption", |e| {
+        e["event.name"] == "boundary.session.adopted" && e["session.id"] == id.as_str()
+    });
+    std::fs::write(&go2, "").unwrap();
     let out = session.wait_with_output().unwrap();
-    assert_eq!(stdout(&out).trim(), "refused 1", "{}", text(&out));
+    assert_eq!(stdout(&out), "refused 1\nrefused 1\n", "{}", text(&out));
     assert_eq!(blocked.received(), 0);
+    let end = agent.wait_event("session end", |e| {
+        e["event.name"] == "boundary.session.end" && e["session.id"] == id.as_str()
+    });
+    assert_eq!(
+        end["boundary.session.end.reason"],
+        "adopted_session_emptied"
+    );
+    // Both denials were recorded: the one made while no agent was running too.
+    let denies = agent
+        .events()
+        .into_iter()
+        .filter(|e| e["session.id"] == id.as_str() && e["event.action"] == "deny")
+        .count();
+    assert_eq!(denies, 2, "{:#?}", agent.events());
 }

@@ -25,7 +25,8 @@ pub mod parse;
 pub use addresses::AddressBook;
 pub use parse::{load, parse};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Deny what the allowlist does not allow.
     #[default]
