@@ -1133,3 +1133,221 @@ attempt("other_port", lambda: socket.create_connection(("::1", {tcp_port} + 1), 
     thread::sleep(Duration::from_millis(200));
     assert_eq!(got.load(Ordering::Relaxed), 100_000);
 }
+
+// ---------------------------------------------------------------------------------------
+// The enforcer's own guarantees: adoption by a restarted agent, exemptions in
+// whole-workspace mode, allow-event dedup. These drive the library API on loopback
+// (127.0.0.2 allowed, 127.0.0.3 forbidden; UDP connect() only, nothing is sent).
+
+mod enforcer {
+    use super::*;
+    use boundary_agent::cgroup::{self, Cgroup};
+    use boundary_agent::loader::{self, Enforcer, Rings};
+    use boundary_agent::policy::{CompiledPolicy, PortGrant, PrefixEntry};
+    use boundary_common::{
+        Event, Settings, ACTION_ALLOW, ACTION_DENY, HOOK_CONNECT4, MODE_ENFORCE, PROTO_TCP,
+        PROTO_UDP,
+    };
+    use std::net::Ipv4Addr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+
+    fn allowing(addrs: &[Ipv4Addr]) -> CompiledPolicy {
+        CompiledPolicy {
+            v4: addrs
+                .iter()
+                .map(|a| PrefixEntry {
+                    addr: *a,
+                    prefix_len: 32,
+                    grants: vec![PortGrant {
+                        lo: 1,
+                        hi: u16::MAX,
+                        protocols: PROTO_TCP | PROTO_UDP,
+                        rule_id: 1,
+                    }],
+                })
+                .collect(),
+            v6: Vec::new(),
+        }
+    }
+
+    /// UDP connect() results from a process in `dir` (a cgroup directory), one per address.
+    fn connects(dir: &Path, addrs: &[&str]) -> Vec<String> {
+        let code = format!(
+            "import socket, errno\nfor a in {addrs:?}:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        s.connect((a, 9)); print('ok')\n    except OSError as e:\n        print(errno.errorcode[e.errno])\n"
+        );
+        let out = in_cgroup(dir, &code);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn in_cgroup(dir: &Path, code: &str) -> Output {
+        let procs =
+            std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+        let mut cmd = Command::new(PYTHON);
+        cmd.args(["-c", code]);
+        // SAFETY: only open/write/close between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    }
+
+    fn drain(rings: &mut Rings) -> Vec<Event> {
+        let mut out = Vec::new();
+        for ring in [&mut rings.deny, &mut rings.allow] {
+            while let Some(item) = ring.next() {
+                // SAFETY: the kernel writes whole `Event`s; read_unaligned copes with alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+            }
+        }
+        out
+    }
+
+    fn addr(e: &Event) -> Ipv4Addr {
+        Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3])
+    }
+
+    /// A cgroup for one test, removed on drop (with anything left in it).
+    struct TestCgroup(Option<Cgroup>, String);
+
+    impl TestCgroup {
+        fn new(name: &str) -> TestCgroup {
+            let name = format!("esc-{name}-{}", std::process::id());
+            let root = cgroup::cgroup2_root().unwrap();
+            TestCgroup(Some(Cgroup::create(&root, &name).unwrap()), name)
+        }
+        fn cg(&self) -> &Cgroup {
+            self.0.as_ref().unwrap()
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&self.1));
+            if let Some(cg) = self.0.take() {
+                for sub in ["work", "control"] {
+                    let _ = std::fs::remove_dir(cg.path().join(sub));
+                }
+                let _ = cg.remove();
+            }
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            mode: MODE_ENFORCE,
+            report_allows: 1,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn a_restarted_agent_adopts_the_pinned_session_its_maps_and_its_unread_events() {
+        let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let three: Ipv4Addr = "127.0.0.3".parse().unwrap();
+        let t = TestCgroup::new("adopt");
+        let dir = t.cg().path().to_path_buf();
+        {
+            let (mut enforcer, _rings) = Enforcer::load(settings()).unwrap();
+            enforcer.apply(&allowing(&[two])).unwrap();
+            enforcer.attach(t.cg(), &t.1).unwrap();
+            assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
+            // The agent goes away without detaching (killed): nothing is read, nothing unpinned.
+        }
+        // Still confined with no agent at all.
+        assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
+
+        let (mut enforcer, mut rings) = Enforcer::adopt(&t.1).unwrap();
+        let events = drain(&mut rings);
+        let denies = events
+            .iter()
+            .filter(|e| e.action == ACTION_DENY && addr(e) == three)
+            .count();
+        assert_eq!(
+            denies, 2,
+            "unread deny events survive the agent: {events:#?}"
+        );
+        // `apply` diffs against what the maps hold: 127.0.0.2 is removed, 127.0.0.3 added.
+        enforcer.apply(&allowing(&[three])).unwrap();
+        assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["EPERM", "ok"]);
+        assert!(drain(&mut rings)
+            .iter()
+            .any(|e| e.action == ACTION_DENY && addr(e) == two));
+        enforcer.detach().unwrap();
+        assert!(!Path::new(loader::PIN_ROOT).join(&t.1).exists());
+        assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "ok"]);
+    }
+
+    #[test]
+    fn an_existing_cgroup_is_confined_except_its_exempt_control_cgroup() {
+        let t = TestCgroup::new("workspace");
+        let top = t.cg().path().to_path_buf();
+        let (work, control) = (top.join("work"), top.join("control"));
+        std::fs::create_dir(&work).unwrap();
+        std::fs::create_dir(&control).unwrap();
+        let (mut enforcer, mut rings) = Enforcer::load(settings()).unwrap();
+        enforcer
+            .apply(&allowing(&["127.0.0.2".parse().unwrap()]))
+            .unwrap();
+        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer
+            .set_exempt(&[loader::cgroup_id(&control).unwrap()])
+            .unwrap();
+        assert_eq!(
+            connects(&work, &["127.0.0.2", "127.0.0.3"]),
+            ["ok", "EPERM"]
+        );
+        assert_eq!(connects(&top, &["127.0.0.3"]), ["EPERM"]);
+        assert_eq!(connects(&control, &["127.0.0.3"]), ["ok"]);
+        // Exempt processes pass untouched: no events.
+        let control_id = loader::cgroup_id(&control).unwrap();
+        assert!(!drain(&mut rings).iter().any(|e| e.cgroup_id == control_id));
+        enforcer.set_exempt(&[]).unwrap();
+        assert_eq!(connects(&control, &["127.0.0.3"]), ["EPERM"]);
+        enforcer.detach().unwrap();
+    }
+
+    #[test]
+    fn allow_events_are_deduplicated_per_process_and_destination_and_denials_never() {
+        let t = TestCgroup::new("dedup");
+        let dir = t.cg().path().to_path_buf();
+        let (mut enforcer, mut rings) = Enforcer::load(Settings {
+            allow_window_ms: 500,
+            ..settings()
+        })
+        .unwrap();
+        enforcer
+            .apply(&allowing(&["127.0.0.2".parse().unwrap()]))
+            .unwrap();
+        enforcer.attach(t.cg(), &t.1).unwrap();
+        in_cgroup(
+            &dir,
+            "import socket, time\ndef c(a):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try: s.connect((a, 9))\n    except OSError: pass\nfor _ in range(50): c('127.0.0.2'); c('127.0.0.3')\ntime.sleep(0.7)\nc('127.0.0.2')\n",
+        );
+        let events = drain(&mut rings);
+        let allows: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.action == ACTION_ALLOW && e.hook == HOOK_CONNECT4)
+            .collect();
+        let counts: Vec<u32> = allows.iter().map(|e| e.count).collect();
+        assert_eq!(counts, [1, 50], "{allows:#?}");
+        let denies = events.iter().filter(|e| e.action == ACTION_DENY).count();
+        assert_eq!(denies, 50);
+        assert_eq!(enforcer.suppressed(), (49, 0));
+        assert_eq!(enforcer.lost(), (0, 0));
+        enforcer.detach().unwrap();
+    }
+}
