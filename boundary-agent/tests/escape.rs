@@ -1185,6 +1185,12 @@ mod enforcer {
     }
 
     fn in_cgroup(dir: &Path, code: &str) -> Output {
+        let out = spawn_in_cgroup(dir, code).wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    }
+
+    fn spawn_in_cgroup(dir: &Path, code: &str) -> std::process::Child {
         let procs =
             std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
         let mut cmd = Command::new(PYTHON);
@@ -1200,9 +1206,7 @@ mod enforcer {
                 Ok(())
             });
         }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        out
+        cmd.stdout(Stdio::piped()).spawn().unwrap()
     }
 
     fn drain(rings: &mut Rings) -> Vec<Event> {
@@ -1312,6 +1316,16 @@ mod enforcer {
         );
         assert_eq!(connects(&top, &["127.0.0.3"]), ["EPERM"]);
         assert_eq!(connects(&control, &["127.0.0.3"]), ["ok"]);
+        // A datagram actually sent from the exempt cgroup passes sendmsg4 and egress too; from
+        // the confined one it does not.
+        let send = "import socket, errno\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    s.sendto(b'x', ('127.0.0.3', 9)); print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n";
+        let said = |dir: &Path| {
+            String::from_utf8_lossy(&in_cgroup(dir, send).stdout)
+                .trim()
+                .to_string()
+        };
+        assert_eq!(said(&control), "ok");
+        assert_eq!(said(&work), "EPERM");
         // Exempt processes pass untouched: no events.
         let control_id = loader::cgroup_id(&control).unwrap();
         assert!(!drain(&mut rings).iter().any(|e| e.cgroup_id == control_id));
@@ -1348,6 +1362,41 @@ mod enforcer {
         assert_eq!(denies, 50);
         assert_eq!(enforcer.suppressed(), (49, 0));
         assert_eq!(enforcer.lost(), (0, 0));
+        enforcer.detach().unwrap();
+    }
+
+    #[test]
+    fn egress_holds_a_connected_udp_socket_to_a_revoked_destination() {
+        use std::io::{BufRead, BufReader};
+        let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let t = TestCgroup::new("revoke");
+        let dir = t.cg().path().to_path_buf();
+        let flag = tempfile::tempdir().unwrap();
+        let go = flag.path().join("go");
+        let (mut enforcer, mut rings) = Enforcer::load(settings()).unwrap();
+        enforcer.apply(&allowing(&[two])).unwrap();
+        enforcer.attach(t.cg(), &t.1).unwrap();
+        // connect() is judged once (connect4); send() on a connected UDP socket runs no
+        // sock_addr program at all: only egress sees it.
+        let code = format!(
+            "import socket, errno, os, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('127.0.0.2', 9))\nprint('connected', flush=True)\nwhile not os.path.exists({go:?}): time.sleep(0.01)\ntry:\n    s.send(b'after'); print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n",
+            go = go.display().to_string()
+        );
+        let mut child = spawn_in_cgroup(&dir, &code);
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "connected");
+        enforcer.apply(&allowing(&[])).unwrap();
+        std::fs::write(&go, "").unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "EPERM");
+        assert!(child.wait().unwrap().success());
+        let events = drain(&mut rings);
+        assert!(
+            events.iter().any(|e| e.action == ACTION_DENY
+                && e.hook == boundary_common::HOOK_EGRESS
+                && addr(e) == two
+                && e.port == 9),
+            "{events:#?}"
+        );
         enforcer.detach().unwrap();
     }
 }
