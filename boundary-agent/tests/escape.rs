@@ -933,17 +933,39 @@ attempt("udp_reply", lambda: u.recvfrom(2000))
 attempt("tcp_forbidden", lambda: bulk(socket.AF_INET, 0, A3, 65536))
 attempt("mptcp_forbidden", lambda: bulk(socket.AF_INET, 262, A3, 65536))
 attempt("udp_forbidden", lambda: u.sendto(b"d" * 1000, (A3, PORT)))
+# Datagrams larger than the veth MTU: egress sees them before fragmentation.
+attempt("udp_big", lambda: u.sendto(b"f" * 8000, (A2, PORT)))
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("udp6_big", lambda: u6.sendto(b"f" * 8000, (B2, PORT)))
+attempt("udp6_big_forbidden", lambda: u6.sendto(b"f" * 8000, (B3, PORT)))
+# TCP Fast Open: the connect happens inside sendto().
+f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+attempt("fastopen_forbidden", lambda: f.sendto(b"t" * 1000, socket.MSG_FASTOPEN, (A3, PORT)))
 "#,
     );
     let r = results(&out);
-    for k in ["mptcp", "tcp", "tcp6", "udp", "udp_reply"] {
+    for k in [
+        "mptcp",
+        "tcp",
+        "tcp6",
+        "udp",
+        "udp_reply",
+        "udp_big",
+        "udp6_big",
+    ] {
         assert_eq!(r[k], "ok", "{k}: {}", text(&out));
     }
-    for k in ["tcp_forbidden", "mptcp_forbidden", "udp_forbidden"] {
+    for k in [
+        "tcp_forbidden",
+        "mptcp_forbidden",
+        "udp_forbidden",
+        "udp6_big_forbidden",
+        "fastopen_forbidden",
+    ] {
         assert_eq!(r[k], "err:EPERM", "{k}: {}", text(&out));
     }
     seen.settle();
-    let expected = (1u64 << 20) + (32 << 20) + (8 << 20) + 1000;
+    let expected = (1u64 << 20) + (32 << 20) + (8 << 20) + 1000 + 8000 + 8000;
     assert_eq!(seen.allowed_payload.load(Ordering::Relaxed), expected);
     seen.assert_nothing_forbidden("allowed traffic");
     assert_truthful_events(&case, Some("connect4"), Some(FORBIDDEN_V4));
