@@ -49,6 +49,25 @@ const FORBIDDEN_V6: &str = "fd00:231::3";
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// Flags `boundary run` needs here. The test starts the command as root and drops to nobody
+/// itself (setpriv), so that it can also run techniques as root inside; where `run` refuses
+/// root callers without `--root` (or `--user`), `--root` says so.
+fn run_flags() -> &'static [&'static str] {
+    static FLAGS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let help = Command::new(BOUNDARY)
+            .args(["run", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if help.contains("--root") {
+            vec!["--root"]
+        } else {
+            Vec::new()
+        }
+    })
+}
+
 /// The shim: when this test binary is re-executed with `SHIM_ENV` set, this "test" installs
 /// the session's syscall filter and execs the command (run normally, it does nothing).
 #[test]
@@ -452,7 +471,9 @@ fn run(net: &Net, case: Option<&Case>, who: As, code: &str) -> Output {
                 .arg(case.path("config.yaml"))
                 .arg("--events")
                 .arg(case.path("events.jsonl"))
-                .args(["--dns-server", "127.0.0.1:9", "--"])
+                .args(["--dns-server", "127.0.0.1:9"])
+                .args(run_flags())
+                .arg("--")
                 .arg(me)
                 .args(["syscall_filter_shim", "--exact", "--nocapture", "--quiet"])
                 .env(SHIM_ENV, inner.join("\u{1f}"));
@@ -1127,6 +1148,7 @@ attempt("other_port", lambda: socket.create_connection(("::1", {tcp_port} + 1), 
         .arg(dir.path().join("config.yaml"))
         .arg("--events")
         .arg(dir.path().join("events.jsonl"))
+        .args(run_flags())
         .args([
             "--",
             "setpriv",
