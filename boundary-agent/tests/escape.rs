@@ -713,6 +713,10 @@ for name, fam, typ, proto in [("packet", 17, socket.SOCK_RAW, 0x0300), ("packet_
     if s is not None and fam == 17:
         attempt(name + "_send", lambda: s.sendto(b"\xff" * 64, ("ec0", 0)))
 attempt("socketpair_inet", lambda: socket.socketpair(socket.AF_INET, socket.SOCK_STREAM))
+# SOCK_PACKET on AF_INET: the kernel turns it into an AF_PACKET socket.
+attempt("inet_sock_packet", lambda: socket.socket(socket.AF_INET, 10, 0x0300))
+attempt("inet_seqpacket", lambda: socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, 0))
+attempt("inet_dccp", lambda: socket.socket(socket.AF_INET, 6, 33))
 attempt("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
 attempt("netlink", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
 "#;
@@ -736,6 +740,9 @@ attempt("netlink", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
             "pppox",
             "qipcrtr",
             "socketpair_inet",
+            "inet_sock_packet",
+            "inet_seqpacket",
+            "inet_dccp",
         ] {
             assert_eq!(
                 r.get(name).map(String::as_str),

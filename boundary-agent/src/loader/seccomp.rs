@@ -3,8 +3,9 @@
 //! BPF_PROG_TYPE_LSM, or where `bpf` is not among the active LSMs).
 //!
 //! - `socket()`: AF_UNIX, AF_NETLINK, AF_INET and AF_INET6 only (the family allowlist of the
-//!   `lsm_socket_create` program); inet sockets are then judged, and refusals reported, by the
-//!   `sock_create` program (TCP, MPTCP, UDP only). `socketpair()`: AF_UNIX only. Everything
+//!   `lsm_socket_create` program), inet ones of type stream, datagram or raw (not
+//!   SOCK_PACKET, which the kernel turns into AF_PACKET); inet sockets are then judged, and
+//!   refusals reported, by the `sock_create` program (TCP, MPTCP, UDP only). `socketpair()`: AF_UNIX only. Everything
 //!   else (AF_PACKET, AF_VSOCK, AF_XDP, AF_ALG, ...) fails with EPERM. A seccomp filter writes
 //!   no Boundary event: where the LSM programs load, they refuse (and report) first.
 //! - `bpf()`: EPERM (no loading, detaching or reading pinned programs and maps).
@@ -32,6 +33,7 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 // Classic BPF opcodes (linux/filter.h).
 const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_ALU_AND_K: u16 = 0x54;
 const BPF_JEQ_K: u16 = 0x15;
 const BPF_JGE_K: u16 = 0x35;
 const BPF_JSET_K: u16 = 0x45;
@@ -48,6 +50,11 @@ const AF_UNIX: u32 = 1;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const AF_NETLINK: u32 = 16;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+/// SOCK_TYPE_MASK: the type without SOCK_NONBLOCK / SOCK_CLOEXEC.
+const SOCK_TYPE_MASK: u32 = 0xf;
 const CLONE_NEWUSER: u32 = 0x1000_0000;
 
 /// A jump target: the next instruction, or a label.
@@ -105,10 +112,18 @@ impl SyscallFilter {
             Stmt(BPF_LD_W_ABS, arg_lo(0)),
             Jump(BPF_JEQ_K, AF_UNIX, L("allow"), Next),
             Jump(BPF_JEQ_K, AF_NETLINK, L("allow"), Next),
-            // Inet sockets pass: the eBPF programs judge their type and protocol (and report
-            // what they refuse, which a seccomp filter cannot).
-            Jump(BPF_JEQ_K, AF_INET, L("allow"), Next),
-            Jump(BPF_JEQ_K, AF_INET6, L("allow"), L("eperm")),
+            Jump(BPF_JEQ_K, AF_INET, L("inet"), Next),
+            Jump(BPF_JEQ_K, AF_INET6, L("inet"), L("eperm")),
+            // Inet sockets of type stream, datagram or raw pass: the eBPF programs judge their
+            // type and protocol (and report what they refuse, which a seccomp filter cannot).
+            // Any other type is refused here: SOCK_PACKET in particular, which the kernel
+            // turns into an AF_PACKET socket after this filter has seen AF_INET.
+            Label("inet"),
+            Stmt(BPF_LD_W_ABS, arg_lo(1)),
+            Stmt(BPF_ALU_AND_K, SOCK_TYPE_MASK),
+            Jump(BPF_JEQ_K, SOCK_STREAM, L("allow"), Next),
+            Jump(BPF_JEQ_K, SOCK_DGRAM, L("allow"), Next),
+            Jump(BPF_JEQ_K, SOCK_RAW, L("allow"), L("eperm")),
             Label("allow"),
             Stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
             Label("eperm"),
