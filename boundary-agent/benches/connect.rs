@@ -1,8 +1,15 @@
 //! Boundary's cost, measured in one run on loopback (figures go into BENCHMARKS.md):
 //!
-//! - connect()+close() of a UDP socket to 127.0.0.2 outside any boundary (the baseline), inside a boundary with
-//!   a 1-rule policy (with and without allow events), and inside one with 10,000 rules (mixed
-//!   domains and CIDRs; the domains map to addresses that are installed but never contacted);
+//! - socket()+connect()+close() of a UDP socket to 127.0.0.2 outside any boundary (the
+//!   baseline), inside a boundary with a 1-rule policy and inside one with 10,000 rules (mixed
+//!   domains and CIDRs; the domains map to addresses that are installed but never contacted),
+//!   each with and without allow events. Every program of the session is attached (sock_create
+//!   runs at socket(), connect4 at connect(); setsockopt and egress are attached but this loop
+//!   sends nothing). Allow events are deduplicated in the kernel per process and destination
+//!   (one per second here), as in production;
+//! - bulk TCP throughput over loopback (127.0.0.2) from outside any boundary and from inside
+//!   one: the egress program runs for every packet a session socket sends (the first-line
+//!   sock_addr programs only at connect), so the ratio is its per-packet cost;
 //! - wall time of `boundary run -- true`;
 //! - the agent's peak RSS with the 10,000-rule policy.
 //!
@@ -26,6 +33,9 @@ use std::time::{Duration, Instant};
 const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
 const CONNECTS: usize = 50_000;
 const ROUNDS: usize = 5;
+/// Bytes per bulk TCP run, and rounds (alternating outside/inside).
+const BULK_BYTES: u64 = 2 << 30;
+const BULK_ROUNDS: usize = 7;
 
 /// A policy file and extra `boundary run` flags.
 type Boundary<'a> = (&'a Path, &'a [&'a str]);
@@ -34,6 +44,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("client") {
         client(args[2].parse().unwrap(), args[3].parse().unwrap());
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("bulk") {
+        bulk_client(args[2].parse().unwrap(), args[3].parse().unwrap());
         return;
     }
     if !nix_is_root() {
@@ -54,7 +68,7 @@ fn main() {
     let (big, hosts) = ten_thousand_rules(dir.path());
 
     let me = std::env::current_exe().unwrap();
-    let configs: [(&str, Option<Boundary>); 4] = [
+    let configs: [(&str, Option<Boundary>); 5] = [
         ("outside any boundary (baseline)", None),
         ("boundary, 1 rule", Some((&one, &[]))),
         (
@@ -62,6 +76,10 @@ fn main() {
             Some((&one, &["--deny-events-only"])),
         ),
         ("boundary, 10,000 rules", Some((&big, &[]))),
+        (
+            "boundary, 10,000 rules, --deny-events-only",
+            Some((&big, &["--deny-events-only"])),
+        ),
     ];
     let mut medians: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
@@ -100,12 +118,13 @@ fn main() {
                 .collect();
             medians[i].push(f[0]);
             p99s[i].push(f[1]);
-            if i == 3 {
+            if i >= 3 {
                 rss_kb = rss_kb.max(f[2] as u64);
             }
         }
     }
     let startup = startup_times(&one, &hosts);
+    let bulk = bulk_rounds(&me, &one, &hosts);
 
     let med = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -136,6 +155,18 @@ fn main() {
             },
         ));
     }
+    let (outside, inside) = bulk;
+    let (o, i) = (med(&outside), med(&inside));
+    out.push_str(&format!(
+        "\nBulk TCP over loopback to 127.0.0.2, {} GiB per run, {BULK_ROUNDS} alternating rounds \
+         (median Gbit/s; every run listed):\n\n| configuration | Gbit/s | vs outside | runs |\n|---|---:|---:|---|\n\
+         | outside any boundary (baseline) | {o:.2} | 1.000× | {} |\n\
+         | boundary, 1 rule (egress program on every packet) | {i:.2} | {:.3}× | {} |\n",
+        BULK_BYTES >> 30,
+        runs(&outside),
+        i / o,
+        runs(&inside),
+    ));
     out.push_str(&format!(
         "\n`boundary run -- true`, wall time over {} runs: median {:.1} ms, max {:.1} ms.\n",
         startup.len(),
@@ -148,6 +179,82 @@ fn main() {
     ));
     print!("{out}");
     std::io::stdout().flush().unwrap();
+}
+
+fn runs(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Bulk TCP: a sink on 127.0.0.2 (outside any boundary) reads everything; the client (this
+/// binary, `bulk ADDR BYTES`) runs outside, then inside a boundary, alternately.
+fn bulk_rounds(me: &Path, config: &Path, hosts: &Path) -> (Vec<f64>, Vec<f64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut outside = Vec::new();
+    let mut inside = Vec::new();
+    for _ in 0..BULK_ROUNDS {
+        for boundary in [false, true] {
+            let mut cmd = if boundary {
+                let mut c = Command::new(BOUNDARY);
+                c.args(["run", "--config"])
+                    .arg(config)
+                    .arg("--hosts-file")
+                    .arg(hosts)
+                    .args(["--dns-server", "127.0.0.1:9", "--events", "/dev/null", "--"])
+                    .arg(me);
+                c
+            } else {
+                Command::new(me)
+            };
+            let out = cmd
+                .args(["bulk", &addr.to_string(), &BULK_BYTES.to_string()])
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "bulk run: {out:?}");
+            let gbps: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            if boundary {
+                inside.push(gbps);
+            } else {
+                outside.push(gbps);
+            }
+        }
+    }
+    (outside, inside)
+}
+
+/// Sends `bytes` over one TCP connection and prints Gbit/s (connect to the sink's EOF).
+fn bulk_client(addr: SocketAddr, bytes: u64) {
+    use std::io::Write as _;
+    let chunk = vec![0x5au8; 1 << 18];
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+    let secs = t.elapsed().as_secs_f64();
+    println!("{}", bytes as f64 * 8.0 / secs / 1e9);
 }
 
 /// 5,000 domains (hosts file → 10.x.y.1) and 5,000 CIDRs, plus the rule the client needs.

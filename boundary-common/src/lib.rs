@@ -190,6 +190,23 @@ pub struct DedupValue {
     pub _pad: u32,
 }
 
+/// One slot of the allow-event dedup cache (`ALLOW_SEEN`, a per-CPU array indexed by a hash
+/// of the key): the last key seen in this slot on this CPU, when its event was written, and
+/// how many were suppressed since. A collision just replaces the slot: one more event, never
+/// one fewer (the replaced slot's suppressed count then appears only in the per-CPU total,
+/// `SUPPRESSED_ALLOW`, which stays exact).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupSlot {
+    pub key: DedupKey,
+    pub last_ns: u64,
+    pub suppressed: u32,
+    pub _pad: u32,
+}
+
+/// Slots of the allow-event dedup cache, per CPU (a power of two).
+pub const ALLOW_SEEN_SLOTS: u32 = 4096;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` data with explicit padding fields, valid for any bit pattern.
@@ -199,4 +216,5 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
+    unsafe impl aya::Pod for super::DedupSlot {}
 }

@@ -2,10 +2,12 @@
 //! for what must hold even where the BPF LSM programs cannot load (kernels that refuse
 //! BPF_PROG_TYPE_LSM, or where `bpf` is not among the active LSMs).
 //!
-//! - `socket()`: AF_UNIX, AF_NETLINK, and AF_INET/AF_INET6 with TCP, MPTCP or UDP only (the
-//!   same allowlist as the `sock_create` and `lsm_socket_create` programs); `socketpair()`:
-//!   AF_UNIX only. Everything else (AF_PACKET, AF_VSOCK, AF_XDP, AF_ALG, raw, ping, UDP-Lite,
-//!   ...) fails with EPERM.
+//! - `socket()`: AF_UNIX, AF_NETLINK, AF_INET and AF_INET6 only (the family allowlist of the
+//!   `lsm_socket_create` program), inet ones of type stream, datagram or raw (not
+//!   SOCK_PACKET, which the kernel turns into AF_PACKET); inet sockets are then judged, and
+//!   refusals reported, by the `sock_create` program (TCP, MPTCP, UDP only). `socketpair()`: AF_UNIX only. Everything
+//!   else (AF_PACKET, AF_VSOCK, AF_XDP, AF_ALG, ...) fails with EPERM. A seccomp filter writes
+//!   no Boundary event: where the LSM programs load, they refuse (and report) first.
 //! - `bpf()`: EPERM (no loading, detaching or reading pinned programs and maps).
 //! - `unshare()` / `clone()` with CLONE_NEWUSER: EPERM; `clone3()`: ENOSYS, so that libc
 //!   falls back to `clone()`, whose flags a filter can read.
@@ -50,6 +52,8 @@ const AF_INET6: u32 = 10;
 const AF_NETLINK: u32 = 16;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+/// SOCK_TYPE_MASK: the type without SOCK_NONBLOCK / SOCK_CLOEXEC.
 const SOCK_TYPE_MASK: u32 = 0xf;
 const CLONE_NEWUSER: u32 = 0x1000_0000;
 
@@ -110,25 +114,16 @@ impl SyscallFilter {
             Jump(BPF_JEQ_K, AF_NETLINK, L("allow"), Next),
             Jump(BPF_JEQ_K, AF_INET, L("inet"), Next),
             Jump(BPF_JEQ_K, AF_INET6, L("inet"), L("eperm")),
+            // Inet sockets of type stream, datagram or raw pass: the eBPF programs judge their
+            // type and protocol (and report what they refuse, which a seccomp filter cannot).
+            // Any other type is refused here: SOCK_PACKET in particular, which the kernel
+            // turns into an AF_PACKET socket after this filter has seen AF_INET.
             Label("inet"),
             Stmt(BPF_LD_W_ABS, arg_lo(1)),
             Stmt(BPF_ALU_AND_K, SOCK_TYPE_MASK),
-            Jump(BPF_JEQ_K, SOCK_STREAM, L("stream"), Next),
-            Jump(BPF_JEQ_K, SOCK_DGRAM, L("dgram"), L("eperm")),
-            Label("stream"),
-            Stmt(BPF_LD_W_ABS, arg_lo(2)),
-            Jump(BPF_JEQ_K, 0, L("allow"), Next),
-            Jump(BPF_JEQ_K, libc::IPPROTO_TCP as u32, L("allow"), Next),
-            Jump(
-                BPF_JEQ_K,
-                libc::IPPROTO_MPTCP as u32,
-                L("allow"),
-                L("eperm"),
-            ),
-            Label("dgram"),
-            Stmt(BPF_LD_W_ABS, arg_lo(2)),
-            Jump(BPF_JEQ_K, 0, L("allow"), Next),
-            Jump(BPF_JEQ_K, libc::IPPROTO_UDP as u32, L("allow"), L("eperm")),
+            Jump(BPF_JEQ_K, SOCK_STREAM, L("allow"), Next),
+            Jump(BPF_JEQ_K, SOCK_DGRAM, L("allow"), Next),
+            Jump(BPF_JEQ_K, SOCK_RAW, L("allow"), L("eperm")),
             Label("allow"),
             Stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
             Label("eperm"),
