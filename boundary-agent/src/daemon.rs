@@ -47,6 +47,10 @@ pub struct AgentOptions {
     pub dns_server: Option<SocketAddr>,
     pub hosts_file: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
+    /// Whole-workspace mode: confine this existing cgroup and everything in it.
+    pub confine: Option<PathBuf>,
+    /// Cgroups inside `confine` left unconfined (the workspace's control processes).
+    pub exempt: Vec<PathBuf>,
 }
 
 struct Agent {
@@ -75,6 +79,12 @@ struct SessionEntry {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(opts: AgentOptions) -> Result<()> {
     session::check_privileges()?;
+    if std::os::unix::net::UnixStream::connect(&opts.socket).is_ok() {
+        return Err(Error::Agent(format!(
+            "another agent is already listening on {}",
+            opts.socket.display()
+        )));
+    }
     for path in std::iter::once(&opts.config).chain(opts.policies.iter().map(|(_, p)| p)) {
         trusted_file(path)?;
         let policy = policy::load(path)?;
@@ -82,7 +92,6 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
             trusted_file(hosts)?;
         }
     }
-    let listener = bind(&opts.socket)?;
     let (tap, _) = broadcast::channel(4096);
     let agent = Arc::new(Agent {
         opts,
@@ -98,6 +107,14 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         tokio::spawn(write_all_events(agent.clone(), path));
     }
     adopt_orphans(&agent).await;
+    // Held for the agent's lifetime: dropping it would change nothing in the kernel (the
+    // workspace session is permanent), but its tasks keep events and policy flowing.
+    let _workspace = match agent.opts.confine.clone() {
+        Some(path) => Some(confine_workspace(&agent, &path).await?),
+        None => None,
+    };
+    // Listening means ready: sessions adopted, the workspace (if any) confined.
+    let listener = bind(&agent.opts.socket)?;
     tracing::info!(socket = %agent.opts.socket.display(), policy = %agent.opts.config.display(), "boundary agent listening");
     eprintln!(
         "boundary agent: listening on {} (policy {})",
@@ -126,6 +143,56 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
     // No destructors: they would detach the sessions. The kernel keeps the pinned links.
     std::process::exit(0);
+}
+
+/// Whole-workspace mode: puts the agent itself in an exempt cgroup if it runs inside the one
+/// it confines, then attaches the programs to the workspace cgroup.
+async fn confine_workspace(agent: &Arc<Agent>, path: &Path) -> Result<Session> {
+    let path = std::fs::canonicalize(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    let mut exempt = agent.opts.exempt.clone();
+    let mount = crate::cgroup::cgroup2_root()?;
+    let own = cgroup_of(std::process::id() as i32).unwrap_or_default();
+    let own_path = mount.join(own.trim_start_matches('/'));
+    let exempted = exempt
+        .iter()
+        .any(|e| std::fs::canonicalize(e).is_ok_and(|e| own_path.starts_with(e)));
+    if own_path.starts_with(&path) && !exempted {
+        // The agent must keep its own network (DNS, control plane): it moves itself into a
+        // child cgroup of its own, exempt from the policy.
+        let own_cgroup = path.join("boundary-agent");
+        let _ = std::fs::create_dir(&own_cgroup);
+        std::fs::write(
+            own_cgroup.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .map_err(|e| {
+            Error::Agent(format!(
+                "the agent runs inside {} and could not move itself to {}: {e}; start it in                  an --exempt-cgroup",
+                path.display(),
+                own_cgroup.display()
+            ))
+        })?;
+        exempt.push(own_cgroup);
+    }
+    let spec = SessionSpec {
+        config: agent.opts.config.clone(),
+        command_line: format!("(every process in {})", path.display()),
+        hosts_file: agent.opts.hosts_file.clone(),
+        dns_server: agent.opts.dns_server,
+        owner_uid: Some(0),
+        ..SessionSpec::default()
+    };
+    let session = Session::confine_existing(spec, &path, &exempt, Some(agent.tap.clone())).await?;
+    tracing::info!(cgroup = %path.display(), exempt = exempt.len(), "whole-workspace confinement in force");
+    eprintln!(
+        "boundary agent: confining every process in {} ({} exempt cgroup(s))",
+        path.display(),
+        exempt.len()
+    );
+    Ok(session)
 }
 
 /// Takes over the sessions of a dead agent (or of a killed single-shot run): they stayed
@@ -392,6 +459,28 @@ fn inside_boundary(pid: i32, own_prefix: &str) -> bool {
     }
 }
 
+/// Whole-workspace mode: whether the process is under the confined cgroup and not exempt.
+fn inside_workspace(agent: &Agent, pid: i32) -> bool {
+    let Some(confined) = &agent.opts.confine else {
+        return false;
+    };
+    let Ok(mount) = crate::cgroup::cgroup2_root() else {
+        return true;
+    };
+    let Some(own) = cgroup_of(pid) else {
+        return true;
+    };
+    let path = mount.join(own.trim_start_matches('/'));
+    let confined = std::fs::canonicalize(confined).unwrap_or_else(|_| confined.clone());
+    let exempt = agent
+        .opts
+        .exempt
+        .iter()
+        .any(|e| std::fs::canonicalize(e).is_ok_and(|e| path.starts_with(e)))
+        || path.starts_with(confined.join("boundary-agent"));
+    path.starts_with(&confined) && !exempt
+}
+
 /// The cgroup path prefix (as /proc/PID/cgroup shows it) of this agent's sessions.
 fn session_prefix(opts: &AgentOptions) -> String {
     let Some(root) = &opts.cgroup_root else {
@@ -414,7 +503,7 @@ fn refuse_if_confined(agent: &Agent, peer: &Peer) -> Result<()> {
             "the kernel did not report the caller's pid".into(),
         ));
     };
-    if inside_boundary(pid, &session_prefix(&agent.opts)) {
+    if inside_boundary(pid, &session_prefix(&agent.opts)) || inside_workspace(agent, pid) {
         return Err(Error::Agent(
             "this process already runs inside a boundary; it cannot start or join another session"
                 .into(),

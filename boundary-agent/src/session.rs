@@ -189,6 +189,7 @@ impl Session {
             cgroup: Some(cgroup),
             session_file: session_file.clone(),
             pin_dir: Path::new(loader::PIN_ROOT).join(&session_id),
+            permanent: false,
         };
         // On error the guard removes the cgroup and the pins.
         enforcer.attach(guard.cgroup(), &session_id)?;
@@ -239,6 +240,7 @@ impl Session {
             cgroup: Some(Cgroup::open(&root.join("boundary").join(id))?),
             session_file,
             pin_dir: Path::new(loader::PIN_ROOT).join(id),
+            permanent: false,
         };
         // The file may have changed or broken while nobody watched: a bad one keeps the
         // policy that is in the maps (fail closed), a good one is applied.
@@ -271,6 +273,78 @@ impl Session {
             guard,
         };
         running.launch(tap, "boundary.session.adopted", fields)
+    }
+
+    /// Whole-workspace mode: confines an existing cgroup (a container's, a systemd slice) and
+    /// everything in it, processes already running included, except the `exempt` cgroups (the
+    /// workspace's own control processes, this agent). The programs stay attached for good:
+    /// neither the end of the agent nor a restart removes them; a restarted agent adopts them.
+    pub async fn confine_existing(
+        spec: SessionSpec,
+        cgroup: &Path,
+        exempt: &[PathBuf],
+        tap: Option<events::Tap>,
+    ) -> Result<Session> {
+        const ID: &str = "workspace";
+        let mut policy = policy::load(&spec.config)?;
+        if let Some(mode) = spec.mode {
+            policy.mode = mode;
+        }
+        check_privileges()?;
+        let pinned = Path::new(loader::PIN_ROOT).join(ID).is_dir();
+        let (mut enforcer, rings) = if pinned {
+            Enforcer::adopt(ID)?
+        } else {
+            Enforcer::load(settings(&policy, spec.deny_events_only))?
+        };
+        let mut ids = Vec::new();
+        for path in exempt {
+            ids.push(loader::cgroup_id(path)?);
+        }
+        enforcer.set_exempt(&ids)?;
+        let resolver_config =
+            ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
+        let mut resolver = Resolver::new(&policy, resolver_config.clone());
+        let book = resolver.resolve_initial().await;
+        let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
+        enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
+        enforcer.apply(&compiled)?;
+        let guard = Cleanup {
+            cgroup: Some(Cgroup::open(cgroup)?),
+            session_file: Path::new(RUN_DIR).join(ID),
+            pin_dir: Path::new(loader::PIN_ROOT).join(ID),
+            permanent: true,
+        };
+        if !pinned {
+            enforcer.attach(guard.cgroup(), ID)?;
+        }
+        let fields = json!({
+            "boundary.policy.source": spec.config.display().to_string(),
+            "boundary.policy.rules": policy.rules.len(),
+            "boundary.cgroup.path": cgroup.display().to_string(),
+            "boundary.exempt.cgroups": exempt.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "process.pid": std::process::id(),
+        });
+        let running = Running {
+            id: ID.to_string(),
+            spec,
+            policy,
+            enforcer,
+            rings,
+            resolver,
+            resolver_config,
+            book,
+            guard,
+        };
+        running.launch(
+            tap,
+            if pinned {
+                "boundary.session.adopted"
+            } else {
+                "boundary.session.start"
+            },
+            fields,
+        )
     }
 
     pub fn spec(&self) -> &SessionSpec {
@@ -532,6 +606,8 @@ struct Cleanup {
     cgroup: Option<Cgroup>,
     session_file: PathBuf,
     pin_dir: PathBuf,
+    /// Whole-workspace mode: the cgroup is not ours and the programs stay attached for good.
+    permanent: bool,
 }
 
 impl Cleanup {
@@ -544,6 +620,9 @@ impl Cleanup {
     }
 
     fn cleanup(&mut self) {
+        if self.permanent {
+            return;
+        }
         loader::remove_pin_dir(&self.pin_dir);
         if let Some(cgroup) = self.cgroup.take() {
             if let Err(e) = cgroup.remove() {

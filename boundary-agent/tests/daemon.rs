@@ -734,3 +734,104 @@ fn a_killed_agent_leaves_sessions_confined_and_a_new_one_adopts_them() {
         .count();
     assert_eq!(denies, 2, "{:#?}", agent.events());
 }
+
+/// Starts `script` (python) as `nobody` inside the cgroup directory `cgroup`.
+fn python_in_cgroup(cgroup: &Path, script: &str) -> Child {
+    let procs = cgroup.join("cgroup.procs");
+    let mut c = Command::new("python3");
+    c.args(["-c", script]).stdout(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec (write to a file by path via
+    // std::fs would allocate, so the path is prepared before).
+    let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            if libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.spawn().unwrap()
+}
+
+#[test]
+fn whole_workspace_mode_confines_running_processes_except_exempt_cgroups() {
+    let workload_target = Counted::start("127.0.0.3");
+    let control_target = Counted::start("127.0.0.3");
+    let mount = boundary_agent::cgroup::cgroup2_root().unwrap();
+    let workspace = mount.join(format!("boundary-ws-test-{}", std::process::id()));
+    let control = workspace.join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let go = dir.path().join("go");
+    let attempt = |port: u16| {
+        format!(
+            "import socket, time, os\n\
+             while not os.path.exists('{go}'): time.sleep(0.02)\n\
+             try:\n    socket.create_connection(('127.0.0.3', {port}), timeout=2).sendall(b'x'); print('reached', flush=True)\n\
+             except OSError as e:\n    print('refused', e.errno, flush=True)\n",
+            go = go.display()
+        )
+    };
+    // Both started before the agent: whole-workspace mode confines what already runs.
+    let workload = python_in_cgroup(&workspace, &attempt(workload_target.port));
+    let control_process = python_in_cgroup(&control, &attempt(control_target.port));
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "name: workspace-test\nallow_loopback: false\nallowlist:\n  - \"ip=127.0.0.2\"\n",
+    )
+    .unwrap();
+    let mut agent = Command::new(BOUNDARY)
+        .arg("agent")
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .args(["--dns-server", "127.0.0.1:9"])
+        .arg("--events")
+        .arg(dir.path().join("events.jsonl"))
+        .arg("--confine-cgroup")
+        .arg(&workspace)
+        .arg("--exempt-cgroup")
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(dir.path().join("agent.sock")).is_err() {
+        assert!(Instant::now() < deadline, "the agent did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The agent dies; the workspace stays confined (pinned for good).
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let workload_out = workload.wait_with_output().unwrap();
+    let control_out = control_process.wait_with_output().unwrap();
+    let pinned = Path::new("/sys/fs/bpf/boundary/workspace").is_dir();
+    // Clean up before asserting: detach (remove the pins) and remove the cgroups.
+    boundary_agent::loader::remove_pin_dir(Path::new("/sys/fs/bpf/boundary/workspace"));
+    let _ = std::fs::remove_file("/run/boundary/sessions/workspace");
+    let _ = std::fs::remove_dir(&control);
+    let _ = std::fs::remove_dir(workspace.join("boundary-agent"));
+    let _ = std::fs::remove_dir(&workspace);
+    assert!(pinned, "the workspace programs were not pinned");
+    assert_eq!(
+        stdout(&workload_out),
+        "refused 1\n",
+        "{}",
+        text(&workload_out)
+    );
+    assert_eq!(workload_target.received(), 0);
+    assert_eq!(stdout(&control_out), "reached\n", "{}", text(&control_out));
+    assert!(control_target.received() > 0);
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    assert!(events.contains("\"session.id\":\"workspace\""), "{events}");
+}

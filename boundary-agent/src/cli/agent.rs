@@ -44,6 +44,17 @@ pub struct Args {
     #[arg(long, value_name = "DIR", hide_short_help = true)]
     cgroup_root: Option<PathBuf>,
 
+    /// Whole-workspace mode: confine this existing cgroup v2 directory (a container's, a
+    /// systemd slice) and every process in it, already running ones included. The programs
+    /// stay attached for good; a restarted agent adopts them.
+    #[arg(long, value_name = "DIR")]
+    confine_cgroup: Option<PathBuf>,
+
+    /// With --confine-cgroup: leave this cgroup (inside the confined one) unconfined, for the
+    /// workspace's own control processes. Repeatable. The agent exempts itself.
+    #[arg(long, value_name = "DIR", requires = "confine_cgroup")]
+    exempt_cgroup: Vec<PathBuf>,
+
     /// Log level (error, warn, info, debug); BOUNDARY_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -78,6 +89,8 @@ pub fn main(args: Args) -> i32 {
         dns_server: args.dns_server,
         hosts_file: args.hosts_file,
         cgroup_root: args.cgroup_root,
+        confine: args.confine_cgroup,
+        exempt: args.exempt_cgroup,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
