@@ -74,6 +74,8 @@ struct SessionEntry {
     cgroup: PathBuf,
     /// One-time secret the command's own process presents to join; `None` once used.
     token: Option<String>,
+    /// To name the joined process in events even if it exits before they are read.
+    enricher: Option<Arc<crate::events::Enricher>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -228,6 +230,7 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
                 started: SystemTime::now(),
                 cgroup: cgroup.clone(),
                 token: None,
+                enricher: None,
             },
         );
         agent.owners.lock().unwrap().push_back((id.clone(), uid));
@@ -564,6 +567,7 @@ async fn run_session(
             started: SystemTime::now(),
             cgroup: session.cgroup().path().to_path_buf(),
             token: Some(token.clone()),
+            enricher: Some(session.enricher()),
         },
     );
     {
@@ -713,6 +717,15 @@ fn join(agent: &Agent, peer: &Peer, session: &str, token: &str) -> Result<()> {
         if !pidfd_alive(pidfd) {
             return Err(Error::Agent("the joining process exited".into()));
         }
+    }
+    if let Some(enricher) = &entry.enricher {
+        enricher.remember(
+            pid as u32,
+            crate::events::ProcessInfo {
+                command_line: Some(entry.command.join(" ")),
+                ..Default::default()
+            },
+        );
     }
     Ok(())
 }

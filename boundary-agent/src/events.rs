@@ -34,6 +34,57 @@ pub struct Enricher {
     pub book: watch::Receiver<Arc<AddressBook>>,
     clock: Clock,
     users: Mutex<HashMap<u32, Option<String>>>,
+    processes: Mutex<ProcessCache>,
+}
+
+/// What /proc said about a process the first time one of its events was read, so that its
+/// later events (read after it exited, as short-lived processes do) still say who it was.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessInfo {
+    pub name: Option<String>,
+    pub executable: Option<String>,
+    pub command_line: Option<String>,
+    pub parent_pid: Option<u32>,
+}
+
+/// Bounded: the oldest entries go first.
+#[derive(Default)]
+struct ProcessCache {
+    entries: HashMap<u32, ProcessInfo>,
+    order: std::collections::VecDeque<u32>,
+}
+
+const PROCESS_CACHE: usize = 4096;
+
+impl ProcessCache {
+    fn insert(&mut self, pid: u32, info: ProcessInfo) {
+        if self.entries.insert(pid, info).is_none() {
+            self.order.push_back(pid);
+            if self.order.len() > PROCESS_CACHE {
+                if let Some(old) = self.order.pop_front() {
+                    self.entries.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Reads what /proc says of `pid` now; `None` when the process is gone.
+fn read_process(pid: u32) -> Option<ProcessInfo> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let executable = fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let name = fs::read_to_string(dir.join("comm"))
+        .ok()
+        .map(|n| n.trim_end().to_string());
+    let info = ProcessInfo {
+        name,
+        executable,
+        command_line: command_line(&dir),
+        parent_pid: parent_pid(&dir),
+    };
+    (info.name.is_some() || info.executable.is_some()).then_some(info)
 }
 
 impl Enricher {
@@ -48,6 +99,31 @@ impl Enricher {
             book,
             clock: Clock::now(),
             users: Mutex::new(HashMap::new()),
+            processes: Mutex::new(ProcessCache::default()),
+        }
+    }
+
+    /// Records what is known of a process before its events arrive (the session's first
+    /// process: its command line is known even if it exits at once).
+    pub fn remember(&self, pid: u32, info: ProcessInfo) {
+        self.processes.lock().unwrap().insert(pid, info);
+    }
+
+    /// The process facts for an event: /proc while the process lives (cached), the cache after.
+    fn process(&self, pid: u32) -> ProcessInfo {
+        let cached = self.processes.lock().unwrap().entries.get(&pid).cloned();
+        match (read_process(pid), cached) {
+            (Some(mut now), cached) => {
+                // A process that has exec'd since keeps its new facts; a remembered command line
+                // fills a gap only.
+                if now.command_line.is_none() {
+                    now.command_line = cached.and_then(|c| c.command_line);
+                }
+                self.processes.lock().unwrap().insert(pid, now.clone());
+                now
+            }
+            (None, Some(cached)) => cached,
+            (None, None) => ProcessInfo::default(),
         }
     }
 
@@ -110,20 +186,24 @@ impl Enricher {
         let uid = e.uid_gid as u32;
         m.insert("process.pid".into(), pid.into());
         m.insert("thread.id".into(), (e.pid_tgid as u32).into());
-        m.insert("process.executable.name".into(), comm(&e.comm).into());
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        m.insert(
-            "process.executable.path".into(),
-            fs::read_link(proc_dir.join("exe"))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned())
-                .into(),
-        );
-        m.insert(
-            "process.command_line".into(),
-            command_line(&proc_dir).into(),
-        );
-        m.insert("process.parent_pid".into(), parent_pid(&proc_dir).into());
+        // The kernel reports the name of the *thread* that connected (Claude Code's Bun
+        // runtime calls it "HTTP Client"); the process is named as /proc/PID/comm names its
+        // main thread (OpenTelemetry's process.executable.name), the thread gets its own field.
+        let thread = comm(&e.comm);
+        let process = self.process(pid);
+        let name = process
+            .name
+            .clone()
+            .or_else(|| {
+                let exe = process.executable.as_deref()?;
+                Some(Path::new(exe).file_name()?.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| thread.clone());
+        m.insert("process.executable.name".into(), name.into());
+        m.insert("thread.name".into(), thread.into());
+        m.insert("process.executable.path".into(), process.executable.into());
+        m.insert("process.command_line".into(), process.command_line.into());
+        m.insert("process.parent_pid".into(), process.parent_pid.into());
         m.insert("user.id".into(), uid.into());
         m.insert("user.name".into(), self.user_name(uid).into());
         m.insert("group.id".into(), ((e.uid_gid >> 32) as u32).into());

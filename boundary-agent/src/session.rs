@@ -347,6 +347,23 @@ impl Session {
         )
     }
 
+    /// Records the session's first process (pid and command line) for its events, so that
+    /// they name it even if it exits before they are read.
+    pub fn remember_process(&self, pid: u32, command_line: &str) {
+        self.enricher.remember(
+            pid,
+            events::ProcessInfo {
+                command_line: Some(command_line.to_string()),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// The enricher, for whoever learns of the session's processes outside it (the daemon).
+    pub fn enricher(&self) -> Arc<Enricher> {
+        self.enricher.clone()
+    }
+
     pub fn spec(&self) -> &SessionSpec {
         &self.spec
     }

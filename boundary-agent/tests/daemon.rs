@@ -294,6 +294,20 @@ fn an_unprivileged_user_wraps_a_command_through_the_agent() {
     assert_eq!(deny["destination.port"], blocked.port);
     assert_eq!(deny["user.id"], NOBODY);
     assert_eq!(deny["user.name"], "nobody");
+    // The allow event is read after the process exited (allow events are collected in
+    // batches): it still names the process and its command line.
+    let allow = streamed
+        .iter()
+        .find(|e| e["event.action"] == "allow")
+        .unwrap_or_else(|| panic!("no allow event streamed: {}", text(&out)));
+    assert_eq!(allow["thread.name"], "python3");
+    assert_eq!(allow["process.executable.name"], "python3");
+    assert!(
+        allow["process.command_line"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("python3 -c import socket")),
+        "{allow}"
+    );
     assert!(streamed
         .iter()
         .any(|e| e["event.name"] == "boundary.session.start"));
