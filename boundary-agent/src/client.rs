@@ -127,7 +127,9 @@ pub async fn run(opts: ClientRun) -> Result<i32> {
         }
     };
     let _ = protocol::write_json(&mut write, &Request::Exited { code, signal }).await;
-    if tokio::time::timeout(FINISH_TIMEOUT, printer).await.is_err() {
+    // Printing events: wait for the session's last ones. Otherwise the agent ends the
+    // session on its own (the command's exit status is already known here).
+    if opts.events_to_stdout && tokio::time::timeout(FINISH_TIMEOUT, printer).await.is_err() {
         tracing::warn!("the agent did not confirm the end of the session in time");
     }
     Ok(code)

@@ -32,6 +32,8 @@ use crate::session::{self, end_fields, Session, SessionSpec};
 
 /// How many recent events `boundary events` (without --follow) can show.
 const RECENT_EVENTS: usize = 2000;
+/// How long a stopping agent waits for sessions that are ending to finish writing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often a session whose client is gone is checked for remaining processes.
 const ORPHAN_POLL: Duration = Duration::from_millis(250);
 
@@ -62,6 +64,8 @@ struct Agent {
     recent: Mutex<VecDeque<Arc<Map<String, Value>>>>,
     lost: Mutex<(u64, u64)>,
     started: SystemTime,
+    /// A session prepared in advance (programs verified and attached), for the next start.
+    spare: Mutex<Option<session::Prepared>>,
 }
 
 /// What the daemon knows of a live session besides the [`Session`] its connection task owns.
@@ -103,7 +107,9 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         recent: Mutex::new(VecDeque::new()),
         lost: Mutex::new((0, 0)),
         started: SystemTime::now(),
+        spare: Mutex::new(None),
     });
+    refill_spare(&agent);
     tokio::spawn(collect_recent(agent.clone()));
     if let Some(path) = agent.opts.events.clone() {
         tokio::spawn(write_all_events(agent.clone(), path));
@@ -141,10 +147,55 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&agent.opts.socket);
+    // The spare session has no process: remove it (its destructor does).
+    drop(agent.spare.lock().unwrap().take());
+    // Sessions whose processes are gone are being ended (events written, programs detached):
+    // let them finish. Sessions with processes stay attached for the next agent.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while tokio::time::Instant::now() < deadline {
+        let finishing = agent
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .any(|s| !crate::cgroup::session_populated(&s.cgroup));
+        if !finishing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let live = agent.sessions.lock().unwrap().len();
     eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
     // No destructors: they would detach the sessions. The kernel keeps the pinned links.
     std::process::exit(0);
+}
+
+/// Prepares the next session in the background (the kernel takes tens of milliseconds to
+/// verify and attach the programs; a session should not wait for that).
+fn refill_spare(agent: &Arc<Agent>) {
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || {
+        if agent.spare.lock().unwrap().is_some() {
+            return;
+        }
+        let root = match &agent.opts.cgroup_root {
+            Some(r) => r.clone(),
+            None => match crate::cgroup::cgroup2_root() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        match session::Prepared::new(&root, id, boundary_common::Settings::default()) {
+            Ok(prepared) => {
+                let mut spare = agent.spare.lock().unwrap();
+                if spare.is_none() {
+                    *spare = Some(prepared);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "preparing a session in advance failed"),
+        }
+    });
 }
 
 /// Whole-workspace mode: puts the agent itself in an exempt cgroup if it runs inside the one
@@ -211,6 +262,11 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
         },
     };
     for id in session::orphaned_sessions(&root) {
+        if !session::was_started(&id) {
+            // Prepared in advance by a dead agent and never used: nothing ran in it.
+            session::remove_unused(&root, &id);
+            continue;
+        }
         let session = match Session::adopt(&id, &root, Some(agent.tap.clone())).await {
             Ok(s) => s,
             Err(e) => {
@@ -543,7 +599,9 @@ async fn run_session(
             deny_events_only: start.deny_events_only,
             owner_uid: Some(peer.uid),
         };
-        let session = Session::start(spec, Some(agent.tap.clone())).await?;
+        let spare = agent.spare.lock().unwrap().take();
+        refill_spare(&agent);
+        let session = Session::start_with(spec, Some(agent.tap.clone()), spare).await?;
         Ok::<_, Error>((policy_name, session))
     }
     .await;

@@ -132,6 +132,16 @@ impl Session {
     /// Loads the policy, fills the maps, creates the cgroup and attaches the programs: when
     /// this returns, a process that joins [`Session::cgroup`] is confined.
     pub async fn start(spec: SessionSpec, tap: Option<events::Tap>) -> Result<Session> {
+        Session::start_with(spec, tap, None).await
+    }
+
+    /// [`Session::start`] with programs loaded in advance (the agent keeps a spare copy, so
+    /// that a session starts without waiting for the verifier).
+    pub async fn start_with(
+        spec: SessionSpec,
+        tap: Option<events::Tap>,
+        prepared: Option<Prepared>,
+    ) -> Result<Session> {
         let mut policy = policy::load(&spec.config)?;
         if let Some(mode) = spec.mode {
             policy.mode = mode;
@@ -140,59 +150,34 @@ impl Session {
         for warning in policy.warnings() {
             tracing::warn!("{warning}");
         }
-        let session_id = spec
-            .session_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        validate_session_id(&session_id)?;
-
-        // Loaded before the policy is compiled: loading parses the kernel's BTF (~20 MB, freed
-        // right after), and doing it while the compiled policy is not yet in memory keeps the
-        // agent's peak RSS down. Nothing is attached yet, and the maps start empty (deny all).
-        let (mut enforcer, rings) = Enforcer::load(settings(&policy, spec.deny_events_only))?;
-
+        let root = match &spec.cgroup_root {
+            Some(root) => root.clone(),
+            None => cgroup::cgroup2_root()?,
+        };
+        // A prepared session has its own (random) id; a chosen id needs a fresh one.
+        let prepared = match (prepared, &spec.session_id) {
+            (Some(p), None) => p,
+            (_, id) => {
+                let id = id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                validate_session_id(&id)?;
+                Prepared::new(&root, id, settings(&policy, spec.deny_events_only))?
+            }
+        };
+        let Prepared {
+            id: session_id,
+            mut enforcer,
+            rings,
+            guard,
+        } = prepared;
+        enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
         let resolver_config =
             ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
         let mut resolver = Resolver::new(&policy, resolver_config.clone());
         let book = resolver.resolve_initial().await;
         let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
         enforcer.apply(&compiled)?;
-
-        let root = match &spec.cgroup_root {
-            Some(root) => root.clone(),
-            None => cgroup::cgroup2_root()?,
-        };
-        sweep_stale_sessions(&root);
-        // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
-        // whose owner file is missing or names a dead agent.
-        let session_file = Path::new(RUN_DIR).join(&session_id);
-        let _ = std::fs::create_dir_all(RUN_DIR);
-        let owner_alive = std::fs::read_to_string(&session_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
-        if owner_alive || root.join("boundary").join(&session_id).exists() {
-            return Err(Error::InvalidTarget {
-                target: session_id,
-                reason: "a session with this id is already running".into(),
-            });
-        }
-        let _ = std::fs::write(&session_file, std::process::id().to_string());
-        let cgroup = match Cgroup::create(&root, &session_id) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_file(&session_file);
-                return Err(e);
-            }
-        };
-        let guard = Cleanup {
-            cgroup: Some(cgroup),
-            session_file: session_file.clone(),
-            pin_dir: Path::new(loader::PIN_ROOT).join(&session_id),
-            permanent: false,
-        };
-        // On error the guard removes the cgroup and the pins.
-        enforcer.attach(guard.cgroup(), &session_id)?;
         write_spec(&session_id, &spec);
 
         let mut start = json!({
@@ -434,6 +419,66 @@ impl Session {
     }
 }
 
+/// A session cgroup with the programs attached and empty maps (everything denied) and no
+/// process in it yet. The agent keeps one ready, because the kernel takes tens of milliseconds
+/// to verify and attach the programs and a session should not wait for that.
+pub struct Prepared {
+    id: String,
+    enforcer: Enforcer,
+    rings: loader::Rings,
+    guard: Cleanup,
+}
+
+impl Prepared {
+    /// Loads the programs, claims the id, creates the cgroup and attaches (blocking).
+    pub fn new(root: &Path, id: String, settings: Settings) -> Result<Prepared> {
+        let t0 = Instant::now();
+        // Loaded before the policy is compiled: loading may parse the kernel's BTF (~20 MB,
+        // freed right after), and doing it while the compiled policy is not yet in memory
+        // keeps the agent's peak RSS down.
+        let (mut enforcer, rings) = Enforcer::load(settings)?;
+        sweep_stale_sessions(root);
+        // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
+        // whose owner file is missing or names a dead agent.
+        let session_file = Path::new(RUN_DIR).join(&id);
+        let _ = std::fs::create_dir_all(RUN_DIR);
+        let owner_alive = std::fs::read_to_string(&session_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
+        if owner_alive || root.join("boundary").join(&id).exists() {
+            return Err(Error::InvalidTarget {
+                target: id,
+                reason: "a session with this id is already running".into(),
+            });
+        }
+        let _ = std::fs::write(&session_file, std::process::id().to_string());
+        let cgroup = match Cgroup::create(root, &id) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&session_file);
+                return Err(e);
+            }
+        };
+        let guard = Cleanup {
+            cgroup: Some(cgroup),
+            session_file,
+            pin_dir: Path::new(loader::PIN_ROOT).join(&id),
+            permanent: false,
+        };
+        // Maps are empty: until the policy is applied, the cgroup denies everything. On
+        // error the guard removes the cgroup and the pins.
+        enforcer.attach(guard.cgroup(), &id)?;
+        tracing::debug!(session = %id, ms = t0.elapsed().as_secs_f64() * 1e3, "session prepared");
+        Ok(Prepared {
+            id,
+            enforcer,
+            rings,
+            guard,
+        })
+    }
+}
+
 /// A session whose programs are attached, not yet running its event pipeline and policy task.
 struct Running {
     id: String,
@@ -539,6 +584,24 @@ fn write_spec(id: &str, spec: &SessionSpec) {
     if let Ok(bytes) = serde_json::to_vec(spec) {
         let _ = std::fs::write(spec_path(id), bytes);
     }
+}
+
+/// Removes a session that has no process and no one to report for (a prepared session whose
+/// agent died before using it).
+pub fn remove_unused(root: &Path, id: &str) {
+    let dir = root.join("boundary").join(id);
+    if cgroup::session_populated(&dir) {
+        return;
+    }
+    loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(id));
+    let _ = cgroup::remove_dir(&dir);
+    let _ = std::fs::remove_file(Path::new(RUN_DIR).join(id));
+    let _ = std::fs::remove_file(spec_path(id));
+}
+
+/// Whether a session was ever started (a prepared session has no spec yet).
+pub fn was_started(id: &str) -> bool {
+    spec_path(id).exists()
 }
 
 /// Sessions under `root` whose owner (agent or single-shot run) is gone: what a restarted
