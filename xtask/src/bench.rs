@@ -6,7 +6,8 @@ use anyhow::Result;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Target {
-    /// connect() cost outside/inside a boundary, 1 vs 10,000 rules, start-up time, agent RSS.
+    /// connect() cost outside/inside a boundary, 1 vs 10,000 rules, egress throughput, agent
+    /// RSS; wall time of a wrapped command through the agent and single-shot.
     Boundary,
     /// Latency added by Bridge, throughput ratio, RSS with 1,000 open streams.
     Bridge,
@@ -17,7 +18,9 @@ pub fn run(target: Target) -> Result<()> {
     match target {
         Target::Boundary => {
             step("cargo bench -p boundary-agent --bench connect")?;
-            shell::cargo(&["bench", "-p", "boundary-agent", "--bench", "connect"])
+            shell::cargo(&["bench", "-p", "boundary-agent", "--bench", "connect"])?;
+            step("cargo bench -p boundary-agent --bench startup")?;
+            shell::cargo(&["bench", "-p", "boundary-agent", "--bench", "startup"])
         }
         Target::Bridge => {
             step("cargo bench -p bridge --bench gateway")?;
