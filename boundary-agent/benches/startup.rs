@@ -24,8 +24,11 @@ fn main() {
         std::process::exit(1);
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -65,16 +68,14 @@ fn main() {
             "`boundary run --config F --user nobody -- true` (single-shot, root)",
             Box::new(|| {
                 let mut c = Command::new(BOUNDARY);
-                c.args(["run", "--config"])
-                    .arg(&config)
-                    .args([
-                        "--dns-server",
-                        "127.0.0.1:9",
-                        "--user",
-                        "nobody",
-                        "--",
-                        "/usr/bin/true",
-                    ]);
+                c.args(["run", "--config"]).arg(&config).args([
+                    "--dns-server",
+                    "127.0.0.1:9",
+                    "--user",
+                    "nobody",
+                    "--",
+                    "/usr/bin/true",
+                ]);
                 c
             }),
         ),

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -454,9 +455,11 @@ impl Sink {
                 source,
             })?;
         }
+        // Events name users, command lines and destinations: not for every local user.
         let file: File = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o640)
             .open(path)
             .map_err(|source| Error::File {
                 path: path.to_path_buf(),

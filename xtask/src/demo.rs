@@ -52,7 +52,13 @@ pub fn run() -> Result<()> {
         .arg("--hosts-file")
         .arg(&hosts)
         // Nothing listens there: names come from the hosts file, never from the machine's DNS.
-        .args(["--dns-server", "127.0.0.1:9", "--log-level", "warn", "--socket"])
+        .args([
+            "--dns-server",
+            "127.0.0.1:9",
+            "--log-level",
+            "warn",
+            "--socket",
+        ])
         .arg(&socket)
         .spawn()
         .with_context(|| format!("starting {}", boundary.display()))?;
@@ -75,7 +81,9 @@ pub fn run() -> Result<()> {
 
     for (name, ip) in [("allowed.test", "127.0.0.2"), ("blocked.test", "127.0.0.3")] {
         let url = format!("http://{name}:{port}/");
-        step(&format!("(as nobody) boundary run --events - -- curl {url}"))?;
+        step(&format!(
+            "(as nobody) boundary run --events - -- curl {url}"
+        ))?;
         // --resolve keeps curl off the machine's DNS resolver: the demo stays on loopback.
         let status = as_nobody(&["run", "--events", "-"])
             .args(["--", "curl", "-sS", "--max-time", "5", "--resolve"])

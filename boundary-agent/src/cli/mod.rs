@@ -64,6 +64,8 @@ fn init_logging(level: &str) {
     let filter = std::env::var("BOUNDARY_LOG").unwrap_or_else(|_| level.to_string());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&filter)

@@ -297,7 +297,11 @@ fn build_policy(root: Node, errors: &mut Errors) -> Policy {
                 policy.rules = build_rules(value, errors);
             }
             "dns" => policy.dns = build_dns(value, errors),
-            other => errors.add(key.pos, other, unknown_key(other, TOP_LEVEL_KEYS)),
+            other => errors.add(
+                key.pos,
+                shown_key(other),
+                unknown_key(other, TOP_LEVEL_KEYS),
+            ),
         }
     }
     if !seen_allowlist {
@@ -362,7 +366,7 @@ fn build_dns(node: Node, errors: &mut Errors) -> DnsSettings {
             }
             other => errors.add(
                 key.pos,
-                format!("dns.{other}"),
+                format!("dns.{}", shown_key(other)),
                 unknown_key(other, DNS_KEYS),
             ),
         }
@@ -454,7 +458,8 @@ fn parse_rule_string(text: &str) -> Result<Rule, RuleProblem> {
             return Err(RuleProblem::new(
                 "",
                 format!(
-                    "`{token}` is not key=value (rules look like \"domain=github.com port=443\")"
+                    "`{}` is not key=value (rules look like \"domain=github.com port=443\")",
+                    shown_key(token)
                 ),
             ));
         };
@@ -468,7 +473,7 @@ fn parse_rule_string(text: &str) -> Result<Rule, RuleProblem> {
             "path" => &mut parts.paths,
             other => {
                 return Err(RuleProblem::new(
-                    other,
+                    &shown_key(other),
                     unknown_key(other, RULE_STRING_KEYS),
                 ))
             }
@@ -524,7 +529,7 @@ fn parse_rule_map(
             "paths" | "path" => (&mut parts.paths, "path"),
             other => {
                 return Err((
-                    RuleProblem::new(other, unknown_key(other, RULE_MAP_KEYS)),
+                    RuleProblem::new(&shown_key(other), unknown_key(other, RULE_MAP_KEYS)),
                     key.pos,
                 ))
             }
@@ -753,7 +758,30 @@ fn expect_bool(node: &Node, field: &str, errors: &mut Errors) -> Option<bool> {
     }
 }
 
+/// A key as it may appear in an error message: only what looks like a key someone typed.
+/// Anything else (a line of a file that is not a policy at all, such as /etc/shadow behind a
+/// symlink) is never echoed to stderr or into an event.
+fn shown_key(key: &str) -> String {
+    let plausible = !key.is_empty()
+        && key.len() <= 40
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if plausible {
+        key.to_string()
+    } else {
+        "(not shown)".to_string()
+    }
+}
+
 fn unknown_key(key: &str, known: &[&str]) -> String {
+    if shown_key(key) != key {
+        return format!(
+            "an unknown key whose text is not shown (it does not look like a policy key; is \
+             this a policy file?); expected one of: {}",
+            known.join(", ")
+        );
+    }
     let best = known
         .iter()
         .map(|k| (edit_distance(key, k), *k))
@@ -782,6 +810,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_never_echo_lines_that_are_not_policy_keys() {
+        let shadow = "root:$y$j9T$abcdefghijkl$0123456789:20228:0:99999:7:::\nname: x\n";
+        let err = parse("/etc/shadow", shadow).unwrap_err().to_string();
+        assert!(!err.contains("root:"), "{err}");
+        assert!(!err.contains("abcdefghijkl"), "{err}");
+        assert!(err.contains("/etc/shadow:1:1"), "{err}");
+        // Typos people make are still named.
+        let err = parse("c.yaml", "allowlst: []\n").unwrap_err().to_string();
+        assert!(err.contains("did you mean `allowlist`"), "{err}");
+    }
 
     fn problems(text: &str) -> Vec<String> {
         match parse("c.yaml", text) {
