@@ -318,6 +318,9 @@ fn an_unprivileged_user_wraps_a_command_through_the_agent() {
     let session = deny["session.id"].as_str().unwrap();
     let file = agent.path("logs").join(format!("boundary-{session}.jsonl"));
     assert!(std::fs::read_to_string(&file).unwrap().contains("\"deny\""));
+    // Events name users and command lines: not world-readable.
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "{file:?} has mode {mode:o}");
     eprintln!("boundary run through the agent took {elapsed:?}");
 }
 
