@@ -886,6 +886,46 @@ attempt("bindtodevice", lambda: s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTO
     assert_truthful_events(&case, Some("setsockopt"), None);
 }
 
+#[test]
+fn audit_mode_lets_everything_through_and_reports_what_enforce_would_deny() {
+    let net = Net::new();
+    let seen = watch_peer(&net);
+    let case = Case::new();
+    let config = std::fs::read_to_string(case.path("config.yaml")).unwrap();
+    std::fs::write(case.path("config.yaml"), format!("mode: audit\n{config}")).unwrap();
+    // Root inside, for the IPv4 source route.
+    let out = run(
+        &net,
+        Some(&case),
+        As::Root,
+        r#"
+s = attempt("udplite", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136))
+if s: attempt("udplite_send", lambda: s.sendto(b"u" * 100, (A3, PORT)))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt("cmsg", lambda: u.sendmsg([b"c" * 100], [(socket.IPPROTO_IP, 7, lsrr(A3, A2))], 0, (A2, PORT)))
+v = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("rthdr", lambda: v.setsockopt(socket.IPPROTO_IPV6, 57, srh(B3)))
+attempt("rthdr_send", lambda: v.sendto(b"r" * 100, (B2, PORT)))
+"#,
+    );
+    let r = results(&out);
+    for k in ["udplite", "udplite_send", "cmsg", "rthdr", "rthdr_send"] {
+        assert_eq!(r[k], "ok", "{k}: {}", text(&out));
+    }
+    seen.settle();
+    assert!(seen.forbidden_frames.load(Ordering::Relaxed) >= 3);
+    let decisions = case.decisions();
+    for hook in ["sock_create", "setsockopt", "egress"] {
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d["boundary.hook"] == hook && d["event.action"] == "would_deny"),
+            "no would_deny from {hook}: {decisions:#?}"
+        );
+    }
+    assert!(!decisions.iter().any(|d| d["event.action"] == "deny"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Operations: bpf() and user namespaces
 
