@@ -204,8 +204,8 @@ pub struct DedupSlot {
     pub _pad: u32,
 }
 
-/// Slots of the allow-event dedup cache, per CPU (a power of two).
-pub const ALLOW_SEEN_SLOTS: u32 = 4096;
+/// Slots of the allow-event dedup cache, per CPU (a power of two; 48 KiB per CPU).
+pub const ALLOW_SEEN_SLOTS: u32 = 1024;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -61,7 +61,7 @@ static EXEMPT: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 static ALLOW_SEEN: PerCpuArray<DedupSlot> = PerCpuArray::with_max_entries(ALLOW_SEEN_SLOTS, 0);
 /// Egress deny-event rate limit: last event per (destination, port, protocol, reason).
 #[map]
-static EGRESS_SEEN: LruHashMap<DedupKey, DedupValue> = LruHashMap::with_max_entries(4_096, 0);
+static EGRESS_SEEN: LruHashMap<DedupKey, DedupValue> = LruHashMap::with_max_entries(1_024, 0);
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
