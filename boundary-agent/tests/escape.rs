@@ -1039,6 +1039,157 @@ attempt("fastopen_forbidden", lambda: f.sendto(b"t" * 1000, socket.MSG_FASTOPEN,
     assert_truthful_events(&case, Some("connect4"), Some(FORBIDDEN_V4));
 }
 
+/// An MPTCP listener on the allowed address that announces the forbidden one (ADD_ADDR): the
+/// client's path manager then opens an extra subflow there by itself, from kernel context.
+fn mptcp_peer(net: &Net, seen: &Arc<Seen>) -> u16 {
+    const MPTCP_PORT: u16 = 7778;
+    for (ns, args) in [
+        (
+            &net.peer,
+            vec!["limits", "set", "subflows", "4", "add_addr_accepted", "4"],
+        ),
+        (
+            &net.client,
+            vec!["limits", "set", "subflows", "4", "add_addr_accepted", "4"],
+        ),
+    ] {
+        let mut cmd = vec!["ip", "-n", ns.as_str(), "mptcp"];
+        cmd.extend(args);
+        sh(&cmd);
+    }
+    let dev = Command::new("ip")
+        .args(["-n", &net.peer, "-o", "link", "show", "type", "veth"])
+        .output()
+        .unwrap();
+    let dev = String::from_utf8_lossy(&dev.stdout)
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    sh(&[
+        "ip",
+        "-n",
+        &net.peer,
+        "mptcp",
+        "endpoint",
+        "add",
+        FORBIDDEN_V4,
+        "dev",
+        &dev,
+        "signal",
+    ]);
+    let listener = net.on_peer(|| {
+        // SAFETY: plain socket calls on our own fd.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 262);
+            assert!(fd >= 0, "MPTCP socket: {}", std::io::Error::last_os_error());
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: MPTCP_PORT.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(
+                        ALLOWED_V4.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+                    ),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(
+                libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            assert_eq!(libc::listen(fd, 16), 0);
+            use std::os::fd::FromRawFd;
+            TcpListener::from_raw_fd(fd)
+        }
+    });
+    let seen = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let seen = seen.clone();
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.allowed_payload.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    MPTCP_PORT
+}
+
+#[test]
+fn mptcp_extra_subflows_to_an_announced_forbidden_address_never_leave() {
+    let code = |port: u16| {
+        format!(
+            r#"
+import time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+attempt("connect", lambda: s.connect((A2, {port})))
+for i in range(20):
+    s.sendall(b"m" * 65536)
+    time.sleep(0.05)
+out("sent", "ok")
+s.close()
+"#
+        )
+    };
+    // Control: outside a boundary the path manager does open the subflow to the forbidden
+    // address.
+    let net = Net::new();
+    let seen = watch_peer(&net);
+    let port = mptcp_peer(&net, &seen);
+    let out = run(&net, None, As::Nobody, &code(port));
+    assert_eq!(
+        results(&out).get("sent").map(String::as_str),
+        Some("ok"),
+        "{}",
+        text(&out)
+    );
+    seen.settle();
+    assert!(
+        seen.forbidden_frames.load(Ordering::Relaxed) > 0,
+        "control: no MPTCP subflow to the announced address"
+    );
+    drop(seen);
+    drop(net);
+
+    let net = Net::new();
+    let seen = watch_peer(&net);
+    let port = mptcp_peer(&net, &seen);
+    let case = Case::new();
+    let out = run(&net, Some(&case), As::Nobody, &code(port));
+    let r = results(&out);
+    assert_eq!(r["connect"], "ok", "{}", text(&out));
+    assert_eq!(r["sent"], "ok", "{}", text(&out));
+    seen.settle();
+    assert_eq!(seen.allowed_payload.load(Ordering::Relaxed), 20 * 65536);
+    seen.assert_nothing_forbidden("MPTCP subflow to an announced address");
+    assert_truthful_events(&case, None, None);
+    let decisions = case.decisions();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["event.action"] == "deny" && d["destination.address"] == FORBIDDEN_V4),
+        "no deny event for the subflow: {decisions:#?}"
+    );
+}
+
 #[test]
 fn a_server_inside_answers_clients_outside_whatever_their_address() {
     let net = Net::new();
