@@ -1383,7 +1383,7 @@ attempt("other_port", lambda: socket.create_connection(("::1", {tcp_port} + 1), 
 
 mod enforcer {
     use super::*;
-    use boundary_agent::cgroup::{self, Cgroup};
+    use boundary_agent::cgroup;
     use boundary_agent::loader::{self, Enforcer, Rings};
     use boundary_agent::policy::{CompiledPolicy, PortGrant, PrefixEntry};
     use boundary_common::{
@@ -1466,28 +1466,53 @@ mod enforcer {
         Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3])
     }
 
-    /// A cgroup for one test, removed on drop (with anything left in it).
-    struct TestCgroup(Option<Cgroup>, String);
+    /// A cgroup for one test, removed on drop (with anything left in it). Not under the
+    /// `boundary/` parent of real sessions: a concurrent `boundary run` sweeps directories
+    /// there that no agent owns.
+    struct TestCgroup {
+        path: PathBuf,
+        dir: std::fs::File,
+        name: String,
+    }
 
     impl TestCgroup {
         fn new(name: &str) -> TestCgroup {
             let name = format!("esc-{name}-{}", std::process::id());
-            let root = cgroup::cgroup2_root().unwrap();
-            TestCgroup(Some(Cgroup::create(&root, &name).unwrap()), name)
+            let path = cgroup::cgroup2_root()
+                .unwrap()
+                .join("boundary-escape-tests")
+                .join(&name);
+            std::fs::create_dir_all(&path).unwrap();
+            let dir = std::fs::File::open(&path).unwrap();
+            TestCgroup { path, dir, name }
         }
-        fn cg(&self) -> &Cgroup {
-            self.0.as_ref().unwrap()
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    impl std::os::fd::AsFd for TestCgroup {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.dir.as_fd()
         }
     }
 
     impl Drop for TestCgroup {
         fn drop(&mut self) {
-            loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&self.1));
-            if let Some(cg) = self.0.take() {
-                for sub in ["work", "control"] {
-                    let _ = std::fs::remove_dir(cg.path().join(sub));
+            loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&self.name));
+            for sub in ["work", "control", ""] {
+                let dir = self.path.join(sub);
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(10));
                 }
-                let _ = cg.remove();
+            }
+            // The shared parent goes with the last test that used it.
+            if let Some(parent) = self.path.parent() {
+                let _ = std::fs::remove_dir(parent);
             }
         }
     }
@@ -1505,18 +1530,18 @@ mod enforcer {
         let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
         let three: Ipv4Addr = "127.0.0.3".parse().unwrap();
         let t = TestCgroup::new("adopt");
-        let dir = t.cg().path().to_path_buf();
+        let dir = t.path().to_path_buf();
         {
             let (mut enforcer, _rings) = Enforcer::load(settings()).unwrap();
             enforcer.apply(&allowing(&[two])).unwrap();
-            enforcer.attach(t.cg(), &t.1).unwrap();
+            enforcer.attach(&t, &t.name).unwrap();
             assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
             // The agent goes away without detaching (killed): nothing is read, nothing unpinned.
         }
         // Still confined with no agent at all.
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
 
-        let (mut enforcer, mut rings) = Enforcer::adopt(&t.1).unwrap();
+        let (mut enforcer, mut rings) = Enforcer::adopt(&t.name).unwrap();
         let events = drain(&mut rings);
         let denies = events
             .iter()
@@ -1533,14 +1558,14 @@ mod enforcer {
             .iter()
             .any(|e| e.action == ACTION_DENY && addr(e) == two));
         enforcer.detach().unwrap();
-        assert!(!Path::new(loader::PIN_ROOT).join(&t.1).exists());
+        assert!(!Path::new(loader::PIN_ROOT).join(&t.name).exists());
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "ok"]);
     }
 
     #[test]
     fn an_existing_cgroup_is_confined_except_its_exempt_control_cgroup() {
         let t = TestCgroup::new("workspace");
-        let top = t.cg().path().to_path_buf();
+        let top = t.path().to_path_buf();
         let (work, control) = (top.join("work"), top.join("control"));
         std::fs::create_dir(&work).unwrap();
         std::fs::create_dir(&control).unwrap();
@@ -1548,7 +1573,7 @@ mod enforcer {
         enforcer
             .apply(&allowing(&["127.0.0.2".parse().unwrap()]))
             .unwrap();
-        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer.attach(&t, &t.name).unwrap();
         enforcer
             .set_exempt(&[loader::cgroup_id(&control).unwrap()])
             .unwrap();
@@ -1579,7 +1604,7 @@ mod enforcer {
     #[test]
     fn allow_events_are_deduplicated_per_process_and_destination_and_denials_never() {
         let t = TestCgroup::new("dedup");
-        let dir = t.cg().path().to_path_buf();
+        let dir = t.path().to_path_buf();
         let (mut enforcer, mut rings) = Enforcer::load(Settings {
             allow_window_ms: 500,
             ..settings()
@@ -1588,7 +1613,7 @@ mod enforcer {
         enforcer
             .apply(&allowing(&["127.0.0.2".parse().unwrap()]))
             .unwrap();
-        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer.attach(&t, &t.name).unwrap();
         in_cgroup(
             &dir,
             "import socket, time\ndef c(a):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try: s.connect((a, 9))\n    except OSError: pass\nfor _ in range(50): c('127.0.0.2'); c('127.0.0.3')\ntime.sleep(0.7)\nc('127.0.0.2')\n",
@@ -1612,12 +1637,12 @@ mod enforcer {
         use std::io::{BufRead, BufReader};
         let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
         let t = TestCgroup::new("revoke");
-        let dir = t.cg().path().to_path_buf();
+        let dir = t.path().to_path_buf();
         let flag = tempfile::tempdir().unwrap();
         let go = flag.path().join("go");
         let (mut enforcer, mut rings) = Enforcer::load(settings()).unwrap();
         enforcer.apply(&allowing(&[two])).unwrap();
-        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer.attach(&t, &t.name).unwrap();
         // connect() is judged once (connect4); send() on a connected UDP socket runs no
         // sock_addr program at all: only egress sees it.
         let code = format!(
