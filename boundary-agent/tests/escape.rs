@@ -1667,3 +1667,135 @@ mod enforcer {
         enforcer.detach().unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The syscall filter's notifying variant: refusals reach a supervisor (which can report
+// them), and are still refused.
+
+#[test]
+fn syscall_filter_refusals_reach_a_supervisor_and_stay_refused() {
+    use boundary_agent::loader::{supervise, Refusal};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut pair = [0i32; 2];
+    // SAFETY: valid array for two fds.
+    assert_eq!(
+        unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        },
+        0
+    );
+    // SAFETY: fresh fds we own.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let filter = SyscallFilter::new();
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(PYTHON);
+    cmd.args([
+        "-c",
+        r#"
+import socket, errno, ctypes, os
+def attempt(k, f):
+    try:
+        f(); print(k, "ok")
+    except OSError as e:
+        print(k, errno.errorcode[e.errno])
+attempt("vsock", lambda: socket.socket(40, socket.SOCK_STREAM))
+attempt("packet", lambda: socket.socket(17, socket.SOCK_RAW, 0))
+attempt("tcp", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.syscall(272, 0x10000000)
+print("unshare", "ok" if r == 0 else errno.errorcode[ctypes.get_errno()])
+"#,
+    ])
+    .stdout(Stdio::piped());
+    // SAFETY: only syscalls between fork and exec (seccomp, sendmsg, close).
+    unsafe {
+        cmd.pre_exec(move || {
+            let listener = filter.install_notifying()?;
+            send_fd(theirs_fd, listener.as_raw_fd())?;
+            drop(listener);
+            libc::close(theirs_fd);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(theirs);
+    let listener = recv_fd(ours.as_raw_fd());
+    let refusals = thread::spawn(move || {
+        let mut seen: Vec<Refusal> = Vec::new();
+        supervise(listener, |r| seen.push(r)).unwrap();
+        seen
+    });
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["vsock EPERM", "packet EPERM", "tcp ok", "unshare EPERM"],
+        "{text}"
+    );
+    let refusals = refusals.join().unwrap();
+    let kinds: Vec<(&str, u64)> = refusals.iter().map(|r| (r.syscall, r.args[0])).collect();
+    assert_eq!(
+        kinds,
+        [("socket", 40), ("socket", 17), ("unshare", 0x1000_0000)],
+        "{refusals:#?}"
+    );
+}
+
+fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
+    // SAFETY: a well-formed msghdr with one SCM_RIGHTS control message.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a well-formed msghdr with room for one SCM_RIGHTS control message.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        assert!(
+            libc::recvmsg(sock, &mut msg, 0) >= 0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS);
+        std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+            libc::CMSG_DATA(c).cast::<i32>(),
+        ))
+    }
+}
