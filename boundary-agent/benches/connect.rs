@@ -34,8 +34,8 @@ const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
 const CONNECTS: usize = 50_000;
 const ROUNDS: usize = 5;
 /// Bytes per bulk TCP run, and rounds (alternating outside/inside).
-const BULK_BYTES: u64 = 2 << 30;
-const BULK_ROUNDS: usize = 7;
+const BULK_BYTES: u64 = 1 << 30;
+const BULK_ROUNDS: usize = 11;
 
 /// A policy file and extra `boundary run` flags.
 type Boundary<'a> = (&'a Path, &'a [&'a str]);
@@ -125,6 +125,7 @@ fn main() {
     }
     let startup = startup_times(&one, &hosts);
     let bulk = bulk_rounds(&me, &one, &hosts);
+    let kernel = kernel_time(&me, &one, &big, &hosts, addr);
 
     let med = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -156,17 +157,22 @@ fn main() {
         ));
     }
     let (outside, inside) = bulk;
-    let (o, i) = (med(&outside), med(&inside));
+    let (o, i) = (med(&outside.0), med(&inside.0));
+    let (oc, ic) = (med(&outside.1), med(&inside.1));
     out.push_str(&format!(
-        "\nBulk TCP over loopback to 127.0.0.2, {} GiB per run, {BULK_ROUNDS} alternating rounds \
-         (median Gbit/s; every run listed):\n\n| configuration | Gbit/s | vs outside | runs |\n|---|---:|---:|---|\n\
-         | outside any boundary (baseline) | {o:.2} | 1.000× | {} |\n\
-         | boundary, 1 rule (egress program on every packet) | {i:.2} | {:.3}× | {} |\n",
+        "\nBulk TCP over loopback to 127.0.0.2, {} GiB per run, {BULK_ROUNDS} alternating rounds; \
+         medians of Gbit/s and of the sender's CPU time per GiB (user + system; the egress \
+         program runs in it):\n\n| configuration | Gbit/s | vs outside | sender CPU ms/GiB | vs outside |\n|---|---:|---:|---:|---:|\n\
+         | outside any boundary (baseline) | {o:.2} | 1.000× | {oc:.0} | 1.000× |\n\
+         | boundary, 1 rule (egress program on every packet) | {i:.2} | {:.3}× | {ic:.0} | {:.3}× |\n\
+         \nRuns, Gbit/s: outside {}; inside {}.\n",
         BULK_BYTES >> 30,
-        runs(&outside),
         i / o,
-        runs(&inside),
+        ic / oc,
+        runs(&outside.0),
+        runs(&inside.0),
     ));
+    out.push_str(&kernel);
     out.push_str(&format!(
         "\n`boundary run -- true`, wall time over {} runs: median {:.1} ms, max {:.1} ms.\n",
         startup.len(),
@@ -181,6 +187,147 @@ fn main() {
     std::io::stdout().flush().unwrap();
 }
 
+/// One extra instrumented run per configuration with the kernel's BPF run-time statistics
+/// on (BPF_ENABLE_STATS, only while this pass runs: they add two clock reads to every program
+/// run, so the timed rounds above run without them): the programs' own time per run,
+/// independent of whatever else the machine is doing.
+fn kernel_time(me: &Path, one: &Path, big: &Path, hosts: &Path, addr: SocketAddr) -> String {
+    let _stats = enable_bpf_stats();
+    let sink = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in sink.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let programs = ["sock_create", "connect4", "egress"];
+    let mut out = String::from(
+        "\nIn-kernel time per program run (one extra run each, BPF_ENABLE_STATS on; mean ns per run, \
+         runs; the kernel's two clock reads around each run are included, so an empty program \
+         shows some tens of ns):\n\n\
+         | configuration | sock_create (socket()) | connect4 (connect()) | egress (per packet) |\n|---|---:|---:|---:|\n",
+    );
+    let connect = || vec!["client".to_string(), addr.to_string(), CONNECTS.to_string()];
+    let cases: [(&str, &Path, &[&str], Vec<String>); 5] = [
+        ("connect loop, 1 rule, allow events on", one, &[], connect()),
+        (
+            "connect loop, 1 rule, --deny-events-only",
+            one,
+            &["--deny-events-only"],
+            connect(),
+        ),
+        (
+            "connect loop, 10,000 rules, allow events on",
+            big,
+            &[],
+            connect(),
+        ),
+        (
+            "connect loop, 10,000 rules, --deny-events-only",
+            big,
+            &["--deny-events-only"],
+            connect(),
+        ),
+        (
+            "bulk TCP, 1 GiB",
+            one,
+            &[],
+            vec!["bulk".into(), sink_addr.to_string(), BULK_BYTES.to_string()],
+        ),
+    ];
+    for (n, (name, config, extra, args)) in cases.iter().enumerate() {
+        let session = format!("bench-{}-{n}", std::process::id());
+        let hold = std::env::temp_dir().join(format!("{session}.hold"));
+        let _ = std::fs::remove_file(&hold);
+        let mut child = Command::new(BOUNDARY)
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--hosts-file")
+            .arg(hosts)
+            .args([
+                "--dns-server",
+                "127.0.0.1:9",
+                "--events",
+                "/dev/null",
+                "--session-id",
+                &session,
+            ])
+            .args(*extra)
+            .arg("--")
+            .arg(me)
+            .args(args)
+            .env("BENCH_HOLD", &hold)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let cells: Vec<String> = programs
+            .iter()
+            .map(|p| match program_stats(&session, p) {
+                Some((_, 0)) => "0 runs".to_string(),
+                Some((ns, runs)) => format!("{:.0} ns ({runs})", ns as f64 / runs as f64),
+                None => "n/a".to_string(),
+            })
+            .collect();
+        std::fs::write(&hold, "").unwrap();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&hold);
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            cells[0], cells[1], cells[2]
+        ));
+    }
+    out
+}
+
+/// (run time ns, run count) of a session's program, through its pinned link.
+fn program_stats(session: &str, program: &str) -> Option<(u64, u64)> {
+    let path = Path::new("/sys/fs/bpf/boundary")
+        .join(session)
+        .join(program);
+    let link = aya::programs::links::PinnedLink::from_pin(&path).ok()?;
+    let id = aya::programs::links::FdLink::from(link)
+        .info()
+        .ok()?
+        .program_id();
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| (p.run_time().as_nanos() as u64, p.run_count()))
+}
+
+/// BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): statistics stay on while the returned fd is open.
+fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let mut attr = [0u8; 8];
+    // SAFETY: attr is a valid bpf_attr (enable_stats.type = BPF_STATS_RUN_TIME = 0).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    // SAFETY: a new fd nobody else owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 fn runs(v: &[f64]) -> String {
     v.iter()
         .map(|x| format!("{x:.1}"))
@@ -190,7 +337,10 @@ fn runs(v: &[f64]) -> String {
 
 /// Bulk TCP: a sink on 127.0.0.2 (outside any boundary) reads everything; the client (this
 /// binary, `bulk ADDR BYTES`) runs outside, then inside a boundary, alternately.
-fn bulk_rounds(me: &Path, config: &Path, hosts: &Path) -> (Vec<f64>, Vec<f64>) {
+/// Per side: (Gbit/s, sender CPU ms per GiB) of each run.
+type Bulk = (Vec<f64>, Vec<f64>);
+
+fn bulk_rounds(me: &Path, config: &Path, hosts: &Path) -> (Bulk, Bulk) {
     let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -206,8 +356,8 @@ fn bulk_rounds(me: &Path, config: &Path, hosts: &Path) -> (Vec<f64>, Vec<f64>) {
             });
         }
     });
-    let mut outside = Vec::new();
-    let mut inside = Vec::new();
+    let mut outside: Bulk = (Vec::new(), Vec::new());
+    let mut inside: Bulk = (Vec::new(), Vec::new());
     for _ in 0..BULK_ROUNDS {
         for boundary in [false, true] {
             let mut cmd = if boundary {
@@ -228,12 +378,14 @@ fn bulk_rounds(me: &Path, config: &Path, hosts: &Path) -> (Vec<f64>, Vec<f64>) {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "bulk run: {out:?}");
-            let gbps: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-            if boundary {
-                inside.push(gbps);
-            } else {
-                outside.push(gbps);
-            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f: Vec<f64> = text
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            let side = if boundary { &mut inside } else { &mut outside };
+            side.0.push(f[0]);
+            side.1.push(f[1]);
         }
     }
     (outside, inside)
@@ -254,7 +406,19 @@ fn bulk_client(addr: SocketAddr, bytes: u64) {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
     let secs = t.elapsed().as_secs_f64();
-    println!("{}", bytes as f64 * 8.0 / secs / 1e9);
+    // The sender's own CPU time (user + system): the egress program runs in it, and it is
+    // less disturbed than wall time by whatever else the machine runs.
+    // SAFETY: getrusage fills the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu_s = cpu(ru.ru_utime) + cpu(ru.ru_stime);
+    println!(
+        "{} {}",
+        bytes as f64 * 8.0 / secs / 1e9,
+        cpu_s * 1e3 / (bytes as f64 / (1u64 << 30) as f64)
+    );
+    hold();
 }
 
 /// 5,000 domains (hosts file → 10.x.y.1) and 5,000 CIDRs, plus the rule the client needs.
@@ -331,6 +495,20 @@ fn client(addr: SocketAddr, n: usize) {
     })
     .unwrap_or(0);
     println!("{} {} {hwm}", us(samples[n / 2]), us(samples[n * 99 / 100]));
+    hold();
+}
+
+/// With BENCH_HOLD=path: stay alive (keeping the session and its programs) until the file
+/// exists, so the benchmark can read the programs' in-kernel statistics first.
+fn hold() {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("BENCH_HOLD") else {
+        return;
+    };
+    std::io::stdout().flush().unwrap();
+    while !Path::new(&path).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn connect_close(addr: SocketAddr) {

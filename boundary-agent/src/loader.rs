@@ -12,6 +12,13 @@
 //! allowlist), setsockopt (routing options), cgroup_skb egress (every packet's real
 //! destination), and BPF LSM attached per cgroup (`lsm_cgroup`: socket family allowlist,
 //! bpf(), user namespaces), which only ever applies to the session's own processes.
+//!
+//! The LSM programs load only where the kernel accepts BPF_PROG_TYPE_LSM (the BPF LSM active,
+//! and no hardening that refuses BTF-attached program types: some kernels answer EPERM to all
+//! of them, which a one-syscall probe detects before the kernel's BTF is parsed). Without
+//! them [`Enforcer::has_lsm`] is false, a warning says so, and the session's
+//! [`SyscallFilter`] (seccomp, installed by the command itself before exec) holds the same
+//! lines for socket families, bpf() and user namespaces, without events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -37,7 +44,7 @@ use crate::error::{Error, Result};
 use crate::policy::{CompiledPolicy, PrefixEntry};
 
 mod seccomp;
-pub use seccomp::SyscallFilter;
+pub use seccomp::{supervise, Refusal, SyscallFilter};
 
 /// The compiled eBPF object, built by build.rs from boundary-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/boundary.bpf.o"));

@@ -886,6 +886,46 @@ attempt("bindtodevice", lambda: s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTO
     assert_truthful_events(&case, Some("setsockopt"), None);
 }
 
+#[test]
+fn audit_mode_lets_everything_through_and_reports_what_enforce_would_deny() {
+    let net = Net::new();
+    let seen = watch_peer(&net);
+    let case = Case::new();
+    let config = std::fs::read_to_string(case.path("config.yaml")).unwrap();
+    std::fs::write(case.path("config.yaml"), format!("mode: audit\n{config}")).unwrap();
+    // Root inside, for the IPv4 source route.
+    let out = run(
+        &net,
+        Some(&case),
+        As::Root,
+        r#"
+s = attempt("udplite", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136))
+if s: attempt("udplite_send", lambda: s.sendto(b"u" * 100, (A3, PORT)))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt("cmsg", lambda: u.sendmsg([b"c" * 100], [(socket.IPPROTO_IP, 7, lsrr(A3, A2))], 0, (A2, PORT)))
+v = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("rthdr", lambda: v.setsockopt(socket.IPPROTO_IPV6, 57, srh(B3)))
+attempt("rthdr_send", lambda: v.sendto(b"r" * 100, (B2, PORT)))
+"#,
+    );
+    let r = results(&out);
+    for k in ["udplite", "udplite_send", "cmsg", "rthdr", "rthdr_send"] {
+        assert_eq!(r[k], "ok", "{k}: {}", text(&out));
+    }
+    seen.settle();
+    assert!(seen.forbidden_frames.load(Ordering::Relaxed) >= 3);
+    let decisions = case.decisions();
+    for hook in ["sock_create", "setsockopt", "egress"] {
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d["boundary.hook"] == hook && d["event.action"] == "would_deny"),
+            "no would_deny from {hook}: {decisions:#?}"
+        );
+    }
+    assert!(!decisions.iter().any(|d| d["event.action"] == "deny"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Operations: bpf() and user namespaces
 
@@ -997,6 +1037,157 @@ attempt("fastopen_forbidden", lambda: f.sendto(b"t" * 1000, socket.MSG_FASTOPEN,
     assert_eq!(seen.allowed_payload.load(Ordering::Relaxed), expected);
     seen.assert_nothing_forbidden("allowed traffic");
     assert_truthful_events(&case, Some("connect4"), Some(FORBIDDEN_V4));
+}
+
+/// An MPTCP listener on the allowed address that announces the forbidden one (ADD_ADDR): the
+/// client's path manager then opens an extra subflow there by itself, from kernel context.
+fn mptcp_peer(net: &Net, seen: &Arc<Seen>) -> u16 {
+    const MPTCP_PORT: u16 = 7778;
+    for (ns, args) in [
+        (
+            &net.peer,
+            vec!["limits", "set", "subflows", "4", "add_addr_accepted", "4"],
+        ),
+        (
+            &net.client,
+            vec!["limits", "set", "subflows", "4", "add_addr_accepted", "4"],
+        ),
+    ] {
+        let mut cmd = vec!["ip", "-n", ns.as_str(), "mptcp"];
+        cmd.extend(args);
+        sh(&cmd);
+    }
+    let dev = Command::new("ip")
+        .args(["-n", &net.peer, "-o", "link", "show", "type", "veth"])
+        .output()
+        .unwrap();
+    let dev = String::from_utf8_lossy(&dev.stdout)
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    sh(&[
+        "ip",
+        "-n",
+        &net.peer,
+        "mptcp",
+        "endpoint",
+        "add",
+        FORBIDDEN_V4,
+        "dev",
+        &dev,
+        "signal",
+    ]);
+    let listener = net.on_peer(|| {
+        // SAFETY: plain socket calls on our own fd.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 262);
+            assert!(fd >= 0, "MPTCP socket: {}", std::io::Error::last_os_error());
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: MPTCP_PORT.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(
+                        ALLOWED_V4.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+                    ),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(
+                libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            assert_eq!(libc::listen(fd, 16), 0);
+            use std::os::fd::FromRawFd;
+            TcpListener::from_raw_fd(fd)
+        }
+    });
+    let seen = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let seen = seen.clone();
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.allowed_payload.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    MPTCP_PORT
+}
+
+#[test]
+fn mptcp_extra_subflows_to_an_announced_forbidden_address_never_leave() {
+    let code = |port: u16| {
+        format!(
+            r#"
+import time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+attempt("connect", lambda: s.connect((A2, {port})))
+for i in range(20):
+    s.sendall(b"m" * 65536)
+    time.sleep(0.05)
+out("sent", "ok")
+s.close()
+"#
+        )
+    };
+    // Control: outside a boundary the path manager does open the subflow to the forbidden
+    // address.
+    let net = Net::new();
+    let seen = watch_peer(&net);
+    let port = mptcp_peer(&net, &seen);
+    let out = run(&net, None, As::Nobody, &code(port));
+    assert_eq!(
+        results(&out).get("sent").map(String::as_str),
+        Some("ok"),
+        "{}",
+        text(&out)
+    );
+    seen.settle();
+    assert!(
+        seen.forbidden_frames.load(Ordering::Relaxed) > 0,
+        "control: no MPTCP subflow to the announced address"
+    );
+    drop(seen);
+    drop(net);
+
+    let net = Net::new();
+    let seen = watch_peer(&net);
+    let port = mptcp_peer(&net, &seen);
+    let case = Case::new();
+    let out = run(&net, Some(&case), As::Nobody, &code(port));
+    let r = results(&out);
+    assert_eq!(r["connect"], "ok", "{}", text(&out));
+    assert_eq!(r["sent"], "ok", "{}", text(&out));
+    seen.settle();
+    assert_eq!(seen.allowed_payload.load(Ordering::Relaxed), 20 * 65536);
+    seen.assert_nothing_forbidden("MPTCP subflow to an announced address");
+    assert_truthful_events(&case, None, None);
+    let decisions = case.decisions();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["event.action"] == "deny" && d["destination.address"] == FORBIDDEN_V4),
+        "no deny event for the subflow: {decisions:#?}"
+    );
 }
 
 #[test]
@@ -1192,7 +1383,7 @@ attempt("other_port", lambda: socket.create_connection(("::1", {tcp_port} + 1), 
 
 mod enforcer {
     use super::*;
-    use boundary_agent::cgroup::{self, Cgroup};
+    use boundary_agent::cgroup;
     use boundary_agent::loader::{self, Enforcer, Rings};
     use boundary_agent::policy::{CompiledPolicy, PortGrant, PrefixEntry};
     use boundary_common::{
@@ -1275,28 +1466,53 @@ mod enforcer {
         Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3])
     }
 
-    /// A cgroup for one test, removed on drop (with anything left in it).
-    struct TestCgroup(Option<Cgroup>, String);
+    /// A cgroup for one test, removed on drop (with anything left in it). Not under the
+    /// `boundary/` parent of real sessions: a concurrent `boundary run` sweeps directories
+    /// there that no agent owns.
+    struct TestCgroup {
+        path: PathBuf,
+        dir: std::fs::File,
+        name: String,
+    }
 
     impl TestCgroup {
         fn new(name: &str) -> TestCgroup {
             let name = format!("esc-{name}-{}", std::process::id());
-            let root = cgroup::cgroup2_root().unwrap();
-            TestCgroup(Some(Cgroup::create(&root, &name).unwrap()), name)
+            let path = cgroup::cgroup2_root()
+                .unwrap()
+                .join("boundary-escape-tests")
+                .join(&name);
+            std::fs::create_dir_all(&path).unwrap();
+            let dir = std::fs::File::open(&path).unwrap();
+            TestCgroup { path, dir, name }
         }
-        fn cg(&self) -> &Cgroup {
-            self.0.as_ref().unwrap()
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    impl std::os::fd::AsFd for TestCgroup {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.dir.as_fd()
         }
     }
 
     impl Drop for TestCgroup {
         fn drop(&mut self) {
-            loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&self.1));
-            if let Some(cg) = self.0.take() {
-                for sub in ["work", "control"] {
-                    let _ = std::fs::remove_dir(cg.path().join(sub));
+            loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&self.name));
+            for sub in ["work", "control", ""] {
+                let dir = self.path.join(sub);
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(10));
                 }
-                let _ = cg.remove();
+            }
+            // The shared parent goes with the last test that used it.
+            if let Some(parent) = self.path.parent() {
+                let _ = std::fs::remove_dir(parent);
             }
         }
     }
@@ -1314,18 +1530,18 @@ mod enforcer {
         let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
         let three: Ipv4Addr = "127.0.0.3".parse().unwrap();
         let t = TestCgroup::new("adopt");
-        let dir = t.cg().path().to_path_buf();
+        let dir = t.path().to_path_buf();
         {
             let (mut enforcer, _rings) = Enforcer::load(settings()).unwrap();
             enforcer.apply(&allowing(&[two])).unwrap();
-            enforcer.attach(t.cg(), &t.1).unwrap();
+            enforcer.attach(&t, &t.name).unwrap();
             assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
             // The agent goes away without detaching (killed): nothing is read, nothing unpinned.
         }
         // Still confined with no agent at all.
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
 
-        let (mut enforcer, mut rings) = Enforcer::adopt(&t.1).unwrap();
+        let (mut enforcer, mut rings) = Enforcer::adopt(&t.name).unwrap();
         let events = drain(&mut rings);
         let denies = events
             .iter()
@@ -1342,14 +1558,14 @@ mod enforcer {
             .iter()
             .any(|e| e.action == ACTION_DENY && addr(e) == two));
         enforcer.detach().unwrap();
-        assert!(!Path::new(loader::PIN_ROOT).join(&t.1).exists());
+        assert!(!Path::new(loader::PIN_ROOT).join(&t.name).exists());
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "ok"]);
     }
 
     #[test]
     fn an_existing_cgroup_is_confined_except_its_exempt_control_cgroup() {
         let t = TestCgroup::new("workspace");
-        let top = t.cg().path().to_path_buf();
+        let top = t.path().to_path_buf();
         let (work, control) = (top.join("work"), top.join("control"));
         std::fs::create_dir(&work).unwrap();
         std::fs::create_dir(&control).unwrap();
@@ -1357,7 +1573,7 @@ mod enforcer {
         enforcer
             .apply(&allowing(&["127.0.0.2".parse().unwrap()]))
             .unwrap();
-        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer.attach(&t, &t.name).unwrap();
         enforcer
             .set_exempt(&[loader::cgroup_id(&control).unwrap()])
             .unwrap();
@@ -1388,7 +1604,7 @@ mod enforcer {
     #[test]
     fn allow_events_are_deduplicated_per_process_and_destination_and_denials_never() {
         let t = TestCgroup::new("dedup");
-        let dir = t.cg().path().to_path_buf();
+        let dir = t.path().to_path_buf();
         let (mut enforcer, mut rings) = Enforcer::load(Settings {
             allow_window_ms: 500,
             ..settings()
@@ -1397,7 +1613,7 @@ mod enforcer {
         enforcer
             .apply(&allowing(&["127.0.0.2".parse().unwrap()]))
             .unwrap();
-        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer.attach(&t, &t.name).unwrap();
         in_cgroup(
             &dir,
             "import socket, time\ndef c(a):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try: s.connect((a, 9))\n    except OSError: pass\nfor _ in range(50): c('127.0.0.2'); c('127.0.0.3')\ntime.sleep(0.7)\nc('127.0.0.2')\n",
@@ -1421,12 +1637,12 @@ mod enforcer {
         use std::io::{BufRead, BufReader};
         let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
         let t = TestCgroup::new("revoke");
-        let dir = t.cg().path().to_path_buf();
+        let dir = t.path().to_path_buf();
         let flag = tempfile::tempdir().unwrap();
         let go = flag.path().join("go");
         let (mut enforcer, mut rings) = Enforcer::load(settings()).unwrap();
         enforcer.apply(&allowing(&[two])).unwrap();
-        enforcer.attach(t.cg(), &t.1).unwrap();
+        enforcer.attach(&t, &t.name).unwrap();
         // connect() is judged once (connect4); send() on a connected UDP socket runs no
         // sock_addr program at all: only egress sees it.
         let code = format!(
@@ -1449,5 +1665,137 @@ mod enforcer {
             "{events:#?}"
         );
         enforcer.detach().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The syscall filter's notifying variant: refusals reach a supervisor (which can report
+// them), and are still refused.
+
+#[test]
+fn syscall_filter_refusals_reach_a_supervisor_and_stay_refused() {
+    use boundary_agent::loader::{supervise, Refusal};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut pair = [0i32; 2];
+    // SAFETY: valid array for two fds.
+    assert_eq!(
+        unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        },
+        0
+    );
+    // SAFETY: fresh fds we own.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let filter = SyscallFilter::new();
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(PYTHON);
+    cmd.args([
+        "-c",
+        r#"
+import socket, errno, ctypes, os
+def attempt(k, f):
+    try:
+        f(); print(k, "ok")
+    except OSError as e:
+        print(k, errno.errorcode[e.errno])
+attempt("vsock", lambda: socket.socket(40, socket.SOCK_STREAM))
+attempt("packet", lambda: socket.socket(17, socket.SOCK_RAW, 0))
+attempt("tcp", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.syscall(272, 0x10000000)
+print("unshare", "ok" if r == 0 else errno.errorcode[ctypes.get_errno()])
+"#,
+    ])
+    .stdout(Stdio::piped());
+    // SAFETY: only syscalls between fork and exec (seccomp, sendmsg, close).
+    unsafe {
+        cmd.pre_exec(move || {
+            let listener = filter.install_notifying()?;
+            send_fd(theirs_fd, listener.as_raw_fd())?;
+            drop(listener);
+            libc::close(theirs_fd);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(theirs);
+    let listener = recv_fd(ours.as_raw_fd());
+    let refusals = thread::spawn(move || {
+        let mut seen: Vec<Refusal> = Vec::new();
+        supervise(listener, |r| seen.push(r)).unwrap();
+        seen
+    });
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["vsock EPERM", "packet EPERM", "tcp ok", "unshare EPERM"],
+        "{text}"
+    );
+    let refusals = refusals.join().unwrap();
+    let kinds: Vec<(&str, u64)> = refusals.iter().map(|r| (r.syscall, r.args[0])).collect();
+    assert_eq!(
+        kinds,
+        [("socket", 40), ("socket", 17), ("unshare", 0x1000_0000)],
+        "{refusals:#?}"
+    );
+}
+
+fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
+    // SAFETY: a well-formed msghdr with one SCM_RIGHTS control message.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a well-formed msghdr with room for one SCM_RIGHTS control message.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        assert!(
+            libc::recvmsg(sock, &mut msg, 0) >= 0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS);
+        std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+            libc::CMSG_DATA(c).cast::<i32>(),
+        ))
     }
 }

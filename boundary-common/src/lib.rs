@@ -178,6 +178,9 @@ pub struct DedupKey {
     pub hook: u8,
     pub _pad: [u8; 3],
     pub addr: [u8; 16],
+    /// Keeps the key 32 bytes with no implicit padding: the kernel side compares and hashes
+    /// it as four u64 words.
+    pub _pad2: u32,
 }
 
 /// Value of the dedup maps: when the last event of the key was written, and how many were
@@ -204,8 +207,8 @@ pub struct DedupSlot {
     pub _pad: u32,
 }
 
-/// Slots of the allow-event dedup cache, per CPU (a power of two).
-pub const ALLOW_SEEN_SLOTS: u32 = 4096;
+/// Slots of the allow-event dedup cache, per CPU (a power of two; 48 KiB per CPU).
+pub const ALLOW_SEEN_SLOTS: u32 = 1024;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -218,3 +221,6 @@ mod pod {
     unsafe impl aya::Pod for super::DedupValue {}
     unsafe impl aya::Pod for super::DedupSlot {}
 }
+
+const _: () = assert!(core::mem::size_of::<DedupKey>() == 32);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);

@@ -61,7 +61,7 @@ static EXEMPT: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 static ALLOW_SEEN: PerCpuArray<DedupSlot> = PerCpuArray::with_max_entries(ALLOW_SEEN_SLOTS, 0);
 /// Egress deny-event rate limit: last event per (destination, port, protocol, reason).
 #[map]
-static EGRESS_SEEN: LruHashMap<DedupKey, DedupValue> = LruHashMap::with_max_entries(4_096, 0);
+static EGRESS_SEEN: LruHashMap<DedupKey, DedupValue> = LruHashMap::with_max_entries(1_024, 0);
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -608,6 +608,7 @@ fn egress_refuse(ctx: &SkBuffContext, rec: &Record, s: &Settings) -> i32 {
         hook: HOOK_EGRESS,
         _pad: [rec.reason, 0, 0],
         addr: rec.addr,
+        _pad2: 0,
     };
     let count = match EGRESS_SEEN.get_ptr_mut(&key) {
         Some(v) => {
@@ -739,40 +740,36 @@ fn allow_dedup(rec: &Record, s: &Settings) -> Option<u32> {
         hook: rec.hook,
         _pad: [0; 3],
         addr: rec.addr,
+        _pad2: 0,
     };
-    let words = [
-        u32::from_ne_bytes([rec.addr[0], rec.addr[1], rec.addr[2], rec.addr[3]]),
-        u32::from_ne_bytes([rec.addr[4], rec.addr[5], rec.addr[6], rec.addr[7]]),
-        u32::from_ne_bytes([rec.addr[8], rec.addr[9], rec.addr[10], rec.addr[11]]),
-        u32::from_ne_bytes([rec.addr[12], rec.addr[13], rec.addr[14], rec.addr[15]]),
-    ];
-    let mut h = key.tgid.wrapping_mul(0x9e37_79b9)
-        ^ ((rec.port as u32) << 16 | (rec.hook as u32) << 8 | rec.protocol as u32);
-    let mut i = 0;
-    while i < 4 {
-        h = (h ^ words[i]).wrapping_mul(0x85eb_ca6b);
-        i += 1;
-    }
-    h ^= h >> 15;
-    let Some(slot) = ALLOW_SEEN.get_ptr_mut(h & (ALLOW_SEEN_SLOTS - 1)) else {
+    // The key as four words: a branch-free hash and compare (cheap to run and to verify).
+    let w = key_words(&key);
+    let mut h = w[0] ^ w[1].rotate_left(17) ^ w[2].rotate_left(31) ^ w[3].rotate_left(47);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
+    let Some(slot) = ALLOW_SEEN.get_ptr_mut((h as u32) & (ALLOW_SEEN_SLOTS - 1)) else {
         return Some(1);
     };
     // SAFETY: this CPU's slot; programs run with migration disabled.
     let slot = unsafe { &mut *slot };
-    if slot.key == key && now.wrapping_sub(slot.last_ns) < window_ms as u64 * 1_000_000 {
+    let held = key_words(&slot.key);
+    let same = ((held[0] ^ w[0]) | (held[1] ^ w[1]) | (held[2] ^ w[2]) | (held[3] ^ w[3])) == 0;
+    if same && now.wrapping_sub(slot.last_ns) < window_ms as u64 * 1_000_000 {
         slot.suppressed += 1;
         count_slot(SUPPRESSED_ALLOW);
         return None;
     }
-    let count = if slot.key == key {
-        slot.suppressed + 1
-    } else {
-        1
-    };
+    let count = if same { slot.suppressed + 1 } else { 1 };
     slot.key = key;
     slot.last_ns = now;
     slot.suppressed = 0;
     Some(count)
+}
+
+#[inline(always)]
+fn key_words(key: &DedupKey) -> [u64; 4] {
+    // SAFETY: DedupKey is 32 bytes of plain data with no implicit padding.
+    unsafe { core::ptr::read_unaligned((key as *const DedupKey).cast::<[u64; 4]>()) }
 }
 
 /// Per-key count of suppressed events. Not atomic (the bpf target has no atomic RMW in

@@ -19,10 +19,12 @@
 //! descendant and cannot be removed. It applies to root inside the session too.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e;
@@ -70,9 +72,23 @@ enum Insn {
     Label(&'static str),
 }
 
-/// A prebuilt seccomp program.
+/// A prebuilt seccomp program, in two variants: refusals answered by the kernel (EPERM), or
+/// handed to a supervisor that reports them and answers EPERM ([`supervise`]).
 pub struct SyscallFilter {
     program: Vec<libc::sock_filter>,
+    notifying: Vec<libc::sock_filter>,
+}
+
+/// One refused system call, as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The calling thread's id (in the supervisor's pid namespace).
+    pub pid: u32,
+    /// `socket`, `socketpair`, `bpf`, `io_uring_setup`, `unshare` or `clone`.
+    pub syscall: &'static str,
+    /// The call's first three arguments (family, type, protocol for socket(); the command
+    /// for bpf(); the flags for unshare() and clone()).
+    pub args: [u64; 3],
 }
 
 impl Default for SyscallFilter {
@@ -84,57 +100,9 @@ impl Default for SyscallFilter {
 impl SyscallFilter {
     /// Builds the filter (allocates; call before fork).
     pub fn new() -> SyscallFilter {
-        use Insn::*;
-        use To::*;
-        let nr = |n: libc::c_long| n as u32;
-        let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
-        let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-        let insns = vec![
-            Stmt(BPF_LD_W_ABS, ARCH),
-            Jump(BPF_JEQ_K, AUDIT_ARCH, Next, L("kill")),
-            Stmt(BPF_LD_W_ABS, NR),
-            Jump(BPF_JGE_K, X32_SYSCALL_BIT, L("kill"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_socket), L("socket"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_socketpair), L("socketpair"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_bpf), L("eperm"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_io_uring_setup), L("eperm"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_clone3), L("enosys"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_unshare), L("flags0"), Next),
-            Jump(BPF_JEQ_K, nr(libc::SYS_clone), L("flags0"), L("allow")),
-            // unshare(flags) and clone(flags, ...) on x86_64 and aarch64: flags is argument 0.
-            Label("flags0"),
-            Stmt(BPF_LD_W_ABS, arg_lo(0)),
-            Jump(BPF_JSET_K, CLONE_NEWUSER, L("eperm"), L("allow")),
-            Label("socketpair"),
-            Stmt(BPF_LD_W_ABS, arg_lo(0)),
-            Jump(BPF_JEQ_K, AF_UNIX, L("allow"), L("eperm")),
-            Label("socket"),
-            Stmt(BPF_LD_W_ABS, arg_lo(0)),
-            Jump(BPF_JEQ_K, AF_UNIX, L("allow"), Next),
-            Jump(BPF_JEQ_K, AF_NETLINK, L("allow"), Next),
-            Jump(BPF_JEQ_K, AF_INET, L("inet"), Next),
-            Jump(BPF_JEQ_K, AF_INET6, L("inet"), L("eperm")),
-            // Inet sockets of type stream, datagram or raw pass: the eBPF programs judge their
-            // type and protocol (and report what they refuse, which a seccomp filter cannot).
-            // Any other type is refused here: SOCK_PACKET in particular, which the kernel
-            // turns into an AF_PACKET socket after this filter has seen AF_INET.
-            Label("inet"),
-            Stmt(BPF_LD_W_ABS, arg_lo(1)),
-            Stmt(BPF_ALU_AND_K, SOCK_TYPE_MASK),
-            Jump(BPF_JEQ_K, SOCK_STREAM, L("allow"), Next),
-            Jump(BPF_JEQ_K, SOCK_DGRAM, L("allow"), Next),
-            Jump(BPF_JEQ_K, SOCK_RAW, L("allow"), L("eperm")),
-            Label("allow"),
-            Stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
-            Label("eperm"),
-            Stmt(BPF_RET_K, eperm),
-            Label("enosys"),
-            Stmt(BPF_RET_K, enosys),
-            Label("kill"),
-            Stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
-        ];
         SyscallFilter {
-            program: assemble(&insns),
+            program: assemble(&program(SECCOMP_RET_ERRNO | libc::EPERM as u32)),
+            notifying: assemble(&program(SECCOMP_RET_USER_NOTIF)),
         }
     }
 
@@ -142,44 +110,17 @@ impl SyscallFilter {
     /// makes syscalls: safe between fork and exec. Without CAP_SYS_ADMIN the kernel demands
     /// no_new_privs first, which is then set.
     pub fn install(&self) -> io::Result<()> {
-        let prog = libc::sock_fprog {
-            len: self.program.len() as u16,
-            filter: self.program.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: prog points to a valid filter that outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EACCES) {
-            return Err(err);
-        }
-        // SAFETY: plain prctl.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        install(&self.program, 0).map(|_| ())
+    }
+
+    /// Installs the notifying variant and returns its listener: hand it to a thread or
+    /// process that runs [`supervise`] (over a Unix socket, SCM_RIGHTS), then close it here.
+    /// Every refused call waits for the supervisor's answer; once the last listener fd is
+    /// closed, refused calls fail with ENOSYS instead (still refused). Async-signal-safe.
+    pub fn install_notifying(&self) -> io::Result<OwnedFd> {
+        let fd = install(&self.notifying, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     /// Instructions in the program (for tests).
@@ -190,6 +131,173 @@ impl SyscallFilter {
     pub fn is_empty(&self) -> bool {
         self.program.is_empty()
     }
+}
+
+/// Answers the refused calls of the processes behind `listener` with EPERM, calling `report`
+/// for each first. Returns when every process under the filter is gone.
+pub fn supervise(listener: OwnedFd, mut report: impl FnMut(Refusal)) -> io::Result<()> {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if pfd.revents & libc::POLLIN == 0 {
+            // POLLHUP: no process is left under the filter.
+            return Ok(());
+        }
+        // SAFETY: zeroed is a valid seccomp_notif (the kernel requires it zeroed).
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: valid listener fd and struct.
+        let rc = unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                &mut req,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // The target went away between notification and receipt: next one.
+                Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                _ => return Err(err),
+            }
+        }
+        let nr = req.data.nr as libc::c_long;
+        let syscall = match nr {
+            libc::SYS_socket => "socket",
+            libc::SYS_socketpair => "socketpair",
+            libc::SYS_bpf => "bpf",
+            libc::SYS_io_uring_setup => "io_uring_setup",
+            libc::SYS_unshare => "unshare",
+            libc::SYS_clone => "clone",
+            _ => "unknown",
+        };
+        report(Refusal {
+            pid: req.pid,
+            syscall,
+            args: [req.data.args[0], req.data.args[1], req.data.args[2]],
+        });
+        let mut resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error: -libc::EPERM,
+            flags: 0,
+        };
+        // SAFETY: valid listener fd and struct.
+        let rc = unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                &mut resp,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // ENOENT: the caller was interrupted meanwhile; it retries and is asked again.
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                return Err(err);
+            }
+        }
+    }
+}
+
+fn install(program: &[libc::sock_filter], flags: libc::c_ulong) -> io::Result<libc::c_long> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    let call = || {
+        // SAFETY: prog points to a valid filter that outlives the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            )
+        }
+    };
+    let rc = call();
+    if rc >= 0 {
+        return Ok(rc);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EACCES) {
+        return Err(err);
+    }
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let rc = call();
+    if rc >= 0 {
+        Ok(rc)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The filter, with `refuse` as the action for what it refuses.
+fn program(refuse: u32) -> Vec<Insn> {
+    use Insn::*;
+    use To::*;
+    let nr = |n: libc::c_long| n as u32;
+    let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    let insns = vec![
+        Stmt(BPF_LD_W_ABS, ARCH),
+        Jump(BPF_JEQ_K, AUDIT_ARCH, Next, L("kill")),
+        Stmt(BPF_LD_W_ABS, NR),
+        Jump(BPF_JGE_K, X32_SYSCALL_BIT, L("kill"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_socket), L("socket"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_socketpair), L("socketpair"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_bpf), L("refuse"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_io_uring_setup), L("refuse"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_clone3), L("enosys"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_unshare), L("flags0"), Next),
+        Jump(BPF_JEQ_K, nr(libc::SYS_clone), L("flags0"), L("allow")),
+        // unshare(flags) and clone(flags, ...) on x86_64 and aarch64: flags is argument 0.
+        Label("flags0"),
+        Stmt(BPF_LD_W_ABS, arg_lo(0)),
+        Jump(BPF_JSET_K, CLONE_NEWUSER, L("refuse"), L("allow")),
+        Label("socketpair"),
+        Stmt(BPF_LD_W_ABS, arg_lo(0)),
+        Jump(BPF_JEQ_K, AF_UNIX, L("allow"), L("refuse")),
+        Label("socket"),
+        Stmt(BPF_LD_W_ABS, arg_lo(0)),
+        Jump(BPF_JEQ_K, AF_UNIX, L("allow"), Next),
+        Jump(BPF_JEQ_K, AF_NETLINK, L("allow"), Next),
+        Jump(BPF_JEQ_K, AF_INET, L("inet"), Next),
+        Jump(BPF_JEQ_K, AF_INET6, L("inet"), L("refuse")),
+        // Inet sockets of type stream, datagram or raw pass: the eBPF programs judge their
+        // type and protocol (and report what they refuse, which a seccomp filter cannot).
+        // Any other type is refused here: SOCK_PACKET in particular, which the kernel
+        // turns into an AF_PACKET socket after this filter has seen AF_INET.
+        Label("inet"),
+        Stmt(BPF_LD_W_ABS, arg_lo(1)),
+        Stmt(BPF_ALU_AND_K, SOCK_TYPE_MASK),
+        Jump(BPF_JEQ_K, SOCK_STREAM, L("allow"), Next),
+        Jump(BPF_JEQ_K, SOCK_DGRAM, L("allow"), Next),
+        Jump(BPF_JEQ_K, SOCK_RAW, L("allow"), L("refuse")),
+        Label("allow"),
+        Stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
+        Label("refuse"),
+        Stmt(BPF_RET_K, refuse),
+        Label("enosys"),
+        Stmt(BPF_RET_K, enosys),
+        Label("kill"),
+        Stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
+    ];
+    insns
 }
 
 /// Resolves labels into classic BPF's relative forward jumps.
