@@ -15,7 +15,13 @@
 //!    by the kernel through SO_PEERCRED/SO_PEERPIDFD) into the session cgroup, and wait for
 //!    its answer. A child that is not moved never execs;
 //! 6. install the session's syscall filter (seccomp, see [`SyscallFilter`]): the socket
-//!    allowlist, no bpf(), no user namespaces, no io_uring, even where BPF LSM is missing.
+//!    allowlist, no bpf(), no user namespaces, no io_uring, even where BPF LSM is missing. Its
+//!    refusals go to a supervisor (the agent, or the single-shot `boundary run`) that reports
+//!    each one as an event: the filter's listener is handed over with SCM_RIGHTS.
+//!
+//! In daemon mode the filter is installed before the join, and its listener travels with the
+//! join request, so that the agent can check (/proc) that the process it moves has
+//! no_new_privs and a filter, and supervise it.
 //!
 //! Everything the child runs is prepared before the fork: the closure only makes
 //! async-signal-safe system calls on memory allocated in the parent.
@@ -152,6 +158,8 @@ pub struct Confinement {
     last_cap: u32,
     join: Option<Join>,
     seccomp: SyscallFilter,
+    /// Single-shot mode: the child's end of a socket pair to the supervising parent.
+    supervisor: Option<std::os::fd::RawFd>,
 }
 
 /// Daemon mode: the request the child sends to the agent to be moved into its session.
@@ -173,6 +181,7 @@ impl Confinement {
             last_cap: last_cap(),
             join: None,
             seccomp: SyscallFilter::new(),
+            supervisor: None,
         })
     }
 
@@ -208,6 +217,13 @@ impl Confinement {
             request,
         });
         Ok(self)
+    }
+
+    /// Single-shot mode: the filter's listener goes to whoever holds the other end of
+    /// `socket` (a socket pair), which supervises the command (see [`receive_listener`]).
+    pub fn supervised_through(mut self, socket: std::os::fd::RawFd) -> Confinement {
+        self.supervisor = Some(socket);
+        self
     }
 
     /// Environment the command should see for the user it runs as.
@@ -286,20 +302,85 @@ impl Confinement {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // From here on the process can create only the sockets the policy knows; the
+            // refusals wait for the supervisor, which reports them.
+            if self.join.is_none() && self.supervisor.is_none() {
+                return self.seccomp.install();
+            }
+            let listener = self.seccomp.install_notifying()?;
             if let Some(join) = &self.join {
-                join_through_agent(join)?;
+                join_through_agent(join, listener.as_raw_fd())?;
+            } else if let Some(socket) = self.supervisor {
+                send_fd(socket, listener.as_raw_fd(), b"L")?;
+            }
+            // Our copy of the listener goes; the supervisor holds the other.
+            drop(listener);
+        }
+        Ok(())
+    }
+}
+
+/// Sends `payload` with `fd` attached (SCM_RIGHTS). Async-signal-safe: no allocation.
+fn send_fd(socket: i32, fd: i32, payload: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: msghdr and cmsg buffers live on this stack frame and are sized with CMSG_SPACE;
+    // the CMSG_* helpers only compute pointers within them.
+    unsafe {
+        let mut space = [0u64; 4];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        let n = libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// Single-shot mode, in the parent: the listener the child sent through its end of the pair.
+pub fn receive_listener(socket: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut buf = [0u8; 8];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel installed this fd for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
-        // Last: from here on the process can create only the sockets the policy knows.
-        self.seccomp.install()
     }
+    Err(std::io::Error::other(
+        "the command sent no syscall-filter listener",
+    ))
 }
 
 /// Connects to the agent, sends the join request and waits for its answer.
 ///
 /// # Safety
 /// Async-signal-safe only; called in the forked child.
-unsafe fn join_through_agent(join: &Join) -> std::io::Result<()> {
+unsafe fn join_through_agent(join: &Join, listener: i32) -> std::io::Result<()> {
     // SAFETY: plain system calls on valid memory; see the caller.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -319,7 +400,14 @@ unsafe fn join_through_agent(join: &Join) -> std::io::Result<()> {
         {
             return fail(fd);
         }
-        let mut sent = 0;
+        // The request's first bytes carry the filter's listener.
+        let mut sent = match send_fd(fd, listener, &join.request) {
+            Ok(n) => n,
+            Err(e) => {
+                libc::close(fd);
+                return Err(e);
+            }
+        };
         while sent < join.request.len() {
             let n = libc::write(
                 fd,

@@ -80,6 +80,8 @@ struct SessionEntry {
     token: Option<String>,
     /// To name the joined process in events even if it exits before they are read.
     enricher: Option<Arc<crate::events::Enricher>>,
+    /// Reports the joined process's syscall-filter refusals.
+    supervisor: Option<session::SyscallSupervisor>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -287,6 +289,7 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
                 cgroup: cgroup.clone(),
                 token: None,
                 enricher: None,
+                supervisor: None,
             },
         );
         agent.owners.lock().unwrap().push_back((id.clone(), uid));
@@ -400,8 +403,14 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
         pid: cred.pid(),
         pidfd: peer_pidfd(&stream),
     };
+    // The first message may carry a file descriptor (the syscall filter's listener, with a
+    // join): it is read with recvmsg, and whatever else came with it is read first.
+    let (first, attached) = recv_first(&stream).await?;
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::chain(
+        std::io::Cursor::new(first),
+        read,
+    ));
     let Some(request) = protocol::read_json::<_, Request>(&mut reader).await? else {
         return Ok(());
     };
@@ -423,7 +432,7 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
             run_session(agent, peer, start, reader, write).await
         }
         Request::Join { session, token } => {
-            let reply = match join(&agent, &peer, &session, &token) {
+            let reply = match join(&agent, &peer, &session, &token, attached) {
                 Ok(()) => "{\"ok\":true}\n".to_string(),
                 Err(e) => {
                     tracing::warn!(session = %session, uid = peer.uid, pid = ?peer.pid, error = %e, "join refused");
@@ -463,6 +472,43 @@ struct StartRequest {
     session_id: Option<String>,
     deny_events_only: bool,
     events: bool,
+}
+
+/// Reads the first message on a connection with recvmsg, keeping a file descriptor sent with
+/// it (at most one; the kernel closes any extra).
+async fn recv_first(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>)> {
+    loop {
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            recv_with_fd(stream.as_raw_fd())
+        }) {
+            Ok(got) => return Ok(got),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn recv_with_fd(fd: std::os::fd::RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (bytes, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                fds.extend(received);
+            }
+        }
+        (msg.bytes, fds)
+    };
+    buf.truncate(bytes);
+    // SAFETY: the kernel installed these fds for us; each is owned exactly once.
+    let mut owned = fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+    Ok((buf, owned.next()))
 }
 
 /// SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, immune to pid reuse.
@@ -571,13 +617,16 @@ fn refuse_if_confined(agent: &Agent, peer: &Peer) -> Result<()> {
     Ok(())
 }
 
-async fn run_session(
+async fn run_session<R>(
     agent: Arc<Agent>,
     peer: Peer,
     start: StartRequest,
-    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut reader: R,
     mut write: tokio::net::unix::OwnedWriteHalf,
-) -> Result<()> {
+) -> Result<()>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
     // Subscribed before the session exists, so its first events reach the client too.
     let mut events = start.events.then(|| agent.tap.subscribe());
     let started = async {
@@ -626,6 +675,7 @@ async fn run_session(
             cgroup: session.cgroup().path().to_path_buf(),
             token: Some(token.clone()),
             enricher: Some(session.enricher()),
+            supervisor: Some(session.syscall_supervisor()),
         },
     );
     {
@@ -736,7 +786,13 @@ fn choose_policy(opts: &AgentOptions, wanted: Option<&str>) -> Result<(String, P
 }
 
 /// Moves the connecting process into the session, after checking it is who may join.
-fn join(agent: &Agent, peer: &Peer, session: &str, token: &str) -> Result<()> {
+fn join(
+    agent: &Agent,
+    peer: &Peer,
+    session: &str,
+    token: &str,
+    listener: Option<OwnedFd>,
+) -> Result<()> {
     refuse_if_confined(agent, peer)?;
     let pid = peer.pid.expect("checked by refuse_if_confined");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -750,6 +806,23 @@ fn join(agent: &Agent, peer: &Peer, session: &str, token: &str) -> Result<()> {
         return Err(Error::Agent(
             "the joining process must have no_new_privs set".into(),
         ));
+    }
+    // Seccomp mode 2: a filter is installed, and the listener it sent is a seccomp one.
+    if field("Seccomp:").as_deref() != Some("2") {
+        return Err(Error::Agent(
+            "the joining process must run under the session's syscall filter".into(),
+        ));
+    }
+    let listener = listener.ok_or_else(|| {
+        Error::Agent("the join request carries no syscall-filter listener".into())
+    })?;
+    let kind = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !kind.contains("seccomp") {
+        return Err(Error::Agent(format!(
+            "the descriptor sent with the join is not a seccomp listener ({kind})"
+        )));
     }
     let mut sessions = agent.sessions.lock().unwrap();
     let entry = sessions
@@ -775,6 +848,9 @@ fn join(agent: &Agent, peer: &Peer, session: &str, token: &str) -> Result<()> {
         if !pidfd_alive(pidfd) {
             return Err(Error::Agent("the joining process exited".into()));
         }
+    }
+    if let Some(supervisor) = &entry.supervisor {
+        supervisor.spawn(listener);
     }
     if let Some(enricher) = &entry.enricher {
         enricher.remember(

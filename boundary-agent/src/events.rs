@@ -212,6 +212,74 @@ impl Enricher {
         m
     }
 
+    /// A system call the session's syscall filter stopped (see `loader::seccomp`): refused,
+    /// or in audit mode let through and reported as `would_deny`.
+    pub fn refusal(&self, r: &crate::loader::Refusal, audit: bool) -> Map<String, Value> {
+        let policy = self.policy.borrow().clone();
+        let mut m = self.base("boundary.decision", OffsetDateTime::now_utc(), &policy);
+        m.insert(
+            "event.action".into(),
+            if audit { "would_deny" } else { "deny" }.into(),
+        );
+        m.insert("boundary.hook".into(), "seccomp".into());
+        m.insert("boundary.syscall".into(), r.syscall.into());
+        match r.syscall {
+            "socket" | "socketpair" => {
+                let (family, sock_type) = (r.args[0] as u8, (r.args[1] & 0xf) as u8);
+                m.insert("boundary.socket.family".into(), r.args[0].into());
+                m.insert(
+                    "boundary.socket.type".into(),
+                    socket_type(family, sock_type).into(),
+                );
+                m.insert("network.protocol.number".into(), r.args[2].into());
+            }
+            "unshare" | "clone" => {
+                m.insert("boundary.syscall.flags".into(), r.args[0].into());
+            }
+            "bpf" => {
+                m.insert("boundary.bpf.command".into(), r.args[0].into());
+            }
+            _ => {}
+        }
+        m.insert("boundary.rule".into(), "none".into());
+        m.insert("boundary.rule.id".into(), Value::Null);
+        // The notification names the thread; its process is the thread group.
+        let tid = r.pid;
+        let pid = fs::read_to_string(format!("/proc/{tid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Tgid:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            })
+            .unwrap_or(tid);
+        let thread = fs::read_to_string(format!("/proc/{tid}/comm"))
+            .map(|t| t.trim_end().to_string())
+            .unwrap_or_default();
+        let process = self.process(pid);
+        m.insert("process.pid".into(), pid.into());
+        m.insert("thread.id".into(), tid.into());
+        m.insert(
+            "process.executable.name".into(),
+            process
+                .name
+                .clone()
+                .unwrap_or_else(|| thread.clone())
+                .into(),
+        );
+        m.insert("thread.name".into(), thread.into());
+        m.insert("process.executable.path".into(), process.executable.into());
+        m.insert("process.command_line".into(), process.command_line.into());
+        m.insert("process.parent_pid".into(), process.parent_pid.into());
+        if let Ok(meta) = fs::metadata(format!("/proc/{tid}")) {
+            use std::os::unix::fs::MetadataExt;
+            m.insert("user.id".into(), meta.uid().into());
+            m.insert("user.name".into(), self.user_name(meta.uid()).into());
+            m.insert("group.id".into(), meta.gid().into());
+        }
+        m
+    }
+
     /// Events the kernel could not queue: never lost silently.
     pub fn lost(&self, deny: u64, allow: u64) -> Map<String, Value> {
         let policy = self.policy.borrow().clone();

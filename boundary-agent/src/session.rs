@@ -9,6 +9,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -349,6 +350,14 @@ impl Session {
         self.enricher.clone()
     }
 
+    /// What supervises the syscall filter of this session's processes.
+    pub fn syscall_supervisor(&self) -> SyscallSupervisor {
+        SyscallSupervisor {
+            enricher: self.enricher.clone(),
+            events: self.event_tx.downgrade(),
+        }
+    }
+
     pub fn spec(&self) -> &SessionSpec {
         &self.spec
     }
@@ -416,6 +425,45 @@ impl Session {
             }
         }
         guard.finish();
+    }
+}
+
+/// Answers the session's syscall-filter refusals and reports each one as a
+/// `boundary.decision` event (`boundary.hook: seccomp`); in audit mode the call goes ahead and
+/// is reported as `would_deny`. Holds the event channel weakly: a session that ends is never
+/// kept open by it.
+#[derive(Clone)]
+pub struct SyscallSupervisor {
+    enricher: Arc<Enricher>,
+    events: mpsc::WeakSender<Map<String, Value>>,
+}
+
+impl SyscallSupervisor {
+    /// Supervises the processes behind `listener` on a thread of its own until they are gone.
+    pub fn spawn(&self, listener: std::os::fd::OwnedFd) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("boundary-seccomp".into())
+            .spawn(move || {
+                let result = loader::supervise(listener, |refusal| {
+                    let audit = me.enricher.policy.borrow().mode == Mode::Audit;
+                    if let Some(tx) = me.events.upgrade() {
+                        let event = me.enricher.refusal(&refusal, audit);
+                        if let Err(mpsc::error::TrySendError::Full(event)) = tx.try_send(event) {
+                            // Refusals are rare; waiting a moment for room beats losing one.
+                            let _ = tx.blocking_send(event);
+                        }
+                    }
+                    audit
+                });
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "supervising the syscall filter stopped");
+                }
+            });
+        if let Err(e) = spawned {
+            // Without a supervisor the refused calls fail with ENOSYS: still refused.
+            tracing::error!(error = %e, "cannot start the syscall-filter supervisor");
+        }
     }
 }
 
@@ -627,7 +675,8 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         None => RunAs::decide(None, false)?,
     };
     // Prepared before anything is loaded: a refusal costs nothing and leaves nothing behind.
-    let confinement = Confinement::new(&run_as)?;
+    let (supervisor_end, child_end) = std::os::unix::net::UnixStream::pair()?;
+    let confinement = Confinement::new(&run_as)?.supervised_through(child_end.as_raw_fd());
     let session = Session::start(SessionSpec::from_run(&opts), None).await?;
     let confinement = match confinement.join_cgroup(&session.cgroup().join_path()) {
         Ok(c) => c,
@@ -640,7 +689,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     };
     let mut env: Vec<(&str, String)> = session.env().to_vec();
     env.extend(confinement.user_env());
-    let child = match spawn(&opts.command, &env, confinement) {
+    let spawned = spawn(&opts.command, &env, confinement);
+    drop(child_end);
+    let child = match spawned {
         Ok(child) => child,
         Err((code, message)) => {
             eprintln!("boundary: {message}");
@@ -648,6 +699,13 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
             return Ok(code);
         }
     };
+    // The child sent its filter's listener before exec; a refused call waits for this.
+    match crate::confine::receive_listener(&supervisor_end) {
+        Ok(listener) => session.syscall_supervisor().spawn(listener),
+        Err(e) => {
+            tracing::error!(error = %e, "no syscall-filter listener from the command; its refusals are not reported")
+        }
+    }
     let child_pid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
     let status = wait_forwarding_signals(child, child_pid).await;
     let code = exit_code(&status);

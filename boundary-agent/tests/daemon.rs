@@ -852,3 +852,68 @@ fn whole_workspace_mode_confines_running_processes_except_exempt_cgroups() {
     let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
     assert!(events.contains("\"session.id\":\"workspace\""), "{events}");
 }
+
+#[test]
+fn refused_system_calls_fail_with_eperm_and_each_is_an_event() {
+    let agent = Agent::start(&policy(""));
+    let script = r#"
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, f):
+    try:
+        f(); print(name, "ok")
+    except OSError as e:
+        print(name, "fail:%d" % e.errno)
+attempt("packet", lambda: socket.socket(17, socket.SOCK_RAW, 0))
+attempt("vsock", lambda: socket.socket(40, socket.SOCK_STREAM, 0))
+attempt("alg", lambda: socket.socket(38, socket.SOCK_SEQPACKET, 0))
+def userns():
+    if libc.unshare(0x10000000) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+attempt("userns", userns)
+def bpf():
+    if libc.syscall(321, 0, None, 0) < 0:
+        raise OSError(ctypes.get_errno(), "bpf")
+attempt("bpf", bpf)
+"#;
+    let out = agent.run_as_nobody(&["--events", "-"], &["python3", "-c", script]);
+    let o = stdout(&out);
+    for technique in ["packet", "vsock", "alg", "userns", "bpf"] {
+        assert!(
+            o.contains(&format!("{technique} fail:1\n")),
+            "{technique}: {}",
+            text(&out)
+        );
+    }
+    let refusals: Vec<Value> = o
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["boundary.hook"] == "seccomp")
+        .collect();
+    let calls: Vec<(&str, Option<u64>)> = refusals
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event.action"], "deny", "{e}");
+            assert_eq!(e["user.name"], "nobody", "{e}");
+            assert_eq!(e["process.executable.name"], "python3", "{e}");
+            (
+                e["boundary.syscall"].as_str().unwrap(),
+                e["boundary.socket.family"].as_u64(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("socket", Some(17)),
+        ("socket", Some(40)),
+        ("socket", Some(38)),
+        ("unshare", None),
+        ("bpf", None),
+    ] {
+        assert!(
+            calls.contains(&expected),
+            "no event for {expected:?}; got {calls:?}\n{}",
+            text(&out)
+        );
+    }
+}

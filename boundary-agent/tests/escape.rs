@@ -1727,7 +1727,11 @@ print("unshare", "ok" if r == 0 else errno.errorcode[ctypes.get_errno()])
     let listener = recv_fd(ours.as_raw_fd());
     let refusals = thread::spawn(move || {
         let mut seen: Vec<Refusal> = Vec::new();
-        supervise(listener, |r| seen.push(r)).unwrap();
+        supervise(listener, |r| {
+            seen.push(r);
+            false
+        })
+        .unwrap();
         seen
     });
     let out = child.wait_with_output().unwrap();

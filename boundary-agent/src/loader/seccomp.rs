@@ -133,9 +133,10 @@ impl SyscallFilter {
     }
 }
 
-/// Answers the refused calls of the processes behind `listener` with EPERM, calling `report`
-/// for each first. Returns when every process under the filter is gone.
-pub fn supervise(listener: OwnedFd, mut report: impl FnMut(Refusal)) -> io::Result<()> {
+/// Answers the refused calls of the processes behind `listener`, calling `report` for each
+/// first: EPERM, or, when `report` returns true (audit mode), the call goes ahead. Returns
+/// when every process under the filter is gone.
+pub fn supervise(listener: OwnedFd, mut report: impl FnMut(Refusal) -> bool) -> io::Result<()> {
     loop {
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -182,16 +183,22 @@ pub fn supervise(listener: OwnedFd, mut report: impl FnMut(Refusal)) -> io::Resu
             libc::SYS_clone => "clone",
             _ => "unknown",
         };
-        report(Refusal {
+        let allow = report(Refusal {
             pid: req.pid,
             syscall,
             args: [req.data.args[0], req.data.args[1], req.data.args[2]],
         });
+        // CONTINUE lets the kernel run the call as if no filter had stopped it; it is only
+        // used for audit mode, where nothing is refused.
         let mut resp = libc::seccomp_notif_resp {
             id: req.id,
             val: 0,
-            error: -libc::EPERM,
-            flags: 0,
+            error: if allow { 0 } else { -libc::EPERM },
+            flags: if allow {
+                libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+            } else {
+                0
+            },
         };
         // SAFETY: valid listener fd and struct.
         let rc = unsafe {
