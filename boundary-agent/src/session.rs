@@ -39,8 +39,10 @@ pub const EXIT_BOUNDARY_FAILED: i32 = 125;
 /// Directory of the per-session files that record which agent owns a session.
 const RUN_DIR: &str = "/run/boundary/sessions";
 
-/// How often config.yaml is checked for edits and the loss counters are read.
-const POLL: Duration = Duration::from_secs(1);
+/// How often config.yaml is checked for edits and the loss counters are read. An edit is
+/// applied once the file has stayed the same for one more poll: an editor that writes a file
+/// in two steps never gets its first half applied.
+const POLL: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -897,6 +899,7 @@ struct PolicyLoop {
 async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     let mut lost_reported = (0, 0);
     let mut config_stamp = stamp(&s.spec.config);
+    let mut pending: Option<Option<Stamp>> = None;
     let mut extra_resolver: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -921,7 +924,17 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                     lost_reported = lost;
                 }
                 let now = stamp(&s.spec.config);
-                if now != config_stamp {
+                if now == config_stamp {
+                    pending = None;
+                    continue;
+                }
+                // Changed: wait until it is stable (same stamp on two polls in a row).
+                if pending.as_ref() != Some(&now) {
+                    pending = Some(now);
+                    continue;
+                }
+                pending = None;
+                {
                     config_stamp = now;
                     if let Some((handle, rx)) = reload(&mut s).await {
                         if let Some(old) = extra_resolver.replace(handle) {
@@ -1021,9 +1034,14 @@ async fn reload(
     Some((resolver.spawn_refresh(tx), rx))
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What identifies one version of the policy file: an atomic replacement (rename) changes the
+/// inode even when size and time look the same.
+type Stamp = (SystemTime, u64, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((meta.modified().ok()?, meta.len(), meta.ino(), meta.dev()))
 }
 
 /// Removes sessions whose agent is gone and whose processes have all exited. Sessions whose
