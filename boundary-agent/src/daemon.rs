@@ -1037,6 +1037,7 @@ async fn write_all_events(agent: Arc<Agent>, path: PathBuf) {
     let mut rx = agent.tap.subscribe();
     loop {
         match rx.recv().await {
+            // Never blocks: the sink's writer has its own thread and queue.
             Ok(e) => sink.write(&e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(skipped = n, "the agent's events file fell behind");

@@ -494,9 +494,87 @@ async fn drain(ring: &mut RingBuf<MapData>, enricher: &Enricher, out: &EventSend
 pub type Tap = tokio::sync::broadcast::Sender<Arc<Map<String, Value>>>;
 
 /// Where events go: any of stdout, a file given with `--events`, `log_dir`, and taps.
+///
+/// Each writer has its own thread and a bounded queue: a stalled reader of `--events -` or a
+/// slow disk never blocks enforcement, policy reloads, signal forwarding or the other sinks.
+/// When a writer's queue is full its events are counted, and once it catches up it writes a
+/// `boundary.events_lost` line (`boundary.events_lost.reason: sink_slow`) saying how many it
+/// missed. A line is written with one `write` call or not at all, so a failed write never
+/// leaves half a line for the next one to be glued to.
 pub struct Sink {
-    writers: Vec<(String, Box<dyn Write + Send>)>,
+    writers: Vec<Writer>,
     taps: Vec<Tap>,
+}
+
+/// Lines waiting for one writer.
+const WRITER_QUEUE: usize = 4096;
+
+struct Writer {
+    name: String,
+    queue: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(name: String, mut out: Box<dyn Write + Send>) -> Writer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(WRITER_QUEUE);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let missed = dropped.clone();
+        let sink = name.clone();
+        let thread = std::thread::Builder::new()
+            .name("boundary-sink".into())
+            .spawn(move || {
+                let mut failed = 0u64;
+                for line in rx {
+                    let lost = missed.swap(0, std::sync::atomic::Ordering::Relaxed) + failed;
+                    if lost > 0 {
+                        failed = 0;
+                        let note = lost_line(&sink, lost);
+                        if out.write_all(&note).and_then(|_| out.flush()).is_err() {
+                            failed += lost;
+                        }
+                    }
+                    if let Err(e) = out.write_all(&line).and_then(|_| out.flush()) {
+                        failed += 1;
+                        tracing::error!(sink = %sink, error = %e, "cannot write audit event");
+                    }
+                }
+                let lost = missed.swap(0, std::sync::atomic::Ordering::Relaxed) + failed;
+                if lost > 0 {
+                    let _ = out
+                        .write_all(&lost_line(&sink, lost))
+                        .and_then(|_| out.flush());
+                }
+            })
+            .expect("spawning a sink thread");
+        Writer {
+            name,
+            queue: Some(tx),
+            dropped,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// The line a writer writes for the events it missed.
+fn lost_line(sink: &str, lost: u64) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert(
+        "timestamp".into(),
+        OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default()
+            .into(),
+    );
+    m.insert("event.name".into(), "boundary.events_lost".into());
+    m.insert("service.name".into(), "boundary".into());
+    m.insert("boundary.events_lost.reason".into(), "sink_slow".into());
+    m.insert("boundary.events_lost.sink".into(), sink.into());
+    m.insert("boundary.events_lost.count".into(), lost.into());
+    let mut line = serde_json::to_vec(&m).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 impl Sink {
@@ -512,7 +590,8 @@ impl Sink {
     }
 
     pub fn stdout(&mut self) {
-        self.writers.push(("stdout".into(), Box::new(io::stdout())));
+        self.writers
+            .push(Writer::start("stdout".into(), Box::new(io::stdout())));
     }
 
     /// Appends to `path`, creating it (and its directory) if needed.
@@ -533,13 +612,13 @@ impl Sink {
                 path: path.to_path_buf(),
                 source,
             })?;
-        self.writers.push((
-            path.display().to_string(),
-            Box::new(io::LineWriter::new(file)),
-        ));
+        // Unbuffered: each line goes out in one write(2) on an O_APPEND file.
+        self.writers
+            .push(Writer::start(path.display().to_string(), Box::new(file)));
         Ok(())
     }
 
+    /// Hands the event to every tap and writer without waiting for any of them.
     pub fn write(&mut self, event: &Map<String, Value>) {
         if !self.taps.is_empty() {
             let shared = Arc::new(event.clone());
@@ -548,22 +627,53 @@ impl Sink {
                 let _ = tap.send(shared.clone());
             }
         }
+        if self.writers.is_empty() {
+            return;
+        }
         let mut line = serde_json::to_vec(event).unwrap_or_default();
         line.push(b'\n');
-        for (name, w) in &mut self.writers {
-            if let Err(e) = w.write_all(&line).and_then(|_| w.flush()) {
-                tracing::error!(sink = %name, error = %e, "cannot write audit event");
+        let line = Arc::new(line);
+        for w in &self.writers {
+            let Some(queue) = &w.queue else { continue };
+            if queue.try_send(line.clone()).is_err() {
+                w.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
 
-    /// Writes events until every sender is gone.
+    /// Closes the queues and gives the writers until `grace` to write what they hold; a writer
+    /// still stuck then (a reader that never reads) is left behind, never waited for.
+    pub fn close(mut self, grace: std::time::Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        for w in &mut self.writers {
+            w.queue = None;
+        }
+        for w in &mut self.writers {
+            let Some(thread) = w.thread.take() else {
+                continue;
+            };
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!(sink = %w.name, "an event sink did not finish writing in time");
+            }
+        }
+    }
+
+    /// Writes events until every sender is gone, then closes the writers.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Map<String, Value>>) {
         while let Some(event) = rx.recv().await {
             self.write(&event);
         }
+        let _ = tokio::task::spawn_blocking(move || self.close(SINK_GRACE)).await;
     }
 }
+
+/// How long the writers get to finish when a session ends.
+pub const SINK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Default for Sink {
     fn default() -> Self {

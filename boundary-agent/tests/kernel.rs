@@ -859,3 +859,50 @@ fn check_and_validate() {
         text(&bad)
     );
 }
+
+#[test]
+fn a_stalled_events_reader_never_holds_the_command_or_the_exit() {
+    let port = udp_echo();
+    let case = Case::new("name: flood\nallow_loopback: false\nallowlist:\n  - \"ip=127.0.0.2\"\n");
+    // 20,000 denied connects (denials are never summarised): far more events than a pipe
+    // holds, and nobody reads the pipe.
+    let script = format!(
+        "import socket\n\
+         for _ in range(20000):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+         try:\n        s.connect(('127.0.0.3', {port}))\n    except PermissionError:\n        pass\n    s.close()\n\
+         raise SystemExit(3)\n"
+    );
+    let mut cmd = Command::new(BOUNDARY);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(case.path("config.yaml"))
+        .args([
+            "--dns-server",
+            "127.0.0.1:9",
+            "--user",
+            "nobody",
+            "--events",
+            "-",
+        ])
+        .args(["--", "python3", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    // Hold the pipe open without ever reading it.
+    let _stalled = child.stdout.take();
+    let deadline = started + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("boundary did not exit with a stalled events reader");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3));
+    eprintln!("exited after {:?} with a stalled reader", started.elapsed());
+}
