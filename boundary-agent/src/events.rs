@@ -33,6 +33,9 @@ pub struct Enricher {
     pub session_id: String,
     pub policy: watch::Receiver<Arc<Policy>>,
     pub book: watch::Receiver<Arc<AddressBook>>,
+    /// The name this session's DNS proxy last answered for an address (connection events
+    /// name it rather than every name that shares the address).
+    resolved: Option<crate::dns::learned::ResolvedNames>,
     clock: Clock,
     users: Mutex<HashMap<u32, Option<String>>>,
     processes: Mutex<ProcessCache>,
@@ -98,9 +101,34 @@ impl Enricher {
             session_id,
             policy,
             book,
+            resolved: None,
             clock: Clock::now(),
             users: Mutex::new(HashMap::new()),
             processes: Mutex::new(ProcessCache::default()),
+        }
+    }
+
+    /// Names addresses by what the session's DNS proxy answered (see [`crate::dns::learned`]).
+    pub fn with_resolved(mut self, resolved: crate::dns::learned::ResolvedNames) -> Self {
+        self.resolved = Some(resolved);
+        self
+    }
+
+    /// The domain(s) a destination stands for: the name this session resolved through its DNS
+    /// proxy to reach it, else every policy name that currently resolves to it.
+    fn domains_for(&self, ip: std::net::IpAddr) -> Vec<String> {
+        let asked = self.resolved.as_ref().and_then(|r| {
+            let ip = match ip {
+                std::net::IpAddr::V6(v6) => {
+                    v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip)
+                }
+                v4 => v4,
+            };
+            r.read().ok()?.get(&ip).cloned()
+        });
+        match asked {
+            Some(name) => vec![name],
+            None => self.book.borrow().domains_for(ip),
         }
     }
 
@@ -162,7 +190,7 @@ impl Enricher {
             );
             m.insert("destination.address".into(), ip.to_string().into());
             m.insert("destination.port".into(), e.port.into());
-            let domains = self.book.borrow().domains_for(ip);
+            let domains = self.domains_for(ip);
             m.insert("boundary.destination.domains".into(), domains.into());
         }
         m.insert(

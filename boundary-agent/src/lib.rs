@@ -7,12 +7,14 @@
 //! - [`session`]: one policy, one cgroup, one copy of the programs, the event pipeline;
 //! - the kernel side: [`loader`] (programs, maps, pins), [`cgroup`] (session cgroups),
 //!   [`confine`] (what the command gives up before exec: privileges, no_new_privs, Landlock);
-//!   [`resolver`] (names to addresses) and [`events`] (enrichment, sinks);
+//!   [`resolver`] (names to addresses), [`dns`] (the per-session DNS proxy every query of a
+//!   session goes through) and [`events`] (enrichment, sinks);
 //! - [`policy`]: the pure policy (parse with positions, validate, match, compile); no I/O;
 //! - [`error`]: the crate's one error type.
 
 pub mod error;
 
+pub mod dns;
 pub mod policy;
 pub mod resolver;
 

@@ -71,11 +71,16 @@ enum Kind {
 }
 
 /// Every program, by its name in the object (the pin of its link has the same name).
-const PROGRAMS: [(&str, Kind); 10] = [
+const PROGRAMS: [(&str, Kind); 14] = [
     ("connect4", Kind::SockAddr),
     ("connect6", Kind::SockAddr),
     ("sendmsg4", Kind::SockAddr),
     ("sendmsg6", Kind::SockAddr),
+    // DNS replies from the session's proxy, shown as coming from the nameserver asked.
+    ("recvmsg4", Kind::SockAddr),
+    ("recvmsg6", Kind::SockAddr),
+    ("getpeername4", Kind::SockAddr),
+    ("getpeername6", Kind::SockAddr),
     ("sock_create", Kind::Sock),
     ("setsockopt", Kind::Sockopt),
     ("egress", Kind::Egress),
@@ -279,7 +284,21 @@ impl Enforcer {
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
         self.write_settings(Settings {
             exempt: self.current.exempt,
+            dns_ip4: self.current.dns_ip4,
+            dns_port4: self.current.dns_port4,
+            dns_port6: self.current.dns_port6,
             ..settings
+        })
+    }
+
+    /// Where port 53 goes from now on: the session's DNS proxy (`v6_port` 0: no proxy on ::1).
+    /// [`Enforcer::set_settings`] keeps it.
+    pub fn set_dns_proxy(&mut self, v4: std::net::SocketAddrV4, v6_port: u16) -> Result<()> {
+        self.write_settings(Settings {
+            dns_ip4: u32::from_ne_bytes(v4.ip().octets()),
+            dns_port4: v4.port(),
+            dns_port6: v6_port,
+            ..self.current
         })
     }
 

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroup::{self, Cgroup};
 
 use crate::confine::{Confinement, RunAs};
+use crate::dns::{DnsProxy, Learned, LearnedNames, ProxyContext};
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
 use crate::loader::{self, Enforcer};
@@ -129,6 +130,8 @@ pub struct Session {
     policy_task: tokio::task::JoinHandle<Enforcer>,
     refresh: tokio::task::JoinHandle<()>,
     sink_task: tokio::task::JoinHandle<()>,
+    /// The session's DNS proxy (aborted at the end).
+    dns: tokio::task::JoinHandle<()>,
 }
 
 impl Session {
@@ -175,11 +178,12 @@ impl Session {
             guard,
         } = prepared;
         enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
+        let proxy = start_dns_proxy(&mut enforcer)?;
         let resolver_config =
             ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
-        let mut resolver = Resolver::new(&policy, resolver_config.clone());
+        let mut resolver = Resolver::new(&policy, resolver_config);
         let book = resolver.resolve_initial().await;
-        let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
+        let compiled = policy::compile(&policy, &book, &proxy.listen_addrs())?;
         enforcer.apply(&compiled)?;
         write_spec(&session_id, &spec);
 
@@ -200,9 +204,9 @@ impl Session {
             enforcer,
             rings,
             resolver,
-            resolver_config,
             book,
             guard,
+            proxy,
         };
         running.launch(tap, "boundary.session.start", start)
     }
@@ -238,10 +242,11 @@ impl Session {
         }
         let resolver_config =
             ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
-        let mut resolver = Resolver::new(&policy, resolver_config.clone());
+        let mut resolver = Resolver::new(&policy, resolver_config);
         let book = resolver.resolve_initial().await;
-        let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
         enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
+        let proxy = start_dns_proxy(&mut enforcer)?;
+        let compiled = policy::compile(&policy, &book, &proxy.listen_addrs())?;
         enforcer.apply(&compiled)?;
         let fields = json!({
             "boundary.policy.source": spec.config.display().to_string(),
@@ -256,9 +261,9 @@ impl Session {
             enforcer,
             rings,
             resolver,
-            resolver_config,
             book,
             guard,
+            proxy,
         };
         running.launch(tap, "boundary.session.adopted", fields)
     }
@@ -292,10 +297,11 @@ impl Session {
         enforcer.set_exempt(&ids)?;
         let resolver_config =
             ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
-        let mut resolver = Resolver::new(&policy, resolver_config.clone());
+        let mut resolver = Resolver::new(&policy, resolver_config);
         let book = resolver.resolve_initial().await;
-        let compiled = policy::compile(&policy, &book, &resolver_config.nameservers)?;
         enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
+        let proxy = start_dns_proxy(&mut enforcer)?;
+        let compiled = policy::compile(&policy, &book, &proxy.listen_addrs())?;
         enforcer.apply(&compiled)?;
         let guard = Cleanup {
             cgroup: Some(Cgroup::open(cgroup)?),
@@ -320,9 +326,9 @@ impl Session {
             enforcer,
             rings,
             resolver,
-            resolver_config,
             book,
             guard,
+            proxy,
         };
         running.launch(
             tap,
@@ -393,11 +399,13 @@ impl Session {
             policy_task,
             refresh,
             sink_task,
+            dns,
             ..
         } = self;
         // The command is done: nothing else in its cgroup may outlive it.
         let _ = stop_tx.send(true);
         refresh.abort();
+        dns.abort();
         if let Some(cgroup) = guard.cgroup.as_ref() {
             let _ = cgroup::kill_all(cgroup.path());
         }
@@ -537,9 +545,16 @@ struct Running {
     enforcer: Enforcer,
     rings: loader::Rings,
     resolver: Resolver,
-    resolver_config: ResolverConfig,
     book: AddressBook,
     guard: Cleanup,
+    proxy: DnsProxy,
+}
+
+/// Binds the session's DNS proxy and points the kernel's port-53 redirect at it.
+fn start_dns_proxy(enforcer: &mut Enforcer) -> Result<DnsProxy> {
+    let proxy = DnsProxy::bind()?;
+    enforcer.set_dns_proxy(proxy.addr4(), proxy.port6())?;
+    Ok(proxy)
 }
 
 impl Running {
@@ -552,9 +567,9 @@ impl Running {
             enforcer,
             rings,
             resolver,
-            resolver_config,
             book,
             guard,
+            proxy,
         } = self;
         // Events: one sink task fed by the ring readers and the session's own events.
         let mut sink = Sink::new();
@@ -573,11 +588,11 @@ impl Running {
         let policy = Arc::new(policy);
         let (policy_tx, policy_rx) = watch::channel(policy.clone());
         let (book_tx, book_rx) = watch::channel(Arc::new(book));
-        let enricher = Arc::new(Enricher::new(
-            session_id.clone(),
-            policy_rx,
-            book_rx.clone(),
-        ));
+        let learned = LearnedNames::default();
+        let enricher = Arc::new(
+            Enricher::new(session_id.clone(), policy_rx.clone(), book_rx.clone())
+                .with_resolved(learned.resolved()),
+        );
         let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
         let sink_task = tokio::spawn(sink.run(event_rx));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -596,11 +611,25 @@ impl Running {
 
         let refresh = resolver.spawn_refresh(book_tx);
         let policy_name = policy.name.clone();
+        let dns_proxy = proxy.listen_addrs();
+        let resolver_book = book_rx.borrow().clone();
+        let (learned_tx, learned_rx) = mpsc::channel(1024);
+        let dns = proxy.spawn(ProxyContext {
+            policy: policy_rx,
+            dns_server: spec.dns_server,
+            learned: learned_tx,
+            events: event_tx.downgrade(),
+            enricher: enricher.clone(),
+            cgroup: Some(guard.cgroup().path().to_path_buf()),
+        })?;
         let policy_task = tokio::spawn(policy_loop(PolicyLoop {
             enforcer,
             policy,
             spec: spec.clone(),
-            resolver_config,
+            dns_proxy,
+            learned,
+            learned_rx,
+            resolver_book,
             book: book_rx,
             policy_tx,
             events: event_tx.clone(),
@@ -621,6 +650,7 @@ impl Running {
             policy_task,
             refresh,
             sink_task,
+            dns,
         })
     }
 }
@@ -664,7 +694,7 @@ pub fn orphaned_sessions(root: &Path) -> Vec<String> {
             let owner = std::fs::read_to_string(Path::new(RUN_DIR).join(id))
                 .ok()
                 .and_then(|t| t.trim().parse::<i32>().ok());
-            !owner.is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+            owner.is_none_or(|pid| kill(Pid::from_raw(pid), None).is_err())
         })
         .collect()
 }
@@ -886,7 +916,13 @@ struct PolicyLoop {
     enforcer: Enforcer,
     policy: Arc<Policy>,
     spec: SessionSpec,
-    resolver_config: ResolverConfig,
+    /// Where the DNS proxy listens (granted to the session's programs).
+    dns_proxy: Vec<SocketAddr>,
+    /// What the DNS proxy let through, and its answers on their way to being installed.
+    learned: LearnedNames,
+    learned_rx: mpsc::Receiver<Learned>,
+    /// The resolver's latest book (the policy's exact names).
+    resolver_book: Arc<AddressBook>,
     book: watch::Receiver<Arc<AddressBook>>,
     policy_tx: watch::Sender<Arc<Policy>>,
     events: events::EventSender,
@@ -914,10 +950,20 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                     resolver_alive = false;
                     continue;
                 }
-                let book = book_rx.borrow_and_update().clone();
-                install(&mut s, &book, "dns");
+                s.resolver_book = book_rx.borrow_and_update().clone();
+                install(&mut s, "dns");
+            }
+            Some(learned) = s.learned_rx.recv() => {
+                // Installed before the proxy may release the answer.
+                if s.learned.record(&learned, Instant::now(), s.policy.dns.grace_period) {
+                    install(&mut s, "dns proxy");
+                }
+                let _ = learned.installed.send(());
             }
             _ = tick.tick() => {
+                if s.learned.expire(Instant::now(), s.policy.dns.grace_period) {
+                    install(&mut s, "dns expiry");
+                }
                 let lost = s.enforcer.lost();
                 if lost != lost_reported {
                     events::emit(&s.events, s.enricher.lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1));
@@ -962,8 +1008,16 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     s.enforcer
 }
 
-fn install(s: &mut PolicyLoop, book: &AddressBook, why: &str) {
-    let result = policy::compile(&s.policy, book, &s.resolver_config.nameservers)
+/// The resolver's addresses and the DNS proxy's, together.
+fn merged_book(resolver: &AddressBook, learned: &LearnedNames) -> AddressBook {
+    let mut book = resolver.clone();
+    book.merge(learned.book());
+    book
+}
+
+fn install(s: &mut PolicyLoop, why: &str) {
+    let book = merged_book(&s.resolver_book, &s.learned);
+    let result = policy::compile(&s.policy, &book, &s.dns_proxy)
         .and_then(|compiled| s.enforcer.apply(&compiled));
     if let Err(e) = result {
         tracing::error!(error = %e, trigger = why, "updating the kernel policy failed; the previous one stays in force");
@@ -1003,7 +1057,7 @@ async fn reload(
         };
     let mut resolver = Resolver::new(&policy, config.clone());
     let book = resolver.resolve_initial().await;
-    let compiled = match policy::compile(&policy, &book, &config.nameservers) {
+    let compiled = match policy::compile(&policy, &merged_book(&book, &s.learned), &s.dns_proxy) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("boundary: {e}; keeping the last good policy in force");
@@ -1023,7 +1077,7 @@ async fn reload(
     }
     let policy = Arc::new(policy);
     s.policy = policy.clone();
-    s.resolver_config = config;
+    s.resolver_book = Arc::new(book.clone());
     let rules = policy.rules.len();
     let _ = s.policy_tx.send(policy);
     let (tx, rx) = watch::channel(Arc::new(book));

@@ -12,7 +12,7 @@ pub const MAX_GRANTS: usize = 16;
 pub const RULE_NONE: u32 = 0;
 /// Rule id of the implicit loopback allowance (`allow_loopback: true`).
 pub const RULE_LOOPBACK: u32 = u32::MAX;
-/// Rule id of the implicit allowance of the configured nameservers on port 53.
+/// Rule id of the implicit allowance of the session's own DNS proxy (where port 53 goes).
 pub const RULE_DNS: u32 = u32::MAX - 1;
 
 /// Protocol bits of a [`PortGrant`].
@@ -131,6 +131,26 @@ pub struct Settings {
     /// Non-zero when the `EXEMPT` map holds cgroups (set by the loader, not by callers:
     /// `Enforcer::set_settings` keeps the loader's value).
     pub exempt: u32,
+    /// The session's DNS proxy, where every TCP/UDP connect or datagram to port 53 is
+    /// redirected: its IPv4 address (network byte order) and port (host order). Port 0: no
+    /// proxy yet, port 53 is judged like any other port (and nothing grants it).
+    pub dns_ip4: u32,
+    pub dns_port4: u16,
+    /// The proxy's port on ::1; 0: IPv6 nameservers go to the IPv4 proxy as ::ffff:a.b.c.d.
+    pub dns_port6: u16,
+}
+
+/// Where a socket meant to send its DNS query before the redirect (`DNS_ORIGIN`, keyed by
+/// socket cookie): recvmsg and getpeername put it back as the source of the proxy's replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// `AF_INET` (addr\[0\] holds the address) or `AF_INET6` (all four words, as in
+    /// `bpf_sock_addr::user_ip6`).
+    pub family: u32,
+    /// As in `bpf_sock_addr::user_port`: network byte order in the low 16 bits.
+    pub port: u32,
+    pub addr: [u32; 4],
 }
 
 /// One decision, written by the kernel to a ring buffer.
@@ -220,6 +240,7 @@ mod pod {
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
     unsafe impl aya::Pod for super::DedupSlot {}
+    unsafe impl aya::Pod for super::DnsOrigin {}
 }
 
 const _: () = assert!(core::mem::size_of::<DedupKey>() == 32);

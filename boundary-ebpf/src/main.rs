@@ -11,6 +11,9 @@
 //!   granted, and packets with IPv4 options, an IPv6 routing header or another transport are
 //!   dropped, whatever path they took (control messages, MPTCP subflows, ...).
 //!
+//! - port 53 (TCP and UDP, any address) is redirected to the session's DNS proxy, and its
+//!   replies made to look like they came from the nameserver asked ([`dns`]).
+//!
 //! Every decision is reported through ring buffers: denials always (egress ones rate-limited
 //! per destination, with the suppressed ones counted), allows deduplicated per (process,
 //! destination) and time window. Entry points only translate the context into a [`Record`]
@@ -32,6 +35,8 @@ use aya_ebpf::{
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use boundary_common::*;
+
+mod dns;
 
 const MAX_PREFIXES: u32 = 65_536;
 
@@ -119,21 +124,33 @@ impl Record {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    if dns::redirect4(&ctx) {
+        return ALLOW;
+    }
     sock_addr(&record_v4(&ctx, HOOK_CONNECT4))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    if dns::redirect4(&ctx) {
+        return ALLOW;
+    }
     sock_addr(&record_v4(&ctx, HOOK_SENDMSG4))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
+    if dns::redirect6(&ctx) {
+        return ALLOW;
+    }
     sock_addr(&record_v6(&ctx, HOOK_CONNECT6))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    if dns::redirect6(&ctx) {
+        return ALLOW;
+    }
     sock_addr(&record_v6(&ctx, HOOK_SENDMSG6))
 }
 

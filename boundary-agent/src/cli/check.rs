@@ -8,6 +8,9 @@ use boundary_agent::policy::{self, Policy};
 use boundary_agent::resolver::{self, Resolver, ResolverConfig};
 use boundary_common::{PROTO_TCP, PROTO_UDP, RULE_DNS, RULE_LOOPBACK};
 
+/// Where the kernel redirects every query to the session's DNS proxy.
+const DNS_PORT: u16 = 53;
+
 /// Say whether CONFIG allows a destination and by which rule, as `boundary run` would decide.
 ///
 /// A domain is matched by name first; if no domain rule names it, its addresses are checked
@@ -116,6 +119,22 @@ async fn check(args: &Args) -> Result<(bool, String)> {
     };
     let resolver_config =
         ResolverConfig::new(&policy.dns, args.dns_server, args.hosts_file.as_deref())?;
+    if port == Some(DNS_PORT) {
+        // The kernel sends every port-53 connect and datagram to the session's DNS proxy.
+        let target = match &host {
+            Host::Ip(ip) if ip.is_ipv6() => format!("[{ip}]"),
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(name) => name.clone(),
+        };
+        return Ok((
+            true,
+            format!(
+                "{}: redirected to boundary's DNS proxy, which answers only the names the policy \
+                 allows (no program reaches a nameserver itself)",
+                shown(&target)
+            ),
+        ));
+    }
     match host {
         Host::Name(name) => {
             if let Some(rule) = policy
@@ -151,7 +170,12 @@ async fn check(args: &Args) -> Result<(bool, String)> {
                 if let Some(id) = allowed(&compiled, *ip, port, protocol) {
                     return Ok((
                         true,
-                        format!("{} ({ip}): {}", shown(&name), describe(&policy, id)),
+                        format!(
+                            "{} ({ip}): {}; by address only: boundary's DNS proxy does not \
+                             answer this name (no domain rule names it)",
+                            shown(&name),
+                            describe(&policy, id)
+                        ),
                     ));
                 }
             }
@@ -180,7 +204,8 @@ async fn check(args: &Args) -> Result<(bool, String)> {
 async fn compile_all(policy: &Policy, config: &ResolverConfig) -> Result<policy::CompiledPolicy> {
     let mut resolver = Resolver::new(policy, config.clone());
     let book = resolver.resolve_initial().await;
-    policy::compile(policy, &book, &config.nameservers)
+    // The DNS proxy's own address is the session's, not known here; port 53 is handled above.
+    policy::compile(policy, &book, &[])
 }
 
 /// The rule allowing `ip` on `port` (or on any port when `None`).
@@ -216,7 +241,7 @@ fn allowed(
 fn describe(policy: &Policy, id: u32) -> String {
     match id {
         RULE_LOOPBACK => "loopback (allow_loopback: true)".into(),
-        RULE_DNS => "the configured nameserver (dns.allow_nameservers: true)".into(),
+        RULE_DNS => "the session's DNS proxy".into(),
         id => {
             let rule = &policy.rules[id as usize - 1];
             let file = policy

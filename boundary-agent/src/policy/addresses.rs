@@ -1,5 +1,5 @@
-//! The addresses the policy's names currently resolve to: filled by the resolver (and, later,
-//! by the DNS proxy), read by the compiler and by event enrichment. Pure data, no I/O.
+//! The addresses the policy's names currently resolve to: filled by the resolver and by the
+//! DNS proxy (one book each, merged for compilation), read by the compiler and by event enrichment. Pure data, no I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -80,6 +80,21 @@ impl AddressBook {
             .filter(|(_, addrs)| addrs.contains_key(&ip))
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Adds every address of `other` (an address current in either book is current).
+    pub fn merge(&mut self, other: &AddressBook) {
+        for (name, addrs) in &other.names {
+            let entry = self.names.entry(name.clone()).or_default();
+            for (ip, state) in addrs {
+                let merged = match (entry.get(ip), state) {
+                    (None, s) => *s,
+                    (Some(None), _) | (_, None) => None,
+                    (Some(Some(a)), Some(b)) => Some((*a).max(*b)),
+                };
+                entry.insert(*ip, merged);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {

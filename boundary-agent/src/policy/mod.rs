@@ -51,8 +51,11 @@ pub struct DnsSettings {
     pub nameservers: Option<Vec<SocketAddr>>,
     /// `None`: /etc/hosts.
     pub hosts_file: Option<PathBuf>,
-    /// Let the wrapped programs reach the nameservers on port 53 (so they can resolve names).
-    pub allow_nameservers: bool,
+    /// Deprecated and without effect: every query goes through the session's DNS proxy, no
+    /// program reaches a nameserver itself. `Some` when the config still says it (warned).
+    pub allow_nameservers: Option<bool>,
+    /// What the DNS proxy answers for a name the policy does not allow.
+    pub refuse_with: RefuseWith,
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     /// How long an address stays allowed after its name stopped resolving to it.
@@ -64,12 +67,23 @@ impl Default for DnsSettings {
         DnsSettings {
             nameservers: None,
             hosts_file: None,
-            allow_nameservers: true,
+            allow_nameservers: None,
+            refuse_with: RefuseWith::NxDomain,
             min_ttl: Duration::from_secs(5),
             max_ttl: Duration::from_secs(3600),
             grace_period: Duration::from_secs(300),
         }
     }
+}
+
+/// `dns.refuse_with`: the DNS proxy's answer to a name the policy does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefuseWith {
+    /// "No such name": programs give up at once.
+    #[default]
+    NxDomain,
+    /// "The server refuses": some resolvers then try the next nameserver.
+    Refused,
 }
 
 /// A domain rule's name: exact, or every sub-domain of a suffix.
@@ -241,18 +255,12 @@ impl Policy {
                 http.join("; ")
             ));
         }
-        let wild: Vec<&str> = self
-            .rules
-            .iter()
-            .filter(|r| matches!(r.target, Target::Domain(DomainPattern::Wildcard(_))))
-            .map(|r| r.text.as_str())
-            .collect();
-        if !wild.is_empty() {
-            out.push(format!(
-                "wildcard rules allow only names resolved through boundary's resolver; sub-domains \
-                 cannot be listed in advance: {}",
-                wild.join("; ")
-            ));
+        if self.dns.allow_nameservers.is_some() {
+            out.push(
+                "dns.allow_nameservers is deprecated and has no effect: every DNS query of the \
+                 session goes through boundary's DNS proxy, which answers only allowed names"
+                    .to_string(),
+            );
         }
         out
     }
@@ -305,11 +313,12 @@ pub struct CompiledPolicy {
     pub v6: Vec<PrefixEntry<Ipv6Addr>>,
 }
 
-/// Compiles the policy with the addresses currently known for its domains.
+/// Compiles the policy with the addresses currently known for its domains. `dns_proxy`: the
+/// session's DNS proxy (where the kernel redirects port 53), granted on its own port.
 pub fn compile(
     policy: &Policy,
     book: &AddressBook,
-    nameservers: &[SocketAddr],
+    dns_proxy: &[SocketAddr],
 ) -> Result<CompiledPolicy> {
     let mut nets: BTreeMap<IpNet, Vec<PortGrant>> = BTreeMap::new();
     let mut add = |net: IpNet, ports: &[PortRange], protocols: u8, rule_id: u32| {
@@ -341,16 +350,14 @@ pub fn compile(
         );
         add("::1/128".parse().expect("literal"), &[], all, RULE_LOOPBACK);
     }
-    if policy.dns.allow_nameservers {
-        for ns in nameservers {
-            let port = ns.port();
-            add(
-                IpNet::from(ns.ip()),
-                &[PortRange { lo: port, hi: port }],
-                all,
-                RULE_DNS,
-            );
-        }
+    for proxy in dns_proxy {
+        let port = proxy.port();
+        add(
+            IpNet::from(proxy.ip()),
+            &[PortRange { lo: port, hi: port }],
+            all,
+            RULE_DNS,
+        );
     }
     for rule in &policy.rules {
         match &rule.target {
@@ -550,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn compile_adds_loopback_and_nameservers_when_allowed() {
+    fn compile_adds_loopback_when_allowed_and_always_the_dns_proxy() {
         let p = policy("allowlist: []\n");
         let ns: SocketAddr = "127.0.0.1:5353".parse().unwrap();
         let c = compile(&p, &AddressBook::default(), &[ns]).unwrap();
@@ -644,13 +651,13 @@ mod tests {
     }
 
     #[test]
-    fn warns_about_http_rules_and_wildcards() {
+    fn warns_about_http_rules_and_the_deprecated_allow_nameservers() {
         let p = policy(
-            "allowlist:\n  - \"method=GET domain=api.github.com\"\n  - \"domain=*.npmjs.org\"\n",
+            "allowlist:\n  - \"method=GET domain=api.github.com\"\n  - \"domain=*.npmjs.org\"\ndns:\n  allow_nameservers: true\n",
         );
         let w = p.warnings();
         assert_eq!(w.len(), 2);
         assert!(w[0].contains("domain level"));
-        assert!(w[1].contains("*.npmjs.org"));
+        assert!(w[1].contains("deprecated"));
     }
 }

@@ -224,6 +224,7 @@ const DNS_KEYS: &[&str] = &[
     "nameservers",
     "hosts_file",
     "allow_nameservers",
+    "refuse_with",
     "min_ttl",
     "max_ttl",
     "grace_period",
@@ -347,9 +348,14 @@ fn build_dns(node: Node, errors: &mut Errors) -> DnsSettings {
             }
             "allow_nameservers" => {
                 if let Some(b) = expect_bool(&value, &field, errors) {
-                    dns.allow_nameservers = b;
+                    dns.allow_nameservers = Some(b);
                 }
             }
+            "refuse_with" => match scalar(&value).as_deref() {
+                Some("nxdomain") => dns.refuse_with = super::RefuseWith::NxDomain,
+                Some("refused") => dns.refuse_with = super::RefuseWith::Refused,
+                _ => errors.add(value.pos, &field, "expected nxdomain or refused"),
+            },
             "min_ttl" | "max_ttl" | "grace_period" => {
                 match scalar(&value).as_deref().map(parse_duration) {
                     Some(Some(d)) => match name.as_str() {
