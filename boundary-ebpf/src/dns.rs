@@ -173,6 +173,13 @@ fn restore6(ctx: &SockAddrContext) {
             sa.user_ip6[2] = origin.addr[2];
             sa.user_ip6[3] = origin.addr[3];
             sa.user_port = origin.port;
+        } else if from_v4_proxy {
+            // An IPv6 socket's datagram to ::ffff:a.b.c.d passes sendmsg4, not sendmsg6.
+            sa.user_ip6[0] = 0;
+            sa.user_ip6[1] = 0;
+            sa.user_ip6[2] = V4_MAPPED;
+            sa.user_ip6[3] = origin.addr[0];
+            sa.user_port = origin.port;
         }
     }
 }

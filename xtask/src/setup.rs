@@ -44,7 +44,7 @@ pub fn run(scope: Scope) -> Result<()> {
 fn debian_packages(scope: Scope) -> Result<()> {
     let mut wanted = vec!["curl", "iproute2", "python3", "ca-certificates"];
     if scope == Scope::Tests {
-        wanted.extend(["postgresql", "python3-venv"]);
+        wanted.extend(["postgresql", "python3-venv", "dnsutils", "nodejs"]);
     }
     let missing: Vec<&str> = wanted
         .into_iter()
