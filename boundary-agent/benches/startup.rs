@@ -105,7 +105,7 @@ fn main() {
     );
     println!("| what | median ms | p90 ms | max ms | added median ms |");
     println!("|---|---:|---:|---:|---:|");
-    let mut line = |name: &str, v: &[f64]| {
+    let line = |name: &str, v: &[f64]| {
         println!(
             "| {name} | {:.1} | {:.1} | {:.1} | {:+.1} |",
             median(v),
