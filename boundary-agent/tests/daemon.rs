@@ -918,3 +918,32 @@ attempt("bpf", bpf)
         );
     }
 }
+
+#[test]
+fn a_confined_process_sees_only_its_own_session() {
+    let agent = Agent::start(&policy(""));
+    let ready = agent.path("ready-other");
+    let other_script = format!(
+        "import time\nopen('{}', 'w').close()\ntime.sleep(30)\n",
+        ready.display()
+    );
+    let mut other = agent
+        .nobody_command(
+            &["--session-id", "other-session"],
+            &refs(&python(&other_script)),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, "the other session did not start");
+    let inner = format!(
+        "{BOUNDARY} sessions --json --socket {s}; {BOUNDARY} events --json --socket {s}",
+        s = agent.socket().display()
+    );
+    let out = agent.run_as_nobody(&["--session-id", "looking-session"], &["sh", "-c", &inner]);
+    let _ = other.kill();
+    let _ = other.wait();
+    let o = stdout(&out);
+    assert!(o.contains("looking-session"), "{}", text(&out));
+    assert!(!o.contains("other-session"), "{}", text(&out));
+}
