@@ -32,6 +32,10 @@ use crate::session::{self, end_fields, Session, SessionSpec};
 
 /// How many recent events `boundary events` (without --follow) can show.
 const RECENT_EVENTS: usize = 2000;
+/// Connections served at once (sessions hold one each for their lifetime).
+const MAX_CONNECTIONS: usize = 4096;
+/// How long a new connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping agent waits for sessions that are ending to finish writing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often a session whose client is gone is checked for remaining processes.
@@ -131,17 +135,25 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         agent.opts.socket.display(),
         agent.opts.config.display()
     );
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
+                // Bounded: a local user opening connections by the thousand gets refused
+                // ones, the agent keeps its file descriptors and keeps serving sessions.
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!("too many connections to the agent; refusing one");
+                    continue;
+                };
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(agent, stream).await {
                         tracing::debug!(error = %e, "agent connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = term.recv() => break,
@@ -405,13 +417,21 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
     };
     // The first message may carry a file descriptor (the syscall filter's listener, with a
     // join): it is read with recvmsg, and whatever else came with it is read first.
-    let (first, attached) = recv_first(&stream).await?;
+    let (first, attached) = tokio::time::timeout(REQUEST_TIMEOUT, recv_first(&stream))
+        .await
+        .map_err(|_| Error::Agent("no request within the time limit".into()))??;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::chain(
         std::io::Cursor::new(first),
         read,
     ));
-    let Some(request) = protocol::read_json::<_, Request>(&mut reader).await? else {
+    let Some(request) = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        protocol::read_json::<_, Request>(&mut reader),
+    )
+    .await
+    .map_err(|_| Error::Agent("no complete request within the time limit".into()))??
+    else {
         return Ok(());
     };
     match request {
@@ -868,7 +888,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the peer may see a session: root sees all, a user their own; a process inside a
+/// boundary session only that session (a confined agent cannot read its user's other
+/// sessions).
 fn visible(agent: &Agent, peer: &Peer, session: &str) -> bool {
+    if let Some(own) = peer_session(peer) {
+        return own == session;
+    }
     peer.uid == 0
         || agent
             .owners
@@ -876,6 +902,18 @@ fn visible(agent: &Agent, peer: &Peer, session: &str) -> bool {
             .unwrap()
             .iter()
             .any(|(id, uid)| id == session && *uid == peer.uid)
+}
+
+/// The session a peer runs in, if it runs in one (its cgroup is `.../boundary/<id>[/...]`).
+fn peer_session(peer: &Peer) -> Option<String> {
+    let path = cgroup_of(peer.pid?)?;
+    let mut parts = path.split('/');
+    while let Some(part) = parts.next() {
+        if part == "boundary" {
+            return parts.next().map(str::to_string);
+        }
+    }
+    None
 }
 
 fn status(agent: &Agent, peer: &Peer) -> Value {
@@ -934,7 +972,7 @@ fn sessions(agent: &Agent, peer: &Peer) -> Value {
     let sessions = agent.sessions.lock().unwrap();
     let mut list: Vec<Value> = sessions
         .iter()
-        .filter(|(_, s)| peer.uid == 0 || s.uid == peer.uid)
+        .filter(|(id, _)| visible(agent, peer, id))
         .map(|(id, s)| {
             let processes = std::fs::read_to_string(s.cgroup.join("cgroup.procs"))
                 .map(|t| t.lines().count())

@@ -547,7 +547,9 @@ fn load_lsm(ebpf: &mut Ebpf) -> Result<bool> {
     // Parsing the kernel's BTF costs ~25 ms and ~8 MB of peak RSS: first ask the kernel, for
     // the price of one syscall, whether it accepts LSM programs at all.
     if kernel_refuses_lsm_programs() {
-        tracing::warn!("the kernel refuses BPF LSM programs (EPERM): socket families, bpf() and user namespaces are confined by the syscall filter only");
+        // Once per agent, not once per session.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| tracing::warn!("the kernel refuses BPF LSM programs (EPERM): socket families, bpf() and user namespaces are confined by the syscall filter only"));
         return Ok(false);
     }
     let btf = Btf::from_sys_fs().map_err(|e| {

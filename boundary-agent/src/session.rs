@@ -45,19 +45,11 @@ const RUN_DIR: &str = "/run/boundary/sessions";
 /// in two steps never gets its first half applied.
 const POLL: Duration = Duration::from_millis(300);
 
+/// Single-shot `boundary run`: the session and the command to run in it.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    pub config: PathBuf,
+    pub session: SessionSpec,
     pub command: Vec<OsString>,
-    /// `-` for stdout, or a file to append to.
-    pub events: Option<PathBuf>,
-    pub hosts_file: Option<PathBuf>,
-    pub dns_server: Option<SocketAddr>,
-    pub session_id: Option<String>,
-    pub cgroup_root: Option<PathBuf>,
-    pub mode: Option<Mode>,
-    /// Do not report allowed connections (deny and would_deny events are always reported).
-    pub deny_events_only: bool,
     /// Who the command runs as.
     pub run_as: Option<RunAs>,
 }
@@ -70,32 +62,17 @@ pub struct SessionSpec {
     pub config: PathBuf,
     /// The command as text, for the session events.
     pub command_line: String,
+    /// Also write the events here: `-` for stdout, or a file to append to.
     pub events: Option<PathBuf>,
     pub hosts_file: Option<PathBuf>,
     pub dns_server: Option<SocketAddr>,
     pub session_id: Option<String>,
     pub cgroup_root: Option<PathBuf>,
     pub mode: Option<Mode>,
+    /// Do not report allowed connections (deny and would_deny events are always reported).
     pub deny_events_only: bool,
     /// The user the session belongs to (its command runs as them).
     pub owner_uid: Option<u32>,
-}
-
-impl SessionSpec {
-    fn from_run(opts: &RunOptions) -> SessionSpec {
-        SessionSpec {
-            config: opts.config.clone(),
-            command_line: command_text(&opts.command),
-            events: opts.events.clone(),
-            hosts_file: opts.hosts_file.clone(),
-            dns_server: opts.dns_server,
-            session_id: opts.session_id.clone(),
-            cgroup_root: opts.cgroup_root.clone(),
-            mode: opts.mode,
-            deny_events_only: opts.deny_events_only,
-            owner_uid: None,
-        }
-    }
 }
 
 /// Checks a session id: it names a cgroup and files, so it is kept to a safe alphabet.
@@ -709,7 +686,9 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     // Prepared before anything is loaded: a refusal costs nothing and leaves nothing behind.
     let (supervisor_end, child_end) = std::os::unix::net::UnixStream::pair()?;
     let confinement = Confinement::new(&run_as)?.supervised_through(child_end.as_raw_fd());
-    let session = Session::start(SessionSpec::from_run(&opts), None).await?;
+    let mut spec = opts.session.clone();
+    spec.command_line = command_text(&opts.command);
+    let session = Session::start(spec, None).await?;
     let confinement = match confinement.join_cgroup(&session.cgroup().join_path()) {
         Ok(c) => c,
         Err(e) => {

@@ -220,6 +220,15 @@ impl Drop for Agent {
     }
 }
 
+/// Waits (bounded) until a marker file a confined command writes exists.
+fn wait_for_file(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn policy(extra_rules: &str) -> String {
     format!(
         "name: daemon-test\nallow_loopback: false\nlog_dir: LOG_DIR\nallowlist:\n  - \"domain=allowed.test\"\n{extra_rules}"
@@ -598,11 +607,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the session did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&ready, "the session did not start");
     let ask = |args: &[&str], as_nobody: bool| {
         let mut c = if as_nobody {
             let mut c = Command::new("setpriv");
@@ -717,11 +722,7 @@ fn a_killed_agent_leaves_sessions_confined_and_a_new_one_adopts_them() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the session did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&ready, "the session did not start");
     // SIGKILL: no chance to clean anything up. The attempt made while no agent runs is
     // refused by the pinned programs, and its event waits in the pinned ring.
     agent.child.kill().unwrap();
@@ -916,4 +917,33 @@ attempt("bpf", bpf)
             text(&out)
         );
     }
+}
+
+#[test]
+fn a_confined_process_sees_only_its_own_session() {
+    let agent = Agent::start(&policy(""));
+    let ready = agent.path("ready-other");
+    let other_script = format!(
+        "import time\nopen('{}', 'w').close()\ntime.sleep(30)\n",
+        ready.display()
+    );
+    let mut other = agent
+        .nobody_command(
+            &["--session-id", "other-session"],
+            &refs(&python(&other_script)),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready, "the other session did not start");
+    let inner = format!(
+        "{BOUNDARY} sessions --json --socket {s}; {BOUNDARY} events --json --socket {s}",
+        s = agent.socket().display()
+    );
+    let out = agent.run_as_nobody(&["--session-id", "looking-session"], &["sh", "-c", &inner]);
+    let _ = other.kill();
+    let _ = other.wait();
+    let o = stdout(&out);
+    assert!(o.contains("looking-session"), "{}", text(&out));
+    assert!(!o.contains("other-session"), "{}", text(&out));
 }

@@ -380,6 +380,60 @@ fn exit_codes_and_signals_are_propagated_and_forwarded() {
 }
 
 #[test]
+fn every_forwarded_signal_reaches_the_command_and_failures_have_their_codes() {
+    let case = Case::new(&deny_config());
+    // A file that exists but cannot be executed: 126.
+    let not_executable = case.path("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").unwrap();
+    assert_eq!(code(&case.run(&[not_executable.to_str().unwrap()])), 126);
+    // Bad arguments: 125 and nothing runs.
+    let marker = case.path("ran");
+    let out = Command::new(BOUNDARY)
+        .args(["run", "--no-such-flag", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125, "{}", text(&out));
+    assert!(!marker.exists());
+    let out = Command::new(BOUNDARY).args(["run"]).output().unwrap();
+    assert_eq!(code(&out), 125, "{}", text(&out));
+
+    // Each signal boundary forwards, sent to boundary (not a terminal: SIGINT and SIGQUIT are
+    // forwarded too), reaches the command: its trap exits with a code naming the signal.
+    for (signal, name, exit) in [
+        (nix::sys::signal::SIGINT, "INT", 10),
+        (nix::sys::signal::SIGHUP, "HUP", 11),
+        (nix::sys::signal::SIGQUIT, "QUIT", 12),
+        (nix::sys::signal::SIGUSR1, "USR1", 13),
+        (nix::sys::signal::SIGUSR2, "USR2", 14),
+        (nix::sys::signal::SIGWINCH, "WINCH", 15),
+    ] {
+        let ready = case.path(&format!("ready-{name}"));
+        let script = format!(
+            "trap 'exit {exit}' {name}; touch {}; while :; do sleep 0.05; done",
+            ready.display()
+        );
+        let mut child = case
+            .command(&[], &["sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the command did not start"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(exit), "SIG{name} was not forwarded");
+    }
+}
+
+#[test]
 fn the_session_cgroup_and_pins_are_removed_and_leftovers_killed() {
     let case = Case::new(&deny_config());
     // A background process outlives the command: it is killed with the cgroup.

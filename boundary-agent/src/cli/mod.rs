@@ -8,6 +8,9 @@ mod validate;
 
 use clap::{Parser, Subcommand};
 
+/// Exit code for bad arguments (see `boundary_agent::session::EXIT_BOUNDARY_FAILED`).
+const EXIT_USAGE: i32 = boundary_agent::session::EXIT_BOUNDARY_FAILED;
+
 const ABOUT: &str = "Kernel-enforced egress allowlist for AI agents and everything they spawn";
 
 const LONG_ABOUT: &str = "\
@@ -47,7 +50,19 @@ enum Command {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    // Bad arguments are boundary failing before the command could start: 125, like every
+    // other such failure, so that a wrapper can tell them from the command's own codes.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                crate::cli::EXIT_USAGE
+            } else {
+                0
+            };
+        }
+    };
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Agent(args) => agent::main(args),

@@ -9,7 +9,7 @@ use boundary_agent::confine::RunAs;
 use boundary_agent::error::Error;
 use boundary_agent::policy::Mode;
 use boundary_agent::protocol;
-use boundary_agent::session::{self, RunOptions, EXIT_BOUNDARY_FAILED};
+use boundary_agent::session::{self, RunOptions, SessionSpec, EXIT_BOUNDARY_FAILED};
 
 /// Run COMMAND (and everything it starts) in a new cgroup where only the destinations the
 /// policy allows can be reached.
@@ -124,18 +124,21 @@ pub fn main(args: Args) -> i32 {
         Err(e) => return client::failed(&e),
     };
     let opts = RunOptions {
-        config,
+        session: SessionSpec {
+            config,
+            events: args.events,
+            hosts_file: args.hosts_file,
+            dns_server: args.dns_server,
+            session_id: args.session_id,
+            cgroup_root: args.cgroup_root,
+            mode: args.mode.map(|m| match m {
+                ModeArg::Enforce => Mode::Enforce,
+                ModeArg::Audit => Mode::Audit,
+            }),
+            deny_events_only: args.deny_events_only,
+            ..SessionSpec::default()
+        },
         command: args.command,
-        events: args.events,
-        hosts_file: args.hosts_file,
-        dns_server: args.dns_server,
-        session_id: args.session_id,
-        cgroup_root: args.cgroup_root,
-        mode: args.mode.map(|m| match m {
-            ModeArg::Enforce => Mode::Enforce,
-            ModeArg::Audit => Mode::Audit,
-        }),
-        deny_events_only: args.deny_events_only,
         run_as: Some(run_as),
     };
     match runtime.block_on(session::run(opts)) {
