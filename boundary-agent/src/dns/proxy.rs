@@ -27,6 +27,9 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// At most this many TCP clients at once; more wait for the kernel's backlog.
 const TCP_CLIENTS: usize = 256;
+/// At most this many UDP queries in progress; more are dropped (the asker retries), so a
+/// flood from the session costs it its own DNS, not the agent's memory.
+const UDP_IN_FLIGHT: usize = 4096;
 
 /// The bound, not yet running, proxy of one session.
 pub struct DnsProxy {
@@ -90,6 +93,7 @@ impl DnsProxy {
             upstreams: Mutex::new(None),
             allowed_seen: Mutex::new(HashMap::new()),
             tcp_clients: Arc::new(tokio::sync::Semaphore::new(TCP_CLIENTS)),
+            udp_in_flight: Arc::new(tokio::sync::Semaphore::new(UDP_IN_FLIGHT)),
         });
         let mut pairs = vec![(self.udp4, self.tcp4)];
         pairs.extend(self.v6);
@@ -143,6 +147,7 @@ struct Shared {
     /// Allow events: one per name per TTL.
     allowed_seen: Mutex<HashMap<String, Instant>>,
     tcp_clients: Arc<tokio::sync::Semaphore>,
+    udp_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -170,12 +175,16 @@ async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let Ok(permit) = shared.udp_in_flight.clone().try_acquire_owned() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (sock, shared) = (sock.clone(), shared.clone());
         tokio::spawn(async move {
             if let Some(reply) = shared.answer(&query, Via::Udp, peer).await {
                 let _ = sock.send_to(&reply, peer).await;
             }
+            drop(permit);
         });
     }
 }
