@@ -730,3 +730,199 @@ fn check_says_port_53_goes_to_the_proxy() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout(&out).contains("DNS proxy"), "{}", text(&out));
 }
+
+/// A root `boundary agent` with its own socket, policy, events file and cgroup root, whose
+/// only upstream nameserver is the test's.
+struct Agent {
+    case: Case,
+    child: std::process::Child,
+    cgroup_root: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &str) -> Agent {
+        let case = Case::new(config);
+        let cgroup_root = boundary_agent::cgroup::cgroup2_root()
+            .unwrap()
+            .join(format!("boundary-dns-test-{}", std::process::id()));
+        std::fs::create_dir_all(&cgroup_root).unwrap();
+        let child = Agent::spawn(&case, &cgroup_root);
+        let agent = Agent {
+            case,
+            child,
+            cgroup_root,
+        };
+        agent.wait_listening();
+        agent
+    }
+
+    fn spawn(case: &Case, cgroup_root: &std::path::Path) -> std::process::Child {
+        Command::new(BOUNDARY)
+            .arg("agent")
+            .arg("--cgroup-root")
+            .arg(cgroup_root)
+            .arg("--config")
+            .arg(case.path("config.yaml"))
+            .arg("--socket")
+            .arg(case.path("agent.sock"))
+            .arg("--hosts-file")
+            .arg(case.path("hosts"))
+            .arg("--dns-server")
+            .arg(case.upstream.addr.to_string())
+            .arg("--events")
+            .arg(case.path("events.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_listening(&self) {
+        for _ in 0..1000 {
+            if std::os::unix::net::UnixStream::connect(self.case.path("agent.sock")).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the agent did not start listening");
+    }
+
+    /// `boundary run` as `nobody` through the agent.
+    fn run_as_nobody(&self, session: &str, script: &str) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--reset-env",
+        ])
+        .arg(BOUNDARY)
+        .arg("run")
+        .arg("--socket")
+        .arg(self.case.path("agent.sock"))
+        .args(["--session-id", session, "--", "python3", "-c", script])
+        .current_dir(self.case.dir.path())
+        .stdin(Stdio::null());
+        c
+    }
+
+    fn wait_event(&self, pred: impl Fn(&Value) -> bool) {
+        for _ in 0..500 {
+            if self.case.events().iter().any(&pred) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("event not seen: {:#?}", self.case.events());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let parent = self.cgroup_root.join("boundary");
+        for _ in 0..250 {
+            let busy = std::fs::read_dir(&parent)
+                .is_ok_and(|d| d.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())));
+            if !busy {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&parent);
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
+fn wait_for_file(path: &std::path::Path) {
+    for _ in 0..1000 {
+        if path.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[test]
+fn through_the_agent_dns_is_proxied_fails_closed_while_the_agent_is_dead_and_resumes_on_adoption() {
+    let mut agent = Agent::start(&policy(&["domain=*.allowed.test"], ""));
+    let id = format!("dns-adopt-{}", std::process::id());
+    let (ready, go, ready2, go2) = (
+        agent.case.path("ready"),
+        agent.case.path("go"),
+        agent.case.path("ready2"),
+        agent.case.path("go2"),
+    );
+    let script = format!(
+        "{RAW_QUERY_PY}
+import os, time
+def ask(name):
+    try:
+        print(udp(('127.0.0.77', 53), name), flush=True)
+    except OSError:
+        print('no answer', flush=True)
+def wait(path):
+    while not os.path.exists(path): time.sleep(0.02)
+ask('one.allowed.test')
+ask('leak.evil.test')
+open('{ready}', 'w').close()
+wait('{go}')
+ask('dead.allowed.test')
+open('{ready2}', 'w').close()
+wait('{go2}')
+ask('back.allowed.test')
+",
+        ready = ready.display(),
+        go = go.display(),
+        ready2 = ready2.display(),
+        go2 = go2.display(),
+    );
+    let session = agent
+        .run_as_nobody(&id, &script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for_file(&ready);
+    // No chance to clean up: port 53 keeps going to the dead proxy's address.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    wait_for_file(&ready2);
+    agent.child = Agent::spawn(&agent.case, &agent.cgroup_root);
+    agent.wait_listening();
+    agent.wait_event(|e| {
+        e["event.name"] == "boundary.session.adopted" && e["session.id"] == id.as_str()
+    });
+    std::fs::write(&go2, "").unwrap();
+    let out = session.wait_with_output().unwrap();
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "(0, 1, ('127.0.0.77', 53))",
+            "(3, 0, ('127.0.0.77', 53))",
+            "no answer",
+            "(0, 1, ('127.0.0.77', 53))"
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(agent.case.upstream.count("one.allowed.test"), 1);
+    assert_eq!(agent.case.upstream.count("leak.evil.test"), 0);
+    assert_eq!(agent.case.upstream.count("dead.allowed.test"), 0);
+    assert_eq!(agent.case.upstream.count("back.allowed.test"), 1);
+    assert!(agent
+        .case
+        .events()
+        .iter()
+        .any(|e| e["event.name"] == "boundary.dns"
+            && e["dns.question.name"] == "leak.evil.test"
+            && e["event.action"] == "deny"
+            && e["session.id"] == id.as_str()));
+}

@@ -69,7 +69,8 @@ pub struct Args {
     mode: Option<ModeArg>,
 
     /// Resolve names through this nameserver (IP or IP:PORT) instead of the config's
-    /// `dns.nameservers` or /etc/resolv.conf.
+    /// `dns.nameservers` or /etc/resolv.conf: boundary's own lookups and the upstream of the
+    /// session's DNS proxy (the command's queries, to whatever nameserver, go to the proxy).
     #[arg(long, value_name = "IP[:PORT]", value_parser = super::parse_dns_server)]
     dns_server: Option<SocketAddr>,
 

@@ -919,6 +919,24 @@ dns:
     }
 
     #[test]
+    fn dns_refuse_with_and_the_deprecated_allow_nameservers() {
+        let p = parse(
+            "c.yaml",
+            "allowlist: []\ndns:\n  refuse_with: refused\n  allow_nameservers: false\n",
+        )
+        .unwrap();
+        assert_eq!(p.dns.refuse_with, super::super::RefuseWith::Refused);
+        assert_eq!(p.dns.allow_nameservers, Some(false));
+        let p = parse("c.yaml", "allowlist: []\n").unwrap();
+        assert_eq!(p.dns.refuse_with, super::super::RefuseWith::NxDomain);
+        assert_eq!(p.dns.allow_nameservers, None);
+        assert_eq!(
+            problems("allowlist: []\ndns:\n  refuse_with: drop\n"),
+            vec!["c.yaml:3:16: dns.refuse_with: expected nxdomain or refused"]
+        );
+    }
+
+    #[test]
     fn reports_every_error_with_line_column_and_field() {
         let errs = problems(
             "mode: block\nallowlist:\n  - \"domian=github.com\"\n  - \"domain=ok.com port=99999\"\n  - cidr: 10.0.0.1/8\nlog_levl: warn\n",
