@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use std::thread;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, CNAME};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 
@@ -33,6 +33,8 @@ enum Zone {
     A(Vec<Ipv4Addr>, u32),
     /// A CNAME to the target, and the target's A record (as a recursive resolver would).
     Cname(String, Ipv4Addr),
+    /// AAAA records (TTL 60); no A record.
+    Aaaa(Vec<Ipv6Addr>),
 }
 
 /// The only upstream of these tests: answers from its zone; any other name under
@@ -163,6 +165,13 @@ fn respond(
     });
     match entry {
         None => r.metadata.response_code = ResponseCode::NXDomain,
+        Some(Zone::Aaaa(ips)) => {
+            if question.query_type() == RecordType::AAAA {
+                for ip in ips {
+                    r.add_answer(Record::from_rdata(owner.clone(), 60, RData::AAAA(AAAA(ip))));
+                }
+            }
+        }
         Some(_) if question.query_type() != RecordType::A => {}
         Some(Zone::A(ips, ttl)) => {
             for ip in ips {
@@ -416,6 +425,44 @@ fn allowed_wildcard_subdomain_resolves_through_glibc_and_connects_at_once() {
         decision["boundary.destination.domains"],
         serde_json::json!([name])
     );
+}
+
+#[test]
+fn an_aaaa_answer_opens_its_ipv6_address() {
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("no ::1 on this host: skipped");
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"ok");
+        }
+    });
+    let case = Case::new(&policy(
+        &[&format!("domain=*.allowed.test port={port}")],
+        "",
+    ));
+    case.upstream
+        .set("six.allowed.test", Zone::Aaaa(vec![Ipv6Addr::LOCALHOST]));
+    // Refused before the answer (AAAA through glibc), allowed right after it.
+    let out = case.python(&format!(
+        "import socket\n{}print(sorted({{a[4][0] for a in socket.getaddrinfo('six.allowed.test', {port}, socket.AF_INET6, socket.SOCK_STREAM)}}))\n{}",
+        connect_py_v6(port),
+        connect_py_v6(port)
+    ));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["refused 1", "['::1']", "connected ok"],
+        "{}",
+        text(&out)
+    );
+}
+
+fn connect_py_v6(port: u16) -> String {
+    format!(
+        "s = socket.socket(socket.AF_INET6)\ns.settimeout(3)\ntry:\n    s.connect(('::1', {port})); print('connected', s.recv(2).decode())\nexcept OSError as e:\n    print('refused', e.errno)\ns.close()\n"
+    )
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::svcb::SvcParamValue;
+use hickory_proto::rr::rdata::HTTPS;
 use hickory_proto::rr::{RData, RecordType};
 
 use crate::policy::RefuseWith;
@@ -102,11 +104,12 @@ fn error_reply(query: &Message, code: ResponseCode) -> Vec<u8> {
 /// What an upstream answer says, judged against the policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Judged {
-    /// Every name of the answer: the owners of its records and the CNAME targets.
+    /// Every name of the answer: the owners of its records, the CNAME targets and the
+    /// HTTPS/SVCB target names.
     pub names: Vec<String>,
     /// The first name of the answer the policy does not allow, if any: the answer is refused.
     pub forbidden: Option<String>,
-    /// The A and AAAA addresses of the answer section.
+    /// The A and AAAA addresses of the answer section, and the HTTPS/SVCB address hints.
     pub ips: Vec<IpAddr>,
     /// The smallest TTL of the answer section's records (0 when it has none).
     pub ttl: u32,
@@ -135,6 +138,24 @@ pub fn judge(response: &Message, allowed: impl Fn(&str) -> bool) -> Judged {
             RData::A(a) => j.ips.push(IpAddr::V4(a.0)),
             RData::AAAA(a) => j.ips.push(IpAddr::V6(a.0)),
             RData::CNAME(c) => note(normalize(&c.0.to_ascii()), &mut j),
+            RData::HTTPS(HTTPS(svcb)) | RData::SVCB(svcb) => {
+                // A service's target is another name the program will use (and ask for);
+                // its address hints may be connected to without asking: install them.
+                if !svcb.target_name.is_root() {
+                    note(normalize(&svcb.target_name.to_ascii()), &mut j);
+                }
+                for (_, value) in &svcb.svc_params {
+                    match value {
+                        SvcParamValue::Ipv4Hint(h) => {
+                            j.ips.extend(h.0.iter().map(|a| IpAddr::V4(a.0)))
+                        }
+                        SvcParamValue::Ipv6Hint(h) => {
+                            j.ips.extend(h.0.iter().map(|a| IpAddr::V6(a.0)))
+                        }
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -179,6 +200,40 @@ mod tests {
             assert_eq!(reply.metadata.response_code, code);
             assert_eq!(reply.queries, q.message.queries);
         }
+    }
+
+    #[test]
+    fn https_records_name_their_target_and_their_hints_are_installed() {
+        use hickory_proto::rr::rdata::svcb::{IpHint, SvcParamKey, SVCB};
+        let q = Message::from_vec(&query("svc.ok.test")).unwrap();
+        let mut r = q.clone();
+        r.metadata.message_type = MessageType::Response;
+        let name = |n: &str| Name::from_ascii(n).unwrap();
+        let svcb = |target: &str| {
+            SVCB::new(
+                1,
+                name(target),
+                vec![(
+                    SvcParamKey::Ipv4Hint,
+                    SvcParamValue::Ipv4Hint(IpHint(vec![A::new(127, 0, 0, 9)])),
+                )],
+            )
+        };
+        r.add_answer(Record::from_rdata(
+            name("svc.ok.test."),
+            60,
+            RData::HTTPS(HTTPS(svcb("."))),
+        ));
+        let ok = |n: &str| n.ends_with(".ok.test");
+        let j = judge(&r, ok);
+        assert_eq!(j.forbidden, None);
+        assert_eq!(j.ips, vec!["127.0.0.9".parse::<IpAddr>().unwrap()]);
+        r.answers[0] = Record::from_rdata(
+            name("svc.ok.test."),
+            60,
+            RData::HTTPS(HTTPS(svcb("pool.evil.test."))),
+        );
+        assert_eq!(judge(&r, ok).forbidden.as_deref(), Some("pool.evil.test"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::answer::{judge, truncated, Question};
+use super::answer::{judge, normalize, truncated, Question};
 use super::Learned;
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher};
@@ -266,6 +266,12 @@ impl Shared {
         let Ok(response) = Message::from_vec(&reply) else {
             return Some(q.server_failure());
         };
+        // An answer to another question is not an answer (error replies may carry none).
+        if response.queries.first().is_some_and(|asked| {
+            normalize(&asked.name().to_ascii()) != q.name || asked.query_type() != q.qtype
+        }) {
+            return Some(q.server_failure());
+        }
         let judged = judge(&response, |n| policy.match_domain(n, None).is_some());
         if let Some(rule) = rule {
             if let Some(bad) = &judged.forbidden {
