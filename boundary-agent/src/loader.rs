@@ -383,6 +383,7 @@ impl Enforcer {
         };
         let mut links = Vec::new();
         let mut raw_links = Vec::new();
+        let mut lsm_failed = false;
         for (name, kind) in PROGRAMS {
             let cg = cgroup.as_fd();
             let link: FdLink = match kind {
@@ -425,11 +426,21 @@ impl Enforcer {
                         continue;
                     }
                     let p: &mut LsmCgroup = program_mut(ebpf, name)?;
-                    let id = p.attach(cg).map_err(|e| attach_error(name, &e))?;
-                    FdLink::from(p.take_link(id).map_err(|e| attach_error(name, &e))?)
+                    match p.attach(cg).and_then(|id| p.take_link(id)) {
+                        Ok(link) => FdLink::from(link),
+                        Err(e) => {
+                            // As at load: the syscall filter holds these lines too.
+                            tracing::warn!(program = name, error = %chain(&e), "a BPF LSM program did not attach: socket families, bpf() and user namespaces are confined by the syscall filter only");
+                            lsm_failed = true;
+                            continue;
+                        }
+                    }
                 }
             };
             links.push((name, link));
+        }
+        if lsm_failed {
+            self.lsm = false;
         }
         for (name, link) in links {
             let path = dir.join(name);
