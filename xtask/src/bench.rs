@@ -6,9 +6,7 @@ use anyhow::Result;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Target {
-    /// connect() cost outside/inside a boundary (1 vs 10,000 rules, with and without allow
-    /// events), bulk TCP through the egress program, in-kernel time per program run, start-up
-    /// time, agent RSS.
+    /// connect() cost outside/inside a boundary, 1 vs 10,000 rules, start-up time, agent RSS.
     Boundary,
     /// Latency added by Bridge, throughput ratio, RSS with 1,000 open streams.
     Bridge,
