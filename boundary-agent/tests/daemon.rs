@@ -632,11 +632,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
     assert!(s.contains("daemon-test"), "{s}");
     assert!(s.contains("1 running (1 yours)"), "{s}");
     let sessions = ask(&["sessions"], true);
-    assert!(
-        stdout(&sessions).contains("inspect-me"),
-        "{}",
-        text(&sessions)
-    );
+    assert!(stdout(&sessions).contains(&inspect), "{}", text(&sessions));
     assert!(stdout(&sessions).contains("nobody"), "{}", text(&sessions));
     let events = ask(&["events", "--action", "deny", "--session", &inspect], true);
     let e = stdout(&events);
@@ -931,10 +927,7 @@ fn a_confined_process_sees_only_its_own_session() {
         ready.display()
     );
     let mut other = agent
-        .nobody_command(
-            &["--session-id", "other-session"],
-            &refs(&python(&other_script)),
-        )
+        .nobody_command(&["--session-id", &other_id], &refs(&python(&other_script)))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
