@@ -8,6 +8,13 @@
 //! the spool is not empty new batches also go there, so a down store costs one failed insert
 //! per backoff period rather than one per batch. A spool left by a previous run is replayed at
 //! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
+//!
+//! Intercept-start entries ([`Recorder::record_start`]) take the same path but are not left
+//! waiting for a batch: the writer commits whatever is queued as soon as a start entry is in
+//! it (group commit: one transaction, or one spool fsync, for all the requests starting
+//! together) and then tells each waiting request its entry is durable. At start, entries a
+//! previous run left `incomplete` (it crashed or was killed mid-request) are marked as such.
+//! The writer also keeps the store's health (the last write's result) for `/readyz`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::pricing::PricingTable;
-use crate::record::InterceptionRecord;
+use crate::record::{InterceptionRecord, Outcome};
 use crate::spool::{Spool, DEFAULT_MAX_BYTES};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -37,6 +44,8 @@ const LOG_PROMPT_CHARS: usize = 200;
 
 enum Msg {
     Record(Box<InterceptionRecord>),
+    /// An intercept-start entry and whom to tell once it is durable.
+    Start(Box<InterceptionRecord>, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -65,10 +74,16 @@ struct Shared {
     /// together (one fsync per group rather than per record).
     overflow: Mutex<Vec<InterceptionRecord>>,
     overflow_busy: AtomicBool,
+    /// Why the last write to the store failed; `None` when it succeeded.
+    store_failure: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn prepare(&self, rec: &mut InterceptionRecord) {
+        if rec.outcome == Outcome::Incomplete {
+            // A start entry: logged and counted when its final record comes.
+            return;
+        }
         if rec.cost_usd.is_none() {
             if let Some(model) = &rec.model {
                 rec.cost_usd = self.pricing.cost(model, &rec.usage);
@@ -166,11 +181,14 @@ impl Recorder {
             spool,
             overflow: Mutex::new(Vec::new()),
             overflow_busy: AtomicBool::new(false),
+            store_failure: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {
             store,
             shared: shared.clone(),
+            started_at: chrono::Utc::now(),
+            acks: Vec::new(),
             batch: Vec::with_capacity(BATCH_SIZE),
             backoff: MIN_BACKOFF,
             next_retry: Instant::now(),
@@ -210,6 +228,43 @@ impl Recorder {
         }
     }
 
+    /// Queues an intercept-start entry; the future completes once it is durable (committed to
+    /// the store, or fsynced to the spool). Never fails: if the entry cannot be kept, that is
+    /// logged and counted like any record the spool cannot take.
+    pub fn record_start(
+        &self,
+        rec: InterceptionRecord,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let overflow = match self.tx.try_send(Msg::Start(Box::new(rec), ack_tx)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(Msg::Start(rec, _)))
+            | Err(mpsc::error::TrySendError::Closed(Msg::Start(rec, _))) => Some(rec),
+            Err(_) => None,
+        };
+        let shared = self.shared.clone();
+        async move {
+            match overflow {
+                // The writer is behind: make this entry durable in the spool directly.
+                Some(rec) => {
+                    let _ = tokio::task::spawn_blocking(move || shared.spool(&[*rec])).await;
+                }
+                None => {
+                    let _ = ack_rx.await;
+                }
+            }
+        }
+    }
+
+    /// Why the last write to the store failed, or `None` if it succeeded.
+    pub fn store_failure(&self) -> Option<String> {
+        self.shared
+            .store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Flushes everything: the batch in memory, then the spool if the store takes it.
     /// Records that still cannot be stored stay in the spool for the next start.
     pub async fn shutdown(&self) {
@@ -237,6 +292,10 @@ impl Recorder {
 struct Writer {
     store: Store,
     shared: Arc<Shared>,
+    /// When this process started: older `incomplete` entries were left by a previous run.
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// Requests waiting for their start entry (in `batch`) to be durable.
+    acks: Vec<oneshot::Sender<()>>,
     batch: Vec<InterceptionRecord>,
     backoff: Duration,
     next_retry: Instant,
@@ -244,33 +303,38 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        self.recover().await;
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Record(rec)) => {
-                        self.accept(*rec);
-                        if self.batch.len() >= BATCH_SIZE {
-                            self.flush().await;
-                        }
-                    }
                     Some(Msg::Shutdown(ack)) => {
-                        rx.close();
-                        while let Ok(msg) = rx.try_recv() {
-                            if let Msg::Record(rec) = msg {
-                                self.accept(*rec);
-                                if self.batch.len() >= BATCH_SIZE {
-                                    self.flush().await;
+                        self.shutdown(&mut rx, ack).await;
+                        return;
+                    }
+                    Some(msg) => {
+                        self.accept(msg);
+                        // Group commit: take whatever else is already queued, then write at
+                        // once if a request is waiting for its start entry.
+                        let mut shutdown = None;
+                        while self.batch.len() < BATCH_SIZE {
+                            match rx.try_recv() {
+                                Ok(Msg::Shutdown(ack)) => {
+                                    shutdown = Some(ack);
+                                    break;
                                 }
+                                Ok(msg) => self.accept(msg),
+                                Err(_) => break,
                             }
                         }
-                        self.flush().await;
-                        if !self.shared.spool.is_empty() {
-                            self.drain_spool().await;
+                        if !self.acks.is_empty() || self.batch.len() >= BATCH_SIZE {
+                            self.flush().await;
                         }
-                        let _ = ack.send(());
-                        return;
+                        if let Some(ack) = shutdown {
+                            self.shutdown(&mut rx, ack).await;
+                            return;
+                        }
                     }
                     None => {
                         self.flush().await;
@@ -287,9 +351,57 @@ impl Writer {
         }
     }
 
-    fn accept(&mut self, mut rec: InterceptionRecord) {
-        self.shared.prepare(&mut rec);
-        self.batch.push(rec);
+    /// Writes everything still queued and tries the spool one last time.
+    async fn shutdown(&mut self, rx: &mut mpsc::Receiver<Msg>, ack: oneshot::Sender<()>) {
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            self.accept(msg);
+            if self.batch.len() >= BATCH_SIZE {
+                self.flush().await;
+            }
+        }
+        self.flush().await;
+        if !self.shared.spool.is_empty() {
+            self.drain_spool().await;
+        }
+        let _ = ack.send(());
+    }
+
+    /// Marks what a previous run left in flight (it crashed or was killed).
+    async fn recover(&self) {
+        match self.store.mark_abandoned(self.started_at).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                records = n,
+                "interceptions left incomplete by a previous run (crash or kill): kept as `incomplete`"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot check for interceptions left incomplete by a previous run"),
+        }
+    }
+
+    fn accept(&mut self, msg: Msg) {
+        match msg {
+            Msg::Record(rec) => {
+                let mut rec = *rec;
+                self.shared.prepare(&mut rec);
+                self.batch.push(rec);
+            }
+            Msg::Start(rec, ack) => {
+                self.batch.push(*rec);
+                self.acks.push(ack);
+            }
+            Msg::Shutdown(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    fn set_store_failure(&self, failure: Option<String>) {
+        *self
+            .shared
+            .store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = failure;
     }
 
     async fn flush(&mut self) {
@@ -297,20 +409,32 @@ impl Writer {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        let acks = std::mem::take(&mut self.acks);
         if !self.shared.spool.is_empty() {
             // Outage in progress: queue behind the spool rather than hit the store again.
             self.spool_blocking(batch).await;
-            return;
-        }
-        match self.store.insert_interceptions(&batch).await {
-            Ok(_) => self.shared.telemetry.records_stored(batch.len() as u64),
-            Err(e) => {
-                self.shared.telemetry.store_error();
-                tracing::warn!(error = %e, records = batch.len(), store = %self.store.describe(),
-                    "store unavailable; spooling interception records to disk");
-                self.spool_blocking(batch).await;
-                self.next_retry = Instant::now() + self.backoff;
+        } else {
+            match self.store.insert_interceptions(&batch).await {
+                Ok(_) => {
+                    let finals = batch
+                        .iter()
+                        .filter(|r| r.outcome != Outcome::Incomplete)
+                        .count();
+                    self.shared.telemetry.records_stored(finals as u64);
+                    self.set_store_failure(None);
+                }
+                Err(e) => {
+                    self.shared.telemetry.store_error();
+                    tracing::error!(error = %e, records = batch.len(), store = %self.store.describe(),
+                        "store write failed; spooling interception records to disk");
+                    self.set_store_failure(Some(e.to_string()));
+                    self.spool_blocking(batch).await;
+                    self.next_retry = Instant::now() + self.backoff;
+                }
             }
+        }
+        for ack in acks {
+            let _ = ack.send(());
         }
     }
 
@@ -342,6 +466,7 @@ impl Writer {
             for chunk in records.chunks(BATCH_SIZE) {
                 if let Err(e) = self.store.insert_interceptions(chunk).await {
                     self.shared.telemetry.store_error();
+                    self.set_store_failure(Some(e.to_string()));
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     self.next_retry = Instant::now() + self.backoff;
                     tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64,
@@ -349,8 +474,13 @@ impl Writer {
                     return;
                 }
             }
-            stored += records.len() as u64;
-            self.shared.telemetry.records_stored(records.len() as u64);
+            let finals = records
+                .iter()
+                .filter(|r| r.outcome != Outcome::Incomplete)
+                .count() as u64;
+            stored += finals;
+            self.shared.telemetry.records_stored(finals);
+            self.set_store_failure(None);
             if let Err(e) = self.shared.spool.remove_segment(&seg) {
                 tracing::error!(error = %e, "cannot remove a replayed spool segment");
                 return;
@@ -418,7 +548,7 @@ fn log_record(r: &InterceptionRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Outcome, Provider, Usage, WorkspaceContext};
+    use crate::record::{Provider, Usage, WorkspaceContext};
     use std::io::Write;
 
     #[derive(Clone, Default)]
