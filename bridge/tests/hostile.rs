@@ -35,13 +35,19 @@ fn chat_chunk(choices: Value, usage: Value) -> String {
 async fn an_openai_stream_that_opts_out_of_usage_is_still_metered_and_the_usage_chunk_is_withheld()
 {
     let mut h = Harness::start().await;
-    for opt_out in [json!({"include_usage": false}), json!({"include_usage": null})] {
+    for opt_out in [
+        json!({"include_usage": false}),
+        json!({"include_usage": null}),
+    ] {
         let c = client();
         let bearer = format!("Bearer {TOKEN}");
         let req = request(
             Method::POST,
             &format!("{}/openai/v1/chat/completions", h.url),
-            &[("authorization", &bearer), ("content-type", "application/json")],
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
             json!({"model": "gpt-4o", "stream": true, "stream_options": opt_out,
                    "messages": [{"role": "user", "content": "hi"}]})
             .to_string(),
@@ -75,7 +81,11 @@ async fn an_openai_stream_that_opts_out_of_usage_is_still_metered_and_the_usage_
         let (status, _, body) = pending.await.unwrap();
         assert_eq!(status, 200);
         let body = String::from_utf8(body.to_vec()).unwrap();
-        assert_eq!(body, format!("{text}{stop}data: [DONE]\n\n"), "the client did not ask for the usage chunk");
+        assert_eq!(
+            body,
+            format!("{text}{stop}data: [DONE]\n\n"),
+            "the client did not ask for the usage chunk"
+        );
         let rec = h.next_record().await;
         assert_eq!(rec.outcome.as_str(), "ok");
         assert_eq!((rec.usage.input_tokens, rec.usage.output_tokens), (21, 5));
@@ -117,10 +127,17 @@ async fn a_client_that_leaves_before_the_response_headers_is_recorded_with_the_u
                 "usage": {"input_tokens": 17, "output_tokens": 300}}),
     );
     let rec = h.next_record().await;
-    assert_eq!(rec.id, starts[0].id, "the final record replaces the start entry");
+    assert_eq!(
+        rec.id, starts[0].id,
+        "the final record replaces the start entry"
+    );
     assert_eq!((rec.usage.input_tokens, rec.usage.output_tokens), (17, 300));
     assert_eq!(rec.prompt.as_deref(), Some("a long answer please"));
-    assert!(h.wait_in_flight_zero().await, "in flight leaked: {}", h.in_flight());
+    assert!(
+        h.wait_in_flight_zero().await,
+        "in flight leaked: {}",
+        h.in_flight()
+    );
 }
 
 #[tokio::test]
@@ -135,7 +152,10 @@ async fn an_upstream_that_never_answers_gets_a_504_in_the_providers_format_and_a
     let req = request(
         Method::POST,
         &format!("{}/openai/v1/chat/completions", h.url),
-        &[("authorization", &bearer), ("content-type", "application/json")],
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
         json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello?"}]}).to_string(),
     );
     let pending = tokio::spawn(async move { send(&c, req).await });
@@ -156,7 +176,11 @@ async fn an_upstream_that_never_answers_gets_a_504_in_the_providers_format_and_a
     assert_eq!(rec.outcome.as_str(), "upstream_unavailable");
     assert_eq!(rec.status, 504);
     assert_eq!(rec.prompt.as_deref(), Some("hello?"));
-    assert!(h.wait_in_flight_zero().await, "in flight leaked: {}", h.in_flight());
+    assert!(
+        h.wait_in_flight_zero().await,
+        "in flight leaked: {}",
+        h.in_flight()
+    );
 }
 
 #[tokio::test]
@@ -196,7 +220,10 @@ async fn an_upstream_that_stalls_mid_stream_is_cut_after_the_idle_timeout_and_re
     let rec = h.next_record().await;
     assert_eq!(rec.outcome.as_str(), "upstream_unavailable");
     assert!(
-        rec.error.as_deref().unwrap().contains("upstream_idle_timeout_secs"),
+        rec.error
+            .as_deref()
+            .unwrap()
+            .contains("upstream_idle_timeout_secs"),
         "{:?}",
         rec.error
     );
@@ -254,7 +281,10 @@ async fn after_the_client_left_the_upstream_is_read_only_within_bounds_and_the_r
     // And then the bridge lets go of the upstream.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tx.send(": ping\n\n") {
-        assert!(tokio::time::Instant::now() < deadline, "upstream connection kept open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream connection kept open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(h.wait_in_flight_zero().await);
@@ -274,8 +304,7 @@ async fn raw_exchange(url: &str, head: &str, body_part: &[u8]) -> String {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     out.extend_from_slice(&buf[..n]);
-                    if String::from_utf8_lossy(&out).contains("\r\n\r\n{") && out.ends_with(b"}")
-                    {
+                    if String::from_utf8_lossy(&out).contains("\r\n\r\n{") && out.ends_with(b"}") {
                         break;
                     }
                 }
@@ -320,7 +349,10 @@ async fn request_bodies_are_bounded_in_size_and_in_total_memory() {
         request(
             Method::POST,
             &format!("{}/openai/v1/chat/completions", h.url),
-            &[("authorization", &bearer), ("content-type", "application/json")],
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
             vec![b' '; 2 * 1024 * 1024],
         ),
     )
@@ -328,7 +360,10 @@ async fn request_bodies_are_bounded_in_size_and_in_total_memory() {
     assert_eq!(status, 413);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("max_request_body_bytes"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_request_body_bytes"),
         "{v}"
     );
     // A slow client holding 700 KB in memory leaves no room for a second 700 KB body.
@@ -345,7 +380,10 @@ async fn request_bodies_are_bounded_in_size_and_in_total_memory() {
             request(
                 Method::POST,
                 &format!("{}/openai/v1/chat/completions", h.url),
-                &[("authorization", &bearer), ("content-type", "application/json")],
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
                 vec![b' '; len],
             ),
         )
@@ -374,7 +412,10 @@ async fn the_client_picks_neither_the_billing_scope_nor_the_forwarded_headers() 
     let mut h = Harness::start_configured(
         "",
         Limits::default(),
-        &[("openai-organization", "org-server"), ("openai-project", "proj-server")],
+        &[
+            ("openai-organization", "org-server"),
+            ("openai-project", "proj-server"),
+        ],
     )
     .await;
     let c = client();
@@ -459,12 +500,18 @@ async fn an_sse_line_over_the_bound_passes_to_the_client_but_is_not_buffered_and
     drop(tx);
     let (status, _, body) = pending.await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(body.len(), start.len() + 33 + 16 * 256 * 1024 + 2 + end.len());
+    assert_eq!(
+        body.len(),
+        start.len() + 33 + 16 * 256 * 1024 + 2 + end.len()
+    );
     let rec = h.next_record().await;
     assert_eq!(rec.outcome.as_str(), "ok");
     assert_eq!((rec.usage.input_tokens, rec.usage.output_tokens), (9, 7));
     assert!(
-        rec.error.as_deref().unwrap_or_default().contains("too large to inspect"),
+        rec.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("too large to inspect"),
         "{:?}",
         rec.error
     );

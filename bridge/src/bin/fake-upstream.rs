@@ -238,7 +238,11 @@ async fn misbehave(how: &str) -> Option<Response<FakeBody>> {
                 }
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if tx.send(Ok(Bytes::from_static(b": ping\n\n"))).await.is_err() {
+                    if tx
+                        .send(Ok(Bytes::from_static(b": ping\n\n")))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
