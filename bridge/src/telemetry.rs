@@ -411,3 +411,55 @@ fn esc(s: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Outcome, Usage, WorkspaceContext};
+
+    fn rec(model: &str, priced: bool) -> InterceptionRecord {
+        InterceptionRecord {
+            id: uuid::Uuid::now_v7(),
+            user: "u".into(),
+            key_id: None,
+            provider: Provider::Openai,
+            endpoint: "/v1/chat/completions".into(),
+            model: Some(model.into()),
+            client: None,
+            streaming: false,
+            started_at: chrono::Utc::now(),
+            ttfb_ms: None,
+            duration_ms: 1.0,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: Usage::default(),
+            cost_usd: priced.then_some(0.0),
+            prompt: None,
+            tools_offered: vec![],
+            tool_calls: vec![],
+            context: WorkspaceContext::default(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn client_chosen_model_names_cannot_grow_the_metrics_without_bound() {
+        let t = Telemetry::metrics_only("test");
+        t.set_max_model_labels(3);
+        t.observe_record(&rec("gpt-4o", true));
+        for i in 0..301 {
+            // Unpriced names (anything a client makes up) never get a label of their own...
+            t.observe_record(&rec(&format!("made-up-{i}-{}", "x".repeat(1000)), false));
+            // ...and priced-looking ones stop getting one at the bound.
+            t.observe_record(&rec(&format!("gpt-4o-{i}"), true));
+        }
+        let text = t.render_prometheus();
+        assert!(text.len() < 8 * 1024, "{} bytes", text.len());
+        assert!(!text.contains("made-up"));
+        assert!(text.contains(r#"model="gpt-4o",outcome="ok"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"model="other",outcome="ok"} 600"#),
+            "{text}"
+        );
+    }
+}

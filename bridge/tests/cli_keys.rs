@@ -232,3 +232,40 @@ fn every_subcommand_explains_itself_with_help() {
             && text.contains("--store")
     );
 }
+
+#[tokio::test]
+async fn hostile_strings_cannot_drive_the_terminal_forge_rows_or_become_spreadsheet_formulas() {
+    let dir = TempDir::new("cli-hostile");
+    let db = dir.path().join("bridge.db");
+    let db = db.to_str().unwrap();
+    let store = Store::open(db).await.unwrap();
+    let mut r = record(
+        "mallory",
+        Provider::Openai,
+        "gpt-4o\u{1b}]0;pwned\u{7}\nffffffff-fake-row  2099-01-01",
+        Utc::now(),
+        1,
+        1,
+    );
+    r.prompt = Some("=HYPERLINK(\"http://127.0.0.1/x\",\"click\")\n\u{1b}[2Jcleared".into());
+    r.client = Some("@SUM(A1:A9)".into());
+    store.insert_interceptions(&[r.clone()]).await.unwrap();
+
+    let show = stdout(&bridge(&["interceptions", "show", &r.id.to_string()], db));
+    assert!(
+        !show.contains('\u{1b}') && !show.contains('\u{7}'),
+        "{show:?}"
+    );
+    assert!(show.contains("\\u{1b}]0;pwned"), "{show}");
+    let list = stdout(&bridge(&["interceptions", "list"], db));
+    assert!(!list.contains('\u{1b}'), "{list:?}");
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "a newline in a model forged a row: {list}"
+    );
+    let csv = stdout(&bridge(&["interceptions", "list", "--format", "csv"], db));
+    assert!(csv.contains("\"'=HYPERLINK("), "{csv}");
+    assert!(csv.contains(",'@SUM(A1:A9),"), "{csv}");
+    assert!(!csv.contains(",=") && !csv.contains(",\"="), "{csv}");
+}
