@@ -125,13 +125,14 @@ class Bridge:
         return json.loads(self.cli("interceptions", "list", "--format", "json", "--limit", "1000"))
 
     def wait_record(self, pred, timeout: float = 10.0) -> dict:
-        """The first record matching `pred`, waiting for the recorder to flush it."""
+        """The first final record matching `pred`, waiting for the recorder to flush it (a
+        request's intercept-start entry, outcome `incomplete`, is in the store before it)."""
         deadline = time.time() + timeout
         seen = []
         while time.time() < deadline:
             seen = self.records()
             for r in seen:
-                if pred(r):
+                if r.get("outcome") != "incomplete" and pred(r):
                     return r
             time.sleep(0.1)
         raise AssertionError(f"no matching record within {timeout}s; records: {json.dumps(seen, indent=1)[:4000]}")
