@@ -71,7 +71,7 @@ pub trait RecordSink: Send + Sync + 'static {
     /// Makes an intercept-start entry (outcome `incomplete`) durable; the returned future
     /// completes once it is. The gateway calls this before the request goes upstream, and
     /// [`RecordSink::record`] later replaces the entry with the final record (same id).
-    fn start(&self, _rec: &InterceptionRecord) -> StartFuture {
+    fn start(&self, _rec: InterceptionRecord) -> StartFuture {
         Box::pin(std::future::ready(()))
     }
     fn request_started(&self, _provider: Provider) {}
@@ -1127,7 +1127,7 @@ impl Exchange {
         // from here on leaves an `incomplete` record, never none.
         let mut entry = rec.clone();
         entry.outcome = Outcome::Incomplete;
-        if tokio::time::timeout(START_WAIT, g.sink.start(&entry))
+        if tokio::time::timeout(START_WAIT, g.sink.start(entry))
             .await
             .is_err()
         {
@@ -1136,7 +1136,6 @@ impl Exchange {
                 "intercept-start entry not confirmed durable in time; forwarding anyway"
             );
         }
-        drop(entry);
 
         let timeout = g.limits.upstream_response_timeout;
         let response = tokio::time::timeout(timeout, g.client.request(up_req)).await;

@@ -455,6 +455,7 @@ impl Writer {
             Err(_) => return,
         };
         let mut stored = 0u64;
+        let mut replayed = 0u64;
         for seg in segments {
             let records = match self.shared.spool.read_segment(&seg) {
                 Ok(r) => r,
@@ -479,6 +480,7 @@ impl Writer {
                 .filter(|r| r.outcome != Outcome::Incomplete)
                 .count() as u64;
             stored += finals;
+            replayed += records.len() as u64;
             self.shared.telemetry.records_stored(finals);
             self.set_store_failure(None);
             if let Err(e) = self.shared.spool.remove_segment(&seg) {
@@ -494,6 +496,10 @@ impl Writer {
                 records = stored,
                 "spooled interception records written to the store"
             );
+        }
+        if replayed > 0 {
+            // Start entries a previous run spooled and never finished are in the store now.
+            self.recover().await;
         }
     }
 }

@@ -42,8 +42,8 @@ impl RecordSink for RecorderSink {
     fn record(&self, rec: InterceptionRecord) {
         self.recorder.record(rec);
     }
-    fn start(&self, rec: &InterceptionRecord) -> StartFuture {
-        Box::pin(self.recorder.record_start(rec.clone()))
+    fn start(&self, rec: InterceptionRecord) -> StartFuture {
+        Box::pin(self.recorder.record_start(rec))
     }
     fn request_started(&self, provider: Provider) {
         self.telemetry.request_started(provider);

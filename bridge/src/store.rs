@@ -64,8 +64,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS interceptions_started_at ON interceptions (started_at);
     CREATE INDEX IF NOT EXISTS interceptions_user ON interceptions (user_name, started_at)",
-    // 2: the store's identity, so a bridge notices when its store was deleted or replaced.
-    "CREATE TABLE IF NOT EXISTS bridge_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    // 2: the store's identity, so a bridge notices when its store was deleted or replaced;
+    // an index to find intercept-start entries a crash left behind without a scan.
+    "CREATE TABLE IF NOT EXISTS bridge_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS interceptions_outcome ON interceptions (outcome, started_at)",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \

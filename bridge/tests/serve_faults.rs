@@ -514,3 +514,110 @@ fn a_200_mb_sse_line_streams_through_and_the_bridges_memory_stays_small() {
     serve.signal("-TERM");
     assert!(serve.wait_exit().success());
 }
+
+#[test]
+fn clients_that_disconnect_at_random_points_each_leave_a_final_record() {
+    let dir = TempDir::new("faults-disconnect");
+    let cwd = dir.path();
+    let token = create_key(cwd);
+    let (_fake, up_port) = start_fake(cwd);
+    let port = free_port();
+    let config = write_config(cwd, port, up_port, "");
+    let log = cwd.join("bridge.log");
+    let mut serve = spawn_serve(cwd, &config, &log, None);
+    wait_listening(port, &mut serve.0, &log);
+
+    // 300 requests, streaming and not, on 12 threads; each client hangs up at a different
+    // point: right after sending, after some bytes of the answer, or at the end.
+    let n = 300;
+    let threads: Vec<_> = (0..12)
+        .map(|t| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                for i in (t..n).step_by(12) {
+                    let stream = i % 3 != 0;
+                    let body = anthropic_body(&format!("drop-{i}"), stream);
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    write!(
+                        s,
+                        "POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: {token}\r\nanthropic-version: 2023-06-01\r\nx-fake-delay-ms: 3\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                    // Where to hang up: 0 = before any answer, else after this many bytes.
+                    let cut = [0usize, 1, 200, 700, 1500, usize::MAX][i % 6];
+                    let mut got = 0;
+                    let mut buf = [0u8; 512];
+                    while got < cut {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => got += k,
+                        }
+                    }
+                    drop(s);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A client that hangs up right after sending may be gone before the bridge forwards its
+    // request: nothing reached the provider, so there is nothing to record. Every request
+    // that did reach it must have its final record.
+    let (_, stats) = http(
+        up_port,
+        "GET",
+        "/fake/stats",
+        &[],
+        "",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    // The body is chunked: the JSON object is between the first `{` and the last `}`.
+    let json = &stats[stats.find('{').unwrap()..=stats.rfind('}').unwrap()];
+    let reached = serde_json::from_str::<Value>(json).unwrap()["requests"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(reached >= n * 5 / 6, "{reached} of {n} reached the upstream");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(Store::open(&cwd.join("bridge.db").display().to_string()))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recs = rt
+            .block_on(store.list_interceptions(&Default::default()))
+            .unwrap();
+        let finals = recs
+            .iter()
+            .filter(|r| r.outcome.as_str() != "incomplete")
+            .count();
+        if finals == reached {
+            assert_eq!(recs.len(), reached);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{finals} final records for {reached} requests that reached the upstream ({} rows)",
+            recs.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every request was metered in full: the bridge read each answer to its end.
+    let recs = rt
+        .block_on(store.list_interceptions(&Default::default()))
+        .unwrap();
+    for r in &recs {
+        assert!(r.usage.output_tokens > 1, "under-counted: {r:?}");
+    }
+    let m = http(port, "GET", "/metrics", &[], "", Duration::from_secs(10))
+        .unwrap()
+        .1;
+    assert_eq!(
+        metric(&m, "bridge_requests_in_flight{provider=\"anthropic\"}"),
+        Some(0.0),
+        "{m}"
+    );
+}

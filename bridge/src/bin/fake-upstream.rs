@@ -20,6 +20,9 @@
 //!   fly), `garbage` (a 200 `text/event-stream` of bytes that are not SSE, then the end),
 //!   `never-ending` (one `message_start` event, then a comment line every 100 ms, forever).
 //!
+//! `GET /fake/stats` answers `{"requests": N}`, the number of requests received so far, so
+//! tests can check that every request that reached the provider was recorded.
+//!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
 //! `x-fake-received-path`, the path it was asked for (to test upstream chaining). Routes match
@@ -253,7 +256,15 @@ async fn misbehave(how: &str) -> Option<Response<FakeBody>> {
     }
 }
 
+/// Requests received (other than `GET /fake/stats`, which reports this count as JSON).
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
 async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
+    if req.uri().path() == "/fake/stats" {
+        let n = RECEIVED.load(Ordering::SeqCst);
+        return json_response(200, json!({ "requests": n }), "request-id");
+    }
+    RECEIVED.fetch_add(1, Ordering::SeqCst);
     if let Some(how) = req
         .headers()
         .get("x-fake-misbehave")
