@@ -9,13 +9,21 @@
 //! per backoff period rather than one per batch. A spool left by a previous run is replayed at
 //! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
 //!
-//! Intercept-start entries ([`Recorder::record_start`]) take the same path but are not left
-//! waiting for a batch: the writer commits whatever is queued as soon as a start entry is in
-//! it (group commit: one transaction, or one spool fsync, for all the requests starting
-//! together) and then tells each waiting request its entry is durable. At start, entries a
-//! previous run left `incomplete` (it crashed or was killed mid-request) are marked as such.
-//! The writer also keeps the store's health (the last write's result) for `/readyz`.
+//! Intercept-start entries ([`Recorder::record_start`]) go to a journal next to the spool
+//! (`spool_dir/journal`, same segment format), appended as soon as the writer sees them: one
+//! write for all the requests starting together (group commit), after which each waiting
+//! request is told its entry is durable and may go upstream. Durable here means what SQLite's
+//! WAL with `synchronous=NORMAL` gives the store: the entry survives the process being killed
+//! (it is in the kernel's page cache), not a power cut. A journal segment is deleted once every
+//! request in it has its final record in the store or the spool. At start, whatever a previous
+//! run left in the journal (requests that were in flight when it crashed or was killed) is
+//! inserted as `incomplete` records (the store ignores an entry whose final record it already
+//! has), and those are marked with the reason. Writing start entries to the journal rather
+//! than to the store keeps the store's writes batched: a start entry costs one buffered write,
+//! not a transaction. The writer also keeps the store's health (the last write's result) for
+//! `/readyz`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -183,11 +191,16 @@ impl Recorder {
             overflow_busy: AtomicBool::new(false),
             store_failure: Mutex::new(None),
         });
+        let journal = Spool::open_journal(&spool_dir.join("journal"), options.spool_max_bytes)?;
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {
             store,
             shared: shared.clone(),
             started_at: chrono::Utc::now(),
+            journal,
+            starts: Vec::new(),
+            in_flight: HashMap::new(),
+            outstanding: BTreeMap::new(),
             acks: Vec::new(),
             batch: Vec::with_capacity(BATCH_SIZE),
             backoff: MIN_BACKOFF,
@@ -228,8 +241,8 @@ impl Recorder {
         }
     }
 
-    /// Queues an intercept-start entry; the future completes once it is durable (committed to
-    /// the store, or fsynced to the spool). Never fails: if the entry cannot be kept, that is
+    /// Queues an intercept-start entry; the future completes once it is durable (in the
+    /// journal, or fsynced to the spool if the writer is behind). Never fails: if the entry cannot be kept, that is
     /// logged and counted like any record the spool cannot take.
     pub fn record_start(
         &self,
@@ -294,7 +307,15 @@ struct Writer {
     shared: Arc<Shared>,
     /// When this process started: older `incomplete` entries were left by a previous run.
     started_at: chrono::DateTime<chrono::Utc>,
-    /// Requests waiting for their start entry (in `batch`) to be durable.
+    /// Intercept-start entries of requests in flight.
+    journal: Spool,
+    /// Start entries received, not yet in the journal.
+    starts: Vec<InterceptionRecord>,
+    /// Journal segment of each request whose final record is not stored yet.
+    in_flight: HashMap<uuid::Uuid, u64>,
+    /// Per journal segment, how many of its requests still wait for their final record.
+    outstanding: BTreeMap<u64, usize>,
+    /// Requests waiting for their start entry (in `starts`) to be durable.
     acks: Vec<oneshot::Sender<()>>,
     batch: Vec<InterceptionRecord>,
     backoff: Duration,
@@ -328,7 +349,10 @@ impl Writer {
                                 Err(_) => break,
                             }
                         }
-                        if !self.acks.is_empty() || self.batch.len() >= BATCH_SIZE {
+                        if !self.starts.is_empty() {
+                            self.journal_starts().await;
+                        }
+                        if self.batch.len() >= BATCH_SIZE {
                             self.flush().await;
                         }
                         if let Some(ack) = shutdown {
@@ -360,15 +384,119 @@ impl Writer {
                 self.flush().await;
             }
         }
+        self.journal_starts().await;
         self.flush().await;
         if !self.shared.spool.is_empty() {
             self.drain_spool().await;
         }
+        if self.in_flight.is_empty() {
+            // Every request has its final record: the journal has nothing left to say.
+            if let Ok(segments) = self.journal.seal() {
+                for seg in segments {
+                    let _ = self.journal.remove_segment(&seg);
+                }
+            }
+        }
         let _ = ack.send(());
     }
 
-    /// Marks what a previous run left in flight (it crashed or was killed).
-    async fn recover(&self) {
+    /// Appends the start entries received to the journal (one write), then lets their
+    /// requests go upstream.
+    async fn journal_starts(&mut self) {
+        if self.starts.is_empty() {
+            return;
+        }
+        let starts = std::mem::take(&mut self.starts);
+        let acks = std::mem::take(&mut self.acks);
+        match self.journal.append_in_segment(&starts) {
+            Ok((appended, seq)) => {
+                if appended.dropped > 0 {
+                    self.shared.telemetry.spool_dropped(appended.dropped);
+                }
+                for r in &starts {
+                    self.in_flight.insert(r.id, seq);
+                }
+                *self.outstanding.entry(seq).or_default() += starts.len();
+                self.remove_finished_segments();
+            }
+            Err(e) => {
+                // The journal's disk failed: the fsynced spool is the other durable place.
+                tracing::error!(error = %e, records = starts.len(), "cannot journal intercept-start entries; spooling them");
+                self.spool_blocking(starts).await;
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+
+    /// Records that requests' final records are durable (stored or spooled).
+    fn finished(&mut self, ids: impl Iterator<Item = uuid::Uuid>) {
+        let mut any = false;
+        for id in ids {
+            if let Some(seq) = self.in_flight.remove(&id) {
+                if let Some(n) = self.outstanding.get_mut(&seq) {
+                    *n = n.saturating_sub(1);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            self.remove_finished_segments();
+        }
+    }
+
+    /// Deletes journal segments, other than the one being written, whose requests all have
+    /// their final records.
+    fn remove_finished_segments(&mut self) {
+        let current = self.journal.current_segment();
+        let done: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(seq, n)| **n == 0 && Some(**seq) != current)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in done {
+            self.outstanding.remove(&seq);
+            if let Err(e) = self.journal.remove_segment(&self.journal.segment_path(seq)) {
+                tracing::warn!(error = %e, "cannot remove a finished journal segment");
+            }
+        }
+    }
+
+    /// Moves what a previous run left in the journal (requests in flight when it stopped)
+    /// into the store as `incomplete` entries, or into the spool if the store is down.
+    async fn replay_journal(&mut self) {
+        let Ok(segments) = self.journal.seal() else {
+            return;
+        };
+        for seg in segments {
+            let records = match self.journal.read_segment(&seg) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a journal segment");
+                    continue;
+                }
+            };
+            if let Err(e) = self.store.insert_interceptions(&records).await {
+                tracing::warn!(error = %e, records = records.len(), "store unavailable; spooling the journal's start entries");
+                self.spool_blocking(records).await;
+            }
+            if let Err(e) = self.journal.remove_segment(&seg) {
+                tracing::error!(error = %e, "cannot remove a replayed journal segment");
+            }
+        }
+    }
+
+    /// At start: what a previous run left in flight (it crashed or was killed) becomes
+    /// `incomplete` records.
+    async fn recover(&mut self) {
+        self.replay_journal().await;
+        self.mark_abandoned().await;
+    }
+
+    /// Marks `incomplete` entries from before this process started with the reason.
+    async fn mark_abandoned(&self) {
         match self.store.mark_abandoned(self.started_at).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -387,7 +515,7 @@ impl Writer {
                 self.batch.push(rec);
             }
             Msg::Start(rec, ack) => {
-                self.batch.push(*rec);
+                self.starts.push(*rec);
                 self.acks.push(ack);
             }
             Msg::Shutdown(ack) => {
@@ -409,32 +537,33 @@ impl Writer {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        let acks = std::mem::take(&mut self.acks);
         if !self.shared.spool.is_empty() {
             // Outage in progress: queue behind the spool rather than hit the store again.
+            let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
             self.spool_blocking(batch).await;
-        } else {
-            match self.store.insert_interceptions(&batch).await {
-                Ok(_) => {
-                    let finals = batch
-                        .iter()
-                        .filter(|r| r.outcome != Outcome::Incomplete)
-                        .count();
-                    self.shared.telemetry.records_stored(finals as u64);
-                    self.set_store_failure(None);
-                }
-                Err(e) => {
-                    self.shared.telemetry.store_error();
-                    tracing::error!(error = %e, records = batch.len(), store = %self.store.describe(),
-                        "store write failed; spooling interception records to disk");
-                    self.set_store_failure(Some(e.to_string()));
-                    self.spool_blocking(batch).await;
-                    self.next_retry = Instant::now() + self.backoff;
-                }
-            }
+            self.finished(ids.into_iter());
+            return;
         }
-        for ack in acks {
-            let _ = ack.send(());
+        match self.store.insert_interceptions(&batch).await {
+            Ok(_) => {
+                let finals = batch
+                    .iter()
+                    .filter(|r| r.outcome != Outcome::Incomplete)
+                    .count();
+                self.shared.telemetry.records_stored(finals as u64);
+                self.set_store_failure(None);
+                self.finished(batch.iter().map(|r| r.id));
+            }
+            Err(e) => {
+                self.shared.telemetry.store_error();
+                tracing::error!(error = %e, records = batch.len(), store = %self.store.describe(),
+                    "store write failed; spooling interception records to disk");
+                self.set_store_failure(Some(e.to_string()));
+                let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
+                self.spool_blocking(batch).await;
+                self.finished(ids.into_iter());
+                self.next_retry = Instant::now() + self.backoff;
+            }
         }
     }
 
@@ -499,7 +628,7 @@ impl Writer {
         }
         if replayed > 0 {
             // Start entries a previous run spooled and never finished are in the store now.
-            self.recover().await;
+            self.mark_abandoned().await;
         }
     }
 }

@@ -357,7 +357,7 @@ fn deleting_the_store_while_serving_is_detected_and_spooled_and_a_restart_refuse
     let ready = loop {
         let (_, body) = get("/readyz");
         let v: Value = serde_json::from_str(&body).unwrap();
-        if (v["store"] == "failing" && v["spooled_records"].as_u64().unwrap_or(0) >= 10)
+        if (v["store"] == "failing" && v["spooled_records"].as_u64().unwrap_or(0) >= 5)
             || Instant::now() > deadline
         {
             break v;
@@ -369,8 +369,7 @@ fn deleting_the_store_while_serving_is_detected_and_spooled_and_a_restart_refuse
         ready["store_error"].as_str().unwrap().contains("deleted"),
         "{ready}"
     );
-    // Five requests: a start entry and a final record each.
-    assert!(ready["spooled_records"].as_u64().unwrap() >= 10, "{ready}");
+    assert!(ready["spooled_records"].as_u64().unwrap() >= 5, "{ready}");
     let (_, m) = get("/metrics");
     assert_eq!(metric(&m, "bridge_store_up"), Some(0.0), "{m}");
     assert!(
@@ -400,7 +399,7 @@ fn deleting_the_store_while_serving_is_detected_and_spooled_and_a_restart_refuse
         .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
         .sum();
-    assert!(spooled >= 10, "{spooled}");
+    assert!(spooled >= 5, "{spooled}");
 }
 
 #[test]
@@ -580,7 +579,10 @@ fn clients_that_disconnect_at_random_points_each_leave_a_final_record() {
     let reached = serde_json::from_str::<Value>(json).unwrap()["requests"]
         .as_u64()
         .unwrap() as usize;
-    assert!(reached >= n * 5 / 6, "{reached} of {n} reached the upstream");
+    assert!(
+        reached >= n * 5 / 6,
+        "{reached} of {n} reached the upstream"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = rt
         .block_on(Store::open(&cwd.join("bridge.db").display().to_string()))
@@ -620,4 +622,12 @@ fn clients_that_disconnect_at_random_points_each_leave_a_final_record() {
         Some(0.0),
         "{m}"
     );
+    // Every request has its final record: a clean stop leaves no intercept-start entry behind.
+    serve.signal("-TERM");
+    assert!(serve.wait_exit().success());
+    let journal: Vec<_> = std::fs::read_dir(cwd.join("spool").join("journal"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert!(journal.is_empty(), "{journal:?}");
 }
