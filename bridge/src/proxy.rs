@@ -326,9 +326,10 @@ pub struct TeeBody {
     /// Boxed: the record is large, and most responses the gateway sends are its own small ones.
     watch: Option<Box<Watch>>,
     filter: Option<UsageChunkFilter>,
-    /// Fires when the upstream has been silent for the idle timeout (checked lazily: the
-    /// deadline is only moved when it fires, not on every chunk).
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Fires when the upstream has been silent for the idle timeout. Created the first time
+    /// the upstream makes the body wait (an answer that arrives whole never needs one), and
+    /// checked lazily: the deadline is only moved when it fires, not on every chunk.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     idle_timeout: Duration,
     last_frame: Instant,
     done: bool,
@@ -409,7 +410,13 @@ impl Body for TeeBody {
                 }
                 Poll::Pending => {
                     // Silence: is it over the idle timeout?
-                    while this.idle.as_mut().poll(cx).is_ready() {
+                    let deadline = this.last_frame + this.idle_timeout;
+                    let idle = this.idle.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                            deadline,
+                        )))
+                    });
+                    while idle.as_mut().poll(cx).is_ready() {
                         let deadline = this.last_frame + this.idle_timeout;
                         if Instant::now() >= deadline {
                             let secs = this.idle_timeout.as_secs();
@@ -422,8 +429,7 @@ impl Body for TeeBody {
                             this.inner = None;
                             return Poll::Ready(Some(Err(reason.into())));
                         }
-                        this.idle
-                            .as_mut()
+                        idle.as_mut()
                             .reset(tokio::time::Instant::from_std(deadline));
                     }
                     return Poll::Pending;
@@ -1212,7 +1218,7 @@ impl Exchange {
             inner: Some(incoming),
             watch: Some(Box::new(watch)),
             filter,
-            idle: Box::pin(tokio::time::sleep(limits.upstream_idle_timeout)),
+            idle: None,
             idle_timeout: limits.upstream_idle_timeout,
             last_frame: now,
             done: false,

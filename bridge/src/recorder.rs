@@ -9,21 +9,14 @@
 //! per backoff period rather than one per batch. A spool left by a previous run is replayed at
 //! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
 //!
-//! Intercept-start entries ([`Recorder::record_start`]) go to a journal next to the spool
-//! (`spool_dir/journal`, same segment format), appended as soon as the writer sees them: one
-//! write for all the requests starting together (group commit), after which each waiting
-//! request is told its entry is durable and may go upstream. Durable here means what SQLite's
-//! WAL with `synchronous=NORMAL` gives the store: the entry survives the process being killed
-//! (it is in the kernel's page cache), not a power cut. A journal segment is deleted once every
-//! request in it has its final record in the store or the spool. At start, whatever a previous
-//! run left in the journal (requests that were in flight when it crashed or was killed) is
-//! inserted as `incomplete` records (the store ignores an entry whose final record it already
-//! has), and those are marked with the reason. Writing start entries to the journal rather
-//! than to the store keeps the store's writes batched: a start entry costs one buffered write,
-//! not a transaction. The writer also keeps the store's health (the last write's result) for
-//! `/readyz`.
+//! Intercept-start entries ([`Recorder::record_start`]) are appended to the [`Journal`] by
+//! the request's own task, before it goes upstream. When a final record is safe (stored or
+//! spooled) its start entry is released from the journal. At start, what a previous run left
+//! in the journal (requests in flight when it crashed or was killed) is inserted as
+//! `incomplete` records (the store ignores an entry whose final record it already has), and
+//! those are marked with the reason. The writer also keeps the store's health (the last
+//! write's result) for `/readyz`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::journal::Journal;
 use crate::pricing::PricingTable;
 use crate::record::{InterceptionRecord, Outcome};
 use crate::spool::{Spool, DEFAULT_MAX_BYTES};
@@ -53,7 +47,6 @@ const LOG_PROMPT_CHARS: usize = 200;
 enum Msg {
     Record(Box<InterceptionRecord>),
     /// An intercept-start entry and whom to tell once it is durable.
-    Start(Box<InterceptionRecord>, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -84,6 +77,8 @@ struct Shared {
     overflow_busy: AtomicBool,
     /// Why the last write to the store failed; `None` when it succeeded.
     store_failure: Mutex<Option<String>>,
+    /// Intercept-start entries of the requests in flight.
+    journal: Journal,
 }
 
 impl Shared {
@@ -183,6 +178,7 @@ impl Recorder {
         if n > 0 {
             tracing::info!(records = n, spool = %spool_dir.display(), "replaying interception records left in the spool");
         }
+        let journal = Journal::open(&spool_dir.join("journal"), options.spool_max_bytes)?;
         let shared = Arc::new(Shared {
             pricing,
             telemetry,
@@ -190,18 +186,13 @@ impl Recorder {
             overflow: Mutex::new(Vec::new()),
             overflow_busy: AtomicBool::new(false),
             store_failure: Mutex::new(None),
+            journal,
         });
-        let journal = Spool::open_journal(&spool_dir.join("journal"), options.spool_max_bytes)?;
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {
             store,
             shared: shared.clone(),
             started_at: chrono::Utc::now(),
-            journal,
-            starts: Vec::new(),
-            in_flight: HashMap::new(),
-            outstanding: BTreeMap::new(),
-            acks: Vec::new(),
             batch: Vec::with_capacity(BATCH_SIZE),
             backoff: MIN_BACKOFF,
             next_retry: Instant::now(),
@@ -241,31 +232,14 @@ impl Recorder {
         }
     }
 
-    /// Queues an intercept-start entry; the future completes once it is durable (in the
-    /// journal, or fsynced to the spool if the writer is behind). Never fails: if the entry cannot be kept, that is
-    /// logged and counted like any record the spool cannot take.
-    pub fn record_start(
-        &self,
-        rec: InterceptionRecord,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (ack_tx, ack_rx) = oneshot::channel();
-        let overflow = match self.tx.try_send(Msg::Start(Box::new(rec), ack_tx)) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(Msg::Start(rec, _)))
-            | Err(mpsc::error::TrySendError::Closed(Msg::Start(rec, _))) => Some(rec),
-            Err(_) => None,
-        };
-        let shared = self.shared.clone();
-        async move {
-            match overflow {
-                // The writer is behind: make this entry durable in the spool directly.
-                Some(rec) => {
-                    let _ = tokio::task::spawn_blocking(move || shared.spool(&[*rec])).await;
-                }
-                None => {
-                    let _ = ack_rx.await;
-                }
-            }
+    /// Makes an intercept-start entry durable before its request goes upstream: appended to
+    /// the journal right here (a buffered write, like the request's log line), or, if the
+    /// journal cannot take it, fsynced to the spool. Never fails the request: if neither can
+    /// keep the entry, that is logged and counted like a record the spool cannot take.
+    pub fn record_start(&self, rec: InterceptionRecord) {
+        if let Err(e) = self.shared.journal.start(&rec) {
+            tracing::error!(error = %e, "cannot journal an intercept-start entry; spooling it");
+            self.shared.spool(std::slice::from_ref(&rec));
         }
     }
 
@@ -307,16 +281,6 @@ struct Writer {
     shared: Arc<Shared>,
     /// When this process started: older `incomplete` entries were left by a previous run.
     started_at: chrono::DateTime<chrono::Utc>,
-    /// Intercept-start entries of requests in flight.
-    journal: Spool,
-    /// Start entries received, not yet in the journal.
-    starts: Vec<InterceptionRecord>,
-    /// Journal segment of each request whose final record is not stored yet.
-    in_flight: HashMap<uuid::Uuid, u64>,
-    /// Per journal segment, how many of its requests still wait for their final record.
-    outstanding: BTreeMap<u64, usize>,
-    /// Requests waiting for their start entry (in `starts`) to be durable.
-    acks: Vec<oneshot::Sender<()>>,
     batch: Vec<InterceptionRecord>,
     backoff: Duration,
     next_retry: Instant,
@@ -348,9 +312,6 @@ impl Writer {
                                 Ok(msg) => self.accept(msg),
                                 Err(_) => break,
                             }
-                        }
-                        if !self.starts.is_empty() {
-                            self.journal_starts().await;
                         }
                         if self.batch.len() >= BATCH_SIZE {
                             self.flush().await;
@@ -384,107 +345,24 @@ impl Writer {
                 self.flush().await;
             }
         }
-        self.journal_starts().await;
         self.flush().await;
         if !self.shared.spool.is_empty() {
             self.drain_spool().await;
         }
-        if self.in_flight.is_empty() {
-            // Every request has its final record: the journal has nothing left to say.
-            if let Ok(segments) = self.journal.seal() {
-                for seg in segments {
-                    let _ = self.journal.remove_segment(&seg);
-                }
-            }
-        }
+        // Every request has its final record: the journal has nothing left to say.
+        self.shared.journal.close();
         let _ = ack.send(());
-    }
-
-    /// Appends the start entries received to the journal (one write), then lets their
-    /// requests go upstream.
-    async fn journal_starts(&mut self) {
-        if self.starts.is_empty() {
-            return;
-        }
-        let starts = std::mem::take(&mut self.starts);
-        let acks = std::mem::take(&mut self.acks);
-        match self.journal.append_in_segment(&starts) {
-            Ok((appended, seq)) => {
-                if appended.dropped > 0 {
-                    self.shared.telemetry.spool_dropped(appended.dropped);
-                }
-                for r in &starts {
-                    self.in_flight.insert(r.id, seq);
-                }
-                *self.outstanding.entry(seq).or_default() += starts.len();
-                self.remove_finished_segments();
-            }
-            Err(e) => {
-                // The journal's disk failed: the fsynced spool is the other durable place.
-                tracing::error!(error = %e, records = starts.len(), "cannot journal intercept-start entries; spooling them");
-                self.spool_blocking(starts).await;
-            }
-        }
-        for ack in acks {
-            let _ = ack.send(());
-        }
-    }
-
-    /// Records that requests' final records are durable (stored or spooled).
-    fn finished(&mut self, ids: impl Iterator<Item = uuid::Uuid>) {
-        let mut any = false;
-        for id in ids {
-            if let Some(seq) = self.in_flight.remove(&id) {
-                if let Some(n) = self.outstanding.get_mut(&seq) {
-                    *n = n.saturating_sub(1);
-                    any = true;
-                }
-            }
-        }
-        if any {
-            self.remove_finished_segments();
-        }
-    }
-
-    /// Deletes journal segments, other than the one being written, whose requests all have
-    /// their final records.
-    fn remove_finished_segments(&mut self) {
-        let current = self.journal.current_segment();
-        let done: Vec<u64> = self
-            .outstanding
-            .iter()
-            .filter(|(seq, n)| **n == 0 && Some(**seq) != current)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in done {
-            self.outstanding.remove(&seq);
-            if let Err(e) = self.journal.remove_segment(&self.journal.segment_path(seq)) {
-                tracing::warn!(error = %e, "cannot remove a finished journal segment");
-            }
-        }
     }
 
     /// Moves what a previous run left in the journal (requests in flight when it stopped)
     /// into the store as `incomplete` entries, or into the spool if the store is down.
     async fn replay_journal(&mut self) {
-        let Ok(segments) = self.journal.seal() else {
-            return;
-        };
-        for seg in segments {
-            let records = match self.journal.read_segment(&seg) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a journal segment");
-                    continue;
-                }
-            };
+        for (seg, records) in self.shared.journal.leftovers() {
             if let Err(e) = self.store.insert_interceptions(&records).await {
                 tracing::warn!(error = %e, records = records.len(), "store unavailable; spooling the journal's start entries");
                 self.spool_blocking(records).await;
             }
-            if let Err(e) = self.journal.remove_segment(&seg) {
-                tracing::error!(error = %e, "cannot remove a replayed journal segment");
-            }
+            self.shared.journal.remove_leftover(&seg);
         }
     }
 
@@ -514,10 +392,6 @@ impl Writer {
                 self.shared.prepare(&mut rec);
                 self.batch.push(rec);
             }
-            Msg::Start(rec, ack) => {
-                self.starts.push(*rec);
-                self.acks.push(ack);
-            }
             Msg::Shutdown(ack) => {
                 let _ = ack.send(());
             }
@@ -541,7 +415,7 @@ impl Writer {
             // Outage in progress: queue behind the spool rather than hit the store again.
             let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
             self.spool_blocking(batch).await;
-            self.finished(ids.into_iter());
+            self.shared.journal.finished(ids);
             return;
         }
         match self.store.insert_interceptions(&batch).await {
@@ -552,7 +426,7 @@ impl Writer {
                     .count();
                 self.shared.telemetry.records_stored(finals as u64);
                 self.set_store_failure(None);
-                self.finished(batch.iter().map(|r| r.id));
+                self.shared.journal.finished(batch.iter().map(|r| r.id));
             }
             Err(e) => {
                 self.shared.telemetry.store_error();
@@ -561,7 +435,7 @@ impl Writer {
                 self.set_store_failure(Some(e.to_string()));
                 let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
                 self.spool_blocking(batch).await;
-                self.finished(ids.into_iter());
+                self.shared.journal.finished(ids);
                 self.next_retry = Instant::now() + self.backoff;
             }
         }

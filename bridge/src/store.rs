@@ -953,3 +953,48 @@ impl tokio_postgres::types::ToSql for Value {
 
     tokio_postgres::types::to_sql_checked!();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("bridge-store-{tag}-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_unwritable_shm_file_is_refused_before_sqlite_maps_it() {
+        let dir = temp_dir("shm");
+        let db = dir.join("bridge.db");
+        let shm = dir.join("bridge.db-shm");
+        assert!(check_shm(&db).is_ok(), "no -shm yet is fine");
+        std::fs::write(&shm, b"").unwrap();
+        assert!(check_shm(&db).is_ok());
+        let mut perms = std::fs::metadata(&shm).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&shm, perms).unwrap();
+        let e = check_shm(&db).unwrap_err().to_string();
+        assert!(e.contains("bridge.db-shm is not a writable file"), "{e}");
+        let e = open_sqlite(&db).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("-shm"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_file_deleted_or_replaced_under_the_store_fails_the_check() {
+        let dir = temp_dir("identity");
+        let db = dir.join("bridge.db");
+        let (_conn, file) = open_sqlite(&db).unwrap();
+        assert!(file.check().is_ok());
+        std::fs::remove_file(&db).unwrap();
+        let e = file.check().unwrap_err().to_string();
+        assert!(e.contains("deleted"), "{e}");
+        std::fs::write(&db, b"").unwrap();
+        let e = file.check().unwrap_err().to_string();
+        assert!(e.contains("replaced"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
