@@ -2,13 +2,12 @@
 //!
 //! [`Gateway::handle`] serves one provider request. It authenticates the caller, reads the
 //! body (bounded in size, time and, across all requests, memory), parses it with the
-//! provider's adapter, and hands the exchange to its own task: that task makes an
-//! intercept-start entry durable through the [`RecordSink`], forwards the request to
-//! `base_url + endpoint` with the server-side key and an allowlist of the client's headers,
-//! and returns the upstream's answer to the handler wrapped in a [`TeeBody`]. Running the
-//! exchange in its own task means a client that gives up before the response headers (the
-//! normal case for a long non-streaming call) cannot cancel the recording of a request the
-//! upstream already has: the task reads the answer anyway and records it.
+//! provider's adapter, makes an intercept-start entry durable through the [`RecordSink`], and
+//! forwards the request to `base_url + endpoint` with the server-side key and an allowlist of
+//! the client's headers. A client that gives up while the upstream is still working (the
+//! normal case for a long non-streaming call, whose headers come only with the whole answer)
+//! makes hyper drop the handler; the wait for the upstream then moves to a task of its own
+//! ([`AwaitingUpstream`]), so a request the upstream already has is still read and recorded.
 //!
 //! [`TeeBody`] hands each upstream chunk to hyper unchanged and shows the same bytes to the
 //! adapter's [`ResponseObserver`] as they pass. Observing is incremental and cheap by design
@@ -39,7 +38,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
@@ -57,23 +56,15 @@ use crate::record::{InterceptionRecord, Outcome, Provider, Usage, WorkspaceConte
 /// Error type of the bodies the gateway sends.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Boxed future returned by [`RecordSink::start`].
-pub type StartFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// How long a request waits for its intercept-start entry to be durable before it goes
-/// upstream anyway (recording must never fail a request; the final record still follows).
-const START_WAIT: Duration = Duration::from_secs(5);
-
 /// Where records and in-flight counts go. Implementations must not block.
 pub trait RecordSink: Send + Sync + 'static {
     /// A finished exchange.
     fn record(&self, rec: InterceptionRecord);
-    /// Makes an intercept-start entry (outcome `incomplete`) durable; the returned future
-    /// completes once it is. The gateway calls this before the request goes upstream, and
-    /// [`RecordSink::record`] later replaces the entry with the final record (same id).
-    fn start(&self, _rec: InterceptionRecord) -> StartFuture {
-        Box::pin(std::future::ready(()))
-    }
+    /// Makes an intercept-start entry (outcome `incomplete`) durable before returning; it
+    /// must be quick (a buffered write) and must not fail the request. The gateway calls
+    /// this before the request goes upstream, and [`RecordSink::record`] later replaces the
+    /// entry with the final record (same id).
+    fn start(&self, _rec: InterceptionRecord) {}
     fn request_started(&self, _provider: Provider) {}
     fn request_finished(&self, _provider: Provider) {}
 }
@@ -970,29 +961,43 @@ impl Gateway {
         *up_req.uri_mut() = uri;
         *up_req.headers_mut() = headers;
 
-        // 5. The exchange runs in its own task, so that the client leaving (this future being
-        //    dropped) cannot stop it from being recorded.
-        let (tx, rx) = oneshot::channel();
-        let exchange = Exchange {
-            gateway: self.clone(),
-            route,
-            up_req,
-            rec,
-            started,
-            span: span.clone(),
-            withhold_usage_chunk,
-            body_permit,
-            base_url: upstream.base_url.clone(),
+        // 5. The intercept-start entry is durable before the upstream sees the prompt: a
+        //    crash from here on leaves an `incomplete` record, never none.
+        let in_flight = InFlight::new(g.sink.clone(), route.provider);
+        let mut entry = rec.clone();
+        entry.outcome = Outcome::Incomplete;
+        g.sink.start(entry);
+
+        // 6. Wait for the upstream's response headers. If the client leaves meanwhile (this
+        //    future is dropped), the wait continues in a task of its own (see
+        //    `AwaitingUpstream`), so the answer is still read and recorded.
+        let fut: ResponseFuture = Box::pin(tokio::time::timeout(
+            g.limits.upstream_response_timeout,
+            g.client.request(up_req),
+        ));
+        let mut waiting = AwaitingUpstream {
+            fut: Some(fut),
+            exchange: Some(Exchange {
+                gateway: self.clone(),
+                route,
+                rec,
+                started,
+                span: span.clone(),
+                withhold_usage_chunk,
+                body_permit,
+                base_url: upstream.base_url.clone(),
+                in_flight,
+            }),
         };
-        tokio::spawn(exchange.run(tx).instrument(span));
-        rx.await.unwrap_or_else(|_| {
-            error_response(
-                adapter,
-                StatusCode::BAD_GATEWAY,
-                GatewayError::UpstreamUnavailable,
-                "the request to the upstream failed inside the bridge",
-            )
-        })
+        let result = match waiting.fut.as_mut() {
+            Some(fut) => fut.instrument(span).await,
+            None => unreachable!("set above"),
+        };
+        waiting.fut = None;
+        match waiting.exchange.take() {
+            Some(exchange) => exchange.respond(result),
+            None => unreachable!("set above"),
+        }
     }
 
     /// A 401: logged with the client's address, path and a safe prefix of the token, and
@@ -1099,53 +1104,77 @@ fn new_record(
     }
 }
 
-/// One request on its way to the upstream and back, owned by its own task.
+/// What the upstream's response headers (or its failure) resolve to.
+type ResponseResult = Result<
+    Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+type ResponseFuture = Pin<Box<dyn Future<Output = ResponseResult> + Send>>;
+
+/// An exchange waiting for the upstream's response headers. Dropped while still waiting
+/// (the client left, so hyper dropped the handler), it hands the wait to a task of its own:
+/// the upstream has the prompt, so its answer must still be read and recorded. The normal
+/// path spawns nothing and pays no cross-task wake-up.
+struct AwaitingUpstream {
+    fut: Option<ResponseFuture>,
+    exchange: Option<Exchange>,
+}
+
+impl Drop for AwaitingUpstream {
+    fn drop(&mut self) {
+        let (Some(fut), Some(exchange)) = (self.fut.take(), self.exchange.take()) else {
+            return;
+        };
+        let span = exchange.span.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(
+                    async move {
+                        let result = fut.await;
+                        // Nobody to answer: dropping the response drops its tee, which reads
+                        // the rest of the answer for its usage and records the exchange.
+                        drop(exchange.respond(result));
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => drop(exchange),
+        }
+    }
+}
+
+/// One request on its way to the upstream and back: what turns the upstream's answer into
+/// the client's response and, in the end, a record.
 struct Exchange {
     gateway: Gateway,
     route: Route,
-    up_req: Request<Full<Bytes>>,
     rec: InterceptionRecord,
     started: Instant,
     span: Span,
     withhold_usage_chunk: bool,
+    /// The request body's share of the memory budget, released once the upstream answered.
     body_permit: OwnedSemaphorePermit,
     base_url: String,
+    in_flight: InFlight,
 }
 
 impl Exchange {
-    async fn run(self, reply: oneshot::Sender<Response<ProxyBody>>) {
+    fn respond(self, response: ResponseResult) -> Response<ProxyBody> {
         let Exchange {
             gateway,
             route,
-            up_req,
             mut rec,
             started,
             span,
             withhold_usage_chunk,
             body_permit,
             base_url,
+            in_flight,
         } = self;
         let g = &gateway.inner;
         let adapter = route.adapter;
-        let in_flight = InFlight::new(g.sink.clone(), route.provider);
-
-        // The intercept-start entry is durable before the upstream sees the prompt: a crash
-        // from here on leaves an `incomplete` record, never none.
-        let mut entry = rec.clone();
-        entry.outcome = Outcome::Incomplete;
-        if tokio::time::timeout(START_WAIT, g.sink.start(entry))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                wait_s = START_WAIT.as_secs(),
-                "intercept-start entry not confirmed durable in time; forwarding anyway"
-            );
-        }
-
-        let timeout = g.limits.upstream_response_timeout;
-        let response = tokio::time::timeout(timeout, g.client.request(up_req)).await;
         drop(body_permit);
+        let timeout = g.limits.upstream_response_timeout;
         let failure = match response {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -1180,13 +1209,12 @@ impl Exchange {
                 finish_span(&span, &rec);
                 drop(in_flight);
                 g.sink.record(rec);
-                let _ = reply.send(error_response(
+                return error_response(
                     adapter,
                     status,
                     GatewayError::UpstreamUnavailable,
                     &message,
-                ));
-                return;
+                );
             }
         };
 
@@ -1236,9 +1264,7 @@ impl Exchange {
             }
             out_headers.append(name.clone(), value.clone());
         }
-        // If the client is gone, dropping the response here drops the tee, which reads the
-        // rest of the answer for its usage and records the exchange.
-        let _ = reply.send(out);
+        out
     }
 }
 

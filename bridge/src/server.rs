@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::config::BridgeConfig;
 use crate::error::Error;
 use crate::keys::Authenticator;
-use crate::proxy::{ClientAddr, Gateway, ProxyBody, RecordSink, StartFuture};
+use crate::proxy::{ClientAddr, Gateway, ProxyBody, RecordSink};
 use crate::record::{InterceptionRecord, Provider};
 use crate::recorder::Recorder;
 use crate::store::Store;
@@ -42,9 +42,8 @@ impl RecordSink for RecorderSink {
     fn record(&self, rec: InterceptionRecord) {
         self.recorder.record(rec);
     }
-    fn start(&self, rec: InterceptionRecord) -> StartFuture {
+    fn start(&self, rec: InterceptionRecord) {
         self.recorder.record_start(rec);
-        Box::pin(std::future::ready(()))
     }
     fn request_started(&self, provider: Provider) {
         self.telemetry.request_started(provider);

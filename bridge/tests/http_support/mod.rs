@@ -166,9 +166,8 @@ impl RecordSink for ChannelSink {
     fn record(&self, rec: InterceptionRecord) {
         let _ = self.records.send(rec);
     }
-    fn start(&self, rec: InterceptionRecord) -> bridge::proxy::StartFuture {
+    fn start(&self, rec: InterceptionRecord) {
         self.starts.lock().unwrap().push(rec);
-        Box::pin(async {})
     }
     fn request_started(&self, _: bridge::record::Provider) {
         self.in_flight
