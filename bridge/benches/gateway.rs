@@ -281,6 +281,23 @@ async fn closed_loop(
     }
 }
 
+/// Mean throughput and CPU per request of equal-length runs.
+fn mean(runs: &[ClosedLoop]) -> ClosedLoop {
+    let n = runs.len().max(1) as f64;
+    let req_per_s = runs.iter().map(|r| r.req_per_s).sum::<f64>() / n;
+    // CPU per request weighted by the requests each run served.
+    let w = runs.iter().map(|r| r.req_per_s).sum::<f64>().max(1e-9);
+    let cpu = |f: fn(&ClosedLoop) -> f64| runs.iter().map(|r| f(r) * r.req_per_s).sum::<f64>() / w;
+    ClosedLoop {
+        req_per_s,
+        cpu_us_per_req: (
+            cpu(|r| r.cpu_us_per_req.0),
+            cpu(|r| r.cpu_us_per_req.1),
+            cpu(|r| r.cpu_us_per_req.2),
+        ),
+    }
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -506,8 +523,21 @@ fn main() {
             let d = closed_loop(&client, &direct, stream, 64, 5, pids).await;
             let b = closed_loop(&client, &via, stream, 64, 5, pids).await;
             if let Some((t, pid, _)) = &baseline_target {
-                let base = closed_loop(&client, t, stream, 64, 5, (pids.0, pids.1, *pid)).await;
-                vs_baseline.push((stream, d.req_per_s, base, b.req_per_s, b.cpu_us_per_req.2));
+                // This machine's load moves between runs: alternate the two builds in short
+                // rounds (this, baseline, baseline, this, ...) so both see the same conditions.
+                let mut this_runs = Vec::new();
+                let mut base_runs = Vec::new();
+                for round in 0..6 {
+                    let this_first = round % 2 == 0;
+                    for this in [this_first, !this_first] {
+                        if this {
+                            this_runs.push(closed_loop(&client, &via, stream, 64, 2, pids).await);
+                        } else {
+                            base_runs.push(closed_loop(&client, t, stream, 64, 2, (pids.0, pids.1, *pid)).await);
+                        }
+                    }
+                }
+                vs_baseline.push((stream, d.req_per_s, mean(&base_runs), mean(&this_runs)));
             }
             tput.push((stream, d, b));
         }
@@ -539,15 +569,16 @@ fn main() {
             );
         }
         if !vs_baseline.is_empty() {
-            println!("\nSame closed-loop runs, this bridge against the baseline build (BENCH_BASELINE_BRIDGE):\n");
+            println!("\nThis bridge against the baseline build (BENCH_BASELINE_BRIDGE), closed loop, 64 clients, six alternating rounds of 2 s each (means); direct is the 5 s run above:\n");
             println!("| mode | direct req/s | baseline bridge req/s | this bridge req/s | this / baseline | baseline / direct | this / direct | bridge CPU µs/req (baseline, this) |");
             println!("|---|---|---|---|---|---|---|---|");
-            for (stream, d, base, this, this_cpu) in &vs_baseline {
+            for (stream, d, base, this) in &vs_baseline {
                 println!(
                     "| {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1}, {:.1} |",
                     if *stream { "streaming (SSE)" } else { "non-streaming" },
-                    d, base.req_per_s, this, this / base.req_per_s, base.req_per_s / d, this / d,
-                    base.cpu_us_per_req.2, this_cpu
+                    d, base.req_per_s, this.req_per_s, this.req_per_s / base.req_per_s,
+                    base.req_per_s / d, this.req_per_s / d,
+                    base.cpu_us_per_req.2, this.cpu_us_per_req.2
                 );
             }
         }
