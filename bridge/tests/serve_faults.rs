@@ -631,3 +631,101 @@ fn clients_that_disconnect_at_random_points_each_leave_a_final_record() {
         .collect();
     assert!(journal.is_empty(), "{journal:?}");
 }
+
+#[test]
+fn a_hung_a_never_ending_and_a_garbage_upstream_each_end_in_a_bounded_time_with_a_record() {
+    let dir = TempDir::new("faults-upstreams");
+    let cwd = dir.path();
+    let token = create_key(cwd);
+    let (_fake, up_port) = start_fake(cwd);
+    let port = free_port();
+    let config = write_config(
+        cwd,
+        port,
+        up_port,
+        "limits:\n  upstream_response_timeout_secs: 1\n  drain_timeout_secs: 1\n",
+    );
+    let log = cwd.join("bridge.log");
+    let mut serve = spawn_serve(cwd, &config, &log, None);
+    wait_listening(port, &mut serve.0, &log);
+    let ask = |prompt: &str, misbehave: &str, stream: bool| {
+        http(
+            port,
+            "POST",
+            "/anthropic/v1/messages",
+            &[
+                ("x-api-key", &token),
+                ("anthropic-version", "2023-06-01"),
+                ("x-fake-misbehave", misbehave),
+            ],
+            &anthropic_body(prompt, stream),
+            Duration::from_secs(10),
+        )
+    };
+    // Hung: 504 in Anthropic's format after the response timeout.
+    let (status, body) = ask("hung", "hang", false).expect("an answer, not a hang");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("upstream_response_timeout_secs"), "{body}");
+    // Garbage: passed through as received, and recorded.
+    let (status, _) = ask("garbage", "garbage", true).unwrap();
+    assert_eq!(status, 200);
+    // Never-ending: the client takes the first event and leaves; the bridge reads on for
+    // at most drain_timeout_secs, then records the request with a usage caveat.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = anthropic_body("forever", true);
+    write!(
+        s,
+        "POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nanthropic-version: 2023-06-01\r\nx-fake-misbehave: never-ending\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = String::new();
+    while !got.contains("message_start") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(s);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(Store::open(&cwd.join("bridge.db").display().to_string()))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recs = loop {
+        let recs = rt
+            .block_on(store.list_interceptions(&Default::default()))
+            .unwrap();
+        if recs.len() == 3 || Instant::now() > deadline {
+            break recs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let by = |p: &str| {
+        recs.iter()
+            .find(|r| r.prompt.as_deref() == Some(p))
+            .unwrap_or_else(|| panic!("no record for {p}: {recs:?}"))
+    };
+    assert_eq!(by("hung").outcome.as_str(), "upstream_unavailable");
+    assert_eq!(by("hung").status, 504);
+    assert_eq!(by("garbage").status, 200);
+    let forever = by("forever");
+    assert_eq!(forever.outcome.as_str(), "client_cancelled");
+    assert_eq!(forever.usage.input_tokens, 5);
+    assert!(
+        forever
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("usage incomplete")),
+        "{forever:?}"
+    );
+    let m = http(port, "GET", "/metrics", &[], "", Duration::from_secs(10))
+        .unwrap()
+        .1;
+    assert_eq!(
+        metric(&m, "bridge_requests_in_flight{provider=\"anthropic\"}"),
+        Some(0.0),
+        "{m}"
+    );
+}
