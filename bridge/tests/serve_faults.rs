@@ -729,3 +729,29 @@ fn a_hung_a_never_ending_and_a_garbage_upstream_each_end_in_a_bounded_time_with_
         "{m}"
     );
 }
+
+#[test]
+fn an_unwritable_shm_file_is_refused_at_start_with_a_clear_error_not_a_crash_or_silent_failures() {
+    let dir = TempDir::new("faults-shm");
+    let cwd = dir.path();
+    create_key(cwd);
+    let (_fake, up_port) = start_fake(cwd);
+    let port = free_port();
+    let config = write_config(cwd, port, up_port, "");
+    // A -shm file nobody may write (left by another user, or made read-only): SQLite would
+    // map it read-only and fail every write (or, on some systems, die of SIGBUS).
+    let shm = cwd.join("bridge.db-shm");
+    std::fs::write(&shm, b"").unwrap();
+    let mut perms = std::fs::metadata(&shm).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&shm, perms).unwrap();
+    let log = cwd.join("bridge.log");
+    let mut serve = spawn_serve(cwd, &config, &log, None);
+    let status = serve.wait_exit();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("bridge.db-shm is not a writable file"),
+        "{text}"
+    );
+}
