@@ -370,13 +370,14 @@ fn start_bridge(
     up_port: u16,
     port: u16,
     token: String,
+    provider_extra: &str,
 ) -> (Child, String) {
     let store = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n",
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n{provider_extra}",
             dir.join(format!("{name}-spool")).display()
         ),
     )
@@ -450,7 +451,17 @@ fn main() {
         .expect("bridge keys create");
     let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
     assert!(!token.is_empty(), "bridge keys create printed no token");
-    let (bridge, token) = start_bridge(&bin("bridge"), &dir, "bench", up_port, br_port, token);
+    // The 1,000-stream phase steers the fake upstream with `x-fake-hold-ms`, which the bridge
+    // forwards only when configured to.
+    let (bridge, token) = start_bridge(
+        &bin("bridge"),
+        &dir,
+        "bench",
+        up_port,
+        br_port,
+        token,
+        "    forward_headers: [x-fake-*]\n",
+    );
     let bridge_pid = bridge.id();
     procs.0.push(bridge);
     // Optionally a baseline build of the bridge, measured in the same closed-loop runs.
@@ -465,7 +476,8 @@ fn main() {
                 .output()
                 .expect("baseline bridge keys create");
             let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let (child, token) = start_bridge(&bin, &dir, "baseline", up_port, port, token);
+            // An older build may not know `forward_headers`; the baseline needs none.
+            let (child, token) = start_bridge(&bin, &dir, "baseline", up_port, port, token, "");
             (child, token, port)
         });
     let baseline_target = baseline.as_ref().map(|(child, token, port)| {

@@ -120,6 +120,9 @@ struct RawProvider {
     organization: Option<String>,
     /// OpenAI only: sent as `openai-project` on every request.
     project: Option<String>,
+    /// Client headers to forward beyond the built-in allowlist.
+    #[serde(default)]
+    forward_headers: Vec<String>,
 }
 
 impl BridgeConfig {
@@ -227,6 +230,22 @@ impl BridgeConfig {
             };
             let api_key = key_value(&key).map_err(|m| err(&["providers", name, "api_key"], m))?;
             let mut upstream = Upstream::new(base_url, api_key);
+            for h in &raw.forward_headers {
+                let header = h.trim().to_ascii_lowercase();
+                let bare = header.strip_suffix('*').unwrap_or(&header);
+                let credential = matches!(
+                    bare,
+                    "authorization" | "x-api-key" | "proxy-authorization" | "cookie" | "host"
+                ) || bare.is_empty()
+                    || bare.starts_with("x-bridge-");
+                if credential || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
+                    return Err(err(
+                        &["providers", name, "forward_headers"],
+                        format!("{h:?} cannot be forwarded (not a header name, or a credential, cookie, host or x-bridge-* header)"),
+                    ));
+                }
+                upstream.forward_headers.push(header);
+            }
             for (field, header, value) in [
                 ("organization", "openai-organization", raw.organization),
                 ("project", "openai-project", raw.project),
@@ -456,6 +475,21 @@ mod tests {
             .to_string();
         assert!(
             e.contains("field `limits.request_body_timeout_secs`: must be at least 1"),
+            "{e}"
+        );
+        let c = parse(
+            "providers:\n  anthropic:\n    api_key: k\n    forward_headers: [X-Gateway-Route, x-fake-*]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.providers.anthropic.unwrap().forward_headers,
+            ["x-gateway-route", "x-fake-*"]
+        );
+        let e = parse("providers:\n  anthropic:\n    api_key: k\n    forward_headers: [cookie]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `providers.anthropic.forward_headers`"),
             "{e}"
         );
         let e = parse("providers:\n  anthropic:\n    api_key: k\n    project: p\n")

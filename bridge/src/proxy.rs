@@ -125,6 +125,9 @@ pub struct Upstream {
     /// `openai-organization` and `openai-project`: the billing scope is the server's choice,
     /// never the client's).
     pub extra_headers: HeaderMap,
+    /// Client headers forwarded beyond the built-in allowlist (lowercase names; a trailing
+    /// `*` matches a prefix), from `forward_headers` in the config.
+    pub forward_headers: Vec<String>,
 }
 
 impl Upstream {
@@ -133,7 +136,19 @@ impl Upstream {
             base_url: base_url.into(),
             api_key,
             extra_headers: HeaderMap::new(),
+            forward_headers: Vec::new(),
         }
+    }
+
+    /// Whether the configuration adds `name` to the headers forwarded to this upstream.
+    fn forwards(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        self.forward_headers
+            .iter()
+            .any(|f| match f.strip_suffix('*') {
+                Some(prefix) => n.starts_with(prefix),
+                None => n == f,
+            })
     }
 }
 
@@ -569,8 +584,6 @@ fn is_forwarded_request_header(name: &HeaderName) -> bool {
             | "idempotency-key"
             | "x-request-id"
     ) || n.starts_with("x-stainless-")
-        // The fake upstream's steering headers (tests and benchmarks): inert for a provider.
-        || n.starts_with("x-fake-")
 }
 
 /// Response headers not passed back: hop-by-hop headers only (the body is passed through
@@ -948,7 +961,7 @@ impl Gateway {
         };
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         for (name, value) in &parts.headers {
-            if is_forwarded_request_header(name) {
+            if is_forwarded_request_header(name) || upstream.forwards(name) {
                 headers.append(name.clone(), value.clone());
             }
         }

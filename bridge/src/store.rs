@@ -848,27 +848,42 @@ fn file_id(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
 }
 
 /// Fails if the database's `-shm` file exists but cannot be written.
+///
+/// Only `stat(2)` and `access(2)`, never `open(2)`: SQLite's locks on the `-shm` are POSIX
+/// advisory locks, which a process loses when it closes *any* descriptor of that file. A check
+/// that opened and closed the file would drop the store's own locks, and the next process to
+/// open the database (the CLI) would take itself for the first, truncate the `-shm`, and the
+/// bridge would die of SIGBUS on its mapping.
 fn check_shm(db: &std::path::Path) -> Result<(), Error> {
     let mut shm = db.as_os_str().to_owned();
     shm.push("-shm");
     let shm = PathBuf::from(shm);
-    match std::fs::metadata(&shm) {
-        Ok(m) if !m.is_file() || m.permissions().readonly() => Err(Error::Store(format!(
+    let Ok(meta) = std::fs::metadata(&shm) else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.permissions().readonly() || !writable(&shm) {
+        return Err(Error::Store(format!(
             "{} is not a writable file: SQLite cannot use its shared memory (fix its permissions or remove it while no bridge runs)",
             shm.display()
-        ))),
-        Ok(_) => std::fs::OpenOptions::new()
-            .write(true)
-            .open(&shm)
-            .map(|_| ())
-            .map_err(|e| {
-                Error::Store(format!(
-                    "{} cannot be opened for writing ({e}): SQLite cannot use its shared memory",
-                    shm.display()
-                ))
-            }),
-        Err(_) => Ok(()),
+        )));
     }
+    Ok(())
+}
+
+/// `access(path, W_OK)`: whether this process may write the file, without opening it.
+#[cfg(unix)]
+fn writable(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn writable(_path: &std::path::Path) -> bool {
+    true
 }
 
 fn open_sqlite(path: &std::path::Path) -> Result<(rusqlite::Connection, SqliteFile), Error> {

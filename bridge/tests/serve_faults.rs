@@ -133,7 +133,7 @@ fn write_config(cwd: &Path, port: u16, up_port: u16, extra: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nstore: {}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {ANTHROPIC_KEY}\n  openai:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {OPENAI_KEY}\n{extra}",
+            "listen: 127.0.0.1:{port}\nstore: {}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {ANTHROPIC_KEY}\n    forward_headers: [x-fake-*]\n  openai:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {OPENAI_KEY}\n    forward_headers: [x-fake-*]\n{extra}",
             cwd.join("bridge.db").display(),
             cwd.join("spool").display()
         ),

@@ -67,9 +67,12 @@ class Bridge:
             "  anthropic:\n"
             f"    base_url: {anthropic_url}\n"
             "    api_key_env: TEST_ANTHROPIC_KEY\n"
+            # The fake upstream's steering headers are not in the bridge's allowlist.
+            "    forward_headers: [x-fake-*]\n"
             "  openai:\n"
             f"    base_url: {openai_url}\n"
             f"    api_key: {OPENAI_KEY}\n"
+            "    forward_headers: [x-fake-*]\n"
         )
         self.procs = []
 
