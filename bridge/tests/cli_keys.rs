@@ -269,3 +269,36 @@ async fn hostile_strings_cannot_drive_the_terminal_forge_rows_or_become_spreadsh
     assert!(csv.contains(",'@SUM(A1:A9),"), "{csv}");
     assert!(!csv.contains(",=") && !csv.contains(",\"="), "{csv}");
 }
+
+/// The CLI reads the database while the store writes to it, as an operator running
+/// `bridge usage` next to `bridge serve` does. Nothing in the store may release SQLite's locks
+/// on the `-shm` file (opening and closing it would): the CLI would then truncate it under the
+/// writer's mapping and the writer would die of SIGBUS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reading_while_the_store_writes_never_takes_the_writer_down() {
+    let dir = TempDir::new("cli-concurrent");
+    let db = dir.path().join("bridge.db");
+    let db = db.to_str().unwrap().to_string();
+    let store = Store::open(&db).await.unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for _ in 0..15 {
+                    let o = bridge(&["interceptions", "list", "--limit", "5"], &db);
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                }
+            })
+        })
+        .collect();
+    let mut written = 0;
+    while readers.iter().any(|r| !r.is_finished()) {
+        let r = record("w", Provider::Openai, "gpt-4o", Utc::now(), 1, 1);
+        store.insert_interceptions(&[r]).await.unwrap();
+        written += 1;
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(store.count_interceptions().await.unwrap(), written);
+}
