@@ -414,7 +414,9 @@ fn an_idle_connection_flood_under_a_low_fd_limit_gets_fast_503s_and_service_resu
     let mut serve = spawn_serve(cwd, &config, &log, Some(256));
     wait_listening(port, &mut serve.0, &log);
 
-    // More idle connections than the process has file descriptors.
+    // More idle connections than the bridge has file descriptors (this test process needs
+    // more than that itself: raise its soft limit to the hard one).
+    raise_fd_limit();
     let idle: Vec<std::net::TcpStream> = (0..1000)
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
         .collect();
@@ -453,6 +455,20 @@ fn an_idle_connection_flood_under_a_low_fd_limit_gets_fast_503s_and_service_resu
             "service did not resume: {answer:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 
