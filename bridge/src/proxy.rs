@@ -7,7 +7,7 @@
 //! the client's headers. A client that gives up while the upstream is still working (the
 //! normal case for a long non-streaming call, whose headers come only with the whole answer)
 //! makes hyper drop the handler; the wait for the upstream then moves to a task of its own
-//! ([`AwaitingUpstream`]), so a request the upstream already has is still read and recorded.
+//! (`AwaitingUpstream`), so a request the upstream already has is still read and recorded.
 //!
 //! [`TeeBody`] hands each upstream chunk to hyper unchanged and shows the same bytes to the
 //! adapter's [`ResponseObserver`] as they pass. Observing is incremental and cheap by design
@@ -19,7 +19,7 @@
 //! dropped early (client gone), a task keeps reading the upstream, bounded in time and bytes,
 //! so the record gets the usage the provider reports at the end of its answer.
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
-//! entry, which is written in groups (one commit for all requests starting together).
+//! entry: one buffered write to the journal (see [`crate::journal`]) before going upstream.
 
 use std::future::Future;
 use std::net::SocketAddr;
