@@ -771,3 +771,61 @@ fn an_unwritable_shm_file_is_refused_at_start_with_a_clear_error_not_a_crash_or_
         "{text}"
     );
 }
+
+#[test]
+fn readyz_says_the_store_is_failing_while_every_write_fails_and_ok_once_writes_land_again() {
+    let dir = TempDir::new("faults-locked");
+    let cwd = dir.path();
+    let token = create_key(cwd);
+    let (_fake, up_port) = start_fake(cwd);
+    let port = free_port();
+    let config = write_config(cwd, port, up_port, "");
+    let log = cwd.join("bridge.log");
+    let mut serve = spawn_serve(cwd, &config, &log, None);
+    wait_listening(port, &mut serve.0, &log);
+    let ask = |prompt: &str| {
+        http(
+            port,
+            "POST",
+            "/anthropic/v1/messages",
+            &[("x-api-key", &token), ("anthropic-version", "2023-06-01")],
+            &anthropic_body(prompt, false),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .0
+    };
+    let ready = || {
+        let (_, body) = http(port, "GET", "/readyz", &[], "", Duration::from_secs(10)).unwrap();
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    assert_eq!(ask("first"), 200);
+    // Another process holds the database's write lock (a stuck writer, a backup): reads still
+    // work, so counting records would say "ok", but no insert can succeed.
+    let lock = rusqlite::Connection::open(cwd.join("bridge.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(ask("while locked"), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let v = ready();
+        if v["store"] == "failing" || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["store"], "failing", "{v}");
+    assert_eq!(v["ready"], true, "records still spool: {v}");
+    assert!(v["store_error"].as_str().unwrap().contains("locked"), "{v}");
+    drop(lock);
+    // The spool drains and the next write succeeds: ok again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = ask("after");
+        let v = ready();
+        if v["store"] == "ok" && v["spooled_records"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
