@@ -168,12 +168,30 @@ impl Enricher {
         };
         m.insert("event.action".into(), action.into());
         m.insert("boundary.hook".into(), hook_name(e.hook).into());
-        if e.hook == HOOK_SOCK_CREATE {
+        if e.action != ACTION_ALLOW {
+            m.insert("boundary.deny.reason".into(), reason_name(e.reason).into());
+        }
+        // A record may stand for several identical decisions (allow dedup window, egress
+        // deny rate limit): never fewer than one.
+        m.insert("boundary.event.count".into(), e.count.max(1).into());
+        if e.hook == HOOK_SOCK_CREATE || e.hook == boundary_common::HOOK_LSM_SOCKET {
             m.insert(
                 "boundary.socket.type".into(),
                 socket_type(e.family, e.sock_type).into(),
             );
+            m.insert("boundary.socket.family".into(), e.family.into());
             m.insert("network.protocol.number".into(), e.ip_protocol.into());
+        } else if e.hook == boundary_common::HOOK_SETSOCKOPT {
+            // ip_protocol carries the option level, detail the option name.
+            m.insert("boundary.socket.option.level".into(), e.ip_protocol.into());
+            m.insert("boundary.socket.option.name".into(), e.detail.into());
+            if let Some(name) = option_name(e.ip_protocol, e.detail) {
+                m.insert("boundary.socket.option".into(), name.into());
+            }
+        } else if e.hook == boundary_common::HOOK_BPF {
+            m.insert("boundary.bpf.command".into(), e.detail.into());
+        } else if e.hook == boundary_common::HOOK_USERNS {
+            // Nothing but who: the attempt to create a user namespace.
         } else {
             let ip = address(e);
             m.insert(
@@ -405,6 +423,47 @@ fn hook_name(hook: u8) -> &'static str {
         boundary_common::HOOK_USERNS => "lsm.userns_create",
         _ => "unknown",
     }
+}
+
+fn reason_name(reason: u8) -> &'static str {
+    match reason {
+        boundary_common::REASON_POLICY => "policy",
+        boundary_common::REASON_SOCKET_KIND => "socket_kind",
+        boundary_common::REASON_SOCKET_OPTION => "socket_option",
+        boundary_common::REASON_IP_OPTIONS => "ip_options",
+        boundary_common::REASON_ROUTING_HEADER => "routing_header",
+        boundary_common::REASON_PROTOCOL => "protocol",
+        boundary_common::REASON_MALFORMED => "malformed",
+        boundary_common::REASON_FORBIDDEN => "forbidden",
+        _ => "unknown",
+    }
+}
+
+/// Names of the routing and redirection options the setsockopt program refuses.
+fn option_name(level: u32, name: u32) -> Option<&'static str> {
+    const SOL_IP: u32 = 0;
+    const SOL_SOCKET: u32 = 1;
+    const SOL_TCP: u32 = 6;
+    const SOL_IPV6: u32 = 41;
+    Some(match (level, name) {
+        (SOL_IP, 3) => "IP_HDRINCL",
+        (SOL_IP, 4) => "IP_OPTIONS",
+        (SOL_IP, 16) => "IP_IPSEC_POLICY",
+        (SOL_IP, 17) => "IP_XFRM_POLICY",
+        (SOL_IP, 19) => "IP_TRANSPARENT",
+        (SOL_SOCKET, 36) => "SO_MARK",
+        (SOL_TCP, 19) => "TCP_REPAIR",
+        (SOL_IPV6, 1) => "IPV6_ADDRFORM",
+        (SOL_IPV6, 54) => "IPV6_HOPOPTS",
+        (SOL_IPV6, 55) => "IPV6_RTHDRDSTOPTS",
+        (SOL_IPV6, 57) => "IPV6_RTHDR",
+        (SOL_IPV6, 59) => "IPV6_DSTOPTS",
+        (SOL_IPV6, 3) => "IPV6_2292HOPOPTS",
+        (SOL_IPV6, 4) => "IPV6_2292DSTOPTS",
+        (SOL_IPV6, 5) => "IPV6_2292RTHDR",
+        (SOL_IPV6, 75) => "IPV6_TRANSPARENT",
+        _ => return None,
+    })
 }
 
 fn socket_type(family: u8, sock_type: u8) -> String {

@@ -402,6 +402,7 @@ impl Enforcer {
         };
         let mut links = Vec::new();
         let mut raw_links = Vec::new();
+        let mut lsm_failed = false;
         for (name, kind) in PROGRAMS {
             let cg = cgroup.as_fd();
             let link: FdLink = match kind {
@@ -444,11 +445,21 @@ impl Enforcer {
                         continue;
                     }
                     let p: &mut LsmCgroup = program_mut(ebpf, name)?;
-                    let id = p.attach(cg).map_err(|e| attach_error(name, &e))?;
-                    FdLink::from(p.take_link(id).map_err(|e| attach_error(name, &e))?)
+                    match p.attach(cg).and_then(|id| p.take_link(id)) {
+                        Ok(link) => FdLink::from(link),
+                        Err(e) => {
+                            // As at load: the syscall filter holds these lines too.
+                            tracing::warn!(program = name, error = %chain(&e), "a BPF LSM program did not attach: socket families, bpf() and user namespaces are confined by the syscall filter only");
+                            lsm_failed = true;
+                            continue;
+                        }
+                    }
                 }
             };
             links.push((name, link));
+        }
+        if lsm_failed {
+            self.lsm = false;
         }
         for (name, link) in links {
             let path = dir.join(name);
@@ -528,7 +539,8 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
 /// hardened kernels refuse every BTF-attached program type with EPERM). Returns whether they
 /// are loaded. Without them, socket families other than inet, bpf() and user namespaces are
 /// confined by the session's syscall filter ([`crate::loader::SyscallFilter`]) alone, and a
-/// warning says so. `BOUNDARY_WITHOUT_LSM=1` skips them on purpose.
+/// warning says so (also when the kernel rejects one of them). `BOUNDARY_WITHOUT_LSM=1` skips
+/// them on purpose.
 fn load_lsm(ebpf: &mut Ebpf) -> Result<bool> {
     if std::env::var(ENV_WITHOUT_LSM).is_ok_and(|v| v == "1") {
         return Ok(false);
@@ -552,21 +564,21 @@ fn load_lsm(ebpf: &mut Ebpf) -> Result<bool> {
         SAID.call_once(|| tracing::warn!("the kernel refuses BPF LSM programs (EPERM): socket families, bpf() and user namespaces are confined by the syscall filter only"));
         return Ok(false);
     }
-    let btf = Btf::from_sys_fs().map_err(|e| {
-        Error::Ebpf(format!(
-            "reading the kernel's BTF (/sys/kernel/btf/vmlinux, needed by the BPF LSM programs): {e}"
-        ))
-    })?;
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the kernel's BTF (/sys/kernel/btf/vmlinux) for the BPF LSM programs failed: socket families, bpf() and user namespaces are confined by the syscall filter only");
+            return Ok(false);
+        }
+    };
     for (name, kind) in PROGRAMS {
         let Kind::Lsm(hook) = kind else { continue };
         let program: &mut LsmCgroup = program_mut(ebpf, name)?;
         if let Err(e) = program.load(hook, &btf) {
-            let text = chain(&e);
-            if text.contains("Operation not permitted") {
-                tracing::warn!(error = %text, "the kernel refuses BPF LSM programs: socket families, bpf() and user namespaces are confined by the syscall filter only");
-                return Ok(false);
-            }
-            return Err(Error::Ebpf(format!("verifier rejected `{name}`: {text}")));
+            // The syscall filter holds the same lines, so a kernel that refuses one of these
+            // programs (a hook missing or shaped differently) costs events, not confinement.
+            tracing::warn!(program = name, error = %chain(&e), "a BPF LSM program did not load: socket families, bpf() and user namespaces are confined by the syscall filter only");
+            return Ok(false);
         }
     }
     Ok(true)

@@ -592,6 +592,8 @@ fn root_callers_must_name_the_user_and_sudo_drops_to_the_invoker() {
 fn status_sessions_and_events_show_what_the_agent_does() {
     let blocked = Counted::start("127.0.0.3");
     let agent = Agent::start(&policy(""));
+    // Unique on the machine: another test run may be going on at the same time.
+    let inspect = format!("inspect-me-{}", std::process::id());
     let ready = agent.path("ready");
     let script = format!(
         "import socket, time, os\n\
@@ -602,7 +604,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
         ready.display()
     );
     let mut session = agent
-        .nobody_command(&["--session-id", "inspect-me"], &refs(&python(&script)))
+        .nobody_command(&["--session-id", &inspect], &refs(&python(&script)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -630,16 +632,9 @@ fn status_sessions_and_events_show_what_the_agent_does() {
     assert!(s.contains("daemon-test"), "{s}");
     assert!(s.contains("1 running (1 yours)"), "{s}");
     let sessions = ask(&["sessions"], true);
-    assert!(
-        stdout(&sessions).contains("inspect-me"),
-        "{}",
-        text(&sessions)
-    );
+    assert!(stdout(&sessions).contains(&inspect), "{}", text(&sessions));
     assert!(stdout(&sessions).contains("nobody"), "{}", text(&sessions));
-    let events = ask(
-        &["events", "--action", "deny", "--session", "inspect-me"],
-        true,
-    );
+    let events = ask(&["events", "--action", "deny", "--session", &inspect], true);
     let e = stdout(&events);
     assert!(e.contains("deny"), "{}", text(&events));
     assert!(e.contains(&format!("127.0.0.3:{}", blocked.port)), "{e}");
@@ -652,7 +647,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
         .output()
         .unwrap();
     assert!(other.status.success(), "{}", text(&other));
-    assert!(!stdout(&other).contains("inspect-me"), "{}", text(&other));
+    assert!(!stdout(&other).contains(&inspect), "{}", text(&other));
     let other_events = Command::new("setpriv")
         .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
         .arg(BOUNDARY)
@@ -660,7 +655,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
         .arg(agent.socket())
         .output()
         .unwrap();
-    assert!(!stdout(&other_events).contains("inspect-me"));
+    assert!(!stdout(&other_events).contains(&inspect));
     // --follow sees new events as they happen.
     let mut follow = Command::new(BOUNDARY)
         .args(["events", "--follow", "--json", "--socket"])
@@ -678,7 +673,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
     let mut saw_end = false;
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if line.contains("boundary.session.end") && line.contains("inspect-me") {
+        if line.contains("boundary.session.end") && line.contains(&inspect) {
             saw_end = true;
             break;
         }
@@ -687,7 +682,7 @@ fn status_sessions_and_events_show_what_the_agent_does() {
     let _ = follow.wait();
     assert!(saw_end, "events --follow did not show the session end");
     agent.wait_event("session end", |e| {
-        e["event.name"] == "boundary.session.end" && e["session.id"] == "inspect-me"
+        e["event.name"] == "boundary.session.end" && e["session.id"] == inspect.as_str()
     });
 }
 
@@ -922,16 +917,17 @@ attempt("bpf", bpf)
 #[test]
 fn a_confined_process_sees_only_its_own_session() {
     let agent = Agent::start(&policy(""));
+    let (other_id, looking_id) = (
+        format!("other-session-{}", std::process::id()),
+        format!("looking-session-{}", std::process::id()),
+    );
     let ready = agent.path("ready-other");
     let other_script = format!(
         "import time\nopen('{}', 'w').close()\ntime.sleep(30)\n",
         ready.display()
     );
     let mut other = agent
-        .nobody_command(
-            &["--session-id", "other-session"],
-            &refs(&python(&other_script)),
-        )
+        .nobody_command(&["--session-id", &other_id], &refs(&python(&other_script)))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -940,10 +936,10 @@ fn a_confined_process_sees_only_its_own_session() {
         "{BOUNDARY} sessions --json --socket {s}; {BOUNDARY} events --json --socket {s}",
         s = agent.socket().display()
     );
-    let out = agent.run_as_nobody(&["--session-id", "looking-session"], &["sh", "-c", &inner]);
+    let out = agent.run_as_nobody(&["--session-id", &looking_id], &["sh", "-c", &inner]);
     let _ = other.kill();
     let _ = other.wait();
     let o = stdout(&out);
-    assert!(o.contains("looking-session"), "{}", text(&out));
-    assert!(!o.contains("other-session"), "{}", text(&out));
+    assert!(o.contains(&looking_id), "{}", text(&out));
+    assert!(!o.contains(&other_id), "{}", text(&out));
 }

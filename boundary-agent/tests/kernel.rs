@@ -960,3 +960,99 @@ fn a_stalled_events_reader_never_holds_the_command_or_the_exit() {
     assert_eq!(status.code(), Some(3));
     eprintln!("exited after {:?} with a stalled reader", started.elapsed());
 }
+
+#[test]
+fn deny_events_only_reports_denials_and_never_allows() {
+    let l = Listeners::start();
+    let case = Case::new(&deny_config());
+    let out = case.run_with(
+        &["--deny-events-only"],
+        &refs(&[
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "curl -s -m 2 -o /dev/null --resolve allowed.test:{p}:127.0.0.2 http://allowed.test:{p}/; \
+                 curl -s -m 2 -o /dev/null http://127.0.0.3:{p}/; true",
+                p = l.port
+            ),
+        ]),
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let decisions = case.decisions();
+    assert!(
+        decisions.iter().any(|e| e["event.action"] == "deny"),
+        "{decisions:#?}"
+    );
+    assert!(
+        !decisions.iter().any(|e| e["event.action"] == "allow"),
+        "{decisions:#?}"
+    );
+}
+
+#[test]
+fn every_denial_is_written_or_counted_as_lost_when_the_agent_cannot_keep_up() {
+    const ATTEMPTS: usize = 30_000;
+    let port = udp_echo();
+    let case = Case::new(&deny_config());
+    let (go, done, end, ready) = (
+        case.path("go"),
+        case.path("done"),
+        case.path("end"),
+        case.path("ready"),
+    );
+    let script = format!(
+        "import socket, os, time\n\
+         open('{ready}', 'w').close()\n\
+         while not os.path.exists('{go}'): time.sleep(0.01)\n\
+         for _ in range({ATTEMPTS}):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+         try:\n        s.connect(('127.0.0.3', {port}))\n    except PermissionError:\n        pass\n    s.close()\n\
+         open('{done}', 'w').close()\n\
+         while not os.path.exists('{end}'): time.sleep(0.01)\n",
+        ready = ready.display(),
+        go = go.display(),
+        done = done.display(),
+        end = end.display(),
+    );
+    let mut child = case
+        .command(&[], &["python3", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait = |p: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !p.exists() {
+            assert!(Instant::now() < deadline, "waiting for {}", p.display());
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait(&ready);
+    // The agent is stopped while the flood runs: the kernel ring fills, the rest is counted.
+    let agent = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::SIGSTOP).unwrap();
+    std::fs::write(&go, "").unwrap();
+    wait(&done);
+    nix::sys::signal::kill(agent, nix::sys::signal::SIGCONT).unwrap();
+    std::fs::write(&end, "").unwrap();
+    assert!(child.wait().unwrap().success());
+    let events = case.events();
+    let written = events
+        .iter()
+        .filter(|e| {
+            e["event.action"] == "deny"
+                && e["destination.address"] == "127.0.0.3"
+                && e["destination.port"] == port
+        })
+        .count();
+    let lost: u64 = events
+        .iter()
+        .filter(|e| e["event.name"] == "boundary.events_lost")
+        .map(|e| e["boundary.events_lost.deny"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(lost > 0, "the ring never overflowed: {written} written");
+    assert_eq!(
+        written as u64 + lost,
+        ATTEMPTS as u64,
+        "{written} written + {lost} reported lost"
+    );
+}

@@ -300,14 +300,11 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     refuse_with(&rec, &s)
 }
 
-/// No bpf() from inside: no loading, attaching, detaching or reading pinned objects.
+/// No bpf() from inside: no loading, attaching, detaching or reading pinned objects. Only the
+/// command (argument 0) is read: the hook's later arguments differ between kernel versions.
 #[lsm_cgroup(hook = "bpf")]
 pub fn lsm_bpf(ctx: LsmContext) -> i32 {
     let cmd: u32 = ctx.arg(0);
-    let kernel: u64 = ctx.arg(3);
-    if kernel & 0xff != 0 {
-        return ALLOW;
-    }
     let mut rec = Record::empty(HOOK_BPF, REASON_FORBIDDEN);
     rec.detail = cmd;
     refuse(&rec)

@@ -15,7 +15,9 @@
 //!
 //! Prints markdown tables. Tunables: BENCH_RATE, BENCH_SECS, BENCH_STREAMS, BENCH_BRIDGE_LOG
 //! (the bridge's RUST_LOG, default `info` as in production), BENCH_BRIDGE_WORKERS (the
-//! bridge's Tokio worker threads, default one per CPU).
+//! bridge's Tokio worker threads, default one per CPU), BENCH_BASELINE_BRIDGE (path to another
+//! `bridge` build, e.g. of an earlier commit: it is started next to this one, with its own
+//! store, and measured in the same closed-loop runs, so a change's cost is a same-run ratio).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -279,6 +281,23 @@ async fn closed_loop(
     }
 }
 
+/// Mean throughput and CPU per request of equal-length runs.
+fn mean(runs: &[ClosedLoop]) -> ClosedLoop {
+    let n = runs.len().max(1) as f64;
+    let req_per_s = runs.iter().map(|r| r.req_per_s).sum::<f64>() / n;
+    // CPU per request weighted by the requests each run served.
+    let w = runs.iter().map(|r| r.req_per_s).sum::<f64>().max(1e-9);
+    let cpu = |f: fn(&ClosedLoop) -> f64| runs.iter().map(|r| f(r) * r.req_per_s).sum::<f64>() / w;
+    ClosedLoop {
+        req_per_s,
+        cpu_us_per_req: (
+            cpu(|r| r.cpu_us_per_req.0),
+            cpu(|r| r.cpu_us_per_req.1),
+            cpu(|r| r.cpu_us_per_req.2),
+        ),
+    }
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -343,6 +362,45 @@ async fn concurrent_streams(t: &Target, n: usize, bridge_pid: u32) -> (u64, usiz
     (rss, open)
 }
 
+/// Starts `bridge serve` from `bin` with its own config, store and spool named `name`.
+fn start_bridge(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    up_port: u16,
+    port: u16,
+    token: String,
+    provider_extra: &str,
+) -> (Child, String) {
+    let store = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n{provider_extra}",
+            dir.join(format!("{name}-spool")).display()
+        ),
+    )
+    .expect("write bridge.yaml");
+    let mut cmd = Command::new(bin);
+    if let Ok(n) = std::env::var("BENCH_BRIDGE_WORKERS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
+    let child = cmd
+        .args(["serve", "--config"])
+        .arg(&config)
+        // The bridge's default log level (one JSON line per request), unless BENCH_BRIDGE_LOG
+        // says otherwise; the lines go to /dev/null.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_BRIDGE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bridge");
+    (child, token)
+}
+
 fn bin(name: &str) -> PathBuf {
     // Cargo sets CARGO_BIN_EXE_<name> for benches; fall back to the bench's own directory.
     let from_env = match name {
@@ -393,35 +451,53 @@ fn main() {
         .expect("bridge keys create");
     let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
     assert!(!token.is_empty(), "bridge keys create printed no token");
-    let config = dir.join("bridge.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{br_port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n",
-            dir.join("spool").display()
-        ),
-    )
-    .expect("write bridge.yaml");
-    let mut bridge = Command::new(bin("bridge"));
-    if let Ok(n) = std::env::var("BENCH_BRIDGE_WORKERS") {
-        bridge.env("TOKIO_WORKER_THREADS", n);
-    }
-    let bridge = bridge
-        .args(["serve", "--config"])
-        .arg(&config)
-        // The bridge's default log level (one JSON line per request), unless BENCH_BRIDGE_LOG
-        // says otherwise; the lines go to /dev/null.
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_BRIDGE_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start bridge");
+    // The 1,000-stream phase steers the fake upstream with `x-fake-hold-ms`, which the bridge
+    // forwards only when configured to.
+    let (bridge, token) = start_bridge(
+        &bin("bridge"),
+        &dir,
+        "bench",
+        up_port,
+        br_port,
+        token,
+        "    forward_headers: [x-fake-*]\n",
+    );
     let bridge_pid = bridge.id();
     procs.0.push(bridge);
+    // Optionally a baseline build of the bridge, measured in the same closed-loop runs.
+    let baseline = std::env::var_os("BENCH_BASELINE_BRIDGE")
+        .map(PathBuf::from)
+        .map(|bin| {
+            let port = free_port();
+            let store = format!("sqlite://{}", dir.join("baseline.db").display());
+            let out = Command::new(&bin)
+                .args(["keys", "create", "--user", "bench", "--store", &store])
+                .stderr(Stdio::null())
+                .output()
+                .expect("baseline bridge keys create");
+            let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            // An older build may not know `forward_headers`; the baseline needs none.
+            let (child, token) = start_bridge(&bin, &dir, "baseline", up_port, port, token, "");
+            (child, token, port)
+        });
+    let baseline_target = baseline.as_ref().map(|(child, token, port)| {
+        (
+            Target {
+                url: format!("http://127.0.0.1:{port}/anthropic/v1/messages"),
+                key: token.clone(),
+            },
+            child.id(),
+            *port,
+        )
+    });
+    if let Some((child, _, _)) = baseline {
+        procs.0.push(child);
+    }
     wait_listening(up_port);
     wait_listening(br_port);
+    if let Some((_, _, port)) = &baseline_target {
+        wait_listening(*port);
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -437,7 +513,11 @@ fn main() {
         let via = Target { url: format!("http://127.0.0.1:{br_port}/anthropic/v1/messages"), key: token };
 
         // Warm up connection pools, the token cache and the SQLite file.
-        for t in [&direct, &via] {
+        let mut targets = vec![&direct, &via];
+        if let Some((t, _, _)) = &baseline_target {
+            targets.push(t);
+        }
+        for t in targets {
             for _ in 0..200 {
                 one(&client, t, false, Instant::now()).await.expect("warm-up request succeeds");
             }
@@ -450,9 +530,27 @@ fn main() {
         }
         let pids = (std::process::id(), fake_pid, bridge_pid);
         let mut tput = Vec::new();
+        let mut vs_baseline = Vec::new();
         for stream in [false, true] {
             let d = closed_loop(&client, &direct, stream, 64, 5, pids).await;
             let b = closed_loop(&client, &via, stream, 64, 5, pids).await;
+            if let Some((t, pid, _)) = &baseline_target {
+                // This machine's load moves between runs: alternate the two builds in short
+                // rounds (this, baseline, baseline, this, ...) so both see the same conditions.
+                let mut this_runs = Vec::new();
+                let mut base_runs = Vec::new();
+                for round in 0..6 {
+                    let this_first = round % 2 == 0;
+                    for this in [this_first, !this_first] {
+                        if this {
+                            this_runs.push(closed_loop(&client, &via, stream, 64, 2, pids).await);
+                        } else {
+                            base_runs.push(closed_loop(&client, t, stream, 64, 2, (pids.0, pids.1, *pid)).await);
+                        }
+                    }
+                }
+                vs_baseline.push((stream, d.req_per_s, mean(&base_runs), mean(&this_runs)));
+            }
             tput.push((stream, d, b));
         }
         let idle_rss = rss_kib(bridge_pid, "VmRSS:");
@@ -481,6 +579,20 @@ fn main() {
                 if *stream { "streaming (SSE)" } else { "non-streaming" },
                 d.req_per_s, b.req_per_s, b.req_per_s / d.req_per_s, dg, df, bg, bf, bb
             );
+        }
+        if !vs_baseline.is_empty() {
+            println!("\nThis bridge against the baseline build (BENCH_BASELINE_BRIDGE), closed loop, 64 clients, six alternating rounds of 2 s each (means); direct is the 5 s run above:\n");
+            println!("| mode | direct req/s | baseline bridge req/s | this bridge req/s | this / baseline | baseline / direct | this / direct | bridge CPU µs/req (baseline, this) |");
+            println!("|---|---|---|---|---|---|---|---|");
+            for (stream, d, base, this) in &vs_baseline {
+                println!(
+                    "| {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1}, {:.1} |",
+                    if *stream { "streaming (SSE)" } else { "non-streaming" },
+                    d, base.req_per_s, this.req_per_s, this.req_per_s / base.req_per_s,
+                    base.req_per_s / d, this.req_per_s / d,
+                    base.cpu_us_per_req.2, this.cpu_us_per_req.2
+                );
+            }
         }
         println!("\nMemory:\n");
         println!("| measure | value |");

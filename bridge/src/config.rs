@@ -13,6 +13,9 @@
 //!     api_key_env: OPENAI_API_KEY
 //! pricing:                        # USD per million tokens; adds to / overrides the defaults
 //!   my-finetune: { input: 1.0, output: 2.0 }
+//! limits:                         # every field optional; defaults in `proxy::Limits`
+//!   max_connections: 4096
+//!   upstream_response_timeout_secs: 600
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -21,13 +24,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use http::HeaderValue;
 use serde::Deserialize;
 
 use crate::error::Error;
 use crate::pricing::PricingTable;
-use crate::proxy::Upstream;
+use crate::proxy::{Limits, Upstream};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_STORE: &str = "bridge.db";
@@ -44,9 +48,21 @@ pub struct BridgeConfig {
     pub spool_dir: PathBuf,
     pub providers: Providers,
     pub pricing: PricingTable,
+    /// Bounds on requests, upstreams and memory.
+    pub limits: Limits,
+    /// Most client connections open at once; `None`: derived from the file-descriptor limit.
+    pub max_connections: Option<usize>,
+    /// Most distinct model names used as metric labels (others count as "other").
+    pub max_model_labels: usize,
+    /// Time a connection may take to send a request's headers, and stay idle between
+    /// requests.
+    pub header_read_timeout: Duration,
     /// Where the configuration came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
 }
+
+/// Default of [`BridgeConfig::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Configured upstreams; `None` means the provider's routes answer 503.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +80,27 @@ struct RawConfig {
     #[serde(default)]
     providers: RawProviders,
     pricing: Option<PricingTable>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `limits:`; each field overrides one default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_model_labels: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    max_request_body_bytes: Option<usize>,
+    max_request_bodies_in_flight_bytes: Option<usize>,
+    request_body_timeout_secs: Option<u64>,
+    upstream_response_timeout_secs: Option<u64>,
+    upstream_idle_timeout_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    drain_max_bytes: Option<usize>,
+    max_recorded_prompt_bytes: Option<usize>,
+    max_sse_line_bytes: Option<usize>,
+    max_observed_body_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -79,6 +116,13 @@ struct RawProvider {
     base_url: Option<String>,
     api_key: Option<String>,
     api_key_env: Option<String>,
+    /// OpenAI only: sent as `openai-organization` on every request.
+    organization: Option<String>,
+    /// OpenAI only: sent as `openai-project` on every request.
+    project: Option<String>,
+    /// Client headers to forward beyond the built-in allowlist.
+    #[serde(default)]
+    forward_headers: Vec<String>,
 }
 
 impl BridgeConfig {
@@ -99,10 +143,7 @@ impl BridgeConfig {
                 .ok()
                 .filter(|k| !k.is_empty())
                 .and_then(|k| key_value(&k).ok())
-                .map(|api_key| Upstream {
-                    base_url: url.to_owned(),
-                    api_key,
-                })
+                .map(|api_key| Upstream::new(url, api_key))
         };
         Ok(BridgeConfig {
             listen: DEFAULT_LISTEN
@@ -115,6 +156,10 @@ impl BridgeConfig {
                 openai: from_env("OPENAI_API_KEY", DEFAULT_OPENAI_URL),
             },
             pricing: PricingTable::default(),
+            limits: Limits::default(),
+            max_connections: None,
+            max_model_labels: crate::telemetry::DEFAULT_MAX_MODEL_LABELS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             source: None,
         })
     }
@@ -184,13 +229,108 @@ impl BridgeConfig {
                 }
             };
             let api_key = key_value(&key).map_err(|m| err(&["providers", name, "api_key"], m))?;
-            Ok(Some(Upstream { base_url, api_key }))
+            let mut upstream = Upstream::new(base_url, api_key);
+            for h in &raw.forward_headers {
+                let header = h.trim().to_ascii_lowercase();
+                let bare = header.strip_suffix('*').unwrap_or(&header);
+                let credential = matches!(
+                    bare,
+                    "authorization" | "x-api-key" | "proxy-authorization" | "cookie" | "host"
+                ) || bare.is_empty()
+                    || bare.starts_with("x-bridge-");
+                if credential || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
+                    return Err(err(
+                        &["providers", name, "forward_headers"],
+                        format!("{h:?} cannot be forwarded (not a header name, or a credential, cookie, host or x-bridge-* header)"),
+                    ));
+                }
+                upstream.forward_headers.push(header);
+            }
+            for (field, header, value) in [
+                ("organization", "openai-organization", raw.organization),
+                ("project", "openai-project", raw.project),
+            ] {
+                let Some(value) = value else { continue };
+                if name != "openai" {
+                    return Err(err(
+                        &["providers", name, field],
+                        format!("only the openai provider has `{field}`"),
+                    ));
+                }
+                let v = HeaderValue::from_str(value.trim()).map_err(|_| {
+                    err(
+                        &["providers", name, field],
+                        "contains characters not allowed in an HTTP header".into(),
+                    )
+                })?;
+                upstream
+                    .extra_headers
+                    .insert(http::HeaderName::from_static(header), v);
+            }
+            Ok(Some(upstream))
         };
         let providers = Providers {
             anthropic: provider("anthropic", raw.providers.anthropic, DEFAULT_ANTHROPIC_URL)?,
             openai: provider("openai", raw.providers.openai, DEFAULT_OPENAI_URL)?,
         };
+        let l = raw.limits;
+        let d = Limits::default();
+        let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
+            match v {
+                Some(0) => Err(err(&["limits", field], "must be at least 1".into())),
+                v => Ok(v.map(Duration::from_secs)),
+            }
+        };
+        let positive_n = |field: &str, v: Option<usize>| -> Result<Option<usize>, Error> {
+            match v {
+                Some(0) => Err(err(&["limits", field], "must be at least 1".into())),
+                v => Ok(v),
+            }
+        };
+        let limits = Limits {
+            max_request_body_bytes: positive_n("max_request_body_bytes", l.max_request_body_bytes)?
+                .unwrap_or(d.max_request_body_bytes),
+            max_request_bodies_in_flight_bytes: positive_n(
+                "max_request_bodies_in_flight_bytes",
+                l.max_request_bodies_in_flight_bytes,
+            )?
+            .unwrap_or(d.max_request_bodies_in_flight_bytes),
+            request_body_timeout: positive(
+                "request_body_timeout_secs",
+                l.request_body_timeout_secs,
+            )?
+            .unwrap_or(d.request_body_timeout),
+            upstream_response_timeout: positive(
+                "upstream_response_timeout_secs",
+                l.upstream_response_timeout_secs,
+            )?
+            .unwrap_or(d.upstream_response_timeout),
+            upstream_idle_timeout: positive(
+                "upstream_idle_timeout_secs",
+                l.upstream_idle_timeout_secs,
+            )?
+            .unwrap_or(d.upstream_idle_timeout),
+            drain_timeout: positive("drain_timeout_secs", l.drain_timeout_secs)?
+                .unwrap_or(d.drain_timeout),
+            drain_max_bytes: l.drain_max_bytes.unwrap_or(d.drain_max_bytes),
+            max_recorded_prompt_bytes: l
+                .max_recorded_prompt_bytes
+                .unwrap_or(d.max_recorded_prompt_bytes),
+            observe: crate::providers::ObserveLimits {
+                max_sse_line: positive_n("max_sse_line_bytes", l.max_sse_line_bytes)?
+                    .unwrap_or(d.observe.max_sse_line),
+                max_json_body: positive_n("max_observed_body_bytes", l.max_observed_body_bytes)?
+                    .unwrap_or(d.observe.max_json_body),
+            },
+        };
         Ok(BridgeConfig {
+            limits,
+            max_connections: positive_n("max_connections", l.max_connections)?,
+            max_model_labels: l
+                .max_model_labels
+                .unwrap_or(crate::telemetry::DEFAULT_MAX_MODEL_LABELS),
+            header_read_timeout: positive("header_read_timeout_secs", l.header_read_timeout_secs)?
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
             listen,
             store,
             spool_dir: raw
@@ -318,6 +458,44 @@ mod tests {
             e.contains("bridge.yaml:3:5: field `providers.anthropic.base_url`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn limits_and_openai_billing_scope_come_from_the_config() {
+        let c = parse("limits:\n  max_connections: 100\n  upstream_response_timeout_secs: 7\n  max_sse_line_bytes: 1024\nproviders:\n  openai:\n    base_url: http://127.0.0.1:1\n    api_key: k\n    organization: org-server\n    project: proj-server\n").unwrap();
+        assert_eq!(c.max_connections, Some(100));
+        assert_eq!(c.limits.upstream_response_timeout, Duration::from_secs(7));
+        assert_eq!(c.limits.observe.max_sse_line, 1024);
+        assert_eq!(c.limits.drain_timeout, Limits::default().drain_timeout);
+        let o = c.providers.openai.unwrap();
+        assert_eq!(o.extra_headers["openai-organization"], "org-server");
+        assert_eq!(o.extra_headers["openai-project"], "proj-server");
+        let e = parse("limits:\n  request_body_timeout_secs: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `limits.request_body_timeout_secs`: must be at least 1"),
+            "{e}"
+        );
+        let c = parse(
+            "providers:\n  anthropic:\n    api_key: k\n    forward_headers: [X-Gateway-Route, x-fake-*]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.providers.anthropic.unwrap().forward_headers,
+            ["x-gateway-route", "x-fake-*"]
+        );
+        let e = parse("providers:\n  anthropic:\n    api_key: k\n    forward_headers: [cookie]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `providers.anthropic.forward_headers`"),
+            "{e}"
+        );
+        let e = parse("providers:\n  anthropic:\n    api_key: k\n    project: p\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the openai provider"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod server;
 
 // Recording path.
+pub mod journal;
 pub mod keys;
 pub mod pricing;
 pub mod recorder;

@@ -25,8 +25,29 @@ pub struct RequestInfo {
     pub prompt: Option<String>,
     pub tools_offered: Vec<String>,
     /// A rewritten body to forward instead of the client's (e.g. OpenAI chat streams with
-    /// `stream_options.include_usage` injected). `None` forwards the client's bytes untouched.
+    /// `stream_options.include_usage` forced on). `None` forwards the client's bytes untouched.
     pub rewritten_body: Option<Bytes>,
+    /// The client did not ask for the stream's usage chunk, which the gateway requested anyway
+    /// for the record: withhold that chunk from the client (see [`is_usage_only_chunk`]).
+    pub withhold_usage_chunk: bool,
+}
+
+/// Bounds on what an observer keeps in memory while it watches a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObserveLimits {
+    /// Longest SSE line inspected; longer lines pass to the client but are not parsed.
+    pub max_sse_line: usize,
+    /// Largest JSON (non-streaming) body buffered for parsing.
+    pub max_json_body: usize,
+}
+
+impl Default for ObserveLimits {
+    fn default() -> Self {
+        ObserveLimits {
+            max_sse_line: 8 * 1024 * 1024,
+            max_json_body: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// Why a request body was refused with a 400.
@@ -42,6 +63,9 @@ pub struct Observation {
     pub model: Option<String>,
     /// An error the upstream reported, in the body or as a stream event.
     pub error: Option<String>,
+    /// Part of the response was too large to inspect (an SSE line or JSON body over the
+    /// [`ObserveLimits`]), so usage or tool calls may be missing from the observation.
+    pub truncated: bool,
 }
 
 /// Watches a copy of one response body, chunk by chunk, off the client's hot path.
@@ -75,7 +99,12 @@ pub trait ProviderAdapter: Send + Sync + 'static {
     /// Renders an error in the provider's own JSON error format.
     fn error_body(&self, kind: GatewayError, message: &str) -> Bytes;
     /// An observer for the response to a request to `endpoint`.
-    fn observer(&self, endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver>;
+    fn observer(
+        &self,
+        endpoint: &str,
+        streaming: bool,
+        limits: ObserveLimits,
+    ) -> Box<dyn ResponseObserver>;
 }
 
 /// Builds a bearer `Authorization` value from a key, as both OpenAI and chained gateways expect.
@@ -98,12 +127,26 @@ pub struct SseEvent {
 /// Incremental SSE parser (WHATWG framing) fed with arbitrary chunk boundaries.
 ///
 /// Lines end in `\n` or `\r\n` (the providers never use a lone `\r`); an empty line dispatches
-/// the event; comment lines (`:`) and unknown fields are ignored.
-#[derive(Debug, Default)]
+/// the event; comment lines (`:`) and unknown fields are ignored. A line longer than the
+/// parser's bound is skipped, and so is the event it belongs to, so that one huge line from a
+/// hostile or broken upstream cannot grow the gateway's memory without limit.
+#[derive(Debug)]
 pub struct SseParser {
     line: Vec<u8>,
     event: Option<String>,
     data: Option<String>,
+    max_line: usize,
+    /// Inside a line that exceeded `max_line`: bytes are dropped until its end.
+    skipping_line: bool,
+    /// The current event lost a line: it is dropped at its end instead of dispatched.
+    event_damaged: bool,
+    oversized: u64,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_max_line(ObserveLimits::default().max_sse_line)
+    }
 }
 
 impl SseParser {
@@ -111,10 +154,39 @@ impl SseParser {
         Self::default()
     }
 
+    /// A parser that skips lines longer than `max_line` bytes.
+    pub fn with_max_line(max_line: usize) -> Self {
+        SseParser {
+            line: Vec::new(),
+            event: None,
+            data: None,
+            max_line,
+            skipping_line: false,
+            event_damaged: false,
+            oversized: 0,
+        }
+    }
+
+    /// Lines skipped because they were longer than the bound.
+    pub fn oversized_lines(&self) -> u64 {
+        self.oversized
+    }
+
     /// Feeds a chunk; calls `on_event` for every event it completes.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
         let mut rest = chunk;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if self.skipping_line {
+                self.skipping_line = false;
+                rest = &rest[pos + 1..];
+                continue;
+            }
+            if !self.fits(pos) {
+                // The over-long line ends right here.
+                self.skipping_line = false;
+                rest = &rest[pos + 1..];
+                continue;
+            }
             self.line.extend_from_slice(&rest[..pos]);
             rest = &rest[pos + 1..];
             let mut line = std::mem::take(&mut self.line);
@@ -124,14 +196,36 @@ impl SseParser {
             if let Some(ev) = self.process_line(&line) {
                 on_event(ev);
             }
+            // Reuse the allocation unless a large line left it big.
+            if line.capacity() <= 64 * 1024 {
+                line.clear();
+                self.line = line;
+            }
         }
-        self.line.extend_from_slice(rest);
+        if !self.skipping_line && self.fits(rest.len()) {
+            self.line.extend_from_slice(rest);
+        }
+    }
+
+    /// Whether `more` bytes still fit in the current line; if not, starts skipping it.
+    fn fits(&mut self, more: usize) -> bool {
+        if self.line.len() + more <= self.max_line {
+            return true;
+        }
+        self.line = Vec::new();
+        self.skipping_line = true;
+        self.event_damaged = true;
+        self.oversized += 1;
+        false
     }
 
     fn process_line(&mut self, line: &[u8]) -> Option<SseEvent> {
         if line.is_empty() {
             let data = self.data.take();
             let event = self.event.take();
+            if std::mem::take(&mut self.event_damaged) {
+                return None;
+            }
             return data.map(|data| SseEvent { event, data });
         }
         if line[0] == b':' {
@@ -163,13 +257,17 @@ impl SseParser {
 /// Buffers a JSON (non-streaming) response body and hands it to a parser at the end.
 pub struct JsonBodyObserver {
     body: Vec<u8>,
+    max: usize,
+    too_big: bool,
     parse: fn(&serde_json::Value) -> Observation,
 }
 
 impl JsonBodyObserver {
-    pub fn new(parse: fn(&serde_json::Value) -> Observation) -> Self {
+    pub fn new(parse: fn(&serde_json::Value) -> Observation, limits: ObserveLimits) -> Self {
         Self {
             body: Vec::new(),
+            max: limits.max_json_body,
+            too_big: false,
             parse,
         }
     }
@@ -178,19 +276,44 @@ impl JsonBodyObserver {
 impl ResponseObserver for JsonBodyObserver {
     fn feed(&mut self, chunk: &[u8]) {
         // Bounded so a huge (or hostile) body cannot grow the gateway's memory without limit;
-        // usage is in the last bytes of no provider's JSON, so a cut body just loses usage.
-        const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
-        if self.body.len() + chunk.len() <= MAX_OBSERVED_BODY {
+        // a cut body cannot be parsed, which the observation says (`truncated`).
+        if self.too_big {
+            return;
+        }
+        if self.body.len() + chunk.len() <= self.max {
             self.body.extend_from_slice(chunk);
+        } else {
+            self.too_big = true;
+            self.body = Vec::new();
         }
     }
 
     fn finish(self: Box<Self>) -> Observation {
+        if self.too_big {
+            return Observation {
+                truncated: true,
+                ..Observation::default()
+            };
+        }
         match serde_json::from_slice::<serde_json::Value>(&self.body) {
             Ok(v) => (self.parse)(&v),
             Err(_) => Observation::default(),
         }
     }
+}
+
+/// Whether an OpenAI chat stream event is the usage-only chunk (`choices: []` and a `usage`
+/// object) that `stream_options.include_usage` adds before `[DONE]`.
+pub fn is_usage_only_chunk(data: &str) -> bool {
+    if !has_object_member(data, "usage") {
+        return false;
+    }
+    serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
+        v.get("usage").is_some_and(|u| u.is_object())
+            && v.get("choices")
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| c.is_empty())
+    })
 }
 
 /// Observer that extracts nothing (models list, count_tokens).
@@ -315,6 +438,35 @@ mod tests {
         assert_eq!(whole[1].event.as_deref(), Some("ping"));
         assert_eq!(whole[2].event, None);
         assert_eq!(whole[2].data, "[DONE]");
+    }
+
+    #[test]
+    fn sse_parser_skips_an_oversized_line_and_its_event_and_keeps_memory_bounded() {
+        let mut p = SseParser::with_max_line(64);
+        let mut out = Vec::new();
+        p.feed(b"data: small\n\n", |e| out.push(e));
+        p.feed(b"event: big\ndata: ", |e| out.push(e));
+        for _ in 0..1000 {
+            p.feed(&[b'x'; 1000], |e| out.push(e));
+            assert!(p.line.capacity() <= 64, "{}", p.line.capacity());
+        }
+        p.feed(b"\n\ndata: after\n\n", |e| out.push(e));
+        let data: Vec<&str> = out.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, ["small", "after"]);
+        assert_eq!(p.oversized_lines(), 1);
+    }
+
+    #[test]
+    fn usage_only_chunks_are_recognised() {
+        assert!(is_usage_only_chunk(
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3}}"#
+        ));
+        assert!(!is_usage_only_chunk(
+            r#"{"id":"c","choices":[{"index":0,"delta":{}}],"usage":null}"#
+        ));
+        assert!(!is_usage_only_chunk(
+            r#"{"choices":[{"delta":{"content":"x"}}],"usage":{"a":1}}"#
+        ));
     }
 
     #[test]

@@ -1,32 +1,44 @@
 //! The request path: authenticate, forward to the upstream, stream the answer back, tee a copy.
 //!
-//! [`Gateway::handle`] serves one provider request. It authenticates the caller, parses the
-//! body with the provider's adapter, swaps the client's bridge token for the server-side key,
-//! and forwards to `base_url + endpoint`. The upstream body is returned to the client wrapped
-//! in a [`TeeBody`], which hands each chunk to hyper unchanged and shows the same bytes to the
+//! [`Gateway::handle`] serves one provider request. It authenticates the caller, reads the
+//! body (bounded in size, time and, across all requests, memory), parses it with the
+//! provider's adapter, makes an intercept-start entry durable through the [`RecordSink`], and
+//! forwards the request to `base_url + endpoint` with the server-side key and an allowlist of
+//! the client's headers. A client that gives up while the upstream is still working (the
+//! normal case for a long non-streaming call, whose headers come only with the whole answer)
+//! makes hyper drop the handler; the wait for the upstream then moves to a task of its own
+//! (`AwaitingUpstream`), so a request the upstream already has is still read and recorded.
+//!
+//! [`TeeBody`] hands each upstream chunk to hyper unchanged and shows the same bytes to the
 //! adapter's [`ResponseObserver`] as they pass. Observing is incremental and cheap by design
 //! (SSE framing, and JSON parsing only of the few events that carry usage, tool calls or
 //! errors), so it runs in place: a per-chunk hand-off to another task cost more CPU in
-//! cross-thread wake-ups than the parsing itself. When the body ends, fails or is dropped
-//! early (client gone), the remaining work (parsing a buffered JSON answer, building the
-//! [`InterceptionRecord`], handing it to the [`RecordSink`]) runs in a task spawned after the
-//! last bytes were handed to hyper. Nothing on the client's path waits for logging or storage.
+//! cross-thread wake-ups than the parsing itself. When the body ends or fails, the remaining
+//! work (parsing a buffered JSON answer, building the [`InterceptionRecord`], handing it to the
+//! sink) runs in a task spawned after the last bytes were handed to hyper. When the body is
+//! dropped early (client gone), a task keeps reading the upstream, bounded in time and bytes,
+//! so the record gets the usage the provider reports at the end of its answer.
+//! Nothing on the client's path waits for logging or storage, except the intercept-start
+//! entry: one buffered write to the journal (see [`crate::journal`]) before going upstream.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
@@ -35,18 +47,72 @@ use crate::keys::Identity;
 use crate::providers::anthropic::Anthropic;
 use crate::providers::openai_chat::OpenAiChat;
 use crate::providers::openai_responses::OpenAiResponses;
-use crate::providers::{GatewayError, Observation, ProviderAdapter, ResponseObserver};
+use crate::providers::{
+    is_usage_only_chunk, GatewayError, Observation, ObserveLimits, ProviderAdapter,
+    ResponseObserver,
+};
 use crate::record::{InterceptionRecord, Outcome, Provider, Usage, WorkspaceContext};
 
-/// Largest request body the gateway accepts (prompts with images can be large).
-const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+/// Error type of the bodies the gateway sends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where finished records and in-flight counts go. Implementations must not block.
+/// Where records and in-flight counts go. Implementations must not block.
 pub trait RecordSink: Send + Sync + 'static {
+    /// A finished exchange.
     fn record(&self, rec: InterceptionRecord);
+    /// Makes an intercept-start entry (outcome `incomplete`) durable before returning; it
+    /// must be quick (a buffered write) and must not fail the request. The gateway calls
+    /// this before the request goes upstream, and [`RecordSink::record`] later replaces the
+    /// entry with the final record (same id).
+    fn start(&self, _rec: InterceptionRecord) {}
     fn request_started(&self, _provider: Provider) {}
     fn request_finished(&self, _provider: Provider) {}
 }
+
+/// Limits that keep the gateway bounded whatever clients and upstreams send. Each is a field
+/// of `limits:` in bridge.yaml; the defaults are [`Limits::default`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest request body accepted (413 beyond).
+    pub max_request_body_bytes: usize,
+    /// Request bodies held in memory by all requests together (503 beyond).
+    pub max_request_bodies_in_flight_bytes: usize,
+    /// Time allowed to receive a whole request body (408 beyond).
+    pub request_body_timeout: Duration,
+    /// Time allowed for the upstream's response headers (504 beyond).
+    pub upstream_response_timeout: Duration,
+    /// Longest silence allowed in the middle of an upstream body (the stream is cut beyond).
+    pub upstream_idle_timeout: Duration,
+    /// After the client left, how long the upstream is still read for its usage report.
+    pub drain_timeout: Duration,
+    /// After the client left, how many more bytes of the upstream are read at most.
+    pub drain_max_bytes: usize,
+    /// Longest prompt text kept in a record (the rest is cut, with a marker).
+    pub max_recorded_prompt_bytes: usize,
+    /// What observers may buffer.
+    pub observe: ObserveLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body_bytes: 32 * 1024 * 1024,
+            max_request_bodies_in_flight_bytes: 256 * 1024 * 1024,
+            request_body_timeout: Duration::from_secs(60),
+            // Non-streaming answers arrive whole, after the model is done: minutes, not seconds.
+            upstream_response_timeout: Duration::from_secs(600),
+            upstream_idle_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(60),
+            drain_max_bytes: 16 * 1024 * 1024,
+            max_recorded_prompt_bytes: 64 * 1024,
+            observe: ObserveLimits::default(),
+        }
+    }
+}
+
+/// The client's address, put in the request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// One configured upstream: where to send a provider's requests and with which key.
 #[derive(Clone)]
@@ -55,6 +121,35 @@ pub struct Upstream {
     pub base_url: String,
     /// The server-side provider key (marked sensitive so it is never printed by `Debug`).
     pub api_key: HeaderValue,
+    /// Headers set from the server's configuration on every request (e.g. OpenAI's
+    /// `openai-organization` and `openai-project`: the billing scope is the server's choice,
+    /// never the client's).
+    pub extra_headers: HeaderMap,
+    /// Client headers forwarded beyond the built-in allowlist (lowercase names; a trailing
+    /// `*` matches a prefix), from `forward_headers` in the config.
+    pub forward_headers: Vec<String>,
+}
+
+impl Upstream {
+    pub fn new(base_url: impl Into<String>, api_key: HeaderValue) -> Upstream {
+        Upstream {
+            base_url: base_url.into(),
+            api_key,
+            extra_headers: HeaderMap::new(),
+            forward_headers: Vec::new(),
+        }
+    }
+
+    /// Whether the configuration adds `name` to the headers forwarded to this upstream.
+    fn forwards(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        self.forward_headers
+            .iter()
+            .any(|f| match f.strip_suffix('*') {
+                Some(prefix) => n.starts_with(prefix),
+                None => n == f,
+            })
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -62,6 +157,10 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("base_url", &self.base_url)
             .field("api_key", &"<redacted>")
+            .field(
+                "extra_headers",
+                &self.extra_headers.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -80,12 +179,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tee(t) => Pin::new(t).poll_frame(cx),
@@ -95,7 +194,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Tee(t) => t.inner.is_end_stream(),
+            ProxyBody::Tee(t) => t.is_end_stream(),
         }
     }
 
@@ -103,7 +202,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Tee(t) => t.inner.size_hint(),
+            ProxyBody::Tee(t) => t.size_hint(),
         }
     }
 }
@@ -112,10 +211,38 @@ impl Body for ProxyBody {
 enum BodyEnd {
     /// Normally.
     Complete,
-    /// The upstream connection broke mid-body.
+    /// The upstream connection broke mid-body, or went silent too long.
     Failed(String),
-    /// The body was dropped before its end: the client went away.
-    Dropped,
+    /// The client went away; what reading the rest of the upstream's answer gave.
+    ClientGone(Drained),
+}
+
+/// What reading the upstream after the client left achieved.
+enum Drained {
+    /// The answer was read to its end: usage is what the provider reported.
+    Complete,
+    /// Reading stopped early (bound reached, or the upstream failed): usage is a lower bound.
+    Partial(String),
+}
+
+/// Keeps `bridge_requests_in_flight` honest: one guard per request that went upstream,
+/// decremented when the guard is dropped, whichever way the request ends.
+struct InFlight {
+    sink: Arc<dyn RecordSink>,
+    provider: Provider,
+}
+
+impl InFlight {
+    fn new(sink: Arc<dyn RecordSink>, provider: Provider) -> InFlight {
+        sink.request_started(provider);
+        InFlight { sink, provider }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.sink.request_finished(self.provider);
+    }
 }
 
 /// What the tee needs to observe a response and record it when it is over.
@@ -125,6 +252,8 @@ struct Watch {
     started: Instant,
     sink: Arc<dyn RecordSink>,
     span: Span,
+    limits: Limits,
+    _in_flight: InFlight,
 }
 
 impl Watch {
@@ -141,70 +270,248 @@ impl Watch {
     }
 }
 
+/// Withholds the usage-only chunk of an OpenAI chat stream from a client that did not ask for
+/// it. Passes whole events only (an event is held until its blank line, which SSE clients wait
+/// for anyway), and gives up withholding for an event larger than the SSE line bound, so its
+/// buffer stays bounded.
+struct UsageChunkFilter {
+    pending: BytesMut,
+    max: usize,
+}
+
+impl UsageChunkFilter {
+    /// Adds a chunk; returns the complete events to pass on (empty if none yet).
+    fn push(&mut self, chunk: &Bytes) -> Bytes {
+        self.pending.extend_from_slice(chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            let withheld = std::str::from_utf8(&event).is_ok_and(|text| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .any(|d| is_usage_only_chunk(d.trim_start()))
+            });
+            if !withheld {
+                out.extend_from_slice(&event);
+            }
+        }
+        if self.pending.len() > self.max {
+            out.extend_from_slice(&self.pending.split());
+        }
+        out.freeze()
+    }
+
+    /// What is left at the end of the body.
+    fn rest(&mut self) -> Bytes {
+        self.pending.split().freeze()
+    }
+}
+
+/// Index just past the first blank line (end of an SSE event) in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        let next = &buf[nl + 1..];
+        if next.first() == Some(&b'\n') {
+            return Some(nl + 2);
+        }
+        if next.starts_with(b"\r\n") {
+            return Some(nl + 3);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
 /// The upstream's body on its way to the client; each chunk is shown to the observer as it
 /// passes.
 pub struct TeeBody {
-    inner: Incoming,
+    /// `None` once handed to the drain task.
+    inner: Option<Incoming>,
     /// Boxed: the record is large, and most responses the gateway sends are its own small ones.
     watch: Option<Box<Watch>>,
+    filter: Option<UsageChunkFilter>,
+    /// Fires when the upstream has been silent for the idle timeout. Created the first time
+    /// the upstream makes the body wait (an answer that arrives whole never needs one), and
+    /// checked lazily: the deadline is only moved when it fires, not on every chunk.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle_timeout: Duration,
+    last_frame: Instant,
+    done: bool,
+}
+
+impl TeeBody {
+    fn is_end_stream(&self) -> bool {
+        self.done
+            || (self.filter.as_ref().is_none_or(|f| f.pending.is_empty())
+                && self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.filter) {
+            (Some(b), None) => b.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+
+    fn end(&mut self, end: BodyEnd) {
+        self.done = true;
+        if let Some(w) = self.watch.take() {
+            w.finish(end, Instant::now());
+        }
+    }
 }
 
 impl Body for TeeBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(w)) = (frame.data_ref(), this.watch.as_mut()) {
-                    if w.rec.ttfb_ms.is_none() {
-                        w.rec.ttfb_ms = Some(ms(w.started.elapsed()));
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.last_frame = Instant::now();
+                    let Some(data) = frame.data_ref() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    if let Some(w) = this.watch.as_mut() {
+                        if w.rec.ttfb_ms.is_none() {
+                            w.rec.ttfb_ms = Some(ms(w.started.elapsed()));
+                        }
+                        w.observer.feed(data);
                     }
-                    w.observer.feed(data);
+                    match this.filter.as_mut() {
+                        None => return Poll::Ready(Some(Ok(frame))),
+                        Some(f) => {
+                            let out = f.push(data);
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let reason = format!("upstream connection broke mid-answer: {e}");
+                    this.end(BodyEnd::Failed(reason));
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(None) => {
+                    let rest = this.filter.as_mut().map(|f| f.rest()).unwrap_or_default();
+                    this.end(BodyEnd::Complete);
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    // Silence: is it over the idle timeout?
+                    let deadline = this.last_frame + this.idle_timeout;
+                    let idle = this.idle.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                            deadline,
+                        )))
+                    });
+                    while idle.as_mut().poll(cx).is_ready() {
+                        let deadline = this.last_frame + this.idle_timeout;
+                        if Instant::now() >= deadline {
+                            let secs = this.idle_timeout.as_secs();
+                            let reason = format!("upstream sent nothing for {secs} s mid-answer (limits.upstream_idle_timeout_secs)");
+                            tracing::warn!(
+                                timeout_s = secs,
+                                "upstream stalled mid-answer; cutting the stream"
+                            );
+                            this.end(BodyEnd::Failed(reason.clone()));
+                            this.inner = None;
+                            return Poll::Ready(Some(Err(reason.into())));
+                        }
+                        idle.as_mut()
+                            .reset(tokio::time::Instant::from_std(deadline));
+                    }
+                    return Poll::Pending;
                 }
             }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(w) = this.watch.take() {
-                    w.finish(BodyEnd::Failed(e.to_string()), Instant::now());
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(w) = this.watch.take() {
-                    w.finish(BodyEnd::Complete, Instant::now());
-                }
-            }
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        TeeBody::is_end_stream(self)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        TeeBody::size_hint(self)
     }
 }
 
 impl Drop for TeeBody {
     fn drop(&mut self) {
-        if let Some(w) = self.watch.take() {
-            // An empty upstream body may be dropped after hyper saw `is_end_stream` without
-            // polling to the end; that is a normal end, not a cancellation.
-            let end = if self.inner.is_end_stream() {
-                BodyEnd::Complete
-            } else {
-                BodyEnd::Dropped
-            };
-            w.finish(end, Instant::now());
+        let Some(w) = self.watch.take() else { return };
+        let inner = self.inner.take();
+        // An empty upstream body may be dropped after hyper saw `is_end_stream` without
+        // polling to the end; that is a normal end, not a cancellation.
+        match inner {
+            Some(inner) if !inner.is_end_stream() => {
+                let left_at = Instant::now();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(drain_after_client_left(inner, w, left_at));
+                    }
+                    Err(_) => w.finish(
+                        BodyEnd::ClientGone(Drained::Partial("no runtime to drain".into())),
+                        left_at,
+                    ),
+                }
+            }
+            _ => w.finish(BodyEnd::Complete, Instant::now()),
         }
     }
+}
+
+/// The client left before the end of the answer: keep reading the upstream (bounded in time
+/// and bytes) so the record gets the usage the provider reports at the end, then record.
+async fn drain_after_client_left(mut inner: Incoming, mut w: Box<Watch>, left_at: Instant) {
+    let deadline = tokio::time::Instant::now() + w.limits.drain_timeout;
+    let mut bytes = 0usize;
+    let drained = loop {
+        match tokio::time::timeout_at(deadline, inner.frame()).await {
+            Err(_) => {
+                break Drained::Partial(format!(
+                    "the upstream did not finish within {} s (limits.drain_timeout_secs)",
+                    w.limits.drain_timeout.as_secs()
+                ))
+            }
+            Ok(None) => break Drained::Complete,
+            Ok(Some(Err(e))) => break Drained::Partial(format!("the upstream failed: {e}")),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes += data.len();
+                    w.observer.feed(data);
+                    if bytes > w.limits.drain_max_bytes {
+                        break Drained::Partial(format!(
+                            "the rest of the answer exceeded {} bytes (limits.drain_max_bytes)",
+                            w.limits.drain_max_bytes
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(
+        bytes,
+        complete = matches!(drained, Drained::Complete),
+        "read the upstream after the client left"
+    );
+    w.finish(BodyEnd::ClientGone(drained), left_at);
 }
 
 /// A provider route: which adapter serves it and the path the provider knows it by.
@@ -255,27 +562,28 @@ fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn Provi
     }
 }
 
-/// Request headers never forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the
-/// client's credentials, the bridge's own headers, and ones the client re-derives.
-fn is_stripped_request_header(name: &HeaderName) -> bool {
+/// Request headers forwarded to the provider: an explicit allowlist of what the providers'
+/// APIs and SDKs use. Everything else stays behind: credentials (the server key replaces
+/// them), hop-by-hop headers, cookies, proxy and forwarding headers (`x-forwarded-for`,
+/// `forwarded`: the client's network is not the provider's business), `expect`, the bridge's
+/// own `x-bridge-*`, and `openai-organization` / `openai-project`, which would let a client
+/// pick whose bill a request goes on (they come from the server config instead).
+fn is_forwarded_request_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
     matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "authorization"
-            | "x-api-key"
-            // The observer must read the upstream body, so ask for it uncompressed.
-            | "accept-encoding"
-    ) || name.as_str().starts_with("x-bridge-")
+        n,
+        "content-type"
+            | "accept"
+            | "user-agent"
+            | "anthropic-version"
+            | "anthropic-beta"
+            // Sent by Claude Code and browser-based Anthropic clients.
+            | "anthropic-dangerous-direct-browser-access"
+            | "x-app"
+            | "openai-beta"
+            | "idempotency-key"
+            | "x-request-id"
+    ) || n.starts_with("x-stainless-")
 }
 
 /// Response headers not passed back: hop-by-hop headers only (the body is passed through
@@ -301,6 +609,27 @@ fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|s| s.chars().take(512).collect())
 }
 
+/// The start of a token, safe to log: enough to tell tokens apart, never the secret.
+fn token_prefix(token: &str) -> String {
+    let n = token.chars().count();
+    let keep = (crate::keys::TOKEN_PREFIX.len() + 6).min(n / 4);
+    let mut p: String = token.chars().take(keep).collect();
+    p.push('…');
+    p
+}
+
+/// Cuts a prompt to at most `max` bytes (at a character boundary), saying so.
+fn cap_prompt(p: String, max: usize) -> String {
+    if p.len() <= max {
+        return p;
+    }
+    let mut cut = max;
+    while !p.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…[{} more bytes not recorded]", &p[..cut], p.len() - cut)
+}
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The gateway's request handler and what it needs: upstreams, auth and the record sink.
@@ -315,6 +644,17 @@ struct GatewayInner {
     openai: Option<Upstream>,
     auth: Arc<dyn Authenticate>,
     sink: Arc<dyn RecordSink>,
+    limits: Limits,
+    /// Request-body memory shared by all requests, in KiB permits.
+    body_budget: Arc<Semaphore>,
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    TooLarge,
+    Timeout,
+    Busy,
+    Read(String),
 }
 
 impl Gateway {
@@ -324,13 +664,24 @@ impl Gateway {
         auth: Arc<dyn Authenticate>,
         sink: Arc<dyn RecordSink>,
     ) -> Gateway {
+        Self::with_limits(anthropic, openai, auth, sink, Limits::default())
+    }
+
+    /// [`Gateway::new`] with explicit limits.
+    pub fn with_limits(
+        anthropic: Option<Upstream>,
+        openai: Option<Upstream>,
+        auth: Arc<dyn Authenticate>,
+        sink: Arc<dyn RecordSink>,
+        limits: Limits,
+    ) -> Gateway {
         let mut http = HttpConnector::new();
         // Small SSE frames must leave immediately; Nagle would add up to 40 ms per event.
         http.set_nodelay(true);
         http.enforce_http(false);
         // A dead upstream host must fail fast (502) instead of holding the client until its own
-        // timeout; slow *answers* are normal for LLMs, so there is no response timeout.
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+        // timeout.
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -341,9 +692,11 @@ impl Gateway {
         // open to the upstream for good.
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let kib =
+            (limits.max_request_bodies_in_flight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
         Gateway {
             inner: Arc::new(GatewayInner {
                 client,
@@ -351,6 +704,8 @@ impl Gateway {
                 openai,
                 auth,
                 sink,
+                limits,
+                body_budget: Arc::new(Semaphore::new(kib)),
             }),
         }
     }
@@ -358,6 +713,67 @@ impl Gateway {
     /// Whether this gateway serves the request's path (provider routes only).
     pub fn serves(path: &str) -> bool {
         path.starts_with("/anthropic/") || path.starts_with("/openai/")
+    }
+
+    /// Reads a request body within the size, time and shared-memory bounds. The permit holds
+    /// the body's share of the memory budget until the upstream has it.
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), BodyError> {
+        let limits = &self.inner.limits;
+        let max = limits.max_request_body_bytes;
+        if body.size_hint().lower() > max as u64 {
+            return Err(BodyError::TooLarge);
+        }
+        let budget = &self.inner.body_budget;
+        let take = |bytes: usize| -> Result<OwnedSemaphorePermit, BodyError> {
+            let kib = u32::try_from(bytes.div_ceil(1024)).map_err(|_| BodyError::TooLarge)?;
+            budget
+                .clone()
+                .try_acquire_many_owned(kib)
+                .map_err(|_| BodyError::Busy)
+        };
+        // Reserve what the client announced up front, the rest as it arrives.
+        let announced = body.size_hint().exact().unwrap_or(0) as usize;
+        let mut permit = take(announced)?;
+        let mut reserved = announced.div_ceil(1024) * 1024;
+        let deadline = tokio::time::Instant::now() + limits.request_body_timeout;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(BodyError::Timeout),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len();
+            if len > max {
+                return Err(BodyError::TooLarge);
+            }
+            if len > reserved {
+                let more = take(len - reserved)?;
+                reserved += (len - reserved).div_ceil(1024) * 1024;
+                permit.merge(more);
+            }
+            chunks.push(data);
+        }
+        let bytes = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut b = BytesMut::with_capacity(len);
+                for c in chunks {
+                    b.extend_from_slice(&c);
+                }
+                b.freeze()
+            }
+        };
+        Ok((bytes, permit))
     }
 
     /// Serves one request to a provider route.
@@ -386,38 +802,40 @@ impl Gateway {
             }
         };
         let adapter = route.adapter;
+        let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
 
         // 1. Who is calling (before looking at the body, so strangers learn nothing).
         let Some(token) = bridge_token(req.headers()) else {
-            tracing::info!(
-                provider = route.provider.as_str(),
-                reason = "missing token",
-                "rejected request"
-            );
-            return error_response(
-                adapter,
-                StatusCode::UNAUTHORIZED,
-                GatewayError::Authentication,
-                "missing bridge token: send it as `x-api-key` or `Authorization: Bearer`",
+            let msg = "missing bridge token: send it as `x-api-key` or `Authorization: Bearer`";
+            return self.auth_failure(
+                &req,
+                route,
+                peer,
+                None,
+                "missing token",
+                msg,
+                started,
+                started_at,
             );
         };
         let identity = match g.auth.authenticate(token).await {
             Ok(Some(id)) => id,
             Ok(None) => {
-                tracing::info!(
-                    provider = route.provider.as_str(),
-                    reason = "unknown or revoked token",
-                    "rejected request"
-                );
-                return error_response(
-                    adapter,
-                    StatusCode::UNAUTHORIZED,
-                    GatewayError::Authentication,
-                    "invalid bridge token: unknown or revoked",
+                let prefix = token_prefix(token);
+                let msg = "invalid bridge token: unknown or revoked";
+                return self.auth_failure(
+                    &req,
+                    route,
+                    peer,
+                    Some(prefix),
+                    "unknown or revoked token",
+                    msg,
+                    started,
+                    started_at,
                 );
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot authenticate: token store unavailable");
+                tracing::warn!(error = %e, client_addr = ?peer, "cannot authenticate: token store unavailable");
                 return error_response(
                     adapter,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -447,60 +865,59 @@ impl Gateway {
 
         // 3. Read and parse the body.
         let (parts, body) = req.into_parts();
-        let mut rec = InterceptionRecord {
-            id: Uuid::now_v7(),
-            user: identity.user.clone(),
-            key_id: Some(identity.key_id.clone()),
-            provider: route.provider,
-            endpoint: route.endpoint.to_owned(),
-            model: None,
-            client: header_string(&parts.headers, "user-agent"),
-            streaming: false,
+        let mut rec = new_record(
+            identity.user.clone(),
+            Some(identity.key_id.clone()),
+            route,
+            &parts.headers,
             started_at,
-            ttfb_ms: None,
-            duration_ms: 0.0,
-            status: 0,
-            outcome: Outcome::Ok,
-            usage: Usage::default(),
-            cost_usd: None,
-            prompt: None,
-            tools_offered: Vec::new(),
-            tool_calls: Vec::new(),
-            context: WorkspaceContext {
-                workspace: header_string(&parts.headers, "x-bridge-workspace"),
-                template: header_string(&parts.headers, "x-bridge-template"),
-                session: header_string(&parts.headers, "x-bridge-session"),
-            },
-            error: None,
-        };
-        let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
+        );
+        let (body, body_permit) = match self.read_body(body).await {
+            Ok(b) => b,
             Err(e) => {
-                let too_big = e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                let (status, msg) = if too_big {
-                    (
+                let limits = &g.limits;
+                let (status, msg) = match e {
+                    BodyError::TooLarge => (
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("request body exceeds {MAX_REQUEST_BODY} bytes"),
-                    )
-                } else {
-                    (
+                        format!(
+                            "request body exceeds {} bytes (limits.max_request_body_bytes)",
+                            limits.max_request_body_bytes
+                        ),
+                    ),
+                    BodyError::Timeout => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "request body not received within {} s (limits.request_body_timeout_secs)",
+                            limits.request_body_timeout.as_secs()
+                        ),
+                    ),
+                    BodyError::Busy => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "bridge is holding its maximum of request bodies in memory ({} bytes, limits.max_request_bodies_in_flight_bytes); retry shortly",
+                            limits.max_request_bodies_in_flight_bytes
+                        ),
+                    ),
+                    BodyError::Read(e) => (
                         StatusCode::BAD_REQUEST,
                         format!("could not read request body: {e}"),
-                    )
+                    ),
                 };
                 return self.reject(rec, adapter, status, &msg, started);
             }
         };
         let mut forward_body = body.clone();
+        let mut withhold_usage_chunk = false;
         if route.has_body {
             match adapter.parse_request(route.endpoint, &body) {
                 Ok(info) => {
                     rec.model = info.model;
                     rec.streaming = info.streaming;
-                    rec.prompt = info.prompt;
+                    rec.prompt = info
+                        .prompt
+                        .map(|p| cap_prompt(p, g.limits.max_recorded_prompt_bytes));
                     rec.tools_offered = info.tools_offered;
+                    withhold_usage_chunk = info.withhold_usage_chunk;
                     if let Some(b) = info.rewritten_body {
                         forward_body = b;
                     }
@@ -510,6 +927,7 @@ impl Gateway {
                 }
             }
         }
+        drop(body);
 
         let span = tracing::info_span!(
             "gen_ai.request",
@@ -527,7 +945,8 @@ impl Gateway {
             bridge.outcome = Empty,
         );
 
-        // 4. Build the upstream request: same method, suffix and query; server-side key.
+        // 4. Build the upstream request: same method, suffix and query; server-side key and
+        //    headers; the client's headers only from the allowlist.
         let pq = parts.uri.path_and_query().and_then(|pq| pq.query());
         let url = match pq {
             Some(q) => format!("{}{}?{}", upstream.base_url, route.endpoint, q),
@@ -542,9 +961,12 @@ impl Gateway {
         };
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         for (name, value) in &parts.headers {
-            if !is_stripped_request_header(name) {
+            if is_forwarded_request_header(name) || upstream.forwards(name) {
                 headers.append(name.clone(), value.clone());
             }
+        }
+        for (name, value) in &upstream.extra_headers {
+            headers.insert(name.clone(), value.clone());
         }
         adapter.set_upstream_auth(&mut headers, &upstream.api_key);
         let mut up_req = Request::new(Full::new(forward_body));
@@ -552,57 +974,87 @@ impl Gateway {
         *up_req.uri_mut() = uri;
         *up_req.headers_mut() = headers;
 
-        g.sink.request_started(route.provider);
-        let response = g.client.request(up_req).instrument(span.clone()).await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                let reason = error_chain(&e);
-                tracing::warn!(parent: &span, upstream = %upstream.base_url, error = %reason, "upstream unavailable");
-                rec.status = StatusCode::BAD_GATEWAY.as_u16();
-                rec.outcome = Outcome::UpstreamUnavailable;
-                rec.error = Some(format!("upstream unavailable: {reason}"));
-                rec.duration_ms = ms(started.elapsed());
-                finish_span(&span, &rec);
-                g.sink.request_finished(route.provider);
-                g.sink.record(rec);
-                return error_response(
-                    adapter,
-                    StatusCode::BAD_GATEWAY,
-                    GatewayError::UpstreamUnavailable,
-                    &format!("upstream {} unavailable", route.provider.as_str()),
-                );
-            }
-        };
+        // 5. The intercept-start entry is durable before the upstream sees the prompt: a
+        //    crash from here on leaves an `incomplete` record, never none.
+        let in_flight = InFlight::new(g.sink.clone(), route.provider);
+        let mut entry = rec.clone();
+        entry.outcome = Outcome::Incomplete;
+        g.sink.start(entry);
 
-        // 5. Stream the answer back; the observer task gets a copy of every chunk.
-        let (resp_parts, incoming) = response.into_parts();
-        rec.status = resp_parts.status.as_u16();
-        // Observe a stream if the upstream answered with one (even if the flag was missed).
-        let is_sse = resp_parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        let watch = Watch {
-            observer: adapter.observer(route.endpoint, is_sse),
-            rec,
-            started,
-            sink: self.inner.sink.clone(),
-            span,
+        // 6. Wait for the upstream's response headers. If the client leaves meanwhile (this
+        //    future is dropped), the wait continues in a task of its own (see
+        //    `AwaitingUpstream`), so the answer is still read and recorded.
+        let fut: ResponseFuture = Box::pin(tokio::time::timeout(
+            g.limits.upstream_response_timeout,
+            g.client.request(up_req),
+        ));
+        let mut waiting = AwaitingUpstream {
+            fut: Some(fut),
+            exchange: Some(Exchange {
+                gateway: self.clone(),
+                route,
+                rec,
+                started,
+                span: span.clone(),
+                withhold_usage_chunk,
+                body_permit,
+                base_url: upstream.base_url.clone(),
+                in_flight,
+            }),
         };
-        let mut out = Response::new(ProxyBody::Tee(TeeBody {
-            inner: incoming,
-            watch: Some(Box::new(watch)),
-        }));
-        *out.status_mut() = resp_parts.status;
-        let out_headers = out.headers_mut();
-        for (name, value) in &resp_parts.headers {
-            if !is_stripped_response_header(name) {
-                out_headers.append(name.clone(), value.clone());
-            }
+        let result = match waiting.fut.as_mut() {
+            Some(fut) => fut.instrument(span).await,
+            None => unreachable!("set above"),
+        };
+        waiting.fut = None;
+        match waiting.exchange.take() {
+            Some(exchange) => exchange.respond(result),
+            None => unreachable!("set above"),
         }
-        out
+    }
+
+    /// A 401: logged with the client's address, path and a safe prefix of the token, and
+    /// recorded (outcome `rejected`), so failed authentications can be traced.
+    #[allow(clippy::too_many_arguments)]
+    fn auth_failure(
+        &self,
+        req: &Request<Incoming>,
+        route: Route,
+        peer: Option<SocketAddr>,
+        prefix: Option<String>,
+        reason: &'static str,
+        message: &str,
+        started: Instant,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        let client_addr = peer.map(|p| p.to_string());
+        tracing::warn!(
+            provider = route.provider.as_str(),
+            client_addr = client_addr.as_deref(),
+            method = %req.method(),
+            path,
+            key_prefix = prefix.as_deref(),
+            reason,
+            "authentication failed"
+        );
+        let mut rec = new_record("-".into(), None, route, req.headers(), started_at);
+        rec.status = StatusCode::UNAUTHORIZED.as_u16();
+        rec.outcome = Outcome::Rejected;
+        rec.duration_ms = ms(started.elapsed());
+        rec.error = Some(format!(
+            "authentication failed: {reason} (from {}, {} {path}{})",
+            client_addr.as_deref().unwrap_or("unknown address"),
+            req.method(),
+            prefix.map(|p| format!(", key {p}")).unwrap_or_default()
+        ));
+        self.inner.sink.record(rec);
+        error_response(
+            route.adapter,
+            StatusCode::UNAUTHORIZED,
+            GatewayError::Authentication,
+            message,
+        )
     }
 
     /// A 4xx before reaching the upstream: answered in the provider's format and recorded.
@@ -629,6 +1081,206 @@ impl Gateway {
     }
 }
 
+/// A record as known when a request arrives.
+fn new_record(
+    user: String,
+    key_id: Option<String>,
+    route: Route,
+    headers: &HeaderMap,
+    started_at: chrono::DateTime<Utc>,
+) -> InterceptionRecord {
+    InterceptionRecord {
+        id: Uuid::now_v7(),
+        user,
+        key_id,
+        provider: route.provider,
+        endpoint: route.endpoint.to_owned(),
+        model: None,
+        client: header_string(headers, "user-agent"),
+        streaming: false,
+        started_at,
+        ttfb_ms: None,
+        duration_ms: 0.0,
+        status: 0,
+        outcome: Outcome::Ok,
+        usage: Usage::default(),
+        cost_usd: None,
+        prompt: None,
+        tools_offered: Vec::new(),
+        tool_calls: Vec::new(),
+        context: WorkspaceContext {
+            workspace: header_string(headers, "x-bridge-workspace"),
+            template: header_string(headers, "x-bridge-template"),
+            session: header_string(headers, "x-bridge-session"),
+        },
+        error: None,
+    }
+}
+
+/// What the upstream's response headers (or its failure) resolve to.
+type ResponseResult = Result<
+    Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+type ResponseFuture = Pin<Box<dyn Future<Output = ResponseResult> + Send>>;
+
+/// An exchange waiting for the upstream's response headers. Dropped while still waiting
+/// (the client left, so hyper dropped the handler), it hands the wait to a task of its own:
+/// the upstream has the prompt, so its answer must still be read and recorded. The normal
+/// path spawns nothing and pays no cross-task wake-up.
+struct AwaitingUpstream {
+    fut: Option<ResponseFuture>,
+    exchange: Option<Exchange>,
+}
+
+impl Drop for AwaitingUpstream {
+    fn drop(&mut self) {
+        let (Some(fut), Some(exchange)) = (self.fut.take(), self.exchange.take()) else {
+            return;
+        };
+        let span = exchange.span.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(
+                    async move {
+                        let result = fut.await;
+                        // Nobody to answer: dropping the response drops its tee, which reads
+                        // the rest of the answer for its usage and records the exchange.
+                        drop(exchange.respond(result));
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => drop(exchange),
+        }
+    }
+}
+
+/// One request on its way to the upstream and back: what turns the upstream's answer into
+/// the client's response and, in the end, a record.
+struct Exchange {
+    gateway: Gateway,
+    route: Route,
+    rec: InterceptionRecord,
+    started: Instant,
+    span: Span,
+    withhold_usage_chunk: bool,
+    /// The request body's share of the memory budget, released once the upstream answered.
+    body_permit: OwnedSemaphorePermit,
+    base_url: String,
+    in_flight: InFlight,
+}
+
+impl Exchange {
+    fn respond(self, response: ResponseResult) -> Response<ProxyBody> {
+        let Exchange {
+            gateway,
+            route,
+            mut rec,
+            started,
+            span,
+            withhold_usage_chunk,
+            body_permit,
+            base_url,
+            in_flight,
+        } = self;
+        let g = &gateway.inner;
+        let adapter = route.adapter;
+        drop(body_permit);
+        let timeout = g.limits.upstream_response_timeout;
+        let failure = match response {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                let reason = error_chain(&e);
+                tracing::warn!(upstream = %base_url, error = %reason, "upstream unavailable");
+                Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream unavailable: {reason}"),
+                    format!("upstream {} unavailable", route.provider.as_str()),
+                ))
+            }
+            Err(_) => {
+                let secs = timeout.as_secs();
+                tracing::warn!(upstream = %base_url, timeout_s = secs, "upstream did not answer in time");
+                Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("upstream did not answer within {secs} s"),
+                    format!(
+                        "upstream {} did not answer within {secs} s (limits.upstream_response_timeout_secs)",
+                        route.provider.as_str()
+                    ),
+                ))
+            }
+        };
+        let response = match failure {
+            Ok(r) => r,
+            Err((status, reason, message)) => {
+                rec.status = status.as_u16();
+                rec.outcome = Outcome::UpstreamUnavailable;
+                rec.error = Some(reason);
+                rec.duration_ms = ms(started.elapsed());
+                finish_span(&span, &rec);
+                drop(in_flight);
+                g.sink.record(rec);
+                return error_response(
+                    adapter,
+                    status,
+                    GatewayError::UpstreamUnavailable,
+                    &message,
+                );
+            }
+        };
+
+        // Stream the answer back; the observer sees every chunk as it passes.
+        let (resp_parts, incoming) = response.into_parts();
+        rec.status = resp_parts.status.as_u16();
+        // Observe a stream if the upstream answered with one (even if the flag was missed).
+        let is_sse = resp_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let limits = g.limits;
+        let watch = Watch {
+            observer: adapter.observer(route.endpoint, is_sse, limits.observe),
+            rec,
+            started,
+            sink: g.sink.clone(),
+            span,
+            limits,
+            _in_flight: in_flight,
+        };
+        let filter = (withhold_usage_chunk && is_sse).then(|| UsageChunkFilter {
+            pending: BytesMut::new(),
+            max: limits.observe.max_sse_line,
+        });
+        let now = Instant::now();
+        let tee = TeeBody {
+            inner: Some(incoming),
+            watch: Some(Box::new(watch)),
+            filter,
+            idle: None,
+            idle_timeout: limits.upstream_idle_timeout,
+            last_frame: now,
+            done: false,
+        };
+        let mut out = Response::new(ProxyBody::Tee(tee));
+        *out.status_mut() = resp_parts.status;
+        let out_headers = out.headers_mut();
+        for (name, value) in &resp_parts.headers {
+            if is_stripped_response_header(name) {
+                continue;
+            }
+            // The withheld chunk changes the body's length.
+            if withhold_usage_chunk && is_sse && name == header::CONTENT_LENGTH {
+                continue;
+            }
+            out_headers.append(name.clone(), value.clone());
+        }
+        out
+    }
+}
+
 /// Builds the record of a finished exchange from what the observer saw, and hands it over.
 fn finish_record(w: Watch, end: BodyEnd, at: Instant) {
     let Watch {
@@ -637,20 +1289,27 @@ fn finish_record(w: Watch, end: BodyEnd, at: Instant) {
         started,
         sink,
         span,
+        limits: _,
+        _in_flight,
     } = w;
     let (mut outcome, failure) = match end {
         BodyEnd::Complete => (Outcome::Ok, None),
-        BodyEnd::Failed(e) => (
-            Outcome::UpstreamUnavailable,
-            Some(format!("upstream connection broke mid-answer: {e}")),
+        BodyEnd::Failed(e) => (Outcome::UpstreamUnavailable, Some(e)),
+        BodyEnd::ClientGone(Drained::Complete) => (Outcome::ClientCancelled, None),
+        // Never a silent under-count: the record says its usage is a lower bound.
+        BodyEnd::ClientGone(Drained::Partial(why)) => (
+            Outcome::ClientCancelled,
+            Some(format!(
+                "usage incomplete: the client left before the end and {why}; token counts are a lower bound"
+            )),
         ),
-        BodyEnd::Dropped => (Outcome::ClientCancelled, None),
     };
     let Observation {
         usage,
         tool_calls,
         model,
         error,
+        truncated,
     } = observer.finish();
     rec.usage = usage;
     rec.tool_calls = tool_calls;
@@ -663,13 +1322,21 @@ fn finish_record(w: Watch, end: BodyEnd, at: Instant) {
     if outcome == Outcome::Ok && (!(200..300).contains(&rec.status) || error.is_some()) {
         outcome = Outcome::UpstreamError;
     }
-    rec.error = failure.or(error).or_else(|| {
+    let mut reason = failure.or(error).or_else(|| {
         (outcome == Outcome::UpstreamError).then(|| format!("upstream answered {}", rec.status))
     });
+    if truncated {
+        let note = "part of the answer was too large to inspect (limits.max_sse_line_bytes / max_observed_body_bytes): usage and tool calls may be missing";
+        reason = Some(match reason {
+            Some(r) => format!("{r}; {note}"),
+            None => note.to_owned(),
+        });
+    }
+    rec.error = reason;
     rec.outcome = outcome;
     rec.duration_ms = ms(at - started);
     finish_span(&span, &rec);
-    sink.request_finished(rec.provider);
+    drop(_in_flight);
     sink.record(rec);
 }
 
@@ -749,7 +1416,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_hop_by_hop_and_bridge_headers_are_not_forwarded() {
+    fn only_allowlisted_headers_are_forwarded() {
         for h in [
             "authorization",
             "x-api-key",
@@ -757,9 +1424,17 @@ mod tests {
             "host",
             "x-bridge-session",
             "te",
+            "cookie",
+            "x-forwarded-for",
+            "forwarded",
+            "expect",
+            "openai-organization",
+            "openai-project",
+            "proxy-authorization",
+            "x-real-ip",
         ] {
             assert!(
-                is_stripped_request_header(&HeaderName::from_static(h)),
+                !is_forwarded_request_header(&HeaderName::from_static(h)),
                 "{h}"
             );
         }
@@ -773,9 +1448,44 @@ mod tests {
             "accept",
         ] {
             assert!(
-                !is_stripped_request_header(&HeaderName::from_static(h)),
+                is_forwarded_request_header(&HeaderName::from_static(h)),
                 "{h}"
             );
         }
+    }
+
+    #[test]
+    fn usage_chunk_filter_passes_whole_events_and_drops_only_the_usage_chunk() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        for split in 1..stream.len() {
+            let mut f = UsageChunkFilter {
+                pending: BytesMut::new(),
+                max: 1 << 20,
+            };
+            let (a, b) = stream.as_bytes().split_at(split);
+            let mut out = f.push(&Bytes::copy_from_slice(a)).to_vec();
+            out.extend_from_slice(&f.push(&Bytes::copy_from_slice(b)));
+            out.extend_from_slice(&f.rest());
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains("prompt_tokens"), "{out}");
+            assert!(
+                out.contains("\"hi\"") && out.ends_with("data: [DONE]\n\n"),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn prompts_are_capped_at_a_char_boundary_and_token_prefixes_never_reveal_the_token() {
+        let p = cap_prompt("é".repeat(10), 5);
+        assert!(p.starts_with("éé…"), "{p}");
+        assert!(p.contains("16 more bytes"), "{p}");
+        let t = "brg_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+        assert_eq!(token_prefix(t), "brg_abcdef…");
+        assert_eq!(token_prefix("short"), "s…");
     }
 }

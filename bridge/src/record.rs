@@ -39,6 +39,9 @@ pub enum Outcome {
     ClientCancelled,
     /// The request was refused before reaching the upstream (bad token, bad body, ...).
     Rejected,
+    /// The intercept-start entry of a request that went upstream and whose end was never
+    /// recorded: still in flight, or the bridge stopped (crash, kill) before it finished.
+    Incomplete,
 }
 
 impl Outcome {
@@ -49,6 +52,7 @@ impl Outcome {
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::ClientCancelled => "client_cancelled",
             Outcome::Rejected => "rejected",
+            Outcome::Incomplete => "incomplete",
         }
     }
 }

@@ -8,6 +8,14 @@
 //! the spool is not empty new batches also go there, so a down store costs one failed insert
 //! per backoff period rather than one per batch. A spool left by a previous run is replayed at
 //! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
+//!
+//! Intercept-start entries ([`Recorder::record_start`]) are appended to the [`Journal`] by
+//! the request's own task, before it goes upstream. When a final record is safe (stored or
+//! spooled) its start entry is released from the journal. At start, what a previous run left
+//! in the journal (requests in flight when it crashed or was killed) is inserted as
+//! `incomplete` records (the store ignores an entry whose final record it already has), and
+//! those are marked with the reason. The writer also keeps the store's health (the last
+//! write's result) for `/readyz`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::journal::Journal;
 use crate::pricing::PricingTable;
-use crate::record::InterceptionRecord;
+use crate::record::{InterceptionRecord, Outcome};
 use crate::spool::{Spool, DEFAULT_MAX_BYTES};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -37,6 +46,7 @@ const LOG_PROMPT_CHARS: usize = 200;
 
 enum Msg {
     Record(Box<InterceptionRecord>),
+    /// An intercept-start entry and whom to tell once it is durable.
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -65,10 +75,18 @@ struct Shared {
     /// together (one fsync per group rather than per record).
     overflow: Mutex<Vec<InterceptionRecord>>,
     overflow_busy: AtomicBool,
+    /// Why the last write to the store failed; `None` when it succeeded.
+    store_failure: Mutex<Option<String>>,
+    /// Intercept-start entries of the requests in flight.
+    journal: Journal,
 }
 
 impl Shared {
     fn prepare(&self, rec: &mut InterceptionRecord) {
+        if rec.outcome == Outcome::Incomplete {
+            // A start entry: logged and counted when its final record comes.
+            return;
+        }
         if rec.cost_usd.is_none() {
             if let Some(model) = &rec.model {
                 rec.cost_usd = self.pricing.cost(model, &rec.usage);
@@ -160,17 +178,21 @@ impl Recorder {
         if n > 0 {
             tracing::info!(records = n, spool = %spool_dir.display(), "replaying interception records left in the spool");
         }
+        let journal = Journal::open(&spool_dir.join("journal"), options.spool_max_bytes)?;
         let shared = Arc::new(Shared {
             pricing,
             telemetry,
             spool,
             overflow: Mutex::new(Vec::new()),
             overflow_busy: AtomicBool::new(false),
+            store_failure: Mutex::new(None),
+            journal,
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {
             store,
             shared: shared.clone(),
+            started_at: chrono::Utc::now(),
             batch: Vec::with_capacity(BATCH_SIZE),
             backoff: MIN_BACKOFF,
             next_retry: Instant::now(),
@@ -210,6 +232,26 @@ impl Recorder {
         }
     }
 
+    /// Makes an intercept-start entry durable before its request goes upstream: appended to
+    /// the journal right here (a buffered write, like the request's log line), or, if the
+    /// journal cannot take it, fsynced to the spool. Never fails the request: if neither can
+    /// keep the entry, that is logged and counted like a record the spool cannot take.
+    pub fn record_start(&self, rec: InterceptionRecord) {
+        if let Err(e) = self.shared.journal.start(&rec) {
+            tracing::error!(error = %e, "cannot journal an intercept-start entry; spooling it");
+            self.shared.spool(std::slice::from_ref(&rec));
+        }
+    }
+
+    /// Why the last write to the store failed, or `None` if it succeeded.
+    pub fn store_failure(&self) -> Option<String> {
+        self.shared
+            .store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Flushes everything: the batch in memory, then the spool if the store takes it.
     /// Records that still cannot be stored stay in the spool for the next start.
     pub async fn shutdown(&self) {
@@ -237,6 +279,8 @@ impl Recorder {
 struct Writer {
     store: Store,
     shared: Arc<Shared>,
+    /// When this process started: older `incomplete` entries were left by a previous run.
+    started_at: chrono::DateTime<chrono::Utc>,
     batch: Vec<InterceptionRecord>,
     backoff: Duration,
     next_retry: Instant,
@@ -244,33 +288,38 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        self.recover().await;
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Record(rec)) => {
-                        self.accept(*rec);
+                    Some(Msg::Shutdown(ack)) => {
+                        self.shutdown(&mut rx, ack).await;
+                        return;
+                    }
+                    Some(msg) => {
+                        self.accept(msg);
+                        // Group commit: take whatever else is already queued, then write at
+                        // once if a request is waiting for its start entry.
+                        let mut shutdown = None;
+                        while self.batch.len() < BATCH_SIZE {
+                            match rx.try_recv() {
+                                Ok(Msg::Shutdown(ack)) => {
+                                    shutdown = Some(ack);
+                                    break;
+                                }
+                                Ok(msg) => self.accept(msg),
+                                Err(_) => break,
+                            }
+                        }
                         if self.batch.len() >= BATCH_SIZE {
                             self.flush().await;
                         }
-                    }
-                    Some(Msg::Shutdown(ack)) => {
-                        rx.close();
-                        while let Ok(msg) = rx.try_recv() {
-                            if let Msg::Record(rec) = msg {
-                                self.accept(*rec);
-                                if self.batch.len() >= BATCH_SIZE {
-                                    self.flush().await;
-                                }
-                            }
+                        if let Some(ack) = shutdown {
+                            self.shutdown(&mut rx, ack).await;
+                            return;
                         }
-                        self.flush().await;
-                        if !self.shared.spool.is_empty() {
-                            self.drain_spool().await;
-                        }
-                        let _ = ack.send(());
-                        return;
                     }
                     None => {
                         self.flush().await;
@@ -287,9 +336,74 @@ impl Writer {
         }
     }
 
-    fn accept(&mut self, mut rec: InterceptionRecord) {
-        self.shared.prepare(&mut rec);
-        self.batch.push(rec);
+    /// Writes everything still queued and tries the spool one last time.
+    async fn shutdown(&mut self, rx: &mut mpsc::Receiver<Msg>, ack: oneshot::Sender<()>) {
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            self.accept(msg);
+            if self.batch.len() >= BATCH_SIZE {
+                self.flush().await;
+            }
+        }
+        self.flush().await;
+        if !self.shared.spool.is_empty() {
+            self.drain_spool().await;
+        }
+        // Every request has its final record: the journal has nothing left to say.
+        self.shared.journal.close();
+        let _ = ack.send(());
+    }
+
+    /// Moves what a previous run left in the journal (requests in flight when it stopped)
+    /// into the store as `incomplete` entries, or into the spool if the store is down.
+    async fn replay_journal(&mut self) {
+        for (seg, records) in self.shared.journal.leftovers() {
+            if let Err(e) = self.store.insert_interceptions(&records).await {
+                tracing::warn!(error = %e, records = records.len(), "store unavailable; spooling the journal's start entries");
+                self.spool_blocking(records).await;
+            }
+            self.shared.journal.remove_leftover(&seg);
+        }
+    }
+
+    /// At start: what a previous run left in flight (it crashed or was killed) becomes
+    /// `incomplete` records.
+    async fn recover(&mut self) {
+        self.replay_journal().await;
+        self.mark_abandoned().await;
+    }
+
+    /// Marks `incomplete` entries from before this process started with the reason.
+    async fn mark_abandoned(&self) {
+        match self.store.mark_abandoned(self.started_at).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                records = n,
+                "interceptions left incomplete by a previous run (crash or kill): kept as `incomplete`"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot check for interceptions left incomplete by a previous run"),
+        }
+    }
+
+    fn accept(&mut self, msg: Msg) {
+        match msg {
+            Msg::Record(rec) => {
+                let mut rec = *rec;
+                self.shared.prepare(&mut rec);
+                self.batch.push(rec);
+            }
+            Msg::Shutdown(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    fn set_store_failure(&self, failure: Option<String>) {
+        *self
+            .shared
+            .store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = failure;
     }
 
     async fn flush(&mut self) {
@@ -299,16 +413,29 @@ impl Writer {
         let batch = std::mem::take(&mut self.batch);
         if !self.shared.spool.is_empty() {
             // Outage in progress: queue behind the spool rather than hit the store again.
+            let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
             self.spool_blocking(batch).await;
+            self.shared.journal.finished(ids);
             return;
         }
         match self.store.insert_interceptions(&batch).await {
-            Ok(_) => self.shared.telemetry.records_stored(batch.len() as u64),
+            Ok(_) => {
+                let finals = batch
+                    .iter()
+                    .filter(|r| r.outcome != Outcome::Incomplete)
+                    .count();
+                self.shared.telemetry.records_stored(finals as u64);
+                self.set_store_failure(None);
+                self.shared.journal.finished(batch.iter().map(|r| r.id));
+            }
             Err(e) => {
                 self.shared.telemetry.store_error();
-                tracing::warn!(error = %e, records = batch.len(), store = %self.store.describe(),
-                    "store unavailable; spooling interception records to disk");
+                tracing::error!(error = %e, records = batch.len(), store = %self.store.describe(),
+                    "store write failed; spooling interception records to disk");
+                self.set_store_failure(Some(e.to_string()));
+                let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
                 self.spool_blocking(batch).await;
+                self.shared.journal.finished(ids);
                 self.next_retry = Instant::now() + self.backoff;
             }
         }
@@ -331,6 +458,7 @@ impl Writer {
             Err(_) => return,
         };
         let mut stored = 0u64;
+        let mut replayed = 0u64;
         for seg in segments {
             let records = match self.shared.spool.read_segment(&seg) {
                 Ok(r) => r,
@@ -342,6 +470,7 @@ impl Writer {
             for chunk in records.chunks(BATCH_SIZE) {
                 if let Err(e) = self.store.insert_interceptions(chunk).await {
                     self.shared.telemetry.store_error();
+                    self.set_store_failure(Some(e.to_string()));
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     self.next_retry = Instant::now() + self.backoff;
                     tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64,
@@ -349,8 +478,14 @@ impl Writer {
                     return;
                 }
             }
-            stored += records.len() as u64;
-            self.shared.telemetry.records_stored(records.len() as u64);
+            let finals = records
+                .iter()
+                .filter(|r| r.outcome != Outcome::Incomplete)
+                .count() as u64;
+            stored += finals;
+            replayed += records.len() as u64;
+            self.shared.telemetry.records_stored(finals);
+            self.set_store_failure(None);
             if let Err(e) = self.shared.spool.remove_segment(&seg) {
                 tracing::error!(error = %e, "cannot remove a replayed spool segment");
                 return;
@@ -364,6 +499,10 @@ impl Writer {
                 records = stored,
                 "spooled interception records written to the store"
             );
+        }
+        if replayed > 0 {
+            // Start entries a previous run spooled and never finished are in the store now.
+            self.mark_abandoned().await;
         }
     }
 }
@@ -418,7 +557,7 @@ fn log_record(r: &InterceptionRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Outcome, Provider, Usage, WorkspaceContext};
+    use crate::record::{Provider, Usage, WorkspaceContext};
     use std::io::Write;
 
     #[derive(Clone, Default)]

@@ -1,9 +1,14 @@
 //! The HTTP server: binds, routes, serves until shutdown, then flushes the recorder.
 //!
 //! Provider routes (`/anthropic/...`, `/openai/...`) go to [`Gateway`]; the server itself
-//! answers `/healthz` (process alive), `/readyz` (store reachable, or records spooling to
-//! disk) and `/metrics` (Prometheus text from [`Telemetry`]). HTTP/1.1 with keep-alive, which
-//! is what every provider SDK speaks.
+//! answers `/healthz` (process alive), `/readyz` (store writable, or records spooling to
+//! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]). HTTP/1.1 with
+//! keep-alive, which is what every provider SDK speaks.
+//!
+//! Connections are capped (`limits.max_connections`, by default derived from the process's
+//! file-descriptor limit): beyond the cap a new connection gets an immediate 503 and is
+//! closed, instead of the accept loop failing on `EMFILE` and every new client waiting for
+//! idle ones to time out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,11 +24,13 @@ use tokio::net::TcpListener;
 use crate::config::BridgeConfig;
 use crate::error::Error;
 use crate::keys::Authenticator;
-use crate::proxy::{Gateway, ProxyBody, RecordSink};
+use crate::proxy::{ClientAddr, Gateway, ProxyBody, RecordSink};
 use crate::record::{InterceptionRecord, Provider};
 use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 /// Records go to the [`Recorder`], in-flight counts to [`Telemetry`].
 struct RecorderSink {
@@ -34,6 +41,9 @@ struct RecorderSink {
 impl RecordSink for RecorderSink {
     fn record(&self, rec: InterceptionRecord) {
         self.recorder.record(rec);
+    }
+    fn start(&self, rec: InterceptionRecord) {
+        self.recorder.record_start(rec);
     }
     fn request_started(&self, provider: Provider) {
         self.telemetry.request_started(provider);
@@ -58,7 +68,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let telemetry = Telemetry::init("bridge")?;
+    install_sigbus_report();
     let store = Store::open(&config.store).await?;
+    check_store_identity(&store, &config.spool_dir).await?;
+    telemetry.set_max_model_labels(config.max_model_labels);
     let recorder = Recorder::start(
         store.clone(),
         config.pricing.clone(),
@@ -99,7 +112,7 @@ pub async fn serve(
             "no --config given: using the built-in defaults"
         );
     }
-    let gateway = Gateway::new(
+    let gateway = Gateway::with_limits(
         config.providers.anthropic.clone(),
         config.providers.openai.clone(),
         Arc::new(Authenticator::new(store.clone())),
@@ -107,6 +120,7 @@ pub async fn serve(
             recorder: recorder.clone(),
             telemetry: telemetry.clone(),
         }),
+        config.limits,
     );
     let admin = Admin {
         store: store.clone(),
@@ -118,14 +132,21 @@ pub async fn serve(
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", config.listen)))?;
     // The bound address, which differs from the configured one for port 0.
     let listen = listener.local_addr().unwrap_or(config.listen);
+    let conn_limits = ConnLimits {
+        max_connections: config
+            .max_connections
+            .unwrap_or_else(default_max_connections),
+        header_read_timeout: config.header_read_timeout,
+    };
     tracing::info!(
         listen = %listen,
+        max_connections = conn_limits.max_connections,
         store = store.describe(),
         anthropic_base_url = %format!("http://{listen}/anthropic"),
         openai_base_url = %format!("http://{listen}/openai/v1"),
         "bridge serving"
     );
-    run(listener, gateway, Some(admin), shutdown).await;
+    run(listener, gateway, Some(admin), shutdown, conn_limits).await;
     recorder.shutdown().await;
     tracing::info!("bridge stopped; records flushed");
     Ok(())
@@ -137,7 +158,88 @@ pub async fn serve_gateway(
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    run(listener, gateway, None, shutdown).await;
+    let limits = ConnLimits {
+        max_connections: default_max_connections(),
+        header_read_timeout: crate::config::DEFAULT_HEADER_READ_TIMEOUT,
+    };
+    run(listener, gateway, None, shutdown, limits).await;
+}
+
+/// Bounds on client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Half the file descriptors the process may open (each client connection may need one to
+/// the upstream too), less a reserve for the store, the spool and logs. Raises the soft limit
+/// to the hard one first, as servers commonly do.
+pub fn default_max_connections() -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                if lim.rlim_cur < lim.rlim_max {
+                    let raised = libc::rlimit {
+                        rlim_cur: lim.rlim_max,
+                        rlim_max: lim.rlim_max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                        lim = raised;
+                    }
+                }
+                let fds = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX / 2);
+                return (fds.saturating_sub(64) / 2).clamp(16, 1 << 20);
+            }
+        }
+    }
+    1024
+}
+
+/// What a connection over the cap is told before it is closed. Both providers' SDKs read
+/// `error.message` (Anthropic also `type`/`error.type`, OpenAI `error.code`), and the provider
+/// is not known before the request is read, so the body satisfies both formats.
+fn over_capacity_response(max: usize) -> String {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": "overloaded_error",
+            "code": "too_many_connections",
+            "param": null,
+            "message": format!("bridge has its maximum of {max} connections open (limits.max_connections); retry shortly"),
+        }
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+    let reply = over_capacity_response(max);
+    let work = async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent (bounded) so closing does not reset the connection
+        // before it has read the answer.
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
 }
 
 async fn run(
@@ -145,9 +247,12 @@ async fn run(
     gateway: Gateway,
     admin: Option<Admin>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnLimits,
 ) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -161,10 +266,19 @@ async fn run(
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(max_connections = limits.max_connections, client_addr = %peer, "connection limit reached; refusing new connections with 503");
+                last_refusal_log = Some(std::time::Instant::now());
+            }
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let admin = admin.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
             let gateway = gateway.clone();
             let admin = admin.clone();
             async move {
@@ -173,13 +287,14 @@ async fn run(
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -219,22 +334,85 @@ async fn dispatch(
     }
 }
 
-/// Ready when the store answers, or when it does not but records can still be spooled.
+/// Ready when the store takes writes, or when it does not but records can still be spooled.
+/// `store` says which: "ok", or why not (the last write's error, or the probe's). The probe is
+/// cheap (no scan of the records): on SQLite a check that the file is still the one opened,
+/// on PostgreSQL `SELECT 1`.
 async fn readiness(a: &Admin) -> Response<ProxyBody> {
-    let probe = tokio::time::timeout(Duration::from_secs(2), a.store.count_interceptions()).await;
+    let probe = tokio::time::timeout(Duration::from_secs(2), a.store.probe()).await;
     let (records, bytes) = a.recorder.spool_depth();
-    let store = match probe {
-        Ok(Ok(_)) => "ok",
-        Ok(Err(_)) => "unreachable",
-        Err(_) => "timeout",
+    let failure = match probe {
+        Ok(Ok(())) => a.recorder.store_failure(),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("store probe timed out after 2 s".into()),
     };
+    a.telemetry.set_store_up(failure.is_none());
+    let spool_ok = a.telemetry.spool_dropped_total() == 0;
+    let ready = failure.is_none() || spool_ok;
     let body = serde_json::json!({
-        "ready": true,
-        "store": store,
+        "ready": ready,
+        "store": if failure.is_none() { "ok" } else { "failing" },
+        "store_error": failure,
         "spooled_records": records,
         "spooled_bytes": bytes,
     });
-    text(StatusCode::OK, "application/json", body.to_string())
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", body.to_string())
+}
+
+/// Refuses to serve on a store that is not the one this bridge used before (its id is kept
+/// next to the spool): a deleted or replaced database would otherwise be silently recreated
+/// empty, with every key and record gone.
+async fn check_store_identity(store: &Store, spool_dir: &std::path::Path) -> Result<(), Error> {
+    let id = store.identity().await?;
+    let marker = spool_dir.join("store-id");
+    match std::fs::read_to_string(&marker) {
+        Ok(known) if known.trim() == id => Ok(()),
+        Ok(known) => Err(Error::Store(format!(
+            "store {} is not the store this bridge used before (its id is {id}, {} says {}): it was deleted or replaced. Restore it, or delete {} to start on this store",
+            store.describe(),
+            marker.display(),
+            known.trim(),
+            marker.display()
+        ))),
+        Err(_) => {
+            std::fs::create_dir_all(spool_dir).map_err(|e| Error::Spool {
+                path: spool_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            std::fs::write(&marker, format!("{id}\n")).map_err(|e| Error::Spool {
+                path: marker.display().to_string(),
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// A SIGBUS means SQLite's memory-mapped `-shm` file became unusable under it (truncated, or
+/// on a full disk): the process cannot continue, but it must not die without a word. The
+/// handler writes one JSON log line (async-signal-safe: a static buffer and `write(2)`), then
+/// restores the default action and lets the signal kill the process.
+fn install_sigbus_report() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_sigbus(_: libc::c_int) {
+            const MSG: &[u8] = b"{\"level\":\"ERROR\",\"message\":\"SIGBUS: the SQLite shared-memory file (-shm) became unusable (truncated, made unwritable or on a full disk); bridge stops. Records not yet stored are in the spool; fix the store and restart\",\"target\":\"bridge::server\"}\n";
+            // SAFETY: write(2), signal(2) and raise(3) are async-signal-safe.
+            unsafe {
+                libc::write(2, MSG.as_ptr().cast(), MSG.len());
+                libc::signal(libc::SIGBUS, libc::SIG_DFL);
+                libc::raise(libc::SIGBUS);
+            }
+        }
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe {
+            libc::signal(libc::SIGBUS, on_sigbus as *const () as libc::sighandler_t);
+        }
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {

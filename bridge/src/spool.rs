@@ -7,6 +7,11 @@
 //! idempotent by record id, so a crash between commit and delete at worst replays records
 //! the store then ignores. The total size is bounded; when full, records are dropped with a
 //! warning and counted (`bridge_spool_dropped_total`) rather than filling the disk.
+//!
+//! The same format serves as the recorder's *journal* of intercept-start entries
+//! ([`Spool::open_journal`]): appended before a request goes upstream, and written without
+//! fsync, the durability SQLite gives the store itself (WAL, `synchronous=NORMAL`): it
+//! survives the process being killed, not the machine losing power.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -38,6 +43,8 @@ struct State {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    /// fsync each append (the outage spool) or not (the start-entry journal).
+    sync: bool,
     state: Mutex<State>,
 }
 
@@ -67,6 +74,15 @@ fn segment_seq(path: &Path) -> Option<u64> {
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, counting what a previous run left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, Error> {
+        Self::open_with(dir, max_bytes, true)
+    }
+
+    /// A journal: like a spool, but appends are not fsynced (see the module docs).
+    pub fn open_journal(dir: &Path, max_bytes: u64) -> Result<Spool, Error> {
+        Self::open_with(dir, max_bytes, false)
+    }
+
+    fn open_with(dir: &Path, max_bytes: u64, sync: bool) -> Result<Spool, Error> {
         std::fs::create_dir_all(dir).map_err(|e| spool_err(dir, e))?;
         let mut records = 0;
         let mut bytes = 0;
@@ -80,6 +96,7 @@ impl Spool {
         Ok(Spool {
             dir: dir.to_path_buf(),
             max_bytes,
+            sync,
             state: Mutex::new(State {
                 current: None,
                 next_seq,
@@ -103,9 +120,17 @@ impl Spool {
         self.depth().0 == 0
     }
 
-    /// Appends records durably (written and fsynced before returning). Records that do not
-    /// fit under the size bound are dropped and counted in the result.
+    /// Appends records durably (written, and for a spool fsynced, before returning). Records
+    /// that do not fit under the size bound are dropped and counted in the result.
     pub fn append(&self, records: &[InterceptionRecord]) -> Result<Appended, Error> {
+        self.append_in_segment(records).map(|(a, _)| a)
+    }
+
+    /// [`Spool::append`], also returning the sequence number of the segment written to.
+    pub fn append_in_segment(
+        &self,
+        records: &[InterceptionRecord],
+    ) -> Result<(Appended, u64), Error> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut buf = Vec::new();
         let mut written = 0;
@@ -129,7 +154,8 @@ impl Spool {
             );
         }
         if buf.is_empty() {
-            return Ok(Appended { written, dropped });
+            let seq = s.current.as_ref().map(|c| c.seq).unwrap_or(s.next_seq);
+            return Ok((Appended { written, dropped }, seq));
         }
         if s.current.as_ref().is_none_or(|c| c.bytes >= SEGMENT_BYTES) {
             let seq = s.next_seq;
@@ -149,11 +175,25 @@ impl Spool {
         let cur = s.current.as_mut().expect("opened above");
         let path = self.dir.join(format!("segment-{:012}.jsonl", cur.seq));
         cur.file.write_all(&buf).map_err(|e| spool_err(&path, e))?;
-        cur.file.sync_data().map_err(|e| spool_err(&path, e))?;
+        if self.sync {
+            cur.file.sync_data().map_err(|e| spool_err(&path, e))?;
+        }
+        let seq = cur.seq;
         cur.bytes += buf.len() as u64;
         s.bytes += buf.len() as u64;
         s.records += written;
-        Ok(Appended { written, dropped })
+        Ok((Appended { written, dropped }, seq))
+    }
+
+    /// Sequence number of the segment being appended to, if any.
+    pub fn current_segment(&self) -> Option<u64> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.current.as_ref().map(|c| c.seq)
+    }
+
+    /// Path of segment `seq`.
+    pub fn segment_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("segment-{seq:012}.jsonl"))
     }
 
     /// Closes the segment being written and returns all segments, oldest first. Appends made

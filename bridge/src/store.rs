@@ -64,6 +64,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS interceptions_started_at ON interceptions (started_at);
     CREATE INDEX IF NOT EXISTS interceptions_user ON interceptions (user_name, started_at)",
+    // 2: the store's identity, so a bridge notices when its store was deleted or replaced;
+    // an index to find intercept-start entries a crash left behind without a scan.
+    "CREATE TABLE IF NOT EXISTS bridge_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS interceptions_outcome ON interceptions (outcome, started_at)",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \
@@ -117,7 +121,7 @@ impl Value {
 // One Backend exists per store, behind an Arc: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Backend {
-    Sqlite(Arc<StdMutex<rusqlite::Connection>>),
+    Sqlite(Arc<StdMutex<rusqlite::Connection>>, Arc<SqliteFile>),
     Postgres {
         config: String,
         client: AsyncMutex<Option<tokio_postgres::Client>>,
@@ -206,11 +210,14 @@ impl Store {
                 });
             }
             let path = PathBuf::from(path);
-            let conn = tokio::task::spawn_blocking(move || open_sqlite(&path))
+            let (conn, file) = tokio::task::spawn_blocking(move || open_sqlite(&path))
                 .await
                 .map_err(store_err)??;
             Store {
-                backend: Arc::new(Backend::Sqlite(Arc::new(StdMutex::new(conn)))),
+                backend: Arc::new(Backend::Sqlite(
+                    Arc::new(StdMutex::new(conn)),
+                    Arc::new(file),
+                )),
                 description: Arc::new(url.to_string()),
             }
         };
@@ -259,7 +266,7 @@ impl Store {
     /// Runs several statements without parameters.
     async fn execute_batch(&self, sql: &str) -> Result<(), Error> {
         match &*self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite(conn, _) => {
                 let conn = conn.clone();
                 let sql = sql.to_string();
                 tokio::task::spawn_blocking(move || {
@@ -294,17 +301,30 @@ impl Store {
         sql: &str,
         param_sets: Vec<Vec<Value>>,
     ) -> Result<u64, Error> {
+        self.execute_groups(vec![(sql.to_string(), param_sets)])
+            .await
+    }
+
+    /// Runs each statement once per parameter set, all in one transaction, in order; returns
+    /// the number of rows changed. On SQLite, first checks that the database file is still
+    /// the one opened (see [`SqliteFile::check`]): writing to a deleted file would "succeed"
+    /// into nothing.
+    pub(crate) async fn execute_groups(
+        &self,
+        groups: Vec<(String, Vec<Vec<Value>>)>,
+    ) -> Result<u64, Error> {
         match &*self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite(conn, file) => {
                 let conn = conn.clone();
-                let sql = to_sqlite_sql(sql);
+                let file = file.clone();
                 tokio::task::spawn_blocking(move || {
+                    file.check()?;
                     let mut conn = conn.lock().map_err(store_err)?;
                     let tx = conn.transaction().map_err(store_err)?;
                     let mut changed = 0u64;
-                    {
-                        let mut stmt = tx.prepare_cached(&sql).map_err(store_err)?;
-                        for params in &param_sets {
+                    for (sql, param_sets) in &groups {
+                        let mut stmt = tx.prepare_cached(&to_sqlite_sql(sql)).map_err(store_err)?;
+                        for params in param_sets {
                             let bound: Vec<&dyn rusqlite::ToSql> =
                                 params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
                             changed += stmt.execute(&bound[..]).map_err(store_err)? as u64;
@@ -317,18 +337,19 @@ impl Store {
                 .map_err(store_err)?
             }
             Backend::Postgres { .. } => {
-                let sql = sql.to_string();
                 self.with_pg(move |client| {
                     Box::pin(async move {
                         let tx = client.transaction().await?;
-                        let stmt = tx.prepare(&sql).await?;
                         let mut changed = 0u64;
-                        for params in &param_sets {
-                            let bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                                .iter()
-                                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                                .collect();
-                            changed += tx.execute(&stmt, &bound).await?;
+                        for (sql, param_sets) in &groups {
+                            let stmt = tx.prepare(sql).await?;
+                            for params in param_sets {
+                                let bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                                    .iter()
+                                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                                    .collect();
+                                changed += tx.execute(&stmt, &bound).await?;
+                            }
                         }
                         tx.commit().await?;
                         Ok(changed)
@@ -339,6 +360,21 @@ impl Store {
         }
     }
 
+    /// Checks that the store can be written now without writing a record: on SQLite that its
+    /// file is still the one opened and its shared-memory file is writable, on PostgreSQL
+    /// that the server answers.
+    pub async fn probe(&self) -> Result<(), Error> {
+        match &*self.backend {
+            Backend::Sqlite(_, file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || file.check())
+                    .await
+                    .map_err(store_err)?
+            }
+            Backend::Postgres { .. } => self.query("SELECT 1", vec![]).await.map(|_| ()),
+        }
+    }
+
     /// Runs a query and returns its rows as values.
     pub(crate) async fn query(
         &self,
@@ -346,7 +382,7 @@ impl Store {
         params: Vec<Value>,
     ) -> Result<Vec<Vec<Value>>, Error> {
         match &*self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite(conn, _) => {
                 let conn = conn.clone();
                 let sql = to_sqlite_sql(sql);
                 tokio::task::spawn_blocking(move || {
@@ -543,19 +579,77 @@ impl Store {
 
     // ---- interceptions ----
 
-    /// Inserts records in one transaction; a record whose id is already stored is skipped, so
-    /// replaying a spool never duplicates. Returns how many were new.
+    /// Writes records in one transaction. An intercept-start entry (outcome `incomplete`) is
+    /// inserted only if its id is not stored yet; a final record replaces the entry with its
+    /// id. So replaying a spool never duplicates, and a start entry replayed after its final
+    /// record never overwrites it. Returns how many rows changed.
     pub async fn insert_interceptions(&self, records: &[InterceptionRecord]) -> Result<u64, Error> {
         if records.is_empty() {
             return Ok(0);
         }
         let placeholders: Vec<String> = (1..=26).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "INSERT INTO interceptions ({INTERCEPTION_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
-            placeholders.join(", ")
-        );
-        let sets = records.iter().map(record_params).collect();
-        self.execute_many(&sql, sets).await
+        let values = placeholders.join(", ");
+        let (starts, finals): (Vec<_>, Vec<_>) = records
+            .iter()
+            .partition(|r| r.outcome == Outcome::Incomplete);
+        let mut groups = Vec::with_capacity(2);
+        if !starts.is_empty() {
+            groups.push((
+                format!(
+                    "INSERT INTO interceptions ({INTERCEPTION_COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+                ),
+                starts.into_iter().map(record_params).collect(),
+            ));
+        }
+        if !finals.is_empty() {
+            let updates: Vec<String> = INTERCEPTION_COLUMNS
+                .split(", ")
+                .skip(1)
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            groups.push((
+                format!(
+                    "INSERT INTO interceptions ({INTERCEPTION_COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO UPDATE SET {}",
+                    updates.join(", ")
+                ),
+                finals.into_iter().map(record_params).collect(),
+            ));
+        }
+        self.execute_groups(groups).await
+    }
+
+    /// Marks intercept-start entries that a previous run left without a final record (it
+    /// crashed or was killed): they stay `incomplete`, with an error saying why. Returns how
+    /// many there were. A final record arriving later (from the spool) still replaces them.
+    pub async fn mark_abandoned(&self, before: DateTime<Utc>) -> Result<u64, Error> {
+        self.execute(
+            "UPDATE interceptions SET error = $1 WHERE outcome = 'incomplete' AND error IS NULL AND started_at < $2",
+            vec![
+                Value::Text(Some("bridge stopped before this request finished (crash or kill): outcome and usage unknown".into())),
+                Value::Int(Some(micros(before))),
+            ],
+        )
+        .await
+    }
+
+    /// The store's identity, created on first call. A bridge remembers it (next to its spool)
+    /// to notice a store that was deleted or replaced between runs.
+    pub async fn identity(&self) -> Result<String, Error> {
+        let fresh = Uuid::now_v7().to_string();
+        self.execute(
+            "INSERT INTO bridge_meta (name, value) VALUES ('store_id', $1) ON CONFLICT (name) DO NOTHING",
+            vec![Value::Text(Some(fresh))],
+        )
+        .await?;
+        let rows = self
+            .query(
+                "SELECT value FROM bridge_meta WHERE name = 'store_id'",
+                vec![],
+            )
+            .await?;
+        rows.first()
+            .map(|r| r[0].text())
+            .ok_or_else(|| Error::Store("store identity missing after insert".into()))
     }
 
     /// Number of stored interceptions.
@@ -710,7 +804,91 @@ fn record_from_row(r: Vec<Value>) -> Result<InterceptionRecord, Error> {
     })
 }
 
-fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, Error> {
+/// The SQLite database file as opened: its path and identity (device and inode).
+///
+/// SQLite keeps writing to a database file that was deleted or replaced on disk (it holds the
+/// old inode open), so every commit would "succeed" into a file nobody will ever read. Each
+/// write first compares the path's identity with the one opened, and fails (records spool)
+/// if they differ. It also checks that the `-shm` file is still a writable regular file:
+/// SQLite maps it into memory, and a mapping it cannot write kills the process with SIGBUS
+/// instead of returning an error.
+pub(crate) struct SqliteFile {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl SqliteFile {
+    fn check(&self) -> Result<(), Error> {
+        let now = file_id(&self.path).map_err(|e| {
+            Error::Store(format!(
+                "database file {} is gone ({e}): it was deleted while the bridge was running; records are spooled until it is restored",
+                self.path.display()
+            ))
+        })?;
+        if self.id.is_some_and(|id| id != now) {
+            return Err(Error::Store(format!(
+                "database file {} was replaced while the bridge was running (not the file it opened); records are spooled until the bridge is restarted on the right file",
+                self.path.display()
+            )));
+        }
+        check_shm(&self.path)
+    }
+}
+
+#[cfg(unix)]
+fn file_id(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    std::fs::metadata(path).map(|_| (0, 0))
+}
+
+/// Fails if the database's `-shm` file exists but cannot be written.
+///
+/// Only `stat(2)` and `access(2)`, never `open(2)`: SQLite's locks on the `-shm` are POSIX
+/// advisory locks, which a process loses when it closes *any* descriptor of that file. A check
+/// that opened and closed the file would drop the store's own locks, and the next process to
+/// open the database (the CLI) would take itself for the first, truncate the `-shm`, and the
+/// bridge would die of SIGBUS on its mapping.
+fn check_shm(db: &std::path::Path) -> Result<(), Error> {
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let shm = PathBuf::from(shm);
+    let Ok(meta) = std::fs::metadata(&shm) else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.permissions().readonly() || !writable(&shm) {
+        return Err(Error::Store(format!(
+            "{} is not a writable file: SQLite cannot use its shared memory (fix its permissions or remove it while no bridge runs)",
+            shm.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `access(path, W_OK)`: whether this process may write the file, without opening it.
+#[cfg(unix)]
+fn writable(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn writable(_path: &std::path::Path) -> bool {
+    true
+}
+
+fn open_sqlite(path: &std::path::Path) -> Result<(rusqlite::Connection, SqliteFile), Error> {
+    // Before SQLite maps it: an unwritable -shm would be a SIGBUS later, an error now.
+    check_shm(path)?;
     let conn = rusqlite::Connection::open(path)
         .map_err(|e| Error::Store(format!("opening {}: {e}", path.display())))?;
     // WAL: readers (the CLI) never block the writer (the recorder). The busy timeout is short
@@ -721,7 +899,15 @@ fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, Error> {
         .map_err(store_err)?;
     conn.busy_timeout(Duration::from_secs(2))
         .map_err(store_err)?;
-    Ok(conn)
+    // `:memory:` and the like have no file to watch.
+    let id = file_id(path).ok();
+    Ok((
+        conn,
+        SqliteFile {
+            path: path.to_path_buf(),
+            id,
+        },
+    ))
 }
 
 /// Removes the password from a URL like `postgres://user:secret@host/db`.
@@ -781,4 +967,49 @@ impl tokio_postgres::types::ToSql for Value {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("bridge-store-{tag}-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_unwritable_shm_file_is_refused_before_sqlite_maps_it() {
+        let dir = temp_dir("shm");
+        let db = dir.join("bridge.db");
+        let shm = dir.join("bridge.db-shm");
+        assert!(check_shm(&db).is_ok(), "no -shm yet is fine");
+        std::fs::write(&shm, b"").unwrap();
+        assert!(check_shm(&db).is_ok());
+        let mut perms = std::fs::metadata(&shm).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&shm, perms).unwrap();
+        let e = check_shm(&db).unwrap_err().to_string();
+        assert!(e.contains("bridge.db-shm is not a writable file"), "{e}");
+        let e = open_sqlite(&db).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("-shm"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_file_deleted_or_replaced_under_the_store_fails_the_check() {
+        let dir = temp_dir("identity");
+        let db = dir.join("bridge.db");
+        let (_conn, file) = open_sqlite(&db).unwrap();
+        assert!(file.check().is_ok());
+        std::fs::remove_file(&db).unwrap();
+        let e = file.check().unwrap_err().to_string();
+        assert!(e.contains("deleted"), "{e}");
+        std::fs::write(&db, b"").unwrap();
+        let e = file.check().unwrap_err().to_string();
+        assert!(e.contains("replaced"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

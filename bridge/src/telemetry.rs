@@ -6,6 +6,11 @@
 //! The recorder feeds this module once per finished request; the request path only moves the
 //! in-flight gauge. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same observations are
 //! exported as OTLP GenAI spans and metrics ([`otlp`]).
+//!
+//! Model names come from clients, so they are bounded before becoming labels: a model gets
+//! its own label only if it is priced (the recorder found it in the pricing table) and fewer
+//! than [`DEFAULT_MAX_MODEL_LABELS`] (configurable) models have one already; every other
+//! request counts under `model="other"`.
 
 pub mod otlp;
 
@@ -15,6 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
 use crate::record::{InterceptionRecord, Provider};
+
+/// Default bound on distinct `model` label values.
+pub const DEFAULT_MAX_MODEL_LABELS: usize = 200;
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
 const DURATION_BUCKETS: &[f64] = &[
@@ -60,6 +68,10 @@ struct Metrics {
     spool_dropped: u64,
     store_errors: u64,
     records_stored: u64,
+    store_up: bool,
+    /// Models that have their own label.
+    model_labels: std::collections::BTreeSet<String>,
+    max_model_labels: usize,
 }
 
 /// Handle to the process's telemetry; cheap to clone.
@@ -124,7 +136,11 @@ impl Telemetry {
     pub fn metrics_only(service_name: &str) -> Telemetry {
         Telemetry {
             service_name: Arc::new(service_name.to_string()),
-            metrics: Arc::new(Mutex::new(Metrics::default())),
+            metrics: Arc::new(Mutex::new(Metrics {
+                store_up: true,
+                max_model_labels: DEFAULT_MAX_MODEL_LABELS,
+                ..Metrics::default()
+            })),
             otlp: None,
         }
     }
@@ -144,13 +160,41 @@ impl Telemetry {
         self.with(|m| *m.in_flight.entry(provider.as_str().into()).or_default() -= 1);
     }
 
+    /// Bounds the distinct `model` label values.
+    pub fn set_max_model_labels(&self, n: usize) {
+        self.with(|m| m.max_model_labels = n);
+    }
+
+    /// Whether the store took its last write (`bridge_store_up`).
+    pub fn set_store_up(&self, up: bool) {
+        self.with(|m| m.store_up = up);
+    }
+
+    /// The label a record's model counts under (see the module docs).
+    fn model_label(m: &mut Metrics, r: &InterceptionRecord) -> String {
+        let Some(model) = r.model.as_deref() else {
+            return String::new();
+        };
+        if r.cost_usd.is_none() || model.len() > 128 || model.chars().any(char::is_control) {
+            return "other".into();
+        }
+        if m.model_labels.contains(model) {
+            return model.to_owned();
+        }
+        if m.model_labels.len() < m.max_model_labels {
+            m.model_labels.insert(model.to_owned());
+            return model.to_owned();
+        }
+        "other".into()
+    }
+
     /// Counts a finished request (called by the recorder, after pricing).
     pub fn observe_record(&self, r: &InterceptionRecord) {
-        if let Some(o) = &self.otlp {
-            o.observe(r);
-        }
         let provider = r.provider.as_str().to_string();
-        let model = r.model.clone().unwrap_or_default();
+        let model = self.with(|m| Self::model_label(m, r));
+        if let Some(o) = &self.otlp {
+            o.observe(r, &model);
+        }
         self.with(|m| {
             *m.requests
                 .entry((provider.clone(), model.clone(), r.outcome.as_str().into()))
@@ -192,12 +236,18 @@ impl Telemetry {
 
     /// A failed store write.
     pub fn store_error(&self) {
-        self.with(|m| m.store_errors += 1);
+        self.with(|m| {
+            m.store_errors += 1;
+            m.store_up = false;
+        });
     }
 
-    /// Records written to the store.
+    /// Records written to the store (a successful write: the store is up).
     pub fn records_stored(&self, n: u64) {
-        self.with(|m| m.records_stored += n);
+        self.with(|m| {
+            m.records_stored += n;
+            m.store_up = true;
+        });
     }
 
     /// Store write failures so far.
@@ -334,6 +384,13 @@ impl Telemetry {
             let _ = writeln!(out, "bridge_store_errors_total {}", m.store_errors);
             header(
                 &mut out,
+                "bridge_store_up",
+                "gauge",
+                "1 if the last write to the store succeeded, 0 if records are being spooled.",
+            );
+            let _ = writeln!(out, "bridge_store_up {}", u8::from(m.store_up));
+            header(
+                &mut out,
                 "bridge_records_stored_total",
                 "counter",
                 "Records written to the store.",
@@ -353,4 +410,56 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Outcome, Usage, WorkspaceContext};
+
+    fn rec(model: &str, priced: bool) -> InterceptionRecord {
+        InterceptionRecord {
+            id: uuid::Uuid::now_v7(),
+            user: "u".into(),
+            key_id: None,
+            provider: Provider::Openai,
+            endpoint: "/v1/chat/completions".into(),
+            model: Some(model.into()),
+            client: None,
+            streaming: false,
+            started_at: chrono::Utc::now(),
+            ttfb_ms: None,
+            duration_ms: 1.0,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: Usage::default(),
+            cost_usd: priced.then_some(0.0),
+            prompt: None,
+            tools_offered: vec![],
+            tool_calls: vec![],
+            context: WorkspaceContext::default(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn client_chosen_model_names_cannot_grow_the_metrics_without_bound() {
+        let t = Telemetry::metrics_only("test");
+        t.set_max_model_labels(3);
+        t.observe_record(&rec("gpt-4o", true));
+        for i in 0..301 {
+            // Unpriced names (anything a client makes up) never get a label of their own...
+            t.observe_record(&rec(&format!("made-up-{i}-{}", "x".repeat(1000)), false));
+            // ...and priced-looking ones stop getting one at the bound.
+            t.observe_record(&rec(&format!("gpt-4o-{i}"), true));
+        }
+        let text = t.render_prometheus();
+        assert!(text.len() < 8 * 1024, "{} bytes", text.len());
+        assert!(!text.contains("made-up"));
+        assert!(text.contains(r#"model="gpt-4o",outcome="ok"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"model="other",outcome="ok"} 600"#),
+            "{text}"
+        );
+    }
 }

@@ -189,6 +189,14 @@ pub fn render_table<const N: usize>(
     rows: &[[String; N]],
     total_row: bool,
 ) -> String {
+    // Cells come from clients (model names, user agents, prompts): escape anything a terminal
+    // would interpret, and line breaks that would forge rows.
+    let header: [String; N] = header.clone().map(|c| terminal_safe(&c));
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| terminal_safe(&c)))
+        .collect();
+    let (header, rows) = (&header, &rows[..]);
     let mut widths = [0usize; N];
     for r in std::iter::once(header).chain(rows.iter()) {
         for (i, c) in r.iter().enumerate() {
@@ -230,18 +238,91 @@ pub fn render_table<const N: usize>(
     out
 }
 
-/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break.
+/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break. A field that
+/// a spreadsheet would take for a formula (starting with `=`, `+`, `-`, `@`, tab or carriage
+/// return) is prefixed with `'`, so opening an export never runs what a client wrote.
 pub fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{s}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s.into_owned()
     }
+}
+
+/// Text safe to print on one line of a terminal: control characters (escape sequences, line
+/// breaks, tabs, C1 controls) and bidirectional overrides are shown escaped (`\n`, `\u{1b}`)
+/// instead of being interpreted.
+pub fn terminal_safe(s: &str) -> String {
+    escape_for_terminal(s, false)
+}
+
+/// [`terminal_safe`] for multi-line text (a prompt): line breaks are kept, the rest escaped.
+pub fn terminal_safe_multiline(s: &str) -> String {
+    escape_for_terminal(s, true)
+}
+
+fn escape_for_terminal(s: &str, keep_newlines: bool) -> String {
+    let dangerous = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(dangerous) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' if !keep_newlines => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if dangerous(c) => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        for f in ["+1", "-1+2", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(
+                csv_field(f).trim_start_matches('"').starts_with('\''),
+                "{f}"
+            );
+        }
+        assert_eq!(csv_field("claude-sonnet-4"), "claude-sonnet-4");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
+
+    #[test]
+    fn terminal_output_escapes_control_sequences_and_forged_rows() {
+        assert_eq!(
+            terminal_safe("gpt\u{1b}[2J\nfake row"),
+            "gpt\\u{1b}[2J\\nfake row"
+        );
+        assert_eq!(terminal_safe("\u{202e}evil"), "\\u{202e}evil");
+        assert_eq!(
+            terminal_safe_multiline("line 1\nline\u{7} 2"),
+            "line 1\nline\\u{7} 2"
+        );
+        let header = ["MODEL".to_string()];
+        let table = render_table(&header, &[["a\nb\u{1b}]0;x\u{7}".to_string()]], false);
+        assert_eq!(table.lines().count(), 2, "{table}");
+        assert!(!table.contains('\u{1b}'), "{table}");
+    }
 
     #[test]
     fn since_accepts_relative_durations_and_dates() {

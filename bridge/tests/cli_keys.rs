@@ -232,3 +232,73 @@ fn every_subcommand_explains_itself_with_help() {
             && text.contains("--store")
     );
 }
+
+#[tokio::test]
+async fn hostile_strings_cannot_drive_the_terminal_forge_rows_or_become_spreadsheet_formulas() {
+    let dir = TempDir::new("cli-hostile");
+    let db = dir.path().join("bridge.db");
+    let db = db.to_str().unwrap();
+    let store = Store::open(db).await.unwrap();
+    let mut r = record(
+        "mallory",
+        Provider::Openai,
+        "gpt-4o\u{1b}]0;pwned\u{7}\nffffffff-fake-row  2099-01-01",
+        Utc::now(),
+        1,
+        1,
+    );
+    r.prompt = Some("=HYPERLINK(\"http://127.0.0.1/x\",\"click\")\n\u{1b}[2Jcleared".into());
+    r.client = Some("@SUM(A1:A9)".into());
+    store.insert_interceptions(&[r.clone()]).await.unwrap();
+
+    let show = stdout(&bridge(&["interceptions", "show", &r.id.to_string()], db));
+    assert!(
+        !show.contains('\u{1b}') && !show.contains('\u{7}'),
+        "{show:?}"
+    );
+    assert!(show.contains("\\u{1b}]0;pwned"), "{show}");
+    let list = stdout(&bridge(&["interceptions", "list"], db));
+    assert!(!list.contains('\u{1b}'), "{list:?}");
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "a newline in a model forged a row: {list}"
+    );
+    let csv = stdout(&bridge(&["interceptions", "list", "--format", "csv"], db));
+    assert!(csv.contains("\"'=HYPERLINK("), "{csv}");
+    assert!(csv.contains(",'@SUM(A1:A9),"), "{csv}");
+    assert!(!csv.contains(",=") && !csv.contains(",\"="), "{csv}");
+}
+
+/// The CLI reads the database while the store writes to it, as an operator running
+/// `bridge usage` next to `bridge serve` does. Nothing in the store may release SQLite's locks
+/// on the `-shm` file (opening and closing it would): the CLI would then truncate it under the
+/// writer's mapping and the writer would die of SIGBUS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reading_while_the_store_writes_never_takes_the_writer_down() {
+    let dir = TempDir::new("cli-concurrent");
+    let db = dir.path().join("bridge.db");
+    let db = db.to_str().unwrap().to_string();
+    let store = Store::open(&db).await.unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for _ in 0..15 {
+                    let o = bridge(&["interceptions", "list", "--limit", "5"], &db);
+                    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                }
+            })
+        })
+        .collect();
+    let mut written = 0;
+    while readers.iter().any(|r| !r.is_finished()) {
+        let r = record("w", Provider::Openai, "gpt-4o", Utc::now(), 1, 1);
+        store.insert_interceptions(&[r]).await.unwrap();
+        written += 1;
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(store.count_interceptions().await.unwrap(), written);
+}

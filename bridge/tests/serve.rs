@@ -183,7 +183,10 @@ async fn serve_without_a_config_uses_loopback_and_sqlite_in_the_working_director
         request(
             Method::GET,
             &format!("{url}/openai/v1/models"),
-            &[("authorization", "Bearer brg_nobody")],
+            &[(
+                "authorization",
+                "Bearer brg_nobody0123456789abcdefghijklmnopqrstuvwxyz",
+            )],
             "",
         ),
     )
@@ -218,10 +221,36 @@ async fn serve_without_a_config_uses_loopback_and_sqlite_in_the_working_director
     assert_eq!(unconfigured[1].0, "openai");
     assert!(unconfigured[1].1.contains("set OPENAI_API_KEY"));
     assert!(lines.iter().all(|l| l["level"] != "WARN"
+        || l["message"] == "authentication failed"
         || l["message"]
             .as_str()
             .unwrap()
             .starts_with("provider not configured")));
+    // The rejected token is traceable: who (address), where (path), which key (a prefix).
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "authentication failed")
+        .expect("the failed authentication is logged");
+    assert!(
+        failed["client_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{failed}"
+    );
+    assert_eq!(failed["path"], "/openai/v1/models");
+    assert_eq!(failed["key_prefix"], "brg_nobody…");
+    assert_eq!(failed["reason"], "unknown or revoked token");
+    let store = Store::open(&cwd.join("bridge.db").display().to_string())
+        .await
+        .unwrap();
+    let recs = store.list_interceptions(&Default::default()).await.unwrap();
+    let rejected: Vec<_> = recs.iter().filter(|r| r.status == 401).collect();
+    assert_eq!(rejected.len(), 1, "{recs:?}");
+    let err = rejected[0].error.as_deref().unwrap();
+    assert!(
+        err.contains("from 127.0.0.1:") && err.contains("/openai/v1/models"),
+        "{err}"
+    );
     let serving = lines
         .iter()
         .find(|l| l["message"] == "bridge serving")
@@ -415,6 +444,7 @@ async fn serve_on_postgres_keeps_answering_through_a_database_outage_and_loses_n
     assert_eq!(last["ready"], true);
     let m = metrics(&c, &url).await;
     assert_eq!(metric(&m, "bridge_spool_records"), Some(6.0), "{m}");
+    assert_eq!(metric(&m, "bridge_store_up"), Some(0.0), "{m}");
     assert!(
         metric(&m, "bridge_store_errors_total").unwrap() >= 1.0,
         "{m}"

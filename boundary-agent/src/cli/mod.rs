@@ -8,7 +8,7 @@ mod validate;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for bad arguments (see `boundary_agent::session::EXIT_BOUNDARY_FAILED`).
+/// Exit code of `run` for bad arguments (see `boundary_agent::session::EXIT_BOUNDARY_FAILED`).
 const EXIT_USAGE: i32 = boundary_agent::session::EXIT_BOUNDARY_FAILED;
 
 const ABOUT: &str = "Kernel-enforced egress allowlist for AI agents and everything they spawn";
@@ -50,16 +50,18 @@ enum Command {
 }
 
 pub fn main() -> i32 {
-    // Bad arguments are boundary failing before the command could start: 125, like every
-    // other such failure, so that a wrapper can tell them from the command's own codes.
+    // Bad arguments to `run` are boundary failing before the command could start: 125, like
+    // every other such failure, so that a wrapper can tell them from the command's own codes.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                crate::cli::EXIT_USAGE
-            } else {
-                0
+            return match (e.use_stderr(), std::env::args().nth(1).as_deref()) {
+                (false, _) => 0,
+                // `run` stands in front of a command: its own failures are 125.
+                (true, Some("run")) => EXIT_USAGE,
+                // `check` documents 0/1 for the answer and 2 for an error.
+                (true, _) => 2,
             };
         }
     };

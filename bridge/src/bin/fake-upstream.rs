@@ -13,7 +13,15 @@
 //!   <status>` (that status), `x-fake-error: mid-stream` (an error event after the first text),
 //!   `x-fake-error: disconnect` (a stream whose connection is cut after half of its events);
 //! - `x-fake-cached-tokens: READ[,WRITE]` → usage reports READ prompt-cache hits (and, for
-//!   Anthropic, WRITE cache-creation tokens), in each provider's own fields.
+//!   Anthropic, WRITE cache-creation tokens), in each provider's own fields;
+//! - `x-fake-misbehave` (any route, to test how the bridge copes with a broken upstream):
+//!   `hang` (reads the request, never answers), `slow-headers:MS` (answers normally after MS
+//!   ms), `huge-line:MB` (an SSE stream whose second line is MB megabytes long, produced on the
+//!   fly), `garbage` (a 200 `text/event-stream` of bytes that are not SSE, then the end),
+//!   `never-ending` (one `message_start` event, then a comment line every 100 ms, forever).
+//!
+//! `GET /fake/stats` answers `{"requests": N}`, the number of requests received so far, so
+//! tests can check that every request that reached the provider was recorded.
 //!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
@@ -174,7 +182,108 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A response that misbehaves as `x-fake-misbehave` asks, or `None` to answer normally.
+async fn misbehave(how: &str) -> Option<Response<FakeBody>> {
+    let (kind, arg) = how.split_once(':').unwrap_or((how, ""));
+    let n = arg.parse::<u64>().unwrap_or(0);
+    let stream = |rx| {
+        let mut r = Response::new(FakeBody::Stream(ChannelBody(rx)));
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        r
+    };
+    match kind {
+        "hang" => std::future::pending().await,
+        "huge-line" => {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let start = json!({"type": "message_start", "message": {"id": "msg_huge",
+                    "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                    "content": [], "usage": {"input_tokens": 5, "output_tokens": 1}}});
+                let _ = tx
+                    .send(Ok(Bytes::from(format!(
+                        "event: message_start\ndata: {start}\n\nevent: content_block_delta\ndata: "
+                    ))))
+                    .await;
+                let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..n * 16 {
+                    if tx.send(Ok(piece.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                let end = json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                    "usage": {"output_tokens": 3}});
+                let _ = tx
+                    .send(Ok(Bytes::from(format!(
+                        "\n\nevent: message_delta\ndata: {end}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+                    ))))
+                    .await;
+            });
+            Some(stream(rx))
+        }
+        "garbage" => {
+            let (tx, rx) = mpsc::channel(4);
+            let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+            let _ = tx.try_send(Ok(Bytes::from(junk)));
+            Some(stream(rx))
+        }
+        "never-ending" => {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let start = json!({"type": "message_start", "message": {"id": "msg_forever",
+                    "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                    "content": [], "usage": {"input_tokens": 5, "output_tokens": 1}}});
+                let first = format!("event: message_start\ndata: {start}\n\n");
+                if tx.send(Ok(Bytes::from(first))).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if tx
+                        .send(Ok(Bytes::from_static(b": ping\n\n")))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Some(stream(rx))
+        }
+        _ => None,
+    }
+}
+
+/// Requests received (other than `GET /fake/stats`, which reports this count as JSON).
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
 async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
+    if req.uri().path() == "/fake/stats" {
+        let n = RECEIVED.load(Ordering::SeqCst);
+        return json_response(200, json!({ "requests": n }), "request-id");
+    }
+    RECEIVED.fetch_add(1, Ordering::SeqCst);
+    if let Some(how) = req
+        .headers()
+        .get("x-fake-misbehave")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        if let Some(ms) = how.strip_prefix("slow-headers:") {
+            let ms = ms.parse::<u64>().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else {
+            // Read the request first, as a real upstream would before misbehaving.
+            let (_, body) = req.into_parts();
+            let _ = body.collect().await;
+            return match misbehave(&how).await {
+                Some(r) => r,
+                None => anthropic_error(400, "invalid_request_error", "unknown x-fake-misbehave"),
+            };
+        }
+    }
     let steering = Steering::from(req.headers());
     let path = req.uri().path().to_owned();
     let method = req.method().clone();

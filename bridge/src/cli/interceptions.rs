@@ -5,7 +5,7 @@ use clap::{Subcommand, ValueEnum};
 use super::{OutputFormat, StoreArgs};
 use bridge::record::InterceptionRecord;
 use bridge::store::InterceptionFilter;
-use bridge::usage::{csv_field, render_table};
+use bridge::usage::{csv_field, render_table, terminal_safe, terminal_safe_multiline};
 
 /// Output format of `interceptions show`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,10 +120,12 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
             }
-            let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+            // Everything below may come from a client: escaped so it cannot drive the terminal.
+            let safe = |s: &str| terminal_safe(s);
+            let opt = |o: &Option<String>| o.as_deref().map(safe).unwrap_or_else(|| "-".into());
             println!("id:          {}", r.id);
-            println!("user:        {} (key {})", r.user, opt(&r.key_id));
-            println!("provider:    {} {}", r.provider.as_str(), r.endpoint);
+            println!("user:        {} (key {})", safe(&r.user), opt(&r.key_id));
+            println!("provider:    {} {}", r.provider.as_str(), safe(&r.endpoint));
             println!("model:       {}", opt(&r.model));
             println!("client:      {}", opt(&r.client));
             println!("started:     {}", r.started_at.to_rfc3339());
@@ -137,7 +139,7 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             );
             println!("status:      {} ({})", r.status, r.outcome.as_str());
             if let Some(e) = &r.error {
-                println!("error:       {e}");
+                println!("error:       {}", safe(e));
             }
             println!(
                 "tokens:      input {}, output {}, cache read {}, cache write {}",
@@ -163,7 +165,7 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                 if r.tools_offered.is_empty() {
                     "-".into()
                 } else {
-                    r.tools_offered.join(", ")
+                    safe(&r.tools_offered.join(", "))
                 }
             );
             if r.tool_calls.is_empty() {
@@ -173,13 +175,19 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                 for c in &r.tool_calls {
                     println!(
                         "  - {} ({}): {}",
-                        c.name,
-                        c.id.as_deref().unwrap_or("-"),
-                        c.arguments
+                        safe(&c.name),
+                        safe(c.id.as_deref().unwrap_or("-")),
+                        safe(&c.arguments)
                     );
                 }
             }
-            println!("prompt:\n{}", r.prompt.as_deref().unwrap_or("-"));
+            println!(
+                "prompt:\n{}",
+                r.prompt
+                    .as_deref()
+                    .map(terminal_safe_multiline)
+                    .unwrap_or_else(|| "-".into())
+            );
         }
     }
     Ok(())

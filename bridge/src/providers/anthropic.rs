@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::{
     content_text, describe_error, parse_json_object, required_model, str_at, u64_at, BadRequest,
-    GatewayError, JsonBodyObserver, NullObserver, Observation, ProviderAdapter, RequestInfo,
-    ResponseObserver, SseEvent, SseParser,
+    GatewayError, JsonBodyObserver, NullObserver, Observation, ObserveLimits, ProviderAdapter,
+    RequestInfo, ResponseObserver, SseEvent, SseParser,
 };
 use crate::record::{Provider, ToolCall, Usage};
 
@@ -58,6 +58,7 @@ impl ProviderAdapter for Anthropic {
             prompt,
             tools_offered,
             rewritten_body: None,
+            withhold_usage_chunk: false,
         })
     }
 
@@ -77,10 +78,18 @@ impl ProviderAdapter for Anthropic {
         Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
     }
 
-    fn observer(&self, endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver> {
+    fn observer(
+        &self,
+        endpoint: &str,
+        streaming: bool,
+        limits: ObserveLimits,
+    ) -> Box<dyn ResponseObserver> {
         match (endpoint, streaming) {
-            ("/v1/messages", true) => Box::new(MessagesStreamObserver::default()),
-            ("/v1/messages", false) => Box::new(JsonBodyObserver::new(observe_message)),
+            ("/v1/messages", true) => Box::new(MessagesStreamObserver {
+                sse: SseParser::with_max_line(limits.max_sse_line),
+                ..Default::default()
+            }),
+            ("/v1/messages", false) => Box::new(JsonBodyObserver::new(observe_message, limits)),
             _ => Box::new(NullObserver),
         }
     }
@@ -209,6 +218,7 @@ impl ResponseObserver for MessagesStreamObserver {
 
     fn finish(mut self: Box<Self>) -> Observation {
         let mut obs = std::mem::take(&mut self.obs);
+        obs.truncated = self.sse.oversized_lines() > 0;
         obs.tool_calls = std::mem::take(&mut self.tools)
             .into_values()
             .map(|mut tc| {
@@ -273,7 +283,8 @@ mod tests {
             "event: message_delta\n",
             "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":25}}\n\n",
         );
-        let mut o: Box<dyn ResponseObserver> = Anthropic.observer("/v1/messages", true);
+        let mut o: Box<dyn ResponseObserver> =
+            Anthropic.observer("/v1/messages", true, ObserveLimits::default());
         for chunk in stream.as_bytes().chunks(7) {
             o.feed(chunk);
         }
@@ -295,7 +306,7 @@ mod tests {
 
     #[test]
     fn stream_observer_reports_error_events() {
-        let mut o = Anthropic.observer("/v1/messages", true);
+        let mut o = Anthropic.observer("/v1/messages", true, ObserveLimits::default());
         o.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
         assert_eq!(
             o.finish().error.as_deref(),
@@ -312,7 +323,7 @@ mod tests {
             ],
             "usage": {"input_tokens": 5, "output_tokens": 7}
         });
-        let mut o = Anthropic.observer("/v1/messages", false);
+        let mut o = Anthropic.observer("/v1/messages", false, ObserveLimits::default());
         o.feed(body.to_string().as_bytes());
         let obs = o.finish();
         assert_eq!(obs.usage.input_tokens, 5);

@@ -2,10 +2,10 @@
 //!
 //! Streams are `data:` chunks ending with `data: [DONE]`; tool calls arrive as
 //! `choices[].delta.tool_calls[]` pieces keyed by `index`. Usage only arrives in a final
-//! chunk when `stream_options.include_usage` is set, so when a streaming client did not ask for
-//! it the adapter injects `include_usage: true` and forwards that extra chunk too (its
-//! `choices` is empty; the official SDKs and every client we know skip such chunks). That is
-//! the one case where the forwarded request body differs from the client's.
+//! chunk when `stream_options.include_usage` is set, so unless a streaming client asked for it
+//! (`true`), the adapter forces `include_usage: true` upstream (whatever the client sent:
+//! absent, `false` or `null`) and the gateway withholds that extra chunk from the client. That
+//! is the one case where the forwarded request body differs from the client's.
 //!
 //! Token accounting: counts are stored exactly as OpenAI reports them, so `input_tokens`
 //! (`prompt_tokens`) *includes* `cache_read_tokens` (`prompt_tokens_details.cached_tokens`);
@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 
 use super::{
     bearer, content_text, describe_error, parse_json_object, required_model, str_at, u64_at,
-    BadRequest, GatewayError, JsonBodyObserver, NullObserver, Observation, ProviderAdapter,
-    RequestInfo, ResponseObserver, SseEvent, SseParser,
+    BadRequest, GatewayError, JsonBodyObserver, NullObserver, Observation, ObserveLimits,
+    ProviderAdapter, RequestInfo, ResponseObserver, SseEvent, SseParser,
 };
 use crate::record::{Provider, ToolCall, Usage};
 
@@ -84,18 +84,27 @@ impl ProviderAdapter for OpenAiChat {
             })
             .unwrap_or_default();
         let streaming = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        // Usage is requested whatever the client says: a client that sets `include_usage` to
+        // false (or null) must not be able to make its request unmetered. The usage chunk is
+        // then withheld from that client (it did not ask for it), never from the record.
         let mut rewritten_body = None;
+        let mut withhold_usage_chunk = false;
         if streaming {
             let asked = obj
                 .get("stream_options")
                 .and_then(|o| o.get("include_usage"))
-                .is_some();
+                .and_then(Value::as_bool)
+                == Some(true);
             if !asked {
                 let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
+                if !opts.is_object() {
+                    *opts = json!({});
+                }
                 if let Value::Object(o) = opts {
                     o.insert("include_usage".into(), Value::Bool(true));
-                    rewritten_body = Some(Bytes::from(Value::Object(obj).to_string()));
                 }
+                rewritten_body = Some(Bytes::from(Value::Object(obj).to_string()));
+                withhold_usage_chunk = true;
             }
         }
         Ok(RequestInfo {
@@ -104,6 +113,7 @@ impl ProviderAdapter for OpenAiChat {
             prompt,
             tools_offered,
             rewritten_body,
+            withhold_usage_chunk,
         })
     }
 
@@ -115,10 +125,20 @@ impl ProviderAdapter for OpenAiChat {
         openai_error_body(kind, message)
     }
 
-    fn observer(&self, endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver> {
+    fn observer(
+        &self,
+        endpoint: &str,
+        streaming: bool,
+        limits: ObserveLimits,
+    ) -> Box<dyn ResponseObserver> {
         match (endpoint, streaming) {
-            ("/v1/chat/completions", true) => Box::new(ChatStreamObserver::default()),
-            ("/v1/chat/completions", false) => Box::new(JsonBodyObserver::new(observe_completion)),
+            ("/v1/chat/completions", true) => Box::new(ChatStreamObserver {
+                sse: SseParser::with_max_line(limits.max_sse_line),
+                ..Default::default()
+            }),
+            ("/v1/chat/completions", false) => {
+                Box::new(JsonBodyObserver::new(observe_completion, limits))
+            }
             _ => Box::new(NullObserver),
         }
     }
@@ -227,6 +247,7 @@ impl ResponseObserver for ChatStreamObserver {
 
     fn finish(mut self: Box<Self>) -> Observation {
         let mut obs = std::mem::take(&mut self.obs);
+        obs.truncated = self.sse.oversized_lines() > 0;
         obs.tool_calls = std::mem::take(&mut self.tools).into_values().collect();
         obs
     }
@@ -258,14 +279,31 @@ mod tests {
     }
 
     #[test]
-    fn request_that_already_chose_include_usage_is_forwarded_untouched() {
+    fn request_that_asked_for_usage_is_forwarded_untouched_and_opting_out_is_overridden() {
         let body = Bytes::from(
-            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[]}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
         );
         let info = OpenAiChat
             .parse_request("/v1/chat/completions", &body)
             .unwrap();
         assert!(info.rewritten_body.is_none());
+        assert!(!info.withhold_usage_chunk);
+        for opt in [
+            r#"{"include_usage":false}"#,
+            r#"{"include_usage":null}"#,
+            "null",
+            "7",
+        ] {
+            let body = Bytes::from(format!(
+                r#"{{"model":"m","stream":true,"stream_options":{opt},"messages":[]}}"#
+            ));
+            let info = OpenAiChat
+                .parse_request("/v1/chat/completions", &body)
+                .unwrap();
+            let sent: Value = serde_json::from_slice(&info.rewritten_body.unwrap()).unwrap();
+            assert_eq!(sent["stream_options"]["include_usage"], true, "{opt}");
+            assert!(info.withhold_usage_chunk, "{opt}");
+        }
     }
 
     #[test]
@@ -277,7 +315,7 @@ mod tests {
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":9,\"prompt_tokens_details\":{\"cached_tokens\":10}}}\n\n",
             "data: [DONE]\n\n",
         );
-        let mut o = OpenAiChat.observer("/v1/chat/completions", true);
+        let mut o = OpenAiChat.observer("/v1/chat/completions", true, ObserveLimits::default());
         for chunk in stream.as_bytes().chunks(5) {
             o.feed(chunk);
         }

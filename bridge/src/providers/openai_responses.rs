@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::openai_chat::{openai_error_body, openai_usage};
 use super::{
     bearer, content_text, describe_error, parse_json_object, required_model, str_at, BadRequest,
-    GatewayError, JsonBodyObserver, Observation, ProviderAdapter, RequestInfo, ResponseObserver,
-    SseEvent, SseParser,
+    GatewayError, JsonBodyObserver, Observation, ObserveLimits, ProviderAdapter, RequestInfo,
+    ResponseObserver, SseEvent, SseParser,
 };
 use crate::record::{Provider, ToolCall};
 
@@ -61,6 +61,7 @@ impl ProviderAdapter for OpenAiResponses {
             prompt,
             tools_offered,
             rewritten_body: None,
+            withhold_usage_chunk: false,
         })
     }
 
@@ -72,11 +73,19 @@ impl ProviderAdapter for OpenAiResponses {
         openai_error_body(kind, message)
     }
 
-    fn observer(&self, _endpoint: &str, streaming: bool) -> Box<dyn ResponseObserver> {
+    fn observer(
+        &self,
+        _endpoint: &str,
+        streaming: bool,
+        limits: ObserveLimits,
+    ) -> Box<dyn ResponseObserver> {
         if streaming {
-            Box::new(ResponsesStreamObserver::default())
+            Box::new(ResponsesStreamObserver {
+                sse: SseParser::with_max_line(limits.max_sse_line),
+                ..Default::default()
+            })
         } else {
-            Box::new(JsonBodyObserver::new(observe_response))
+            Box::new(JsonBodyObserver::new(observe_response, limits))
         }
     }
 }
@@ -180,6 +189,7 @@ impl ResponseObserver for ResponsesStreamObserver {
 
     fn finish(mut self: Box<Self>) -> Observation {
         let mut obs = std::mem::take(&mut self.obs);
+        obs.truncated = self.sse.oversized_lines() > 0;
         if obs.tool_calls.is_empty() {
             obs.tool_calls = std::mem::take(&mut self.partial_calls);
         }
@@ -228,7 +238,7 @@ mod tests {
             json!({"type": "response.created", "response": {"model": "gpt-4.1"}}),
             completed
         );
-        let mut o = OpenAiResponses.observer("/v1/responses", true);
+        let mut o = OpenAiResponses.observer("/v1/responses", true, ObserveLimits::default());
         for c in stream.as_bytes().chunks(11) {
             o.feed(c);
         }

@@ -159,13 +159,15 @@ impl OtlpExporter {
         })
     }
 
-    /// Adds one request's span and metric points.
-    pub fn observe(&self, r: &InterceptionRecord) {
+    /// Adds one request's span and metric points. Metric points carry `model_label` (the
+    /// model, or "other" beyond the bounded label set) so a client cannot grow them without
+    /// limit; the span carries the model as requested.
+    pub fn observe(&self, r: &InterceptionRecord, model_label: &str) {
         let model = r.model.clone().unwrap_or_default();
         let mut base: Attrs = vec![
             ("gen_ai.operation.name", "chat".into()),
             ("gen_ai.system", r.provider.as_str().into()),
-            ("gen_ai.request.model", model.clone()),
+            ("gen_ai.request.model", model_label.to_owned()),
         ];
         if r.outcome != Outcome::Ok {
             base.push(("error.type", r.outcome.as_str().into()));

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bridge::auth::FixedToken;
 use bridge::keys::Identity;
-use bridge::proxy::{Gateway, RecordSink, Upstream};
+use bridge::proxy::{Gateway, Limits, RecordSink, Upstream};
 use bridge::record::InterceptionRecord;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -155,12 +155,27 @@ pub async fn scripted_upstream() -> (String, mpsc::UnboundedReceiver<UpstreamReq
     (format!("http://{addr}"), rx)
 }
 
-/// Records handed to the sink, in order.
-struct ChannelSink(mpsc::UnboundedSender<InterceptionRecord>);
+/// Records handed to the sink, in order; start entries and the in-flight count on the side.
+struct ChannelSink {
+    records: mpsc::UnboundedSender<InterceptionRecord>,
+    starts: Arc<std::sync::Mutex<Vec<InterceptionRecord>>>,
+    in_flight: Arc<std::sync::atomic::AtomicI64>,
+}
 
 impl RecordSink for ChannelSink {
     fn record(&self, rec: InterceptionRecord) {
-        let _ = self.0.send(rec);
+        let _ = self.records.send(rec);
+    }
+    fn start(&self, rec: InterceptionRecord) {
+        self.starts.lock().unwrap().push(rec);
+    }
+    fn request_started(&self, _: bridge::record::Provider) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn request_finished(&self, _: bridge::record::Provider) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -170,6 +185,8 @@ pub struct Harness {
     pub url: String,
     pub upstream: mpsc::UnboundedReceiver<UpstreamRequest>,
     records: mpsc::UnboundedReceiver<InterceptionRecord>,
+    starts: Arc<std::sync::Mutex<Vec<InterceptionRecord>>>,
+    in_flight: Arc<std::sync::atomic::AtomicI64>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -180,6 +197,15 @@ impl Harness {
 
     /// `prefix` is appended to the upstream's base URL (an upstream gateway under a path).
     pub async fn start_with_prefix(prefix: &str) -> Harness {
+        Self::start_configured(prefix, Limits::default(), &[]).await
+    }
+
+    /// With explicit limits, and headers the server config sets on OpenAI requests.
+    pub async fn start_configured(
+        prefix: &str,
+        limits: Limits,
+        openai_headers: &[(&'static str, &'static str)],
+    ) -> Harness {
         let (up_url, upstream) = scripted_upstream().await;
         let key = |k: &str| {
             let mut v = HeaderValue::from_str(k).unwrap();
@@ -187,15 +213,18 @@ impl Harness {
             v
         };
         let (rec_tx, records) = mpsc::unbounded_channel();
-        let gateway = Gateway::new(
-            Some(Upstream {
-                base_url: format!("{up_url}{prefix}"),
-                api_key: key(ANTHROPIC_KEY),
-            }),
-            Some(Upstream {
-                base_url: format!("{up_url}{prefix}"),
-                api_key: key(OPENAI_KEY),
-            }),
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let in_flight = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let mut openai = Upstream::new(format!("{up_url}{prefix}"), key(OPENAI_KEY));
+        for (k, v) in openai_headers {
+            openai.extra_headers.insert(*k, HeaderValue::from_static(v));
+        }
+        let gateway = Gateway::with_limits(
+            Some(Upstream::new(
+                format!("{up_url}{prefix}"),
+                key(ANTHROPIC_KEY),
+            )),
+            Some(openai),
             Arc::new(FixedToken {
                 token: TOKEN.into(),
                 identity: Identity {
@@ -203,7 +232,12 @@ impl Harness {
                     key_id: "key_alice".into(),
                 },
             }),
-            Arc::new(ChannelSink(rec_tx)),
+            Arc::new(ChannelSink {
+                records: rec_tx,
+                starts: starts.clone(),
+                in_flight: in_flight.clone(),
+            }),
+            limits,
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -215,8 +249,32 @@ impl Harness {
             url,
             upstream,
             records,
+            starts,
+            in_flight,
             _stop: stop,
         }
+    }
+
+    /// Requests counted in flight now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Intercept-start entries made so far.
+    pub fn starts(&self) -> Vec<InterceptionRecord> {
+        self.starts.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until no request is counted in flight.
+    pub async fn wait_in_flight_zero(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.in_flight() != 0 {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// The next request the upstream receives (fails the test after 10 s).

@@ -67,9 +67,12 @@ class Bridge:
             "  anthropic:\n"
             f"    base_url: {anthropic_url}\n"
             "    api_key_env: TEST_ANTHROPIC_KEY\n"
+            # The fake upstream's steering headers are not in the bridge's allowlist.
+            "    forward_headers: [x-fake-*]\n"
             "  openai:\n"
             f"    base_url: {openai_url}\n"
             f"    api_key: {OPENAI_KEY}\n"
+            "    forward_headers: [x-fake-*]\n"
         )
         self.procs = []
 
@@ -125,13 +128,14 @@ class Bridge:
         return json.loads(self.cli("interceptions", "list", "--format", "json", "--limit", "1000"))
 
     def wait_record(self, pred, timeout: float = 10.0) -> dict:
-        """The first record matching `pred`, waiting for the recorder to flush it."""
+        """The first final record matching `pred`, waiting for the recorder to flush it (a
+        request's intercept-start entry, outcome `incomplete`, is in the store before it)."""
         deadline = time.time() + timeout
         seen = []
         while time.time() < deadline:
             seen = self.records()
             for r in seen:
-                if pred(r):
+                if r.get("outcome") != "incomplete" and pred(r):
                     return r
             time.sleep(0.1)
         raise AssertionError(f"no matching record within {timeout}s; records: {json.dumps(seen, indent=1)[:4000]}")

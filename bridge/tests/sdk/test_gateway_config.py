@@ -82,7 +82,8 @@ def test_unreachable_upstream_answers_502_and_is_recorded_as_upstream_unavailabl
     while True:
         out = subprocess.run([BRIDGE_BIN, "interceptions", "list", "--format", "json", "--store", store],
                              capture_output=True, text=True, check=True).stdout
-        recs = json.loads(out)
+        # The intercept-start entry (`incomplete`) comes first; wait for the final record.
+        recs = [r for r in json.loads(out) if r["outcome"] != "incomplete"]
         if recs:
             break
         assert time.time() < deadline, "no record of the failed request"

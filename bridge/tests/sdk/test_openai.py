@@ -180,7 +180,8 @@ def test_health_ready_and_metrics_endpoints(bridge, session_id):
     assert httpx.get(f"{bridge.url}/healthz").status_code == 200
     ready = httpx.get(f"{bridge.url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "store": "ok", "spooled_records": 0, "spooled_bytes": 0}
+    assert ready.json() == {"ready": True, "store": "ok", "store_error": None,
+                            "spooled_records": 0, "spooled_bytes": 0}
 
     c = client(bridge, session_id)
     r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "metrics"}])

@@ -21,7 +21,8 @@ WEATHER = {"name": "get_weather", "input_schema": {"type": "object", "properties
 def wait_count(b: Bridge, n: int, timeout: float = 10.0) -> list:
     deadline = time.time() + timeout
     while True:
-        recs = b.records()
+        # Final records only: a request's intercept-start entry (`incomplete`) comes first.
+        recs = [r for r in b.records() if r["outcome"] != "incomplete"]
         if len(recs) >= n:
             assert len(recs) == n, recs
             return recs
@@ -129,7 +130,8 @@ def test_log_has_one_json_line_per_request_and_no_secret_even_at_trace_level(own
         r = httpx.post(f"{b.url}/anthropic/v1/messages", headers={**headers, "anthropic-version": "2023-06-01"},
                        json={"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": []})
         assert r.status_code == 401
-    wait_count(b, 4)
+    # Four answered requests and two failed authentications (recorded, with a token prefix).
+    wait_count(b, 6)
     b.stop()
     text = b.log_path.read_text()
     for secret in (ANTHROPIC_KEY, OPENAI_KEY, b.token, bob_token, "brg_wrong-secret-token-1",
@@ -139,10 +141,17 @@ def test_log_has_one_json_line_per_request_and_no_secret_even_at_trace_level(own
         assert secret.encode().hex() not in text
     lines = [json.loads(l) for l in text.splitlines() if l.strip()]
     records = [l for l in lines if l.get("message") == "interception"]
-    assert len(records) == 4
+    assert len(records) == 6
+    rejected = [l for l in records if l["status"] == 401]
+    assert len(rejected) == 2 and all(l["user"] == "-" and l["outcome"] == "rejected" for l in rejected)
+    records = [l for l in records if l["status"] != 401]
     first = next(l for l in records if l["model"] == "claude-sonnet-4-6")
     assert first["user"] == "alice" and first["provider"] == "anthropic" and first["outcome"] == "ok"
     assert first["tool_calls"] == "get_weather" and first["tools_offered"] == "get_weather"
     assert first["prompt"] == "What is the weather in Paris?"
     assert first["input_tokens"] > 0 and first["cost_usd"] > 0
-    assert sum(1 for l in lines if l.get("message") == "rejected request") == 2
+    failed = [l for l in lines if l.get("message") == "authentication failed"]
+    assert len(failed) == 2
+    for l in failed:
+        assert l["client_addr"].startswith("127.0.0.1:") and l["path"] == "/anthropic/v1/messages"
+        assert l["key_prefix"].endswith("…") and len(l["key_prefix"]) < 12
