@@ -104,7 +104,10 @@ pub async fn run(opts: ClientRun) -> Result<i32> {
             match protocol::read_json::<_, Value>(&mut reader).await {
                 Ok(Some(v)) => {
                     if let Some(event) = v.get("event") {
-                        let _ = writeln!(stdout, "{event}");
+                        // One write per line: the command shares this stdout, and a line
+                        // formatted piecemeal (past the 1 KiB line buffer) could be cut by it.
+                        let line = format!("{event}\n");
+                        let _ = stdout.write_all(line.as_bytes());
                         let _ = stdout.flush();
                     } else if v.get("done").is_some() {
                         return true;
