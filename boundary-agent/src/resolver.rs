@@ -343,9 +343,13 @@ fn rand_id() -> u16 {
     u16::from_le_bytes([bytes[0], bytes[1]])
 }
 
-/// The DNS wire format, the small part of it we need (RFC 1035).
+/// The queries boundary's resolver sends and the answers it reads, with the wire format left to
+/// hickory-proto (as in the DNS proxy).
 pub mod wire {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::IpAddr;
+
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RData, RecordType};
 
     pub const TYPE_A: u16 = 1;
     pub const TYPE_AAAA: u16 = 28;
@@ -368,44 +372,21 @@ pub mod wire {
         pub truncated: bool,
     }
 
+    /// A recursive query for `name` (A, AAAA, ... by number).
     pub fn build_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, crate::error::Error> {
-        let mut out = Vec::with_capacity(32 + name.len());
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&0x0100u16.to_be_bytes()); // recursion desired
-        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-        for label in name.trim_end_matches('.').split('.') {
-            if label.is_empty() || label.len() > 63 {
-                return Err(crate::error::Error::Dns(format!(
-                    "`{name}` is not a valid name"
-                )));
-            }
-            out.push(label.len() as u8);
-            out.extend_from_slice(label.as_bytes());
+        let invalid = || crate::error::Error::Dns(format!("`{name}` is not a valid name"));
+        let bare = name.trim_end_matches('.');
+        if bare.is_empty() || bare.split('.').any(|l| l.is_empty() || l.len() > 63) {
+            return Err(invalid());
         }
-        out.push(0);
-        out.extend_from_slice(&qtype.to_be_bytes());
-        out.extend_from_slice(&1u16.to_be_bytes()); // class IN
-        Ok(out)
-    }
-
-    fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, WireError> {
-        loop {
-            let len = *msg.get(at).ok_or(WireError::Malformed)? as usize;
-            if len == 0 {
-                return Ok(at + 1);
-            }
-            if len & 0xc0 == 0xc0 {
-                return Ok(at + 2);
-            }
-            at += 1 + len;
-        }
-    }
-
-    fn u16_at(msg: &[u8], at: usize) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes([
-            *msg.get(at).ok_or(WireError::Malformed)?,
-            *msg.get(at + 1).ok_or(WireError::Malformed)?,
-        ]))
+        let fqdn = Name::from_ascii(format!("{bare}.")).map_err(|_| invalid())?;
+        let mut message = Message::query();
+        message.metadata.id = id;
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(fqdn, RecordType::from(qtype)));
+        message
+            .to_vec()
+            .map_err(|e| crate::error::Error::Dns(format!("encoding a query for {name}: {e}")))
     }
 
     /// Collects the A/AAAA records of the answer section (CNAME chains included by servers).
@@ -413,54 +394,31 @@ pub mod wire {
         if msg.len() < 12 {
             return Err(WireError::Malformed);
         }
-        if u16_at(msg, 0)? != id {
+        if u16::from_be_bytes([msg[0], msg[1]]) != id {
             return Err(WireError::WrongId);
         }
-        let flags = u16_at(msg, 2)?;
-        let truncated = flags & 0x0200 != 0;
-        let rcode = (flags & 0x000f) as u8;
-        // NXDOMAIN (3) is an answer: the name has no address.
-        if rcode != 0 && rcode != 3 {
-            return Err(WireError::ServerFailure(rcode));
+        // A truncated answer may end mid-record: only its TC bit matters (ask over TCP).
+        if msg[2] & 0x02 != 0 {
+            return Ok(Answer {
+                truncated: true,
+                ..Answer::default()
+            });
         }
-        let qdcount = u16_at(msg, 4)?;
-        let ancount = u16_at(msg, 6)?;
-        let mut at = 12;
-        for _ in 0..qdcount {
-            at = skip_name(msg, at)? + 4;
+        let message = Message::from_vec(msg).map_err(|_| WireError::Malformed)?;
+        let rcode = message.metadata.response_code;
+        // NXDOMAIN is an answer: the name has no address.
+        if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+            return Err(WireError::ServerFailure(u16::from(rcode) as u8));
         }
-        let mut answer = Answer {
-            truncated,
-            ..Answer::default()
-        };
-        for _ in 0..ancount {
-            at = skip_name(msg, at)?;
-            let rtype = u16_at(msg, at)?;
-            let ttl = u32::from_be_bytes(
-                msg.get(at + 4..at + 8)
-                    .ok_or(WireError::Malformed)?
-                    .try_into()
-                    .map_err(|_| WireError::Malformed)?,
-            );
-            let rdlen = u16_at(msg, at + 8)? as usize;
-            let rdata = msg
-                .get(at + 10..at + 10 + rdlen)
-                .ok_or(WireError::Malformed)?;
-            let ip = match (rtype, rdlen) {
-                (TYPE_A, 4) => Some(IpAddr::V4(Ipv4Addr::new(
-                    rdata[0], rdata[1], rdata[2], rdata[3],
-                ))),
-                (TYPE_AAAA, 16) => {
-                    let b: [u8; 16] = rdata.try_into().map_err(|_| WireError::Malformed)?;
-                    Some(IpAddr::V6(Ipv6Addr::from(b)))
-                }
-                _ => None,
+        let mut answer = Answer::default();
+        for record in &message.answers {
+            let ip = match &record.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
             };
-            if let Some(ip) = ip {
-                answer.addresses.push(ip);
-                answer.min_ttl = Some(answer.min_ttl.map_or(ttl, |t| t.min(ttl)));
-            }
-            at += 10 + rdlen;
+            answer.addresses.push(ip);
+            answer.min_ttl = Some(answer.min_ttl.map_or(record.ttl, |t| t.min(record.ttl)));
         }
         Ok(answer)
     }
