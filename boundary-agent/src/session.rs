@@ -933,11 +933,22 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                 install(&mut s, "dns");
             }
             Some(learned) = s.learned_rx.recv() => {
-                // Installed before the proxy may release the answer.
-                if s.learned.record(&learned, Instant::now(), s.policy.dns.grace_period) {
+                // Installed before the proxy may release the answers; the answers that arrived
+                // meanwhile are taken too, for one recompilation.
+                let now = Instant::now();
+                let grace = s.policy.dns.grace_period;
+                let mut changed = s.learned.record(&learned, now, grace);
+                let mut waiting = vec![learned.installed];
+                while let Ok(more) = s.learned_rx.try_recv() {
+                    changed |= s.learned.record(&more, now, grace);
+                    waiting.push(more.installed);
+                }
+                if changed {
                     install(&mut s, "dns proxy");
                 }
-                let _ = learned.installed.send(());
+                for done in waiting {
+                    let _ = done.send(());
+                }
             }
             _ = tick.tick() => {
                 if s.learned.expire(Instant::now(), s.policy.dns.grace_period) {
