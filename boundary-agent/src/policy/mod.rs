@@ -122,7 +122,14 @@ impl DomainPattern {
 
     /// Whether `name` (any case, optional trailing dot) is matched.
     pub fn matches(&self, name: &str) -> bool {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        // Names from the address book are already lower case without the dot: no copy then.
+        let owned;
+        let name = if name.ends_with('.') || name.bytes().any(|b| b.is_ascii_uppercase()) {
+            owned = name.trim_end_matches('.').to_ascii_lowercase();
+            owned.as_str()
+        } else {
+            name
+        };
         match self {
             DomainPattern::Exact(d) => name == *d,
             DomainPattern::Wildcard(suffix) => {
@@ -396,9 +403,20 @@ pub fn compile(
 /// Adds to every entry the grants of each shorter entry that covers it.
 fn push_down(nets: &mut BTreeMap<IpNet, Vec<PortGrant>>) {
     let keys: Vec<IpNet> = nets.keys().copied().collect();
+    // Only prefix lengths that some entry has can cover anything: look up just those (a few,
+    // instead of up to 128 per entry; the DNS proxy recompiles with every new name).
+    let lengths: std::collections::BTreeSet<(bool, u8)> = keys
+        .iter()
+        .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
+        .collect();
     for net in &keys {
         let mut inherited = Vec::new();
-        for len in 0..net.prefix_len() {
+        let family = net.addr().is_ipv4();
+        for len in lengths
+            .iter()
+            .filter(|(f, l)| *f == family && *l < net.prefix_len())
+            .map(|(_, l)| *l)
+        {
             let parent = IpNet::new(net.addr(), len)
                 .expect("shorter prefix is valid")
                 .trunc();
