@@ -99,16 +99,13 @@ pub async fn run(opts: ClientRun) -> Result<i32> {
 
     // Events streamed back by the agent, printed as they come.
     let printer = tokio::spawn(async move {
-        let mut stdout = std::io::stdout();
+        // One write per line: the command writes to the same stdout (see raw_stdout).
+        let mut stdout = crate::events::raw_stdout();
         loop {
             match protocol::read_json::<_, Value>(&mut reader).await {
                 Ok(Some(v)) => {
                     if let Some(event) = v.get("event") {
-                        // One write per line: the command shares this stdout, and a line
-                        // formatted piecemeal (past the 1 KiB line buffer) could be cut by it.
-                        let line = format!("{event}\n");
-                        let _ = stdout.write_all(line.as_bytes());
-                        let _ = stdout.flush();
+                        let _ = stdout.write_all(format!("{event}\n").as_bytes());
                     } else if v.get("done").is_some() {
                         return true;
                     }

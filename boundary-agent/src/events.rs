@@ -644,6 +644,19 @@ impl Writer {
     }
 }
 
+/// Standard output without Rust's line buffer, which splits lines longer than its 1 KiB
+/// into several writes: the wrapped command shares this stdout, and one `write` per event
+/// line keeps the two from interleaving mid-line (a pipe write of up to 4 KiB is atomic).
+pub fn raw_stdout() -> File {
+    use std::os::fd::AsFd;
+    match io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        // No stdout to duplicate: a read-only /dev/null, so that writes fail and are counted
+        // like any failed write.
+        Err(_) => File::open("/dev/null").expect("/dev/null"),
+    }
+}
+
 /// The line a writer writes for the events it missed.
 fn lost_line(sink: &str, lost: u64) -> Vec<u8> {
     let mut m = Map::new();
@@ -678,7 +691,7 @@ impl Sink {
 
     pub fn stdout(&mut self) {
         self.writers
-            .push(Writer::start("stdout".into(), Box::new(io::stdout())));
+            .push(Writer::start("stdout".into(), Box::new(raw_stdout())));
     }
 
     /// Appends to `path`, creating it (and its directory) if needed.

@@ -213,11 +213,7 @@ fn every_rule_form_is_decided_alike_by_the_kernel_and_by_check() {
             let e: serde_json::Value = serde_json::from_str(l).unwrap();
             e["event.action"] == "deny"
                 && e["destination.address"] == host
-                && e["destination.port"]
-                    .as_u64()
-                    .map(|p| p.to_string())
-                    .as_deref()
-                    == Some(port)
+                && e["destination.port"] == port.parse::<u16>().unwrap()
                 && e["network.transport"] == *proto
         });
         assert!(found, "no deny event for {proto} {dest}");
