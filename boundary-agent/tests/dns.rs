@@ -592,19 +592,19 @@ fn answers_stay_allowed_for_their_ttl_and_grace_period_then_are_denied() {
     let port = listeners();
     let case = Case::new(&policy(
         &[&format!("domain=*.allowed.test port={port}")],
-        "dns:\n  min_ttl: 1s\n  grace_period: 1s\n",
+        "dns:\n  min_ttl: 1s\n  grace_period: 2s\n",
     ));
     case.upstream.set(
         "short.allowed.test",
         Zone::A(vec![Ipv4Addr::new(127, 0, 0, 2)], 1),
     );
     let script = format!(
-        "{}{}import time\ntime.sleep(1.5)\n{}time.sleep(2.5)\n{}",
+        "{}{}import time\ntime.sleep(1.5)\n{}time.sleep(3.5)\n{}",
         resolve_py("short.allowed.test"),
         connect_py("127.0.0.2", port),
-        // TTL (1 s) over, grace period (1 s) not yet: still allowed.
+        // TTL (1 s) over, grace period (2 s) not yet: still allowed.
         connect_py("127.0.0.2", port),
-        // Both over (and the 300 ms policy poll): gone.
+        // Both over (and the 300 ms policy polls): gone.
         connect_py("127.0.0.2", port),
     );
     let out = case.python(&script);
@@ -626,20 +626,28 @@ fn two_sessions_with_different_policies_asking_the_same_name_get_different_answe
     let b = Case::new(&policy(&["domain=only.other.test"], ""));
     let name = fresh("shared");
     // a resolves and holds its entry; b asks the same name and tries the address meanwhile.
+    let marker = a.path("a-connected");
     let mut first = a
         .command(&[
             "python3",
             "-c",
             &format!(
-                "{}{}import time\ntime.sleep(3)\n",
+                "{}{}open('{}', 'w').close()\nimport time\ntime.sleep(3)\n",
                 resolve_py(&name),
-                connect_py("127.0.0.2", port)
+                connect_py("127.0.0.2", port),
+                marker.display()
             ),
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(1500));
+    for _ in 0..500 {
+        if marker.exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(marker.exists(), "session a never connected");
     let second = b.python(&format!(
         "{}{}",
         resolve_py(&name),

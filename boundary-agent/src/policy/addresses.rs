@@ -108,3 +108,28 @@ fn canonical(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_books_keep_every_address_and_the_current_state_wins() {
+        let now = Instant::now();
+        let grace = Duration::from_secs(10);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut resolver = AddressBook::default();
+        resolver.update("x.test", &[a], now, grace);
+        resolver.update("x.test", &[b], now, grace); // a now in its grace period
+        let mut learned = AddressBook::default();
+        learned.update("x.test", &[a], now, grace); // a current again
+        learned.update("y.test", &[b], now, grace);
+        resolver.merge(&learned);
+        let exact = DomainPattern::Exact("x.test".into());
+        assert_eq!(resolver.addresses_matching(&exact), vec![a, b]);
+        assert_eq!(resolver.domains_for(b), vec!["x.test", "y.test"]);
+        // a is current in the merged book: it survives the end of the grace period.
+        resolver.expire(now + grace * 2);
+        assert_eq!(resolver.addresses_matching(&exact), vec![a, b]);
+    }
+}
