@@ -998,16 +998,9 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     s.enforcer
 }
 
-/// The resolver's addresses and the DNS proxy's, together.
-fn merged_book(resolver: &AddressBook, learned: &LearnedNames) -> AddressBook {
-    let mut book = resolver.clone();
-    book.merge(learned.book());
-    book
-}
-
 fn install(s: &mut PolicyLoop, why: &str) {
-    let book = merged_book(&s.resolver_book, &s.learned);
-    let result = policy::compile(&s.policy, &book, &s.dns_proxy)
+    let books = [&*s.resolver_book, s.learned.book()];
+    let result = policy::compile_books(&s.policy, &books, &s.dns_proxy)
         .and_then(|compiled| s.enforcer.apply(&compiled));
     if let Err(e) = result {
         tracing::error!(error = %e, trigger = why, "updating the kernel policy failed; the previous one stays in force");
@@ -1047,7 +1040,7 @@ async fn reload(
         };
     let mut resolver = Resolver::new(&policy, config.clone());
     let book = resolver.resolve_initial().await;
-    let compiled = match policy::compile(&policy, &merged_book(&book, &s.learned), &s.dns_proxy) {
+    let compiled = match policy::compile_books(&policy, &[&book, s.learned.book()], &s.dns_proxy) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("boundary: {e}; keeping the last good policy in force");

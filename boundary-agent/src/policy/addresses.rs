@@ -1,5 +1,6 @@
 //! The addresses the policy's names currently resolve to: filled by the resolver and by the
-//! DNS proxy (one book each, merged for compilation), read by the compiler and by event enrichment. Pure data, no I/O.
+//! DNS proxy (one book each, compiled together), read by the compiler and by event enrichment.
+//! Pure data, no I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -82,21 +83,6 @@ impl AddressBook {
             .collect()
     }
 
-    /// Adds every address of `other` (an address current in either book is current).
-    pub fn merge(&mut self, other: &AddressBook) {
-        for (name, addrs) in &other.names {
-            let entry = self.names.entry(name.clone()).or_default();
-            for (ip, state) in addrs {
-                let merged = match (entry.get(ip), state) {
-                    (None, s) => *s,
-                    (Some(None), _) | (_, None) => None,
-                    (Some(Some(a)), Some(b)) => Some((*a).max(*b)),
-                };
-                entry.insert(*ip, merged);
-            }
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.names.values().all(|a| a.is_empty())
     }
@@ -106,30 +92,5 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merged_books_keep_every_address_and_the_current_state_wins() {
-        let now = Instant::now();
-        let grace = Duration::from_secs(10);
-        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let mut resolver = AddressBook::default();
-        resolver.update("x.test", &[a], now, grace);
-        resolver.update("x.test", &[b], now, grace); // a now in its grace period
-        let mut learned = AddressBook::default();
-        learned.update("x.test", &[a], now, grace); // a current again
-        learned.update("y.test", &[b], now, grace);
-        resolver.merge(&learned);
-        let exact = DomainPattern::Exact("x.test".into());
-        assert_eq!(resolver.addresses_matching(&exact), vec![a, b]);
-        assert_eq!(resolver.domains_for(b), vec!["x.test", "y.test"]);
-        // a is current in the merged book: it survives the end of the grace period.
-        resolver.expire(now + grace * 2);
-        assert_eq!(resolver.addresses_matching(&exact), vec![a, b]);
     }
 }

@@ -327,6 +327,16 @@ pub fn compile(
     book: &AddressBook,
     dns_proxy: &[SocketAddr],
 ) -> Result<CompiledPolicy> {
+    compile_books(policy, &[book], dns_proxy)
+}
+
+/// [`compile`] with the addresses of several books (the resolver's and the DNS proxy's),
+/// without merging them first.
+pub fn compile_books(
+    policy: &Policy,
+    books: &[&AddressBook],
+    dns_proxy: &[SocketAddr],
+) -> Result<CompiledPolicy> {
     let mut nets: BTreeMap<IpNet, Vec<PortGrant>> = BTreeMap::new();
     let mut add = |net: IpNet, ports: &[PortRange], protocols: u8, rule_id: u32| {
         let grants = nets.entry(net.trunc()).or_default();
@@ -370,7 +380,7 @@ pub fn compile(
         match &rule.target {
             Target::Net(net) => add(*net, &rule.ports, rule.protocols, rule.id),
             Target::Domain(pattern) => {
-                for ip in book.addresses_matching(pattern) {
+                for ip in books.iter().flat_map(|b| b.addresses_matching(pattern)) {
                     add(IpNet::from(ip), &rule.ports, rule.protocols, rule.id);
                 }
             }
