@@ -377,6 +377,29 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Adds or replaces the given entries only, leaving every other one as it is: the host
+    /// entries of addresses the DNS proxy just learned (`policy::compile_hosts`). The next
+    /// [`Enforcer::apply`] reconciles everything.
+    pub fn upsert(&mut self, entries: &CompiledPolicy) -> Result<()> {
+        for ((addr, len), grants) in to_map(&entries.v4)? {
+            if self.installed_v4.get(&(addr, len)) != Some(&grants) {
+                self.allow_v4
+                    .insert(&Key::new(u32::from(len), addr.octets()), grants, 0)
+                    .map_err(|e| Error::Compile(format!("inserting {addr}/{len}: {e}")))?;
+                self.installed_v4.insert((addr, len), grants);
+            }
+        }
+        for ((addr, len), grants) in to_map(&entries.v6)? {
+            if self.installed_v6.get(&(addr, len)) != Some(&grants) {
+                self.allow_v6
+                    .insert(&Key::new(u32::from(len), addr.octets()), grants, 0)
+                    .map_err(|e| Error::Compile(format!("inserting {addr}/{len}: {e}")))?;
+                self.installed_v6.insert((addr, len), grants);
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches every program to `cgroup` and pins the links and maps under
     /// `PIN_ROOT/<session>`. `cgroup` may be a fresh session cgroup or an existing one
     /// (whole-workspace mode: see [`Enforcer::set_exempt`]); the programs apply to it and

@@ -938,13 +938,24 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                 let now = Instant::now();
                 let grace = s.policy.dns.grace_period;
                 let mut changed = s.learned.record(&learned, now, grace);
+                let mut ips = learned.ips.clone();
                 let mut waiting = vec![learned.installed];
                 while let Ok(more) = s.learned_rx.try_recv() {
                     changed |= s.learned.record(&more, now, grace);
+                    ips.extend_from_slice(&more.ips);
                     waiting.push(more.installed);
                 }
                 if changed {
-                    install(&mut s, "dns proxy");
+                    // Only these addresses' host entries can change (removals wait for the
+                    // expiry, which recompiles everything).
+                    ips.sort();
+                    ips.dedup();
+                    let books = [&*s.resolver_book, s.learned.book()];
+                    let added = policy::compile_hosts(&s.policy, &books, &s.dns_proxy, &ips)
+                        .and_then(|entries| s.enforcer.upsert(&entries));
+                    if added.is_err() {
+                        install(&mut s, "dns proxy");
+                    }
                 }
                 for done in waiting {
                     let _ = done.send(());

@@ -73,6 +73,14 @@ impl AddressBook {
         out.into_iter().collect()
     }
 
+    /// The names that resolve (or recently resolved) to exactly `ip`, as stored.
+    pub fn names_with(&self, ip: IpAddr) -> impl Iterator<Item = String> + '_ {
+        self.names
+            .iter()
+            .filter(move |(_, addrs)| addrs.contains_key(&ip))
+            .map(|(name, _)| name.clone())
+    }
+
     /// Every name that resolves (or recently resolved) to `ip`, sorted.
     pub fn domains_for(&self, ip: IpAddr) -> Vec<String> {
         let ip = canonical(ip);

@@ -337,9 +337,64 @@ pub fn compile_books(
     books: &[&AddressBook],
     dns_proxy: &[SocketAddr],
 ) -> Result<CompiledPolicy> {
+    let domain_addrs = |pattern: &DomainPattern| -> Vec<IpAddr> {
+        books
+            .iter()
+            .flat_map(|b| b.addresses_matching(pattern))
+            .collect()
+    };
+    let mut nets = rule_nets(policy, dns_proxy, &domain_addrs, &|_| true);
+    push_down(&mut nets);
+    entries(nets, None)
+}
+
+/// The entries [`compile_books`] would produce for the host prefixes of `ips` (those that
+/// have one), without compiling everything: what a name the DNS proxy learned changes. A host
+/// prefix covers no other entry, so the rest of the compiled policy stays as it is.
+pub fn compile_hosts(
+    policy: &Policy,
+    books: &[&AddressBook],
+    dns_proxy: &[SocketAddr],
+    ips: &[IpAddr],
+) -> Result<CompiledPolicy> {
+    let targets: std::collections::BTreeSet<IpNet> =
+        ips.iter().map(|ip| IpNet::from(*ip)).collect();
+    // The names each address stands for, looked up once.
+    let named: Vec<(IpAddr, Vec<String>)> = ips
+        .iter()
+        .map(|ip| {
+            let names = books.iter().flat_map(|b| b.names_with(*ip)).collect();
+            (*ip, names)
+        })
+        .collect();
+    let domain_addrs = |pattern: &DomainPattern| -> Vec<IpAddr> {
+        named
+            .iter()
+            .filter(|(_, names)| names.iter().any(|n| pattern.matches(n)))
+            .map(|(ip, _)| *ip)
+            .collect()
+    };
+    let covers = |net: &IpNet| targets.iter().any(|t| net.contains(t));
+    let mut nets = rule_nets(policy, dns_proxy, &domain_addrs, &covers);
+    push_down(&mut nets);
+    entries(nets, Some(&targets))
+}
+
+/// Every rule's prefixes and their own grants (before push-down), for the prefixes `keep`
+/// accepts; `domain_addrs` says which addresses a domain rule's pattern stands for.
+fn rule_nets(
+    policy: &Policy,
+    dns_proxy: &[SocketAddr],
+    domain_addrs: &dyn Fn(&DomainPattern) -> Vec<IpAddr>,
+    keep: &dyn Fn(&IpNet) -> bool,
+) -> BTreeMap<IpNet, Vec<PortGrant>> {
     let mut nets: BTreeMap<IpNet, Vec<PortGrant>> = BTreeMap::new();
     let mut add = |net: IpNet, ports: &[PortRange], protocols: u8, rule_id: u32| {
-        let grants = nets.entry(net.trunc()).or_default();
+        let net = net.trunc();
+        if !keep(&net) {
+            return;
+        }
+        let grants = nets.entry(net).or_default();
         if ports.is_empty() {
             grants.push(PortGrant {
                 lo: 1,
@@ -380,15 +435,25 @@ pub fn compile_books(
         match &rule.target {
             Target::Net(net) => add(*net, &rule.ports, rule.protocols, rule.id),
             Target::Domain(pattern) => {
-                for ip in books.iter().flat_map(|b| b.addresses_matching(pattern)) {
+                for ip in domain_addrs(pattern) {
                     add(IpNet::from(ip), &rule.ports, rule.protocols, rule.id);
                 }
             }
         }
     }
-    push_down(&mut nets);
+    nets
+}
+
+/// Merges each prefix's grants and turns them into entries (only the prefixes in `only`).
+fn entries(
+    nets: BTreeMap<IpNet, Vec<PortGrant>>,
+    only: Option<&std::collections::BTreeSet<IpNet>>,
+) -> Result<CompiledPolicy> {
     let mut out = CompiledPolicy::default();
     for (net, grants) in nets {
+        if only.is_some_and(|only| !only.contains(&net)) {
+            continue;
+        }
         let grants = merge(grants).map_err(|n| {
             Error::Compile(format!(
                 "{net} would need {n} port grants (at most {MAX_GRANTS}); merge its rules' ports"
@@ -642,6 +707,52 @@ mod tests {
         assert_eq!(
             book.domains_for(ip),
             vec!["a.test".to_string(), "b.test".to_string()]
+        );
+    }
+
+    #[test]
+    fn compile_hosts_gives_exactly_the_host_entries_of_a_full_compile() {
+        let p = policy(
+            "allowlist:\n  - \"cidr=10.0.0.0/8 port=443\"\n  - \"domain=*.a.test port=80\"\n  \
+             - \"domain=x.b.test port=81 proto=udp\"\n  - \"domain=*.c.test\"\n  - \"ip=10.1.2.3 port=22\"\n",
+        );
+        let now = std::time::Instant::now();
+        let grace = Duration::from_secs(5);
+        let mut resolver = AddressBook::default();
+        resolver.update("x.b.test", &["10.1.2.3".parse().unwrap()], now, grace);
+        let mut learned = AddressBook::default();
+        let ips: Vec<IpAddr> = ["10.1.2.3", "192.0.2.1", "127.0.0.5", "::1", "2001:db8::1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        learned.update("one.a.test", &ips, now, grace);
+        learned.update("two.c.test", &[ips[1], ips[4]], now, grace);
+        learned.update("unlisted.test", &["192.0.2.9".parse().unwrap()], now, grace);
+        let books = [&resolver, &learned];
+        let proxy: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let full = compile_books(&p, &books, &[proxy]).unwrap();
+        let mut asked = ips.clone();
+        asked.push("192.0.2.9".parse().unwrap());
+        asked.push("127.0.0.1".parse().unwrap());
+        let hosts = compile_hosts(&p, &books, &[proxy], &asked).unwrap();
+        let host_v4: Vec<_> = full
+            .v4
+            .iter()
+            .filter(|e| e.prefix_len == 32)
+            .cloned()
+            .collect();
+        let host_v6: Vec<_> = full
+            .v6
+            .iter()
+            .filter(|e| e.prefix_len == 128)
+            .cloned()
+            .collect();
+        assert_eq!(hosts.v4, host_v4);
+        assert_eq!(hosts.v6, host_v6);
+        // 10.1.2.3 carries its own rules and the covering 10.0.0.0/8's.
+        assert_eq!(
+            lookup(&hosts, "10.1.2.3".parse().unwrap(), 443, PROTO_TCP),
+            Some(1)
         );
     }
 
