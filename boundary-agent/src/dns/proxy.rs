@@ -181,9 +181,11 @@ async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         let query = buf[..n].to_vec();
         let (sock, shared) = (sock.clone(), shared.clone());
         tokio::spawn(async move {
-            if let Some(reply) = shared.answer(&query, Via::Udp, peer).await {
+            let mut after = None;
+            if let Some(reply) = shared.answer(&query, Via::Udp, peer, &mut after).await {
                 let _ = sock.send_to(&reply, peer).await;
             }
+            shared.report_allowed(after, Via::Udp, peer);
             drop(permit);
         });
     }
@@ -217,10 +219,13 @@ async fn serve_tcp_client(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
             Ok(Ok(q)) => q,
             _ => return,
         };
-        let Some(reply) = shared.answer(&query, Via::Tcp, peer).await else {
+        let mut after = None;
+        let Some(reply) = shared.answer(&query, Via::Tcp, peer, &mut after).await else {
             return;
         };
-        if write_framed(&mut stream, &reply).await.is_err() {
+        let written = write_framed(&mut stream, &reply).await;
+        shared.report_allowed(after, Via::Tcp, peer);
+        if written.is_err() {
             return;
         }
     }
@@ -244,7 +249,14 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()>
 
 impl Shared {
     /// The reply to one query (None: no reply at all).
-    async fn answer(&self, bytes: &[u8], via: Via, peer: SocketAddr) -> Option<Vec<u8>> {
+    /// `after`: an allow event to report once the reply is sent.
+    async fn answer(
+        &self,
+        bytes: &[u8],
+        via: Via,
+        peer: SocketAddr,
+        after: &mut Option<AllowReport>,
+    ) -> Option<Vec<u8>> {
         let q = match Question::parse(bytes) {
             Ok(q) => q,
             Err(reply) => return reply,
@@ -308,16 +320,13 @@ impl Shared {
                     }
                 }
                 if self.first_in_ttl(&q.name, ttl) {
-                    self.report(
-                        &q,
-                        "allow",
-                        via,
-                        peer,
-                        Report::Allowed {
-                            rule: &rule,
-                            ips: &judged.ips,
-                        },
-                    );
+                    // Reported once the answer is on its way: naming the process reads /proc,
+                    // which the program should not wait for.
+                    *after = Some(AllowReport {
+                        question: q.clone(),
+                        rule,
+                        ips: judged.ips,
+                    });
                 }
             }
         }
@@ -325,6 +334,21 @@ impl Shared {
             return Some(truncated(&response));
         }
         Some(reply)
+    }
+
+    fn report_allowed(&self, report: Option<AllowReport>, via: Via, peer: SocketAddr) {
+        if let Some(r) = report {
+            self.report(
+                &r.question,
+                "allow",
+                via,
+                peer,
+                Report::Allowed {
+                    rule: &r.rule,
+                    ips: &r.ips,
+                },
+            );
+        }
     }
 
     fn upstreams(&self, policy: &Arc<Policy>) -> Arc<Vec<SocketAddr>> {
@@ -399,6 +423,13 @@ impl Shared {
         }
         events::emit(&tx, self.ctx.enricher.session("boundary.dns", fields));
     }
+}
+
+/// An allowed name, to report after its answer went out.
+struct AllowReport {
+    question: Question,
+    rule: String,
+    ips: Vec<IpAddr>,
 }
 
 enum Report<'a> {

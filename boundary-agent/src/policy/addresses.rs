@@ -74,11 +74,11 @@ impl AddressBook {
     }
 
     /// The names that resolve (or recently resolved) to exactly `ip`, as stored.
-    pub fn names_with(&self, ip: IpAddr) -> impl Iterator<Item = String> + '_ {
+    pub fn names_with(&self, ip: IpAddr) -> impl Iterator<Item = &str> + '_ {
         self.names
             .iter()
             .filter(move |(_, addrs)| addrs.contains_key(&ip))
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name.as_str())
     }
 
     /// Every name that resolves (or recently resolved) to `ip`, sorted.

@@ -360,7 +360,7 @@ pub fn compile_hosts(
     let targets: std::collections::BTreeSet<IpNet> =
         ips.iter().map(|ip| IpNet::from(*ip)).collect();
     // The names each address stands for, looked up once.
-    let named: Vec<(IpAddr, Vec<String>)> = ips
+    let named: Vec<(IpAddr, Vec<&str>)> = ips
         .iter()
         .map(|ip| {
             let names = books.iter().flat_map(|b| b.names_with(*ip)).collect();
