@@ -25,7 +25,7 @@ const QUERIES: usize = 20_000;
 const WINDOW: usize = 32;
 const ROUNDS: usize = 3;
 /// Names never asked before, one at a time: through the proxy each one's address is
-/// installed in the kernel maps (a policy recompilation) before the answer is released.
+/// installed in the kernel maps (its host entry worked out) before the answer is released.
 const FRESH: usize = 2_000;
 const NAME: &str = "bench.allowed.test.";
 
@@ -125,7 +125,7 @@ fn main() {
          \nAdded at the median: {:.1} µs ({:.2}× the baseline); p99 {:.2}×; throughput {:.2}× the \
          baseline.\n\n\
          {FRESH} names never asked before, one at a time (through the proxy each answer's \
-         address is installed in the kernel maps, a policy recompilation, before the answer is \
+         address is installed in the kernel maps before the answer is \
          released):\n\n\
          | configuration | median µs | p99 µs |\n|---|---:|---:|\n\
          | straight to the loopback upstream (baseline) | {dfm:.1} | {dfp:.1} |\n\
