@@ -112,7 +112,7 @@ pub async fn serve(
             "no --config given: using the built-in defaults"
         );
     }
-    let gateway = Gateway::with_limits(
+    let gateway = Gateway::with_trust(
         config.providers.anthropic.clone(),
         config.providers.openai.clone(),
         Arc::new(Authenticator::new(store.clone())),
@@ -121,6 +121,7 @@ pub async fn serve(
             telemetry: telemetry.clone(),
         }),
         config.limits,
+        &config.upstream_trust,
     );
     let admin = Admin {
         store: store.clone(),
