@@ -124,6 +124,11 @@ impl Telemetry {
         Ok(t)
     }
 
+    /// Spans that never reached the OTLP collector (`None` without OTLP export).
+    pub fn otlp_spans_dropped_total(&self) -> Option<u64> {
+        self.otlp.as_ref().map(|o| o.spans_dropped())
+    }
+
     /// Exports pending OTLP spans and metrics (the recorder calls this at shutdown).
     pub async fn flush(&self) {
         if let Some(o) = &self.otlp {
@@ -397,6 +402,15 @@ impl Telemetry {
             );
             let _ = writeln!(out, "bridge_records_stored_total {}", m.records_stored);
         });
+        if let Some(n) = self.otlp_spans_dropped_total() {
+            header(
+                &mut out,
+                "bridge_otlp_spans_dropped_total",
+                "counter",
+                "Spans that never reached the OTLP collector (queue full, or export failed).",
+            );
+            let _ = writeln!(out, "bridge_otlp_spans_dropped_total {n}");
+        }
         out
     }
 }
