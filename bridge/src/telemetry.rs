@@ -165,6 +165,11 @@ impl Telemetry {
         self.with(|m| *m.in_flight.entry(provider.as_str().into()).or_default() -= 1);
     }
 
+    /// Requests that went upstream and whose record is not handed to the recorder yet.
+    pub fn requests_in_flight(&self) -> i64 {
+        self.with(|m| m.in_flight.values().sum())
+    }
+
     /// Bounds the distinct `model` label values.
     pub fn set_max_model_labels(&self, n: usize) {
         self.with(|m| m.max_model_labels = n);

@@ -588,6 +588,7 @@ fn on_sigterm_a_stream_in_flight_finishes_and_is_recorded_while_new_connections_
     let status = serve.wait_exit();
     assert!(status.success(), "{status}");
 
+    // In the store when the bridge has exited (not in the spool, waiting for a next start).
     let recs = records(&store);
     assert_eq!(recs.len(), 1, "{recs:?}");
     let r = &recs[0];
