@@ -162,6 +162,13 @@ fn write_config(
 }
 
 fn spawn_serve(cwd: &Path, config: &Path, port: u16) -> Proc {
+    let mut p = spawn_serve_nowait(cwd, config, port);
+    wait_listening(port, &mut p.0, &cwd.join(format!("bridge-{port}.log")));
+    p
+}
+
+/// Starts `bridge serve` without waiting for it to listen (its log: `bridge-PORT.log`).
+fn spawn_serve_nowait(cwd: &Path, config: &Path, port: u16) -> Proc {
     let log = cwd.join(format!("bridge-{port}.log"));
     let mut c = bridge_cmd(cwd);
     c.arg("serve")
@@ -169,9 +176,7 @@ fn spawn_serve(cwd: &Path, config: &Path, port: u16) -> Proc {
         .arg(config)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    let mut p = Proc(c.spawn().unwrap());
-    wait_listening(port, &mut p.0, &log);
-    p
+    Proc(c.spawn().unwrap())
 }
 
 /// A minimal blocking HTTP/1.1 client: one request per connection, `connection: close`.
@@ -675,12 +680,15 @@ fn two_replicas_on_one_postgres_both_serve_and_record_and_each_sees_the_others_r
     let store = pg.url();
     let (_fake, up) = start_fake(cwd, None);
     let url = format!("http://127.0.0.1:{up}");
-    let token = create_key(cwd, "rey", &store);
     let (port_a, port_b) = (free_port(), free_port());
     let config_a = write_config(cwd, "a.yaml", port_a, &store, (&url, &url), "");
     let config_b = write_config(cwd, "b.yaml", port_b, &store, (&url, &url), "");
-    let _a = spawn_serve(cwd, &config_a, port_a);
-    let _b = spawn_serve(cwd, &config_b, port_b);
+    // Both start at once on an empty database: they race to create the schema.
+    let mut a = spawn_serve_nowait(cwd, &config_a, port_a);
+    let mut b = spawn_serve_nowait(cwd, &config_b, port_b);
+    wait_listening(port_a, &mut a.0, &cwd.join(format!("bridge-{port_a}.log")));
+    wait_listening(port_b, &mut b.0, &cwd.join(format!("bridge-{port_b}.log")));
+    let token = create_key(cwd, "rey", &store);
 
     for i in 0..3 {
         assert_eq!(
