@@ -520,6 +520,24 @@ mod tests {
     }
 
     #[test]
+    fn upstream_tls_defaults_to_the_built_in_roots_and_a_bad_ca_file_names_its_line() {
+        assert!(parse("").unwrap().upstream_trust.extra_roots.is_empty());
+        let e = parse("listen: 127.0.0.1:1\nupstream_tls:\n  ca_file: /nonexistent/ca.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "bridge.yaml:3:3: field `upstream_tls.ca_file`: cannot read /nonexistent/ca.pem"
+            ),
+            "{e}"
+        );
+        let e = parse("upstream_tls:\n  ca_dir: /etc/ssl\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ca_dir"), "{e}");
+    }
+
+    #[test]
     fn pricing_overrides_are_merged_onto_defaults() {
         let c = parse("pricing:\n  my-model: { input: 1.0, output: 2.0 }\n").unwrap();
         assert!(c.pricing.price("my-model").is_some());
