@@ -426,7 +426,8 @@ fn escapes_through_the_host_fail_from_inside() {
     let mut outside = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .args([
-            "python3",
+            // Absolute: the caller's PATH may point at interpreters nobody cannot run.
+            "/usr/bin/python3",
             "-c",
             "import socket, time\n\
              s = socket.socket(socket.AF_UNIX); s.bind('\\0boundary-test-outside'); s.listen(1)\n\
@@ -436,7 +437,18 @@ fn escapes_through_the_host_fail_from_inside() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // Listening once its abstract address is in the kernel's table.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .contains("@boundary-test-outside")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the outside listener did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let pid = outside.id();
     let script = format!(
         r#"
@@ -704,6 +716,7 @@ fn a_killed_agent_leaves_sessions_confined_and_a_new_one_adopts_them() {
          open('{ready}', 'w').close()\n\
          while not os.path.exists('{go}'): time.sleep(0.02)\n\
          attempt()\n\
+         open('{go}.done', 'w').close()\n\
          while not os.path.exists('{go2}'): time.sleep(0.02)\n\
          attempt()\n",
         ready = ready.display(),
@@ -723,7 +736,11 @@ fn a_killed_agent_leaves_sessions_confined_and_a_new_one_adopts_them() {
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     std::fs::write(&go, "").unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // The first attempt is made (and refused) while no agent is running.
+    wait_for_file(
+        &agent.path("go.done"),
+        "the attempt without an agent did not happen",
+    );
     agent.restart();
     agent.wait_event("adoption", |e| {
         e["event.name"] == "boundary.session.adopted" && e["session.id"] == id.as_str()

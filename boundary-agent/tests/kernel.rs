@@ -370,12 +370,19 @@ fn exit_codes_and_signals_are_propagated_and_forwarded() {
             &[
                 "sh",
                 "-c",
-                "trap 'exit 3' TERM; while :; do sleep 0.05; done",
+                &format!(
+                    "trap 'exit 3' TERM; touch {}; while :; do sleep 0.05; done",
+                    case.path("trapped").display()
+                ),
             ],
         )
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(700));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !case.path("trapped").exists() {
+        assert!(Instant::now() < deadline, "the command did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -588,9 +595,12 @@ fn raw_sockets_are_refused() {
 
 /// A Python script that waits for `go` to exist, then connects to 127.0.0.2 and 127.0.0.3 on
 /// `port`, collects `ok`/`eperm` in `r`, and runs `report`.
+/// A script that announces it runs (a `<go>.ready-<pid>` file), waits for `go`, then tries
+/// 127.0.0.2 and 127.0.0.3.
 fn try_both_when(go: &Path, port: u16, report: &str) -> String {
     format!(
         "import socket, os, time\n\
+         open('{go}.ready-%d' % os.getpid(), 'w').close()\n\
          while not os.path.exists('{go}'): time.sleep(0.02)\n\
          r = []\n\
          for ip in ('127.0.0.2', '127.0.0.3'):\n    s = socket.socket()\n    try:\n        \
@@ -598,6 +608,25 @@ fn try_both_when(go: &Path, port: u16, report: &str) -> String {
          {report}\n",
         go = go.display()
     )
+}
+
+/// Waits (bounded) until `n` scripts of [`try_both_when`] announced themselves.
+fn wait_ready(go: &Path, n: usize) {
+    let dir = go.parent().unwrap();
+    let prefix = format!("{}.ready-", go.file_name().unwrap().to_string_lossy());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count();
+        if ready >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{ready} of {n} commands started");
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -618,7 +647,8 @@ fn two_sessions_with_different_policies_run_side_by_side() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(800));
+    // Both commands run (each in its session) before either tries.
+    wait_ready(&go, 2);
     std::fs::write(&go, "").unwrap();
     let oa = ca.wait_with_output().unwrap();
     let ob = cb.wait_with_output().unwrap();
@@ -802,7 +832,7 @@ fn if_the_agent_dies_the_command_stays_confined() {
         .command(&[], &["python3", "-c", &script])
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(800));
+    wait_ready(&go, 1);
     agent.kill().unwrap(); // SIGKILL: no cleanup runs.
     agent.wait().unwrap();
     std::fs::write(&go, "").unwrap();
@@ -818,7 +848,16 @@ fn if_the_agent_dies_the_command_stays_confined() {
         .unwrap()
         .to_string();
     let _ = std::fs::write(Path::new(&cgroup).join("cgroup.kill"), "1");
-    thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(Path::new(&cgroup).join("cgroup.events"))
+        .is_ok_and(|t| t.contains("populated 1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan's processes did not die"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     let out = case.run(&["true"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(

@@ -16,6 +16,8 @@
 //! limits:                         # every field optional; defaults in `proxy::Limits`
 //!   max_connections: 4096
 //!   upstream_response_timeout_secs: 600
+//! upstream_tls:                   # optional: HTTPS upstreams behind a private CA
+//!   ca_file: /etc/bridge/upstream-ca.pem   # PEM; trusted in addition to the webpki roots
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -31,7 +33,7 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::pricing::PricingTable;
-use crate::proxy::{Limits, Upstream};
+use crate::proxy::{Limits, Upstream, UpstreamTrust};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_STORE: &str = "bridge.db";
@@ -57,6 +59,8 @@ pub struct BridgeConfig {
     /// Time a connection may take to send a request's headers, and stay idle between
     /// requests.
     pub header_read_timeout: Duration,
+    /// Certificate authorities trusted for HTTPS upstreams (`upstream_tls:`).
+    pub upstream_trust: UpstreamTrust,
     /// Where the configuration came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
 }
@@ -82,6 +86,16 @@ struct RawConfig {
     pricing: Option<PricingTable>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    upstream_tls: RawUpstreamTls,
+}
+
+/// `upstream_tls:`; how HTTPS upstreams are verified.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    /// PEM file of CA certificates trusted in addition to the built-in webpki roots.
+    ca_file: Option<PathBuf>,
 }
 
 /// `limits:`; each field overrides one default.
@@ -160,6 +174,7 @@ impl BridgeConfig {
             max_connections: None,
             max_model_labels: crate::telemetry::DEFAULT_MAX_MODEL_LABELS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            upstream_trust: UpstreamTrust::default(),
             source: None,
         })
     }
@@ -273,6 +288,11 @@ impl BridgeConfig {
             anthropic: provider("anthropic", raw.providers.anthropic, DEFAULT_ANTHROPIC_URL)?,
             openai: provider("openai", raw.providers.openai, DEFAULT_OPENAI_URL)?,
         };
+        let upstream_trust = match &raw.upstream_tls.ca_file {
+            Some(ca_file) => UpstreamTrust::from_pem_file(ca_file)
+                .map_err(|m| err(&["upstream_tls", "ca_file"], m))?,
+            None => UpstreamTrust::default(),
+        };
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -331,6 +351,7 @@ impl BridgeConfig {
                 .unwrap_or(crate::telemetry::DEFAULT_MAX_MODEL_LABELS),
             header_read_timeout: positive("header_read_timeout_secs", l.header_read_timeout_secs)?
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            upstream_trust,
             listen,
             store,
             spool_dir: raw
@@ -496,6 +517,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only the openai provider"), "{e}");
+    }
+
+    #[test]
+    fn upstream_tls_defaults_to_the_built_in_roots_and_a_bad_ca_file_names_its_line() {
+        assert!(parse("").unwrap().upstream_trust.extra_roots.is_empty());
+        let e = parse("listen: 127.0.0.1:1\nupstream_tls:\n  ca_file: /nonexistent/ca.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "bridge.yaml:3:3: field `upstream_tls.ca_file`: cannot read /nonexistent/ca.pem"
+            ),
+            "{e}"
+        );
+        let e = parse("upstream_tls:\n  ca_dir: /etc/ssl\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ca_dir"), "{e}");
     }
 
     #[test]

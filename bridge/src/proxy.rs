@@ -152,6 +152,81 @@ impl Upstream {
     }
 }
 
+/// Certificate authorities trusted for HTTPS upstreams: the webpki roots (Mozilla's list,
+/// built in, so verification does not depend on the host's CA bundle) plus any configured in
+/// `upstream_tls.ca_file`, e.g. a company gateway's private CA.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamTrust {
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl UpstreamTrust {
+    /// Reads the CA certificates of a PEM file; the message says what is wrong with it.
+    pub fn from_pem_file(path: &std::path::Path) -> Result<UpstreamTrust, String> {
+        use rustls_pki_types::pem::PemObject;
+        let shown = path.display();
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{shown}: not a PEM certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{shown} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)"
+            ));
+        }
+        // Parse each now, so a bad file stops the start instead of failing every request.
+        let mut store = rustls::RootCertStore::empty();
+        for (i, c) in certs.iter().enumerate() {
+            store
+                .add(c.clone())
+                .map_err(|e| format!("{shown}: certificate {} is unusable: {e}", i + 1))?;
+        }
+        Ok(UpstreamTrust { extra_roots: certs })
+    }
+
+    fn client_config(&self) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        // Checked when the configuration was loaded.
+        let (_, unusable) = roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+        debug_assert_eq!(unusable, 0);
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    }
+}
+
+/// If `e` failed because the upstream's certificate did not verify, why (rustls's words).
+fn certificate_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(
+            t @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) = as_tls_error(c)
+        {
+            return Some(t.to_string());
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// The rustls error `e` is, or wraps without exposing it as its `source()`: tokio-rustls and
+/// hyper-rustls report rustls errors inside (nested) `io::Error`s, whose `source()` skips them.
+fn as_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let inner: &(dyn std::error::Error + 'static) =
+        e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    as_tls_error(inner)
+}
+
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
@@ -675,6 +750,25 @@ impl Gateway {
         sink: Arc<dyn RecordSink>,
         limits: Limits,
     ) -> Gateway {
+        Self::with_trust(
+            anthropic,
+            openai,
+            auth,
+            sink,
+            limits,
+            &UpstreamTrust::default(),
+        )
+    }
+
+    /// [`Gateway::with_limits`] with the certificate authorities trusted for HTTPS upstreams.
+    pub fn with_trust(
+        anthropic: Option<Upstream>,
+        openai: Option<Upstream>,
+        auth: Arc<dyn Authenticate>,
+        sink: Arc<dyn RecordSink>,
+        limits: Limits,
+        trust: &UpstreamTrust,
+    ) -> Gateway {
         let mut http = HttpConnector::new();
         // Small SSE frames must leave immediately; Nagle would add up to 40 ms per event.
         http.set_nodelay(true);
@@ -683,7 +777,7 @@ impl Gateway {
         // timeout.
         http.set_connect_timeout(Some(Duration::from_secs(10)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(trust.client_config())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -1193,10 +1287,19 @@ impl Exchange {
             Ok(Err(e)) => {
                 let reason = error_chain(&e);
                 tracing::warn!(upstream = %base_url, error = %reason, "upstream unavailable");
+                // A certificate that does not verify is a configuration problem the client
+                // should see named (the other causes stay in the log and the record).
+                let message = match certificate_failure(&e) {
+                    Some(why) => format!(
+                        "upstream {} unavailable: TLS certificate verification failed: {why} (is base_url right? a private CA goes in upstream_tls.ca_file)",
+                        route.provider.as_str()
+                    ),
+                    None => format!("upstream {} unavailable", route.provider.as_str()),
+                };
                 Err((
                     StatusCode::BAD_GATEWAY,
                     format!("upstream unavailable: {reason}"),
-                    format!("upstream {} unavailable", route.provider.as_str()),
+                    message,
                 ))
             }
             Err(_) => {

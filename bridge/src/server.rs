@@ -112,7 +112,7 @@ pub async fn serve(
             "no --config given: using the built-in defaults"
         );
     }
-    let gateway = Gateway::with_limits(
+    let gateway = Gateway::with_trust(
         config.providers.anthropic.clone(),
         config.providers.openai.clone(),
         Arc::new(Authenticator::new(store.clone())),
@@ -121,6 +121,7 @@ pub async fn serve(
             telemetry: telemetry.clone(),
         }),
         config.limits,
+        &config.upstream_trust,
     );
     let admin = Admin {
         store: store.clone(),
@@ -146,11 +147,23 @@ pub async fn serve(
         openai_base_url = %format!("http://{listen}/openai/v1"),
         "bridge serving"
     );
+    let in_flight = admin.telemetry.clone();
     run(listener, gateway, Some(admin), shutdown, conn_limits).await;
+    // A request that ended during the drain hands its record over from a task of its own
+    // (`Watch::finish`), possibly after its connection closed: wait for those hand-overs
+    // (bounded: they only parse and enqueue) so the records reach the store now, not the
+    // spool for the next start.
+    let deadline = tokio::time::Instant::now() + RECORD_HANDOVER_TIMEOUT;
+    while in_flight.requests_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     recorder.shutdown().await;
     tracing::info!("bridge stopped; records flushed");
     Ok(())
 }
+
+/// Longest wait at shutdown for the records of requests that just ended to be handed over.
+const RECORD_HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves a gateway on an already bound listener (the benchmark uses this without a store).
 pub async fn serve_gateway(

@@ -180,6 +180,9 @@ fn to_sqlite_sql(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
+/// Key of the PostgreSQL advisory lock held while migrating ("bridge" in ASCII).
+const PG_MIGRATION_LOCK: i64 = 0x6272_6964_6765;
+
 impl Store {
     /// "sqlite://path", a bare path ("bridge.db"), or "postgres://user@host:port/db".
     pub async fn open(url: &str) -> Result<Store, Error> {
@@ -231,6 +234,25 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), Error> {
+        // Replicas started at once on a new PostgreSQL database race on `CREATE TABLE IF NOT
+        // EXISTS`, which PostgreSQL can fail with a unique violation in its catalog: one
+        // replica migrates at a time (a session lock on the store's one connection, released
+        // with it if the process dies), the others wait and then find the work done.
+        let pg = matches!(&*self.backend, Backend::Postgres { .. });
+        if pg {
+            self.execute_batch(&format!("SELECT pg_advisory_lock({PG_MIGRATION_LOCK})"))
+                .await?;
+        }
+        let result = self.migrate_locked().await;
+        if pg {
+            let _ = self
+                .execute_batch(&format!("SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})"))
+                .await;
+        }
+        result
+    }
+
+    async fn migrate_locked(&self) -> Result<(), Error> {
         self.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )

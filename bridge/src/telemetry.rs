@@ -124,6 +124,11 @@ impl Telemetry {
         Ok(t)
     }
 
+    /// Spans that never reached the OTLP collector (`None` without OTLP export).
+    pub fn otlp_spans_dropped_total(&self) -> Option<u64> {
+        self.otlp.as_ref().map(|o| o.spans_dropped())
+    }
+
     /// Exports pending OTLP spans and metrics (the recorder calls this at shutdown).
     pub async fn flush(&self) {
         if let Some(o) = &self.otlp {
@@ -158,6 +163,11 @@ impl Telemetry {
     /// In-flight gauge --.
     pub fn request_finished(&self, provider: Provider) {
         self.with(|m| *m.in_flight.entry(provider.as_str().into()).or_default() -= 1);
+    }
+
+    /// Requests that went upstream and whose record is not handed to the recorder yet.
+    pub fn requests_in_flight(&self) -> i64 {
+        self.with(|m| m.in_flight.values().sum())
     }
 
     /// Bounds the distinct `model` label values.
@@ -397,6 +407,15 @@ impl Telemetry {
             );
             let _ = writeln!(out, "bridge_records_stored_total {}", m.records_stored);
         });
+        if let Some(n) = self.otlp_spans_dropped_total() {
+            header(
+                &mut out,
+                "bridge_otlp_spans_dropped_total",
+                "counter",
+                "Spans that never reached the OTLP collector (queue full, or export failed).",
+            );
+            let _ = writeln!(out, "bridge_otlp_spans_dropped_total {n}");
+        }
         out
     }
 }

@@ -14,7 +14,7 @@ use bridge::recorder::Recorder;
 use bridge::store::Store;
 use bridge::telemetry::Telemetry;
 use chrono::Utc;
-use store_support::{record, TempDir};
+use store_support::{record, wait_until, TempDir};
 
 fn bridge(args: &[&str], store: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bridge"))
@@ -84,9 +84,18 @@ async fn keys_created_by_the_cli_authenticate_until_revoked() {
 
     let revoked = stdout(&bridge(&["keys", "revoke", &key_id], db));
     assert!(revoked.contains(&key_id));
-    // A running authenticator sees the revocation once its cache entry expires.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(auth.authenticate(&token).await.unwrap(), None);
+    // A running authenticator sees the revocation once its cache entry (100 ms) expires.
+    let revoked_at = std::time::Instant::now();
+    let refused = wait_until(Duration::from_secs(5), || async {
+        auth.authenticate(&token).await.unwrap().is_none()
+    })
+    .await;
+    assert!(refused, "revoked token still accepted");
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "revocation seen after {:?}, cache TTL 100 ms",
+        revoked_at.elapsed()
+    );
     let listed: serde_json::Value =
         serde_json::from_str(&stdout(&bridge(&["keys", "list", "--format", "json"], db))).unwrap();
     assert!(listed[0]["revoked_at"].is_string());

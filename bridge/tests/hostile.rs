@@ -118,7 +118,8 @@ async fn a_client_that_leaves_before_the_response_headers_is_recorded_with_the_u
     // The client gives up while the (non-streaming) upstream is still working.
     pending.abort();
     let _ = pending.await;
-    // Let the bridge notice the closed connection before the answer comes.
+    // Give the bridge time to notice the closed connection before the answer comes (nothing
+    // outside the bridge shows when it has; the outcome is asserted below either way).
     tokio::time::sleep(Duration::from_millis(100)).await;
     up.respond_json(
         200,
@@ -131,6 +132,9 @@ async fn a_client_that_leaves_before_the_response_headers_is_recorded_with_the_u
         rec.id, starts[0].id,
         "the final record replaces the start entry"
     );
+    // The path under test: the answer came after the bridge saw the client leave (were the
+    // 100 ms above not enough, this says so instead of silently testing another path).
+    assert_eq!(rec.outcome.as_str(), "client_cancelled", "{rec:?}");
     assert_eq!((rec.usage.input_tokens, rec.usage.output_tokens), (17, 300));
     assert_eq!(rec.prompt.as_deref(), Some("a long answer please"));
     assert!(

@@ -340,9 +340,40 @@ async fn exercise(c: &HttpClient, url: &str, token: &str, n: usize) {
         .await;
         let text = String::from_utf8_lossy(&body);
         assert_eq!(status, 200, "{path}: {text}");
-        // Streams carry the reply in word-sized deltas; check a word of the prompt came back.
-        assert!(text.contains(&format!("{i}")), "{path}: {text}");
+        // The whole reply to this very prompt came back (streams: its deltas, joined).
+        assert_eq!(
+            reply_text(&text),
+            format!("Hello from the fake upstream. You said: request {i}"),
+            "{path}: {text}"
+        );
     }
+}
+
+/// The text of an answer: an Anthropic message's text blocks, or the text deltas of an
+/// Anthropic or OpenAI Chat stream, joined.
+fn reply_text(body: &str) -> String {
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    if events.is_empty() {
+        let v: Value = serde_json::from_str(body).unwrap_or_default();
+        return v["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b["text"].as_str())
+            .collect();
+    }
+    events
+        .iter()
+        .filter_map(|e| {
+            e["delta"]["text"]
+                .as_str()
+                .or_else(|| e["choices"][0]["delta"]["content"].as_str())
+        })
+        .collect()
 }
 
 async fn readiness(c: &HttpClient, url: &str) -> Value {
@@ -369,7 +400,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn serve_on_postgres_keeps_answering_through_a_database_outage_and_loses_no_record() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let dir = TempDir::new("serve-pg");
     let cwd = dir.path();
     // Trust authentication ignores the password; it is here to prove it is never logged.

@@ -161,3 +161,52 @@ async fn recorded_requests_are_exported_as_otlp_genai_spans_and_metrics() {
         .iter()
         .any(|p| attr(&p["attributes"], "error.type").is_some()));
 }
+
+/// A collector that accepts connections and reads nothing, answers nothing: a stalled one.
+async fn stalled_collector() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_costs_a_bounded_span_queue_and_the_spans_beyond_it_are_dropped_and_counted(
+) {
+    use bridge::telemetry::otlp::{SPAN_BATCH, SPAN_QUEUE};
+    let config = OtlpConfig {
+        endpoint: stalled_collector().await,
+        headers: vec![],
+        metric_interval: Duration::from_secs(3600),
+    };
+    let telemetry = Telemetry::with_otlp("bridge-test", config).unwrap();
+    let n = SPAN_QUEUE + SPAN_BATCH + 2000;
+    for i in 0..n {
+        let r = record(
+            &format!("user-{i}"),
+            Provider::Anthropic,
+            "claude-sonnet-4",
+            Utc::now(),
+            10,
+            1,
+        );
+        telemetry.observe_record(&r);
+    }
+    // The exporter holds at most the queue plus the one batch it is (not) sending; the rest
+    // is dropped at once, not queued, and counted.
+    let dropped = telemetry.otlp_spans_dropped_total().unwrap() as usize;
+    assert!(
+        (n - SPAN_QUEUE - SPAN_BATCH..=n - SPAN_QUEUE).contains(&dropped),
+        "{dropped} of {n} spans dropped; expected all but the queue ({SPAN_QUEUE}) and at most one batch ({SPAN_BATCH})"
+    );
+    let metrics = telemetry.render_prometheus();
+    assert!(
+        metrics.contains(&format!("\nbridge_otlp_spans_dropped_total {dropped}\n")),
+        "{metrics}"
+    );
+}

@@ -27,6 +27,9 @@
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
 //! `x-fake-received-path`, the path it was asked for (to test upstream chaining). Routes match
 //! by suffix (`.../v1/messages`), so it also stands in for a gateway mounted under a prefix.
+//!
+//! With `--tls-cert` and `--tls-key` (PEM files) it speaks HTTPS instead of plain HTTP, as the
+//! real providers do, so tests can check how the bridge verifies an upstream's certificate.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,6 +73,35 @@ struct Args {
         default_value = "sk-openai-fake-upstream-key"
     )]
     openai_key: String,
+    /// PEM certificate chain: serve HTTPS with it (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS acceptor for `--tls-cert`/`--tls-key`.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 struct Keys {
@@ -167,19 +199,41 @@ async fn main() -> anyhow::Result<()> {
         anthropic: args.anthropic_key,
         openai: args.openai_key,
     }));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen).await?;
-    eprintln!("fake-upstream listening on {}", listener.local_addr()?);
+    eprintln!(
+        "fake-upstream listening on {} ({})",
+        listener.local_addr()?,
+        if tls.is_some() { "https" } else { "http" }
+    );
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc =
-                service_fn(move |req| async move { Ok::<_, Infallible>(handle(req, keys).await) });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => serve_connection(stream, keys).await,
+                    // A client that refuses our certificate ends here; say so for the test log.
+                    Err(e) => eprintln!("fake-upstream: TLS handshake failed: {e}"),
+                },
+                None => serve_connection(stream, keys).await,
+            }
         });
     }
+}
+
+async fn serve_connection<S>(stream: S, keys: &'static Keys)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| async move { Ok::<_, Infallible>(handle(req, keys).await) });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 /// A response that misbehaves as `x-fake-misbehave` asks, or `None` to answer normally.

@@ -23,9 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::Error;
 use crate::record::{InterceptionRecord, Outcome};
 
-/// Spans waiting for export; beyond this they are dropped (and counted).
-const SPAN_QUEUE: usize = 4096;
-const SPAN_BATCH: usize = 512;
+/// Spans waiting for export; beyond this they are dropped (and counted), so a stalled collector
+/// costs at most this many spans (plus one batch being sent) of memory.
+pub const SPAN_QUEUE: usize = 4096;
+/// Most spans sent in one export request.
+pub const SPAN_BATCH: usize = 512;
 const SPAN_INTERVAL: Duration = Duration::from_secs(1);
 
 const TOKEN_BUCKETS: &[f64] = &[
@@ -148,6 +150,7 @@ impl OtlpExporter {
             headers: config.headers,
             resource: json!({ "attributes": [kv("service.name", json!({"stringValue": service_name}))] }),
             metrics: metrics.clone(),
+            dropped: dropped.clone(),
             start_ns: now_ns(),
             metric_interval: config.metric_interval,
         };
@@ -205,6 +208,12 @@ impl OtlpExporter {
                 tracing::warn!(dropped = n, "OTLP span queue full; spans dropped");
             }
         }
+    }
+
+    /// Spans that never reached the collector: dropped because the queue was full, or in a
+    /// failed export.
+    pub fn spans_dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Exports everything pending now (spans and metrics).
@@ -312,6 +321,7 @@ struct ExportTask {
     headers: Vec<(String, String)>,
     resource: Json,
     metrics: Arc<Mutex<GenAiMetrics>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
     start_ns: u128,
     metric_interval: Duration,
 }
@@ -359,6 +369,8 @@ impl ExportTask {
             "scopeSpans": [{ "scope": { "name": "bridge", "version": env!("CARGO_PKG_VERSION") }, "spans": batch }],
         }]});
         if let Err(e) = self.post("/v1/traces", &body).await {
+            self.dropped
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, spans = n, "OTLP trace export failed; spans dropped");
         }
     }

@@ -13,7 +13,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+try:  # newer SDKs ship their own fork of httpx
+    import httpx2
+except ImportError:
+    httpx2 = None
+
+# What the SDKs raise when a stream's connection is cut mid-body: the HTTP layer's
+# RemoteProtocolError (the Anthropic SDK lets it through; the OpenAI SDK wraps it in
+# openai.APIConnectionError), from whichever of httpx and httpx2 the installed SDK uses.
+REMOTE_PROTOCOL_ERRORS = tuple(m.RemoteProtocolError for m in (httpx, httpx2) if m is not None)
 
 REPO = Path(__file__).resolve().parents[3]
 BRIDGE_BIN = os.environ.get("BRIDGE_BIN", str(REPO / "target" / "debug" / "bridge"))

@@ -6,6 +6,8 @@ import httpx
 import openai
 import pytest
 
+from conftest import REMOTE_PROTOCOL_ERRORS
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -167,10 +169,14 @@ def test_upstream_error_status_surfaces_in_the_sdk_and_is_recorded(bridge, sessi
 
 def test_error_chunk_mid_stream_raises_api_error_and_is_recorded(bridge, session_id):
     c = client(bridge, session_id, **{"x-fake-error": "mid-stream"})
-    with pytest.raises(openai.APIError):
+    with pytest.raises(openai.APIError) as e:
         for _ in c.chat.completions.create(model="gpt-4o", stream=True,
                                            messages=[{"role": "user", "content": "hi"}]):
             pass
+    # The SDK raises the stream's error chunk as an APIError carrying its type (no status:
+    # the response itself was a 200).
+    assert type(e.value) is openai.APIError, repr(e.value)
+    assert e.value.type == "server_error"
     rec = bridge.wait_record(by_session(session_id))
     assert rec["outcome"] == "upstream_error"
     assert "server_error" in rec["error"]
@@ -247,11 +253,13 @@ def test_missing_token_gets_401_in_openai_format_on_every_route(bridge, method, 
 
 def test_upstream_connection_cut_mid_stream_is_recorded_as_upstream_unavailable(bridge, session_id):
     c = client(bridge, session_id, **{"x-fake-error": "disconnect"})
-    with pytest.raises(Exception) as e:  # the SDK's HTTP layer: httpx or httpx2
+    with pytest.raises((openai.APIConnectionError, *REMOTE_PROTOCOL_ERRORS)) as e:
         for _ in c.chat.completions.create(model="gpt-4o", stream=True,
                                            messages=[{"role": "user", "content": "long answer"}]):
             pass
-    assert isinstance(e.value, openai.APIError) or "incomplete" in str(e.value), repr(e.value)
+    cause = e.value.__cause__ if isinstance(e.value, openai.APIConnectionError) else e.value
+    assert isinstance(cause, REMOTE_PROTOCOL_ERRORS), repr(cause)
+    assert "incomplete chunked read" in str(cause), repr(e.value)
     rec = bridge.wait_record(by_session(session_id))
     assert rec["outcome"] == "upstream_unavailable"
     assert rec["prompt"] == "long answer"

@@ -98,7 +98,37 @@ where
     f().await
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The directory holding `initdb` and `pg_ctl`: where Debian's `postgresql` package puts them
+/// (`/usr/lib/postgresql/VERSION/bin`, the newest version; what `cargo xtask setup --for-tests`
+/// installs), else the first `initdb` on `PATH`. A missing PostgreSQL fails the test that needs
+/// it, loudly, in CI or not: a test that cannot run must not pass.
+fn pg_bin() -> PathBuf {
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    debian.sort();
+    if let Some((_, bin)) = debian.pop() {
+        return bin;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL not found: no /usr/lib/postgresql/*/bin/initdb and no initdb on PATH. \
+             Install it with `cargo xtask setup --for-tests` (Debian package postgresql)"
+        )
+    })
+}
 
 /// A PostgreSQL server in a temporary data directory, listening on 127.0.0.1 only, run as the
 /// unprivileged `postgres` user (initdb refuses root). Stopped and deleted on drop.
@@ -108,18 +138,8 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Starts a server. Returns `None` (the caller skips) when the binaries are missing,
-    /// except under `CI=true`, where a missing PostgreSQL fails the test.
-    pub fn start() -> Option<Postgres> {
-        if !Path::new(PG_BIN).join("initdb").exists() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL binaries not found in {PG_BIN}: install the Debian package postgresql-15");
-            }
-            eprintln!(
-                "skipping: PostgreSQL binaries not found in {PG_BIN} (install postgresql-15)"
-            );
-            return None;
-        }
+    /// Starts a server; panics (the test fails) when PostgreSQL is not installed.
+    pub fn start() -> Postgres {
         let dir = std::env::temp_dir().join(format!(
             "bridge-pg-{}-{}",
             std::process::id(),
@@ -161,7 +181,7 @@ impl Postgres {
             .port();
         let pg = Postgres { dir, port };
         pg.restart();
-        Some(pg)
+        pg
     }
 
     pub fn url(&self) -> String {
@@ -223,7 +243,7 @@ fn is_root_free() -> bool {
 }
 
 fn pg_command(as_postgres: bool, tool: &str) -> Command {
-    let bin = Path::new(PG_BIN).join(tool);
+    let bin = pg_bin().join(tool);
     if as_postgres {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);

@@ -10,6 +10,12 @@
 //!
 //! Fail closed: stopping the daemon leaves every session attached (pinned links); the next
 //! daemon finds them through their owner files and pins.
+//!
+//! Beside it: [`protocol`] (the JSON-lines messages and their framing) and [`client`] (the
+//! `boundary run` side and the inspection commands).
+
+pub mod client;
+pub mod protocol;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -27,8 +33,8 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 use crate::events::Tap;
 use crate::policy;
-use crate::protocol::{self, Request};
 use crate::session::{self, end_fields, Session, SessionSpec};
+use protocol::Request;
 
 /// How many recent events `boundary events` (without --follow) can show.
 const RECENT_EVENTS: usize = 2000;
