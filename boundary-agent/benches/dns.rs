@@ -27,6 +27,9 @@ const ROUNDS: usize = 3;
 /// Names never asked before, one at a time: through the proxy each one's address is
 /// installed in the kernel maps (its host entry worked out) before the answer is released.
 const FRESH: usize = 2_000;
+/// Names learned by one session for the memory figure (all answered with one address, so
+/// that the kernel map holds one entry and the figure is the agent's own bookkeeping).
+const MANY: usize = 100_000;
 const NAME: &str = "bench.allowed.test.";
 
 fn main() {
@@ -38,6 +41,10 @@ fn main() {
             args[4].parse().unwrap(),
             args[5].parse().unwrap(),
         );
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("many") {
+        many(args[2].parse().unwrap(), args[3].parse().unwrap());
         return;
     }
     if !nix::unistd::geteuid().is_root() {
@@ -138,6 +145,34 @@ fn main() {
         pq / dq,
         pfm - dfm,
     ));
+    // Memory: one session learns MANY names; the client reads its agent's peak RSS.
+    let started = Instant::now();
+    let out_many = Command::new(BOUNDARY)
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--hosts-file")
+        .arg(&hosts)
+        .args(["--dns-server", &upstream.to_string()])
+        .args(["--events", "/dev/null", "--user", "nobody", "--"])
+        .arg(&me)
+        .args(["many", &redirected.to_string(), &MANY.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out_many.status.success(), "{out_many:?}");
+    let f: Vec<f64> = String::from_utf8_lossy(&out_many.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    out.push_str(&format!(
+        "\nOne session learning {MANY} names (one at a time, {:.0} s in all; the last 1,000 \
+         took {:.0} µs each at the median): the agent's peak RSS (VmHWM) {:.1} MB, {:.1} MB \
+         before the first name.\n",
+        started.elapsed().as_secs_f64(),
+        f[2],
+        f[1] / 1024.0,
+        f[0] / 1024.0,
+    ));
     print!("{out}");
     std::io::stdout().flush().unwrap();
 }
@@ -170,6 +205,51 @@ fn start_upstream() -> SocketAddr {
         }
     });
     addr
+}
+
+/// The agent's (this client's parent's) peak RSS in kB.
+fn parent_hwm_kb() -> f64 {
+    std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        std::os::unix::process::parent_id()
+    ))
+    .ok()
+    .and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    })
+    .unwrap_or(0.0)
+}
+
+/// Prints `hwm_before_kb hwm_after_kb last_1000_median_us` after asking `n` new names.
+fn many(server: SocketAddr, n: usize) {
+    let before = parent_hwm_kb();
+    let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.connect(server).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut last = Vec::new();
+    for i in 0..n {
+        let q = query_for(i as u16, &format!("m{i}.allowed.test."));
+        let t = Instant::now();
+        sock.send(&q).unwrap();
+        loop {
+            let got = sock.recv(&mut buf).unwrap();
+            if got >= 2 && buf[..2] == q[..2] {
+                break;
+            }
+        }
+        if i + 1000 >= n {
+            last.push(t.elapsed());
+        }
+    }
+    last.sort();
+    println!(
+        "{before} {} {}",
+        parent_hwm_kb(),
+        last[last.len() / 2].as_secs_f64() * 1e6
+    );
 }
 
 fn query(id: u16) -> Vec<u8> {

@@ -373,8 +373,12 @@ impl Shared {
         if seen.get(name).is_some_and(|until| *until > now) {
             return false;
         }
-        if seen.len() > 65_536 {
+        if seen.len() >= 65_536 {
             seen.retain(|_, until| *until > now);
+            if seen.len() >= 65_536 {
+                // Bounded memory over exact dedup: some names get a second allow event.
+                seen.clear();
+            }
         }
         seen.insert(name.to_string(), now + ttl);
         true

@@ -13,6 +13,8 @@ use super::DomainPattern;
 pub struct AddressBook {
     /// name → address → `None` while current, `Some(deadline)` while in its grace period.
     names: BTreeMap<String, BTreeMap<IpAddr, Option<Instant>>>,
+    /// The same, by address: address → the names that have it (current or in grace).
+    by_ip: BTreeMap<IpAddr, BTreeSet<String>>,
 }
 
 impl AddressBook {
@@ -22,6 +24,7 @@ impl AddressBook {
             .entry(name.to_string())
             .or_default()
             .insert(ip, None);
+        self.by_ip.entry(ip).or_default().insert(name.to_string());
     }
 
     /// Records a fresh answer for `name`: its addresses become current, addresses it no longer
@@ -35,7 +38,9 @@ impl AddressBook {
             }
         }
         for ip in ips {
-            entry.insert(*ip, None);
+            if entry.insert(*ip, None).is_none() {
+                self.by_ip.entry(*ip).or_default().insert(name.to_string());
+            }
         }
         *entry != before
     }
@@ -43,10 +48,18 @@ impl AddressBook {
     /// Drops addresses whose grace period is over. Returns whether anything changed.
     pub fn expire(&mut self, now: Instant) -> bool {
         let mut changed = false;
-        for addrs in self.names.values_mut() {
-            addrs.retain(|_, state| {
+        for (name, addrs) in self.names.iter_mut() {
+            addrs.retain(|ip, state| {
                 let keep = state.is_none_or(|deadline| deadline > now);
-                changed |= !keep;
+                if !keep {
+                    changed = true;
+                    if let Some(names) = self.by_ip.get_mut(ip) {
+                        names.remove(name);
+                        if names.is_empty() {
+                            self.by_ip.remove(ip);
+                        }
+                    }
+                }
                 keep
             });
         }
@@ -75,10 +88,11 @@ impl AddressBook {
 
     /// The names that resolve (or recently resolved) to exactly `ip`, as stored.
     pub fn names_with(&self, ip: IpAddr) -> impl Iterator<Item = &str> + '_ {
-        self.names
-            .iter()
-            .filter(move |(_, addrs)| addrs.contains_key(&ip))
-            .map(|(name, _)| name.as_str())
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Every name that resolves (or recently resolved) to `ip`, sorted.

@@ -359,19 +359,14 @@ pub fn compile_hosts(
 ) -> Result<CompiledPolicy> {
     let targets: std::collections::BTreeSet<IpNet> =
         ips.iter().map(|ip| IpNet::from(*ip)).collect();
-    // The names each address stands for, looked up once.
-    let named: Vec<(IpAddr, Vec<&str>)> = ips
-        .iter()
-        .map(|ip| {
-            let names = books.iter().flat_map(|b| b.names_with(*ip)).collect();
-            (*ip, names)
-        })
-        .collect();
     let domain_addrs = |pattern: &DomainPattern| -> Vec<IpAddr> {
-        named
-            .iter()
-            .filter(|(_, names)| names.iter().any(|n| pattern.matches(n)))
-            .map(|(ip, _)| *ip)
+        ips.iter()
+            .filter(|ip| {
+                books
+                    .iter()
+                    .any(|b| b.names_with(**ip).any(|n| pattern.matches(n)))
+            })
+            .copied()
             .collect()
     };
     let covers = |net: &IpNet| targets.iter().any(|t| net.contains(t));
