@@ -882,9 +882,20 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let parent = self.cgroup_root.join("boundary");
         for _ in 0..250 {
-            let busy = std::fs::read_dir(&parent)
-                .is_ok_and(|d| d.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())));
-            if !busy {
+            // Sessions end with their commands; the agent's spare (prepared, never used)
+            // session is removed here once the agent is gone.
+            let sessions: Vec<String> = std::fs::read_dir(&parent)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|e| e.file_name().to_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for id in &sessions {
+                boundary_agent::session::remove_unused(&self.cgroup_root, id);
+            }
+            if sessions.is_empty() {
                 break;
             }
             thread::sleep(Duration::from_millis(20));
