@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroup::{self, Cgroup};
 
 use crate::confine::{Confinement, RunAs};
-use crate::dns::{DnsProxy, Learned, LearnedNames, ProxyContext};
+use crate::dns::{DnsProxy, Learned, LearnedNames, ProxyContext, RunningProxy};
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
 use crate::loader::{self, Enforcer};
@@ -107,8 +107,8 @@ pub struct Session {
     policy_task: tokio::task::JoinHandle<Enforcer>,
     refresh: tokio::task::JoinHandle<()>,
     sink_task: tokio::task::JoinHandle<()>,
-    /// The session's DNS proxy (aborted at the end).
-    dns: tokio::task::JoinHandle<()>,
+    /// The session's DNS proxy (stopped when dropped).
+    dns: RunningProxy,
 }
 
 impl Session {
@@ -382,7 +382,7 @@ impl Session {
         // The command is done: nothing else in its cgroup may outlive it.
         let _ = stop_tx.send(true);
         refresh.abort();
-        dns.abort();
+        drop(dns);
         if let Some(cgroup) = guard.cgroup.as_ref() {
             let _ = cgroup::kill_all(cgroup.path());
         }

@@ -24,4 +24,4 @@ pub mod learned;
 pub mod proxy;
 
 pub use learned::{Learned, LearnedNames};
-pub use proxy::{DnsProxy, ProxyContext};
+pub use proxy::{DnsProxy, ProxyContext, RunningProxy};

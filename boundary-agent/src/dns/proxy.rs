@@ -86,8 +86,8 @@ impl DnsProxy {
         out
     }
 
-    /// Serves until the returned task is aborted. Must run inside the tokio runtime.
-    pub fn spawn(self, ctx: ProxyContext) -> Result<tokio::task::JoinHandle<()>> {
+    /// Serves until the returned handle is dropped. Must run inside the tokio runtime.
+    pub fn spawn(self, ctx: ProxyContext) -> Result<RunningProxy> {
         let shared = Arc::new(Shared {
             ctx,
             upstreams: Mutex::new(None),
@@ -106,20 +106,19 @@ impl DnsProxy {
             tasks.push(tokio::spawn(serve_udp(udp, shared.clone())));
             tasks.push(tokio::spawn(serve_tcp(tcp, shared.clone())));
         }
-        Ok(tokio::spawn(async move {
-            // Aborting this task drops the guard, which aborts the servers.
-            let _servers = AbortOnDrop(tasks);
-            std::future::pending::<()>().await
-        }))
+        Ok(RunningProxy { servers: tasks })
     }
 }
 
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+/// A running proxy: it stops when this is dropped (however its session ends).
+pub struct RunningProxy {
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
 
-impl Drop for AbortOnDrop {
+impl Drop for RunningProxy {
     fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
+        for server in &self.servers {
+            server.abort();
         }
     }
 }
