@@ -215,6 +215,14 @@ impl Drop for Agent {
         {
             thread::sleep(Duration::from_millis(20));
         }
+        // A session prepared in advance by an agent that was killed has no process: remove
+        // it as a restarted agent would.
+        if let Ok(dirs) = std::fs::read_dir(&parent) {
+            for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
+                let id = dir.file_name().to_string_lossy().into_owned();
+                boundary_agent::session::remove_unused(&self.cgroup_root, &id);
+            }
+        }
         let _ = std::fs::remove_dir(&parent);
         let _ = std::fs::remove_dir(&self.cgroup_root);
     }
@@ -840,8 +848,18 @@ fn whole_workspace_mode_confines_running_processes_except_exempt_cgroups() {
         thread::sleep(Duration::from_millis(20));
     }
     // The agent dies; the workspace stays confined (pinned for good).
+    let agent_pid = agent.id().to_string();
     agent.kill().unwrap();
     agent.wait().unwrap();
+    // The session it had prepared in advance (no process in it) is removed, as a restarted
+    // agent would.
+    for dir in std::fs::read_dir(mount.join("boundary")).unwrap().flatten() {
+        let id = dir.file_name().to_string_lossy().into_owned();
+        let owner = std::fs::read_to_string(format!("/run/boundary/sessions/{id}"));
+        if owner.is_ok_and(|o| o.trim() == agent_pid) {
+            boundary_agent::session::remove_unused(&mount, &id);
+        }
+    }
     std::fs::write(&go, "").unwrap();
     let workload_out = workload.wait_with_output().unwrap();
     let control_out = control_process.wait_with_output().unwrap();
@@ -954,6 +972,8 @@ fn a_confined_process_sees_only_its_own_session() {
         s = agent.socket().display()
     );
     let out = agent.run_as_nobody(&["--session-id", &looking_id], &["sh", "-c", &inner]);
+    // The other session's command, not just its client: its session then ends.
+    let _ = boundary_agent::cgroup::kill_all(&agent.cgroup_root.join("boundary").join(&other_id));
     let _ = other.kill();
     let _ = other.wait();
     let o = stdout(&out);

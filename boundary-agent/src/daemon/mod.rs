@@ -76,6 +76,10 @@ struct Agent {
     started: SystemTime,
     /// A session prepared in advance (programs verified and attached), for the next start.
     spare: Mutex<Option<session::Prepared>>,
+    /// Set when the agent stops: no new session is prepared after that.
+    stopping: std::sync::atomic::AtomicBool,
+    /// A session is being prepared right now.
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 /// What the daemon knows of a live session besides the [`Session`] its connection task owns.
@@ -120,6 +124,8 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         lost: Mutex::new((0, 0)),
         started: SystemTime::now(),
         spare: Mutex::new(None),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        preparing: std::sync::atomic::AtomicBool::new(false),
     });
     refill_spare(&agent);
     tokio::spawn(collect_recent(agent.clone()));
@@ -167,7 +173,14 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&agent.opts.socket);
-    // The spare session has no process: remove it (its destructor does).
+    // The spare session has no process: remove it (its destructor does), after making sure
+    // none is being prepared that would be left behind.
+    agent
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    while agent.preparing.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drop(agent.spare.lock().unwrap().take());
     // Sessions whose processes are gone are being ended (events written, programs detached):
     // let them finish. Sessions with processes stay attached for the next agent.
@@ -195,7 +208,20 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
 fn refill_spare(agent: &Arc<Agent>) {
     let agent = agent.clone();
     tokio::task::spawn_blocking(move || {
-        if agent.spare.lock().unwrap().is_some() {
+        use std::sync::atomic::Ordering::SeqCst;
+        if agent.spare.lock().unwrap().is_some() || agent.preparing.swap(true, SeqCst) {
+            return;
+        }
+        // Cleared however this ends; checked again after `preparing` is visible, so that a
+        // stopping agent either sees us preparing or we see it stopping.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&agent.preparing);
+        if agent.stopping.load(SeqCst) {
             return;
         }
         let root = match &agent.opts.cgroup_root {
