@@ -221,12 +221,17 @@ struct Seen {
     forbidden_payload: AtomicU64,
     /// Payload bytes received by the listeners on allowed addresses.
     allowed_payload: AtomicU64,
+    /// Settle markers the sniffer has seen (see [`Seen::settle`]).
+    markers: AtomicU64,
+    /// The client namespace, where settle markers are sent from.
+    client_netns: std::sync::OnceLock<String>,
     stop: AtomicBool,
 }
 
 /// Starts the sniffer and listeners on the peer side.
 fn watch_peer(net: &Net) -> Arc<Seen> {
     let seen = Arc::new(Seen::default());
+    let _ = seen.client_netns.set(format!("/run/netns/{}", net.client));
     let sockets = net.on_peer(move || {
         // SAFETY: plain socket call; ETH_P_ALL in network order.
         let fd = unsafe {
@@ -345,6 +350,10 @@ fn sniff(fd: i32, seen: &Seen) {
         if f.len() < 14 {
             continue;
         }
+        if f.windows(SETTLE_MARKER.len()).any(|w| w == SETTLE_MARKER) {
+            seen.markers.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         let ethertype = u16::from_be_bytes([f[12], f[13]]);
         let ip = &f[14..];
         let bad = match ethertype {
@@ -378,9 +387,31 @@ fn has_routing_header(ip: &[u8]) -> bool {
     false
 }
 
+/// Payload of the datagram that closes a test's traffic (see [`Seen::settle`]).
+const SETTLE_MARKER: &[u8] = b"boundary-escape-test-settle-marker";
+
 impl Seen {
+    /// Waits until everything the client side sent before now has reached the sniffer: a
+    /// marker datagram is sent last over the same veth (which keeps order), and the sniffer
+    /// reads frames in order. Proving "nothing arrived" then needs no guessed grace period.
     fn settle(&self) {
-        thread::sleep(Duration::from_millis(300));
+        let before = self.markers.load(Ordering::SeqCst);
+        let netns = self.client_netns.get().expect("watch_peer sets it").clone();
+        thread::spawn(move || {
+            enter_netns(&netns);
+            let s = UdpSocket::bind("10.231.0.1:0").unwrap();
+            s.send_to(SETTLE_MARKER, (ALLOWED_V4, 9)).unwrap();
+        })
+        .join()
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.markers.load(Ordering::SeqCst) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sniffer never saw the settle marker"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn assert_nothing_forbidden(&self, what: &str) {
@@ -1194,21 +1225,14 @@ s.close()
 fn a_server_inside_answers_clients_outside_whatever_their_address() {
     let net = Net::new();
     let case = Case::new();
-    let started = Arc::new(AtomicBool::new(false));
     // The client connects from the forbidden address: replies to an inbound connection are
     // not new destinations.
     let client = {
         let path = format!("/run/netns/{}", net.peer);
-        let started = started.clone();
         thread::spawn(move || {
             enter_netns(&path);
-            for _ in 0..100 {
-                if started.load(Ordering::Relaxed) {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            for _ in 0..50 {
+            // Retried until the server inside listens (bounded).
+            for _ in 0..150 {
                 let s = socket2_bind_connect(FORBIDDEN_V4, "10.231.0.1");
                 if let Some(mut s) = s {
                     let mut got = Vec::new();
@@ -1218,13 +1242,6 @@ fn a_server_inside_answers_clients_outside_whatever_their_address() {
                 thread::sleep(Duration::from_millis(100));
             }
             0
-        })
-    };
-    let poller = {
-        let started = started.clone();
-        thread::spawn(move || {
-            thread::sleep(Duration::from_millis(500));
-            started.store(true, Ordering::Relaxed);
         })
     };
     let out = run(
@@ -1243,7 +1260,6 @@ attempt("reply", lambda: c.sendall(b"r" * 200000))
 c.close()
 "#,
     );
-    poller.join().unwrap();
     let got = client.join().unwrap();
     let r = results(&out);
     assert_eq!(
@@ -1372,7 +1388,11 @@ attempt("other_port", lambda: socket.create_connection(("::1", {tcp_port} + 1), 
     assert_eq!(r["rcode"], "3", "{}", text(&out));
     assert_eq!(r["tcp6_send"], "ok", "{}", text(&out));
     assert_eq!(r["other_port"], "err:EPERM", "{}", text(&out));
-    thread::sleep(Duration::from_millis(200));
+    // The listener counts what it read: wait for it to catch up with what was sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.load(Ordering::Relaxed) < 100_000 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(got.load(Ordering::Relaxed), 100_000);
 }
 
