@@ -688,11 +688,24 @@ fn status_sessions_and_events_show_what_the_agent_does() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = session.wait();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    // Read on a thread, waited for with a deadline: a follower that never prints must fail
+    // the test, not hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout_of_follow = follow.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout_of_follow).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut saw_end = false;
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
         if line.contains("boundary.session.end") && line.contains(&inspect) {
             saw_end = true;
             break;

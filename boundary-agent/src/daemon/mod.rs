@@ -72,6 +72,10 @@ struct Agent {
     owners: Mutex<VecDeque<(String, u32)>>,
     tap: Tap,
     recent: Mutex<VecDeque<Arc<Map<String, Value>>>>,
+    /// Events in the order they entered `recent`, for `boundary events --follow`: fed under
+    /// the `recent` lock, so a follower that copies the backlog and subscribes under that
+    /// lock misses nothing and sees nothing twice.
+    follow: Tap,
     lost: Mutex<(u64, u64)>,
     started: SystemTime,
     /// A session prepared in advance (programs verified and attached), for the next start.
@@ -115,12 +119,14 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
     }
     let (tap, _) = broadcast::channel(4096);
+    let (follow, _) = broadcast::channel(4096);
     let agent = Arc::new(Agent {
         opts,
         sessions: Mutex::new(HashMap::new()),
         owners: Mutex::new(VecDeque::new()),
         tap,
         recent: Mutex::new(VecDeque::new()),
+        follow,
         lost: Mutex::new((0, 0)),
         started: SystemTime::now(),
         spare: Mutex::new(None),
@@ -1045,10 +1051,12 @@ async fn stream_events(
         }
         visible(agent, peer, sid)
     };
-    // Subscribe before copying the backlog, so nothing falls between the two.
-    let mut rx = agent.tap.subscribe();
-    let backlog: Vec<Arc<Map<String, Value>>> =
-        agent.recent.lock().unwrap().iter().cloned().collect();
+    // Backlog and subscription under one lock (see `Agent::follow`).
+    let (backlog, mut rx) = {
+        let recent = agent.recent.lock().unwrap();
+        let backlog: Vec<Arc<Map<String, Value>>> = recent.iter().cloned().collect();
+        (backlog, agent.follow.subscribe())
+    };
     for e in backlog.iter().filter(|e| wanted(e)) {
         protocol::write_json(write, &**e).await?;
     }
@@ -1084,10 +1092,12 @@ async fn collect_recent(agent: Arc<Agent>) {
                     lost.1 += n("boundary.events_lost.allow");
                 }
                 let mut recent = agent.recent.lock().unwrap();
-                recent.push_back(e);
+                recent.push_back(e.clone());
                 if recent.len() > RECENT_EVENTS {
                     recent.pop_front();
                 }
+                // No follower is fine.
+                let _ = agent.follow.send(e);
             }
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
