@@ -477,11 +477,7 @@ impl Prepared {
         // whose owner file is missing or names a dead agent.
         let session_file = Path::new(RUN_DIR).join(&id);
         let _ = std::fs::create_dir_all(RUN_DIR);
-        let owner_alive = std::fs::read_to_string(&session_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
-        if owner_alive || root.join("boundary").join(&id).exists() {
+        if owner_alive(&id) || root.join("boundary").join(&id).exists() {
             return Err(Error::InvalidTarget {
                 target: id,
                 reason: "a session with this id is already running".into(),
@@ -667,13 +663,17 @@ pub fn orphaned_sessions(root: &Path) -> Vec<String> {
     cgroup::sessions(root)
         .into_iter()
         .filter_map(|dir| dir.file_name()?.to_str().map(str::to_string))
-        .filter(|id| {
-            let owner = std::fs::read_to_string(Path::new(RUN_DIR).join(id))
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok());
-            owner.is_none_or(|pid| kill(Pid::from_raw(pid), None).is_err())
-        })
+        .filter(|id| !owner_alive(id))
         .collect()
+}
+
+/// Whether the process named in the session's owner file (its agent, or a single-shot
+/// `boundary run`) is alive.
+fn owner_alive(id: &str) -> bool {
+    std::fs::read_to_string(Path::new(RUN_DIR).join(id))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
 }
 
 /// Single-shot mode: runs the command under the policy (boundary is root) and returns the exit
@@ -1095,24 +1095,12 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Removes sessions whose agent is gone and whose processes have all exited. Sessions whose
 /// agent died while processes remain are left attached: they stay confined (fail closed).
 fn sweep_stale_sessions(root: &Path) {
-    for dir in cgroup::sessions(root) {
-        let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
-            continue;
-        };
-        let owner = std::fs::read_to_string(Path::new(RUN_DIR).join(&id))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        if owner.is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok()) {
-            continue;
-        }
-        if cgroup::session_populated(&dir) {
+    for id in orphaned_sessions(root) {
+        if cgroup::session_populated(&root.join("boundary").join(&id)) {
             tracing::warn!(session = %id, "the agent of this session is gone; its processes stay confined by its last policy");
             continue;
         }
-        loader::remove_pin_dir(&Path::new(loader::PIN_ROOT).join(&id));
-        let _ = cgroup::remove_dir(&dir);
-        let _ = std::fs::remove_file(Path::new(RUN_DIR).join(&id));
-        let _ = std::fs::remove_file(spec_path(&id));
+        remove_unused(root, &id);
     }
 }
 

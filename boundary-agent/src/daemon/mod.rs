@@ -230,12 +230,8 @@ fn refill_spare(agent: &Arc<Agent>) {
         if agent.stopping.load(SeqCst) {
             return;
         }
-        let root = match &agent.opts.cgroup_root {
-            Some(r) => r.clone(),
-            None => match crate::cgroup::cgroup2_root() {
-                Ok(r) => r,
-                Err(_) => return,
-            },
+        let Ok(root) = session_root(&agent.opts) else {
+            return;
         };
         let id = uuid::Uuid::new_v4().to_string();
         match session::Prepared::new(&root, id, boundary_common::Settings::default()) {
@@ -300,18 +296,22 @@ async fn confine_workspace(agent: &Arc<Agent>, path: &Path) -> Result<Session> {
     Ok(session)
 }
 
+/// Where this agent's sessions live: `--cgroup-root`, or the cgroup v2 mount.
+fn session_root(opts: &AgentOptions) -> Result<PathBuf> {
+    match &opts.cgroup_root {
+        Some(root) => Ok(root.clone()),
+        None => crate::cgroup::cgroup2_root(),
+    }
+}
+
 /// Takes over the sessions of a dead agent (or of a killed single-shot run): they stayed
 /// confined by their pinned programs; now their events are read again (including those
 /// written while nobody was reading), their policy follows DNS and edits again, and they end
 /// when their last process exits. A session whose processes are all gone is drained and
 /// ended at once, with an abnormal `boundary.session.end`.
 async fn adopt_orphans(agent: &Arc<Agent>) {
-    let root = match &agent.opts.cgroup_root {
-        Some(r) => r.clone(),
-        None => match crate::cgroup::cgroup2_root() {
-            Ok(r) => r,
-            Err(_) => return,
-        },
+    let Ok(root) = session_root(&agent.opts) else {
+        return;
     };
     for id in session::orphaned_sessions(&root) {
         if !session::was_started(&id) {
@@ -538,35 +538,13 @@ async fn recv_first(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>)> {
     loop {
         stream.readable().await?;
         match stream.try_io(tokio::io::Interest::READABLE, || {
-            recv_with_fd(stream.as_raw_fd())
+            crate::confine::recv_with_fd(stream.as_raw_fd(), 64 * 1024)
         }) {
             Ok(got) => return Ok(got),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn recv_with_fd(fd: std::os::fd::RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let (bytes, fds) = {
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(std::io::Error::from)?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                fds.extend(received);
-            }
-        }
-        (msg.bytes, fds)
-    };
-    buf.truncate(bytes);
-    // SAFETY: the kernel installed these fds for us; each is owned exactly once.
-    let mut owned = fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) });
-    Ok((buf, owned.next()))
 }
 
 /// SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, immune to pid reuse.

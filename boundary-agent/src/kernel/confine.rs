@@ -351,29 +351,37 @@ fn send_fd(socket: i32, fd: i32, payload: &[u8]) -> std::io::Result<usize> {
 
 /// Single-shot mode, in the parent: the listener the child sent through its end of the pair.
 pub fn receive_listener(socket: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    let mut buf = [0u8; 8];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    recv_with_fd(socket.as_raw_fd(), 8)?
+        .1
+        .ok_or_else(|| std::io::Error::other("the command sent no syscall-filter listener"))
+}
+
+/// Reads one message of up to `max` bytes with recvmsg, keeping a file descriptor sent with
+/// it (at most one; the kernel closes any extra).
+pub fn recv_with_fd(
+    fd: std::os::fd::RawFd,
+    max: usize,
+) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = vec![0u8; max];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)?;
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel installed this fd for us.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    let (bytes, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                fds.extend(received);
             }
         }
-    }
-    Err(std::io::Error::other(
-        "the command sent no syscall-filter listener",
-    ))
+        (msg.bytes, fds)
+    };
+    buf.truncate(bytes);
+    // SAFETY: the kernel installed these fds for us; each is owned exactly once.
+    let mut owned = fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+    Ok((buf, owned.next()))
 }
 
 /// Connects to the agent, sends the join request and waits for its answer.
