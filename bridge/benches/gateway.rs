@@ -1,6 +1,6 @@
 //! Bridge gateway benchmark: `cargo bench -p bridge --bench gateway` (or `cargo xtask bench bridge`).
 //!
-//! Everything on loopback. Starts `fake-upstream` and a real `bridge serve` (SQLite store in a
+//! Everything on loopback. Starts `fake-upstream` and a real `llm-bridge serve` (SQLite store in a
 //! temp dir, a real bridge key, the real recorder, logging at its default level), then with a
 //! hyper load generator:
 //! 1. open loop at a fixed rate (default 1,000 req/s, 10 s per side), non-streaming and
@@ -362,7 +362,7 @@ async fn concurrent_streams(t: &Target, n: usize, bridge_pid: u32) -> (u64, usiz
     (rss, open)
 }
 
-/// Starts `bridge serve` from `bin` with its own config, store and spool named `name`.
+/// Starts `llm-bridge serve` from `bin` with its own config, store and spool named `name`.
 fn start_bridge(
     bin: &Path,
     dir: &Path,
@@ -404,7 +404,7 @@ fn start_bridge(
 fn bin(name: &str) -> PathBuf {
     // Cargo sets CARGO_BIN_EXE_<name> for benches; fall back to the bench's own directory.
     let from_env = match name {
-        "bridge" => option_env!("CARGO_BIN_EXE_bridge"),
+        "llm-bridge" => option_env!("CARGO_BIN_EXE_llm-bridge"),
         _ => option_env!("CARGO_BIN_EXE_fake-upstream"),
     };
     from_env.map(PathBuf::from).unwrap_or_else(|| {
@@ -444,17 +444,17 @@ fn main() {
             .expect("start fake-upstream"),
     );
     let fake_pid = procs.0[0].id();
-    let token = Command::new(bin("bridge"))
+    let token = Command::new(bin("llm-bridge"))
         .args(["keys", "create", "--user", "bench", "--store", &store])
         .stderr(Stdio::null())
         .output()
-        .expect("bridge keys create");
+        .expect("llm-bridge keys create");
     let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
-    assert!(!token.is_empty(), "bridge keys create printed no token");
+    assert!(!token.is_empty(), "llm-bridge keys create printed no token");
     // The 1,000-stream phase steers the fake upstream with `x-fake-hold-ms`, which the bridge
     // forwards only when configured to.
     let (bridge, token) = start_bridge(
-        &bin("bridge"),
+        &bin("llm-bridge"),
         &dir,
         "bench",
         up_port,
@@ -474,7 +474,7 @@ fn main() {
                 .args(["keys", "create", "--user", "bench", "--store", &store])
                 .stderr(Stdio::null())
                 .output()
-                .expect("baseline bridge keys create");
+                .expect("baseline llm-bridge keys create");
             let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
             // An older build may not know `forward_headers`; the baseline needs none.
             let (child, token) = start_bridge(&bin, &dir, "baseline", up_port, port, token, "");

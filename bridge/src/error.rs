@@ -11,7 +11,7 @@ pub enum Error {
     #[error("invalid store URL {url:?}: {reason} (use a path, sqlite://PATH or postgres://USER@HOST:PORT/DB)")]
     StoreUrl { url: String, reason: String },
     /// A bridge key id that does not exist.
-    #[error("no bridge key with id {0:?} (see `bridge keys list`)")]
+    #[error("no bridge key with id {0:?} (see `llm-bridge keys list`)")]
     UnknownKey(String),
     /// The on-disk spool could not be read or written.
     #[error("spool {path}: {reason}")]

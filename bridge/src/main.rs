@@ -1,4 +1,4 @@
-//! The `bridge` binary: the gateway (`bridge serve`) and its administration commands.
+//! The `llm-bridge` binary (the crate is `bridge`; the binary name avoids iproute2's `bridge`): the gateway (`llm-bridge serve`) and its administration commands.
 
 mod cli;
 

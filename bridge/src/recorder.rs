@@ -50,7 +50,7 @@ enum Msg {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Tuning knobs; [`RecorderOptions::default`] is what `bridge serve` uses.
+/// Tuning knobs; [`RecorderOptions::default`] is what `llm-bridge serve` uses.
 #[derive(Debug, Clone)]
 pub struct RecorderOptions {
     pub spool_max_bytes: u64,

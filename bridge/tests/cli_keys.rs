@@ -17,7 +17,7 @@ use chrono::Utc;
 use store_support::{record, wait_until, TempDir};
 
 fn bridge(args: &[&str], store: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bridge"))
+    Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
         .args(args)
         .arg("--store")
         .arg(store)
@@ -219,17 +219,17 @@ fn every_subcommand_explains_itself_with_help() {
         vec!["interceptions", "list", "--help"],
         vec!["interceptions", "show", "--help"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_bridge"))
+        let out = Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
             .args(&args)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && text.contains("Usage: bridge"),
+            out.status.success() && text.contains("Usage: llm-bridge"),
             "{args:?}: {text}"
         );
     }
-    let usage = Command::new(env!("CARGO_BIN_EXE_bridge"))
+    let usage = Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
         .args(["usage", "--help"])
         .output()
         .unwrap();
@@ -280,7 +280,7 @@ async fn hostile_strings_cannot_drive_the_terminal_forge_rows_or_become_spreadsh
 }
 
 /// The CLI reads the database while the store writes to it, as an operator running
-/// `bridge usage` next to `bridge serve` does. Nothing in the store may release SQLite's locks
+/// `llm-bridge usage` next to `llm-bridge serve` does. Nothing in the store may release SQLite's locks
 /// on the `-shm` file (opening and closing it would): the CLI would then truncate it under the
 /// writer's mapping and the writer would die of SIGBUS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 //!   certificate from another CA, or for another name, gets a 502 in the provider's format
 //!   naming certificate verification, and a record;
 //! - a token never verified before, during a store outage: 503 in the provider's format;
-//! - `bridge keys revoke` takes effect on a running gateway within 5 s;
+//! - `llm-bridge keys revoke` takes effect on a running gateway within 5 s;
 //! - SIGTERM: a stream in flight finishes and is recorded, new connections are refused;
 //! - `--store`, `$BRIDGE_STORE` and the config's `store:` for the admin commands;
 //! - two replicas on one PostgreSQL: both serve, both record, each sees the other's records;
@@ -87,7 +87,7 @@ fn wait_listening(port: u16, child: &mut Child, log: &Path) {
 
 /// `bridge` with a clean environment: no provider keys, store or OTLP settings inherited.
 fn bridge_cmd(cwd: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bridge"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-bridge"));
     c.current_dir(cwd)
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("OPENAI_API_KEY")
@@ -166,7 +166,7 @@ fn spawn_serve(cwd: &Path, config: &Path, port: u16) -> Proc {
     p
 }
 
-/// Starts `bridge serve` without waiting for it to listen (its log: `bridge-PORT.log`).
+/// Starts `llm-bridge serve` without waiting for it to listen (its log: `bridge-PORT.log`).
 fn spawn_serve_nowait(cwd: &Path, config: &Path, port: u16) -> Proc {
     let log = cwd.join(format!("bridge-{port}.log"));
     let mut c = bridge_cmd(cwd);

@@ -1,4 +1,4 @@
-//! `bridge serve` as a user runs it: the real binary, the `fake-upstream` binary, real stores.
+//! `llm-bridge serve` as a user runs it: the real binary, the `fake-upstream` binary, real stores.
 //!
 //! - With no config at all: 127.0.0.1, SQLite in the working directory, and a log that names
 //!   the providers that are not configured (their routes answer 503 in the provider's format).
@@ -80,7 +80,7 @@ impl Proc {
 
 /// `bridge` with a clean environment: no provider keys, store or OTLP settings inherited.
 fn bridge_cmd(cwd: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bridge"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-bridge"));
     c.current_dir(cwd)
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("OPENAI_API_KEY")

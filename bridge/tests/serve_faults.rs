@@ -1,4 +1,4 @@
-//! `bridge serve` (the real binary) under faults, with the `fake-upstream` binary as provider:
+//! `llm-bridge serve` (the real binary) under faults, with the `fake-upstream` binary as provider:
 //!
 //! - SIGKILL under load: every request a client got an answer for is in the store after the
 //!   restart (as its final record, or as the `incomplete` intercept-start entry the crash left);
@@ -38,7 +38,7 @@ fn free_port() -> u16 {
 fn bridge_bin() -> PathBuf {
     std::env::var_os("BRIDGE_TEST_BRIDGE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bridge")))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_llm-bridge")))
 }
 
 /// Kills the child on drop so a failing test leaves no process behind.
@@ -142,7 +142,7 @@ fn write_config(cwd: &Path, port: u16, up_port: u16, extra: &str) -> PathBuf {
     config
 }
 
-/// Starts `bridge serve`, optionally under `sh -c 'ulimit -n N; exec bridge ...'`.
+/// Starts `llm-bridge serve`, optionally under `sh -c 'ulimit -n N; exec llm-bridge ...'`.
 fn spawn_serve(cwd: &Path, config: &Path, log: &Path, fd_limit: Option<u32>) -> Proc {
     let mut c = match fd_limit {
         Some(n) => {

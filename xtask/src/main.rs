@@ -83,7 +83,7 @@ fn test(no_lint: bool) -> Result<()> {
         std::process::Command::new(python)
             .args(["-m", "pytest", "-q", "bridge/tests/sdk"])
             .current_dir(&root)
-            .env("BRIDGE_BIN", target.join("bridge"))
+            .env("BRIDGE_BIN", target.join("llm-bridge"))
             .env("FAKE_UPSTREAM_BIN", target.join("fake-upstream")),
     )?;
     eprintln!("\nall tests passed");

@@ -1,4 +1,4 @@
-//! `bridge interceptions`: list recorded requests and show one in full.
+//! `llm-bridge interceptions`: list recorded requests and show one in full.
 
 use clap::{Subcommand, ValueEnum};
 
@@ -20,7 +20,7 @@ pub enum ShowFormat {
 pub enum InterceptionsCommand {
     /// List recorded requests, newest first.
     #[command(
-        after_help = "Example: bridge interceptions list --user alice --since 24h --limit 20"
+        after_help = "Example: llm-bridge interceptions list --user alice --since 24h --limit 20"
     )]
     List {
         /// Only this user's requests.
@@ -41,7 +41,7 @@ pub enum InterceptionsCommand {
     /// Show one request in full: prompt, tools offered, tool calls with arguments, tokens,
     /// cost, timing and workspace context.
     Show {
-        /// The interception id (or a unique prefix of it), from `bridge interceptions list`.
+        /// The interception id (or a unique prefix of it), from `llm-bridge interceptions list`.
         id: String,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
@@ -114,7 +114,9 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
         InterceptionsCommand::Show { id, format, store } => {
             let store = store.open().await?;
             let Some(r) = store.get_interception(&id).await? else {
-                anyhow::bail!("no interception with id {id:?} (see `bridge interceptions list`)");
+                anyhow::bail!(
+                    "no interception with id {id:?} (see `llm-bridge interceptions list`)"
+                );
             };
             if format == ShowFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

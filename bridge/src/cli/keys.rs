@@ -1,4 +1,4 @@
-//! `bridge keys`: create, list and revoke bridge keys.
+//! `llm-bridge keys`: create, list and revoke bridge keys.
 
 use clap::Subcommand;
 
@@ -9,7 +9,7 @@ use bridge::usage::{csv_field, render_table};
 pub enum KeysCommand {
     /// Create a key for a user and print its token. The token is shown only this once; the
     /// store keeps a hash of it.
-    #[command(after_help = "Example: bridge keys create --user alice")]
+    #[command(after_help = "Example: llm-bridge keys create --user alice")]
     Create {
         /// Who the key belongs to; requests made with it are recorded under this name.
         #[arg(long)]
@@ -25,7 +25,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Revoke a key by id (see `bridge keys list`). Running gateways stop accepting it within
+    /// Revoke a key by id (see `llm-bridge keys list`). Running gateways stop accepting it within
     /// seconds.
     Revoke {
         /// The key id, e.g. key_1a2b3c4d5e6f.

@@ -19,9 +19,9 @@ use bridge::store::Store;
 /// with a personal bridge token; Bridge forwards them with the real provider key and records
 /// who used which model, prompt, tools, tokens and cost.
 #[derive(Debug, Parser)]
-#[command(name = "bridge", version, propagate_version = true)]
+#[command(name = "llm-bridge", version, propagate_version = true)]
 #[command(
-    after_help = "Start with `bridge keys create --user alice`, then `bridge serve`.\n\
+    after_help = "Start with `llm-bridge keys create --user alice`, then `llm-bridge serve`.\n\
 Point clients at Bridge, with their bridge token as the API key:\n  \
 Claude Code, Anthropic SDKs: ANTHROPIC_BASE_URL=http://HOST:PORT/anthropic\n  \
 Codex, OpenAI SDKs:          OPENAI_BASE_URL=http://HOST:PORT/openai/v1"

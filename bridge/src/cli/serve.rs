@@ -1,4 +1,4 @@
-//! `bridge serve`: load bridge.yaml and run the gateway until Ctrl-C or SIGTERM.
+//! `llm-bridge serve`: load bridge.yaml and run the gateway until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,9 +10,9 @@ use bridge::config::BridgeConfig;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-bridge serve              # 127.0.0.1:8787, ./bridge.db, provider keys from the environment\n  \
-bridge serve --config /etc/bridge/bridge.yaml\n  \
-bridge serve --config bridge.yaml --listen 0.0.0.0:8787")]
+llm-bridge serve              # 127.0.0.1:8787, ./bridge.db, provider keys from the environment\n  \
+llm-bridge serve --config /etc/bridge/bridge.yaml\n  \
+llm-bridge serve --config bridge.yaml --listen 0.0.0.0:8787")]
 pub struct ServeArgs {
     /// Gateway config (bridge.yaml: listen, store, spool_dir, providers, pricing). Without it,
     /// Bridge listens on 127.0.0.1:8787 with the SQLite store bridge.db in this directory, and
@@ -32,7 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     bridge::server::serve(config, shutdown_signal())
         .await
-        .context("bridge serve")
+        .context("llm-bridge serve")
 }
 
 /// Completes on Ctrl-C or SIGTERM (what container runtimes and systemd send).

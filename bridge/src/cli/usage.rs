@@ -1,4 +1,4 @@
-//! `bridge usage`: requests, tokens and cost over a period.
+//! `llm-bridge usage`: requests, tokens and cost over a period.
 
 use clap::{Args, ValueEnum};
 
@@ -7,7 +7,7 @@ use bridge::usage::{self, GroupBy};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  bridge usage --since 7d --by user\n  bridge usage --since 2025-01-01 --by day --format csv > usage.csv"
+    after_help = "Examples:\n  llm-bridge usage --since 7d --by user\n  llm-bridge usage --since 2025-01-01 --by day --format csv > usage.csv"
 )]
 pub struct UsageArgs {
     /// Start of the period: a duration back from now (30m, 24h, 7d, 2w), a date (2025-01-31)

@@ -27,7 +27,7 @@ except ImportError:
 REMOTE_PROTOCOL_ERRORS = tuple(m.RemoteProtocolError for m in (httpx, httpx2) if m is not None)
 
 REPO = Path(__file__).resolve().parents[3]
-BRIDGE_BIN = os.environ.get("BRIDGE_BIN", str(REPO / "target" / "debug" / "bridge"))
+BRIDGE_BIN = os.environ.get("BRIDGE_BIN", str(REPO / "target" / "debug" / "llm-bridge"))
 FAKE_BIN = os.environ.get("FAKE_UPSTREAM_BIN", str(REPO / "target" / "debug" / "fake-upstream"))
 
 ANTHROPIC_KEY = "sk-ant-server-side-key-for-tests"

@@ -1,4 +1,4 @@
-"""Chargeback and audit from real SDK traffic: `bridge usage` and `bridge interceptions` over
+"""Chargeback and audit from real SDK traffic: `llm-bridge usage` and `llm-bridge interceptions` over
 what the SDKs did, and the bridge's log (one JSON line per request, no secrets even at trace
 level). Each test runs its own bridge, so the counts are exact."""
 
