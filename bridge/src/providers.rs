@@ -349,12 +349,13 @@ pub(crate) fn required_model(
 }
 
 /// Text of a message `content` that is either a string or a list of typed parts; `text_types`
-/// names the part types that carry user text.
+/// names the part types that carry user text. Blocks the client injected around what the user
+/// typed (see [`user_typed`]) are left out; `None` if nothing the user typed remains.
 pub(crate) fn content_text(content: &serde_json::Value, text_types: &[&str]) -> Option<String> {
     match content {
-        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::String(s) => user_typed(s),
         serde_json::Value::Array(parts) => {
-            let texts: Vec<&str> = parts
+            let texts: Vec<String> = parts
                 .iter()
                 .filter(|p| {
                     p.get("type")
@@ -362,11 +363,48 @@ pub(crate) fn content_text(content: &serde_json::Value, text_types: &[&str]) -> 
                         .is_some_and(|t| text_types.contains(&t))
                 })
                 .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                .filter_map(user_typed)
                 .collect();
             (!texts.is_empty()).then(|| texts.join("\n"))
         }
         _ => None,
     }
+}
+
+/// Tags of blocks that coding agents add to user messages themselves: Claude Code's
+/// `<system-reminder>`, Codex's `<environment_context>` and `<user_instructions>`. Recording
+/// them as "the prompt" hides what the user asked behind boilerplate.
+const CLIENT_BLOCKS: &[&str] = &[
+    "system-reminder",
+    "environment_context",
+    "user_instructions",
+];
+
+/// `text` without the client-injected blocks that open or close it, trimmed; `None` when only
+/// such blocks (or whitespace) remain. Blocks in the middle of the user's own text are kept:
+/// the user may have typed or pasted them.
+fn user_typed(text: &str) -> Option<String> {
+    let mut rest = text.trim();
+    loop {
+        let before = rest.len();
+        for tag in CLIENT_BLOCKS {
+            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+            if rest.starts_with(&open) {
+                if let Some(end) = rest.find(&close) {
+                    rest = rest[end + close.len()..].trim_start();
+                }
+            }
+            if rest.ends_with(&close) {
+                if let Some(start) = rest.rfind(&open) {
+                    rest = rest[..start].trim_end();
+                }
+            }
+        }
+        if rest.len() == before {
+            break;
+        }
+    }
+    (!rest.is_empty()).then(|| rest.to_owned())
 }
 
 pub(crate) fn u64_at(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
@@ -508,6 +546,41 @@ mod tests {
         assert_eq!(
             content_text(&serde_json::json!("hi"), &["text"]).as_deref(),
             Some("hi")
+        );
+    }
+
+    #[test]
+    fn client_injected_blocks_around_the_user_text_are_not_the_prompt() {
+        // What Claude Code 2.1 sends as its last user message: reminders first, then the text.
+        let v = serde_json::json!([
+            {"type":"text","text":"<system-reminder>\nThe date is 2026-11-26.\n</system-reminder>"},
+            {"type":"text","text":"<system-reminder>a</system-reminder>\n<system-reminder>b</system-reminder>\n  fix the failing test  "},
+        ]);
+        assert_eq!(
+            content_text(&v, &["text"]).as_deref(),
+            Some("fix the failing test")
+        );
+        let codex = serde_json::json!(
+            "<environment_context>\n<cwd>/w</cwd>\n</environment_context>\nrename foo\n<user_instructions>x</user_instructions>"
+        );
+        assert_eq!(
+            content_text(&codex, &["text"]).as_deref(),
+            Some("rename foo")
+        );
+        // Only reminders: nothing the user typed.
+        let only =
+            serde_json::json!([{"type":"text","text":"<system-reminder>x</system-reminder>"}]);
+        assert_eq!(content_text(&only, &["text"]), None);
+        // A block the user pasted in the middle of the text stays, as does an unclosed one.
+        let pasted = serde_json::json!("why does <system-reminder>x</system-reminder> appear?");
+        assert_eq!(
+            content_text(&pasted, &["text"]).as_deref(),
+            Some("why does <system-reminder>x</system-reminder> appear?")
+        );
+        let unclosed = serde_json::json!("<system-reminder> hello");
+        assert_eq!(
+            content_text(&unclosed, &["text"]).as_deref(),
+            Some("<system-reminder> hello")
         );
     }
 }
