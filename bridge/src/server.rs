@@ -326,6 +326,9 @@ async fn dispatch(
     admin: Option<&Admin>,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
+    if let Some(provider) = provider_root(req.method(), path) {
+        return provider_root_answer(req.method(), provider);
+    }
     if Gateway::serves(path) {
         return gateway.handle(req).await;
     }
@@ -345,6 +348,34 @@ async fn dispatch(
                 .into(),
         ),
     }
+}
+
+/// The provider a `GET`/`HEAD` of a base URL (`/anthropic`, `/openai/v1`, ...) is about. Clients
+/// probe their base URL at start (Claude Code sends `HEAD /anthropic`); a 404 there reads as
+/// "wrong base URL" although every route behind it works.
+fn provider_root(method: &Method, path: &str) -> Option<&'static str> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    match path.trim_end_matches('/') {
+        "/anthropic" | "/anthropic/v1" => Some("anthropic"),
+        "/openai" | "/openai/v1" => Some("openai"),
+        _ => None,
+    }
+}
+
+fn provider_root_answer(method: &Method, provider: &str) -> Response<ProxyBody> {
+    let body = if method == Method::HEAD {
+        String::new()
+    } else {
+        serde_json::json!({
+            "service": "llm-bridge",
+            "provider": provider,
+            "message": format!("point the {provider} SDK here; requests go to /{provider}/v1/..."),
+        })
+        .to_string()
+    };
+    text(StatusCode::OK, "application/json", body)
 }
 
 /// Ready when the store takes writes, or when it does not but records can still be spooled.

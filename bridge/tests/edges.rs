@@ -790,3 +790,24 @@ fn admin_commands_find_the_store_by_flag_then_bridge_store_then_the_config_then_
         );
     }
 }
+
+#[test]
+fn a_probe_of_a_provider_base_url_gets_a_200_not_a_404() {
+    let dir = TempDir::new("edges-root-probe");
+    let (_fake, _serve, port, _store, _token) = plain_bridge(dir.path(), "alice");
+    let t = Duration::from_secs(5);
+    // Claude Code probes its base URL with HEAD at start.
+    for path in ["/anthropic", "/anthropic/", "/openai/v1", "/openai"] {
+        let (status, body) = http(port, "HEAD", path, &[], "", t).unwrap();
+        assert_eq!((status, body.as_str()), (200, ""), "HEAD {path}");
+    }
+    let (status, body) = http(port, "GET", "/anthropic", &[], "", t).unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["provider"], "anthropic", "{body}");
+    // Routes below the root are the provider's, and an unknown one is still a 404.
+    let (status, _) = http(port, "GET", "/anthropic/v1/nope", &[], "", t).unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = http(port, "POST", "/anthropic", &[], "{}", t).unwrap();
+    assert_eq!(status, 404);
+}
