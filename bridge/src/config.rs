@@ -11,8 +11,10 @@
 //!   openai:
 //!     base_url: https://api.openai.com
 //!     api_key_env: OPENAI_API_KEY
-//! pricing:                        # USD per million tokens; adds to / overrides the defaults
+//! price_list: /etc/llm-bridge/prices.json   # optional: replaces the shipped price list
+//! pricing:                        # USD per million tokens; overrides single models
 //!   my-finetune: { input: 1.0, output: 2.0 }
+//!   my-org-*: { input: 1.0, output: 2.0 }    # every model starting with my-org-
 //! limits:                         # every field optional; defaults in `proxy::Limits`
 //!   max_connections: 4096
 //!   upstream_response_timeout_secs: 600
@@ -32,7 +34,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::pricing::PricingTable;
+use crate::pricing::{ModelPrice, PriceList, PricingTable};
 use crate::proxy::{Limits, Upstream, UpstreamTrust};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -83,7 +85,8 @@ struct RawConfig {
     spool_dir: Option<PathBuf>,
     #[serde(default)]
     providers: RawProviders,
-    pricing: Option<PricingTable>,
+    pricing: Option<std::collections::BTreeMap<String, ModelPrice>>,
+    price_list: Option<PathBuf>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -288,6 +291,11 @@ impl BridgeConfig {
             anthropic: provider("anthropic", raw.providers.anthropic, DEFAULT_ANTHROPIC_URL)?,
             openai: provider("openai", raw.providers.openai, DEFAULT_OPENAI_URL)?,
         };
+        let price_list = match &raw.price_list {
+            Some(file) => PriceList::load(file)
+                .map_err(|m| err(&["price_list"], format!("{}: {m}", file.display())))?,
+            None => PriceList::shipped(),
+        };
         let upstream_trust = match &raw.upstream_tls.ca_file {
             Some(ca_file) => UpstreamTrust::from_pem_file(ca_file)
                 .map_err(|m| err(&["upstream_tls", "ca_file"], m))?,
@@ -358,7 +366,7 @@ impl BridgeConfig {
                 .spool_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
             providers,
-            pricing: raw.pricing.unwrap_or_default(),
+            pricing: PricingTable::new(price_list, raw.pricing.unwrap_or_default()),
             source: Some(path.to_path_buf()),
         })
     }

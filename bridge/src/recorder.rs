@@ -79,7 +79,12 @@ struct Shared {
     store_failure: Mutex<Option<String>>,
     /// Intercept-start entries of the requests in flight.
     journal: Journal,
+    /// Models already reported as unpriced (bounded: a client can make up model names).
+    unpriced_seen: Mutex<std::collections::HashSet<String>>,
 }
+
+/// How many unpriced model names are remembered to warn about each once.
+const MAX_UNPRICED_WARNINGS: usize = 256;
 
 impl Shared {
     fn prepare(&self, rec: &mut InterceptionRecord) {
@@ -90,10 +95,26 @@ impl Shared {
         if rec.cost_usd.is_none() {
             if let Some(model) = &rec.model {
                 rec.cost_usd = self.pricing.cost(model, &rec.usage);
+                let used = rec.usage.input_tokens + rec.usage.output_tokens > 0;
+                if rec.cost_usd.is_none() && used {
+                    self.warn_unpriced(model);
+                }
             }
         }
         log_record(rec);
         self.telemetry.observe_record(rec);
+    }
+
+    fn warn_unpriced(&self, model: &str) {
+        let mut seen = self.unpriced_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < MAX_UNPRICED_WARNINGS && seen.insert(model.to_string()) {
+            tracing::warn!(
+                model,
+                price_list_date = %self.pricing.list().date,
+                "model {model:?} has no price: its requests are recorded without a cost \
+                 (add it under `pricing:` in bridge.yaml, or refresh `price_list:`)"
+            );
+        }
     }
 
     /// Spools overflowed records until none are left (runs on a blocking thread).
@@ -187,6 +208,7 @@ impl Recorder {
             overflow_busy: AtomicBool::new(false),
             store_failure: Mutex::new(None),
             journal,
+            unpriced_seen: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {

@@ -724,7 +724,7 @@ impl Store {
     }
 
     /// Rows for usage reports: `(group key, requests, input, output, cache read, cache write,
-    /// cost)` grouped by `column`, which must be one of the fixed names below.
+    /// cost, unpriced requests)` grouped by `column`, which must be one of the fixed names below.
     pub(crate) async fn usage_rows(
         &self,
         column: &str,
@@ -738,7 +738,9 @@ impl Store {
             "SELECT COALESCE({column}, '(none)'), CAST(COUNT(*) AS BIGINT), \
              CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
              CAST(SUM(cache_read_tokens) AS BIGINT), CAST(SUM(cache_write_tokens) AS BIGINT), \
-             CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) \
+             CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION), \
+             CAST(SUM(CASE WHEN cost_usd IS NULL AND input_tokens + output_tokens > 0 \
+             THEN 1 ELSE 0 END) AS BIGINT) \
              FROM interceptions WHERE started_at >= $1 GROUP BY {column} ORDER BY 1"
         );
         let since = since.map(micros).unwrap_or(i64::MIN);

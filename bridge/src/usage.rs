@@ -45,7 +45,10 @@ pub struct UsageRow {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Cost of the priced requests.
     pub cost_usd: f64,
+    /// Requests that used tokens of a model without a price: their cost is not in `cost_usd`.
+    pub unpriced_requests: u64,
 }
 
 /// Usage since `since` (all time if `None`), one row per group, sorted by key.
@@ -65,6 +68,7 @@ pub async fn report(
             cache_read_tokens: r[4].int() as u64,
             cache_write_tokens: r[5].int() as u64,
             cost_usd: r[6].opt_real().unwrap_or(0.0),
+            unpriced_requests: r[7].int() as u64,
         })
         .collect())
 }
@@ -83,6 +87,7 @@ pub fn total(rows: &[UsageRow]) -> UsageRow {
             t.cache_read_tokens += r.cache_read_tokens;
             t.cache_write_tokens += r.cache_write_tokens;
             t.cost_usd += r.cost_usd;
+            t.unpriced_requests += r.unpriced_requests;
             t
         },
     )
@@ -137,19 +142,20 @@ pub fn render(rows: &[UsageRow], by: GroupBy, format: Format) -> String {
         }
         Format::Csv => {
             let mut out = format!(
-                "{},requests,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd\n",
+                "{},requests,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,unpriced_requests\n",
                 by.label()
             );
             for r in rows.iter().chain(std::iter::once(&total)) {
                 out.push_str(&format!(
-                    "{},{},{},{},{},{},{:.6}\n",
+                    "{},{},{},{},{},{},{:.6},{}\n",
                     csv_field(&r.key),
                     r.requests,
                     r.input_tokens,
                     r.output_tokens,
                     r.cache_read_tokens,
                     r.cache_write_tokens,
-                    r.cost_usd
+                    r.cost_usd,
+                    r.unpriced_requests
                 ));
             }
             out
@@ -172,13 +178,22 @@ pub fn render(rows: &[UsageRow], by: GroupBy, format: Format) -> String {
                     r.output_tokens.to_string(),
                     r.cache_read_tokens.to_string(),
                     r.cache_write_tokens.to_string(),
-                    format!("{:.6}", r.cost_usd),
+                    cost_cell(r),
                 ]
             };
             let mut body: Vec<[String; 7]> = rows.iter().map(line).collect();
             body.push(line(&total));
             render_table(&header, &body, true)
         }
+    }
+}
+
+/// The cost as a table shows it: a request without a price is never shown as free.
+fn cost_cell(r: &UsageRow) -> String {
+    match r.unpriced_requests {
+        0 => format!("{:.6}", r.cost_usd),
+        _ if r.cost_usd == 0.0 => "unpriced".into(),
+        n => format!("{:.6} + {n} unpriced", r.cost_usd),
     }
 }
 

@@ -126,7 +126,7 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
     let first = record(
         "alice",
         Provider::Anthropic,
-        "claude-sonnet-4",
+        "claude-sonnet-4-6",
         Utc::now(),
         1_000_000,
         0,
@@ -148,9 +148,24 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
         1,
         1,
     ));
+    // A model the price list does not know: no cost, and never shown as free.
+    rec.record(record(
+        "carol",
+        Provider::Openai,
+        "llama-3-70b",
+        Utc::now(),
+        1000,
+        10,
+    ));
     rec.shutdown().await;
 
     let table = stdout(&bridge(&["usage", "--since", "7d", "--by", "user"], db));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("carol") && l.trim_end().ends_with("unpriced")),
+        "{table}"
+    );
     let lines: Vec<&str> = table.lines().collect();
     assert!(
         lines[0].starts_with("USER") && lines[0].contains("COST (USD)"),
@@ -163,7 +178,8 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
         "{table}"
     );
     assert!(
-        lines.last().unwrap().starts_with("TOTAL") && lines.last().unwrap().contains("5.500000"),
+        lines.last().unwrap().starts_with("TOTAL")
+            && lines.last().unwrap().contains("5.500000 + 1 unpriced"),
         "{table}"
     );
 
@@ -180,7 +196,8 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
     )))
     .unwrap();
     assert_eq!(json["group_by"], "provider");
-    assert_eq!(json["total"]["requests"], 2);
+    assert_eq!(json["total"]["requests"], 3);
+    assert_eq!(json["total"]["unpriced_requests"], 1);
 
     let bad = bridge(&["usage", "--since", "last tuesday"], db);
     assert!(!bad.status.success());

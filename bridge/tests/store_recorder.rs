@@ -41,7 +41,7 @@ async fn usage_reports_group_recorded_requests_by_user_model_provider_and_day() 
         Provider::Anthropic,
         "claude-sonnet-4-5-20250929",
         now,
-        1_000_000,
+        150_000,
         100_000,
     ));
     rec.record(record(
@@ -79,10 +79,11 @@ async fn usage_reports_group_recorded_requests_by_user_model_provider_and_day() 
         .iter()
         .map(|r| (r.key.as_str(), r.requests, r.input_tokens))
         .collect();
-    assert_eq!(users, vec![("alice", 2, 3_000_000), ("bob", 2, 15)]);
-    // alice: 1M in + 100k out on Sonnet (3 + 1.5 USD) and 2M in on gpt-4o-mini (0.30 USD).
+    assert_eq!(users, vec![("alice", 2, 2_150_000), ("bob", 2, 15)]);
+    // alice: 150k in + 100k out on Sonnet (0.45 + 1.5 USD; below its 200k long-context size)
+    // and 2M in on gpt-4o-mini (0.30 USD).
     assert!(
-        (by_user[0].cost_usd - 4.8).abs() < 1e-6,
+        (by_user[0].cost_usd - 2.25).abs() < 1e-6,
         "{}",
         by_user[0].cost_usd
     );
@@ -125,14 +126,18 @@ async fn usage_reports_group_recorded_requests_by_user_model_provider_and_day() 
         table.lines().last().unwrap().starts_with("TOTAL"),
         "{table}"
     );
-    assert!(table.contains("4.800000"), "{table}");
+    assert!(table.contains("2.250000"), "{table}");
+    // bob's unpriced request is counted as such, never as free.
+    assert_eq!(by_user[1].unpriced_requests, 1);
+    assert!(table.contains("+ 1 unpriced"), "{table}");
     let csv = usage::render(&by_user, GroupBy::User, Format::Csv);
     assert_eq!(
         csv.lines().next().unwrap(),
-        "user,requests,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd"
+        "user,requests,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,unpriced_requests"
     );
     assert!(
-        csv.lines().any(|l| l.starts_with("TOTAL,4,3000015,")),
+        csv.lines()
+            .any(|l| l.starts_with("TOTAL,4,2150015,") && l.ends_with(",1")),
         "{csv}"
     );
     let json: serde_json::Value =

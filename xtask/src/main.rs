@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod readme;
 mod setup;
 mod shell;
 
@@ -86,6 +87,8 @@ fn test(no_lint: bool) -> Result<()> {
             .env("BRIDGE_BIN", target.join("llm-bridge"))
             .env("FAKE_UPSTREAM_BIN", target.join("fake-upstream")),
     )?;
+    shell::step("the README's snippets")?;
+    readme::run(&target)?;
     eprintln!("\nall tests passed");
     Ok(())
 }

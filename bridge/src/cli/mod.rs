@@ -5,6 +5,7 @@
 
 mod interceptions;
 mod keys;
+mod prices;
 mod serve;
 mod usage;
 
@@ -44,6 +45,8 @@ enum Command {
     /// List and inspect recorded requests (prompt, tools, tool calls, tokens, cost).
     #[command(subcommand)]
     Interceptions(interceptions::InterceptionsCommand),
+    /// Show which price applies to a model and why; convert a price dataset to a price list.
+    Prices(prices::PricesArgs),
 }
 
 /// Where the store is; shared by all commands that read or write records.
@@ -122,5 +125,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(cmd).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Interceptions(cmd) => interceptions::run(cmd).await,
+        Command::Prices(args) => prices::run(args),
     }
 }
