@@ -42,6 +42,8 @@ enum Command {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Run the README's marked snippets against freshly built binaries (part of `test`).
+    Readme,
     /// Run a benchmark and print its markdown table (figures go into BENCHMARKS.md).
     Bench {
         #[arg(value_enum)]
@@ -54,6 +56,10 @@ fn main() -> Result<()> {
         Command::Setup { for_tests } => setup::run(setup::Scope::from_flag(for_tests)),
         Command::Demo => demo::run(),
         Command::Test { no_lint } => test(no_lint),
+        Command::Readme => {
+            shell::cargo(&["build", "-p", "boundary-agent", "-p", "bridge", "--bins"])?;
+            readme::run(&shell::workspace_root().join("target/debug"))
+        }
         Command::Bench { target } => bench::run(target),
     }
 }

@@ -5,7 +5,7 @@
 //! - `<!-- readme-test: file NAME -->`: the block is written to NAME (a config the next
 //!   snippets use);
 //! - `<!-- readme-test: run [expect TEXT] -->`: the block runs in bash (`set -euo pipefail`),
-//!   and its output must contain TEXT;
+//!   and a line of its output must start with TEXT;
 //! - `<!-- readme-test: exec COMMAND [expect TEXT] -->` (no block needed): a command the prose
 //!   tells the reader to run.
 //!
@@ -141,8 +141,8 @@ pub fn run(bin_dir: &Path) -> Result<()> {
                     .with_context(|| format!("README.md:{line}: snippet failed:\n{script}"))?;
                 eprint!("{out}");
                 if let Some(want) = expect {
-                    if !out.contains(&want) {
-                        bail!("README.md:{line}: the output does not contain {want:?}:\n{out}");
+                    if !out.lines().any(|l| l.starts_with(&want)) {
+                        bail!("README.md:{line}: no line of the output above starts with {want:?}");
                     }
                 }
             }
@@ -212,6 +212,7 @@ impl Scratch {
         };
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
             .status();
         let _ = child.wait();
         let text = std::fs::read_to_string(&log).unwrap_or_default();
