@@ -168,7 +168,10 @@ mod tests {
             prompt: Some("p".into()),
             tools_offered: vec![],
             tool_calls: vec![],
+            tool_results: vec![],
             context: WorkspaceContext::default(),
+            client_session: None,
+            client_addr: None,
             error: None,
         }
     }

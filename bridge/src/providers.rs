@@ -14,7 +14,7 @@ pub mod openai_responses;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
-use crate::record::{Provider, ToolCall, Usage};
+use crate::record::{Provider, ToolCall, ToolResult, Usage};
 
 /// What the gateway learned from a request body before forwarding it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,6 +24,8 @@ pub struct RequestInfo {
     /// Text of the last user message.
     pub prompt: Option<String>,
     pub tools_offered: Vec<String>,
+    /// Tool results the client sends back since the model's last turn.
+    pub tool_results: Vec<ToolResult>,
     /// A rewritten body to forward instead of the client's (e.g. OpenAI chat streams with
     /// `stream_options.include_usage` forced on). `None` forwards the client's bytes untouched.
     pub rewritten_body: Option<Bytes>,
@@ -407,6 +409,39 @@ fn user_typed(text: &str) -> Option<String> {
     (!rest.is_empty()).then(|| rest.to_owned())
 }
 
+/// The text of a tool result's `content`/`output`: a string, or a list of parts whose text
+/// parts are joined and whose other parts (images, files) are named in brackets.
+pub(crate) fn tool_result_text(content: &serde_json::Value) -> String {
+    match content {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p.get("text").and_then(|t| t.as_str()) {
+                Some(t) => t.to_owned(),
+                None => format!(
+                    "[{}]",
+                    p.get("type").and_then(|t| t.as_str()).unwrap_or("part")
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The items after the last one `is_model_turn` says the model produced: what the client
+/// added since, so a history sent again is not recorded again.
+pub(crate) fn since_last_model_turn(
+    items: &[serde_json::Value],
+    is_model_turn: impl Fn(&serde_json::Value) -> bool,
+) -> &[serde_json::Value] {
+    match items.iter().rposition(is_model_turn) {
+        Some(i) => &items[i + 1..],
+        None => items,
+    }
+}
+
 pub(crate) fn u64_at(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
     let mut cur = v;
     for p in path {
@@ -547,6 +582,24 @@ mod tests {
             content_text(&serde_json::json!("hi"), &["text"]).as_deref(),
             Some("hi")
         );
+    }
+
+    #[test]
+    fn only_what_follows_the_models_last_turn_is_new() {
+        let items = serde_json::json!([
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "tool", "content": "c"},
+            {"role": "assistant", "content": "d"},
+            {"role": "tool", "content": "e"},
+        ]);
+        let items = items.as_array().unwrap();
+        let turn = |m: &serde_json::Value| m["role"] == "assistant";
+        assert_eq!(since_last_model_turn(items, turn), &items[4..]);
+        assert_eq!(since_last_model_turn(&items[..1], turn), &items[..1]);
+        let parts = serde_json::json!([{"type": "text", "text": "x"}, {"type": "image"}]);
+        assert_eq!(tool_result_text(&parts), "x\n[image]");
+        assert_eq!(tool_result_text(&serde_json::json!({"k": 1})), "{\"k\":1}");
     }
 
     #[test]

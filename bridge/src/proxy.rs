@@ -966,6 +966,7 @@ impl Gateway {
             &parts.headers,
             started_at,
         );
+        rec.client_addr = peer.map(|p| p.ip().to_string());
         let (body, body_permit) = match self.read_body(body).await {
             Ok(b) => b,
             Err(e) => {
@@ -1011,6 +1012,7 @@ impl Gateway {
                         .prompt
                         .map(|p| cap_prompt(p, g.limits.max_recorded_prompt_bytes));
                     rec.tools_offered = info.tools_offered;
+                    rec.tool_results = info.tool_results;
                     withhold_usage_chunk = info.withhold_usage_chunk;
                     if let Some(b) = info.rewritten_body {
                         forward_body = b;
@@ -1133,6 +1135,7 @@ impl Gateway {
             "authentication failed"
         );
         let mut rec = new_record("-".into(), None, route, req.headers(), started_at);
+        rec.client_addr = peer.map(|p| p.ip().to_string());
         rec.status = StatusCode::UNAUTHORIZED.as_u16();
         rec.outcome = Outcome::Rejected;
         rec.duration_ms = ms(started.elapsed());
@@ -1202,14 +1205,28 @@ fn new_record(
         prompt: None,
         tools_offered: Vec::new(),
         tool_calls: Vec::new(),
+        tool_results: Vec::new(),
         context: WorkspaceContext {
             workspace: header_string(headers, "x-bridge-workspace"),
             template: header_string(headers, "x-bridge-template"),
             session: header_string(headers, "x-bridge-session"),
         },
+        client_session: CLIENT_SESSION_HEADERS
+            .iter()
+            .find_map(|h| header_string(headers, h)),
+        client_addr: None,
         error: None,
     }
 }
+
+/// Where clients put their own session id, most explicit first: the generic header, Claude
+/// Code's, then Codex's.
+const CLIENT_SESSION_HEADERS: &[&str] = &[
+    "x-client-session-id",
+    "x-claude-code-session-id",
+    "session_id",
+    "x-codex-session-id",
+];
 
 /// What the upstream's response headers (or its failure) resolve to.
 type ResponseResult = Result<

@@ -76,6 +76,41 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// A tool result the client sent back to the model (the output of an earlier tool call),
+/// linked to that call by its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The id of the tool call it answers (`toolu_...`, `call_...`).
+    pub id: String,
+    /// Size of the whole result text in bytes.
+    pub size: u64,
+    /// The result text, cut at [`MAX_TOOL_RESULT_BYTES`] (on a character boundary).
+    pub content: String,
+    /// The client marked the tool run as failed.
+    #[serde(default)]
+    pub is_error: bool,
+}
+
+/// Longest tool result text kept per result; the rest is dropped (its size is kept).
+pub const MAX_TOOL_RESULT_BYTES: usize = 4096;
+/// Most tool results kept per request (a client may answer many calls at once).
+pub const MAX_TOOL_RESULTS: usize = 64;
+
+impl ToolResult {
+    pub fn new(id: String, text: &str, is_error: bool) -> ToolResult {
+        let mut end = text.len().min(MAX_TOOL_RESULT_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        ToolResult {
+            id,
+            size: text.len() as u64,
+            content: text[..end].to_owned(),
+            is_error,
+        }
+    }
+}
+
 /// Optional context a workspace passes in `x-bridge-workspace`, `x-bridge-template` and
 /// `x-bridge-session` headers, stored with the record for correlation with Boundary events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +151,18 @@ pub struct InterceptionRecord {
     pub tools_offered: Vec<String>,
     /// Tool calls the model made in its answer.
     pub tool_calls: Vec<ToolCall>,
+    /// Results of earlier tool calls that this request sent back to the model (only those new
+    /// since the model's last turn, not the whole history again).
+    #[serde(default)]
+    pub tool_results: Vec<ToolResult>,
     pub context: WorkspaceContext,
+    /// The client's own session id (Claude Code's `x-claude-code-session-id`, Codex's
+    /// `session_id`, or a generic `x-client-session-id`): one agent session's requests share it.
+    #[serde(default)]
+    pub client_session: Option<String>,
+    /// The address the request came from.
+    #[serde(default)]
+    pub client_addr: Option<String>,
     /// Short reason for a non-ok outcome (error type/message from upstream, never secrets).
     pub error: Option<String>,
 }

@@ -571,6 +571,9 @@ fn log_record(r: &InterceptionRecord) {
         workspace = r.context.workspace.as_deref(),
         template = r.context.template.as_deref(),
         session = r.context.session.as_deref(),
+        client_session = r.client_session.as_deref(),
+        client_addr = r.client_addr.as_deref(),
+        tool_results = r.tool_results.len(),
         error = r.error.as_deref(),
         "interception"
     );
@@ -626,7 +629,10 @@ mod tests {
             prompt: Some("x".repeat(1000)),
             tools_offered: vec!["bash".into()],
             tool_calls: vec![],
+            tool_results: vec![],
             context: WorkspaceContext::default(),
+            client_session: None,
+            client_addr: None,
             error: None,
         };
         tracing::subscriber::with_default(subscriber, || log_record(&rec));

@@ -68,12 +68,18 @@ const MIGRATIONS: &[&str] = &[
     // an index to find intercept-start entries a crash left behind without a scan.
     "CREATE TABLE IF NOT EXISTS bridge_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS interceptions_outcome ON interceptions (outcome, started_at)",
+    // 3: an agent session as a thread (the client's own session id, the tool results it sent
+    // back) and where a request came from.
+    "ALTER TABLE interceptions ADD COLUMN client_session TEXT;
+    ALTER TABLE interceptions ADD COLUMN tool_results TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE interceptions ADD COLUMN client_addr TEXT;
+    CREATE INDEX IF NOT EXISTS interceptions_client_session ON interceptions (client_session, started_at)",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \
     streaming, started_at, day, ttfb_ms, duration_ms, status, outcome, input_tokens, \
     output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, prompt, tools_offered, \
-    tool_calls, workspace, template, session, error";
+    tool_calls, workspace, template, session, error, client_session, tool_results, client_addr";
 
 /// A value bound to or read from a statement. Nulls are typed because PostgreSQL checks the
 /// type of every parameter, null or not.
@@ -161,6 +167,10 @@ pub struct InterceptionFilter {
     pub user: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub limit: Option<u32>,
+    /// Only this outcome (`ok`, `rejected`, ...).
+    pub outcome: Option<Outcome>,
+    /// Only the requests of this client session (an agent session's thread).
+    pub client_session: Option<String>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -609,7 +619,7 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
-        let placeholders: Vec<String> = (1..=26).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=29).map(|i| format!("${i}")).collect();
         let values = placeholders.join(", ");
         let (starts, finals): (Vec<_>, Vec<_>) = records
             .iter()
@@ -697,6 +707,14 @@ impl Store {
             params.push(Value::Int(Some(micros(since))));
             sql.push_str(&format!(" AND started_at >= ${}", params.len()));
         }
+        if let Some(outcome) = filter.outcome {
+            params.push(Value::Text(Some(outcome.as_str().into())));
+            sql.push_str(&format!(" AND outcome = ${}", params.len()));
+        }
+        if let Some(session) = &filter.client_session {
+            params.push(Value::Text(Some(session.clone())));
+            sql.push_str(&format!(" AND client_session = ${}", params.len()));
+        }
         sql.push_str(" ORDER BY started_at DESC, id DESC");
         if let Some(limit) = filter.limit {
             params.push(Value::Int(Some(i64::from(limit))));
@@ -781,6 +799,11 @@ fn record_params(r: &InterceptionRecord) -> Vec<Value> {
         t(&r.context.template),
         t(&r.context.session),
         t(&r.error),
+        t(&r.client_session),
+        Value::Text(Some(
+            serde_json::to_string(&r.tool_results).unwrap_or_default(),
+        )),
+        t(&r.client_addr),
     ]
 }
 
@@ -825,6 +848,9 @@ fn record_from_row(r: Vec<Value>) -> Result<InterceptionRecord, Error> {
             session: r[24].opt_text(),
         },
         error: r[25].opt_text(),
+        client_session: r[26].opt_text(),
+        tool_results: serde_json::from_str(&r[27].text()).unwrap_or_default(),
+        client_addr: r[28].opt_text(),
     })
 }
 

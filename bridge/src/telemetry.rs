@@ -456,7 +456,10 @@ mod tests {
             prompt: None,
             tools_offered: vec![],
             tool_calls: vec![],
+            tool_results: vec![],
             context: WorkspaceContext::default(),
+            client_session: None,
+            client_addr: None,
             error: None,
         }
     }

@@ -192,6 +192,7 @@ async fn stored_records_round_trip_with_tool_calls_prompt_and_context() {
             user: Some("alice".into()),
             since: None,
             limit: Some(10),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 use clap::{Subcommand, ValueEnum};
 
 use super::{OutputFormat, StoreArgs};
-use bridge::record::InterceptionRecord;
+use bridge::record::{InterceptionRecord, Outcome, ToolResult};
 use bridge::store::InterceptionFilter;
 use bridge::usage::{csv_field, render_table, terminal_safe, terminal_safe_multiline};
 
@@ -29,12 +29,34 @@ pub enum InterceptionsCommand {
         /// Only requests since: 30m, 24h, 7d, a date or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// Only requests that ended so: ok, rejected (bad or revoked tokens, bad requests),
+        /// upstream_error, upstream_unavailable, client_cancelled, incomplete.
+        #[arg(long, value_parser = parse_outcome)]
+        outcome: Option<Outcome>,
+        /// Only the requests of one agent session (the client's own session id).
+        #[arg(long)]
+        client_session: Option<String>,
         /// At most this many rows.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Output format (json and csv carry every field, prompt included).
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show one agent session as a thread: its requests in order, each tool call with the
+    /// result the client sent back for it.
+    #[command(
+        after_help = "Example: llm-bridge interceptions thread 4b1c2f9e-...   \
+(the CLIENT SESSION of `llm-bridge interceptions show ID`)"
+    )]
+    Thread {
+        /// The client's session id (Claude Code's, Codex's or `x-client-session-id`).
+        client_session: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -56,6 +78,8 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
         InterceptionsCommand::List {
             user,
             since,
+            outcome,
+            client_session,
             limit,
             format,
             store,
@@ -69,6 +93,8 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     user,
                     since,
                     limit: Some(limit),
+                    outcome,
+                    client_session,
                 })
                 .await?;
             if format == OutputFormat::Csv {
@@ -162,6 +188,8 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                 opt(&r.context.template),
                 opt(&r.context.session)
             );
+            println!("client session: {}", opt(&r.client_session));
+            println!("client address: {}", opt(&r.client_addr));
             println!(
                 "tools offered: {}",
                 if r.tools_offered.is_empty() {
@@ -183,6 +211,12 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+            if !r.tool_results.is_empty() {
+                println!("tool results sent back:");
+                for t in &r.tool_results {
+                    println!("  - {}", result_line(t));
+                }
+            }
             println!(
                 "prompt:\n{}",
                 r.prompt
@@ -191,8 +225,115 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "-".into())
             );
         }
+        InterceptionsCommand::Thread {
+            client_session,
+            format,
+            store,
+        } => {
+            let store = store.open().await?;
+            let mut records = store
+                .list_interceptions(&InterceptionFilter {
+                    client_session: Some(client_session.clone()),
+                    ..Default::default()
+                })
+                .await?;
+            if records.is_empty() {
+                anyhow::bail!(
+                    "no interception of client session {client_session:?} (see CLIENT SESSION in `llm-bridge interceptions show ID`)"
+                );
+            }
+            records.reverse(); // oldest first
+            if format == ShowFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+                return Ok(());
+            }
+            print!("{}", thread(&records));
+        }
     }
     Ok(())
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        "one of ok, rejected, upstream_error, upstream_unavailable, client_cancelled, incomplete"
+            .to_string()
+    })
+}
+
+/// One tool result as a line: its call id, size and the start of its text.
+fn result_line(t: &ToolResult) -> String {
+    let text: String = t.content.chars().take(120).collect();
+    format!(
+        "{} ({} bytes{}): {}",
+        terminal_safe(&t.id),
+        t.size,
+        if t.is_error { ", error" } else { "" },
+        terminal_safe(&text)
+    )
+}
+
+/// An agent session as a thread: each request with its prompt and tool calls, and under each
+/// call the result a later request sent back for it.
+fn thread(records: &[InterceptionRecord]) -> String {
+    use std::collections::HashMap;
+    use std::fmt::Write as _;
+    let results: HashMap<&str, &ToolResult> = records
+        .iter()
+        .flat_map(|r| r.tool_results.iter().map(|t| (t.id.as_str(), t)))
+        .collect();
+    let (mut cost, mut unpriced) = (0.0, 0);
+    let mut out = String::new();
+    for r in records {
+        let _ = writeln!(
+            out,
+            "{}  {}  {} {}  in {} out {}  {}  {}",
+            r.started_at.format("%H:%M:%S"),
+            r.id,
+            r.provider.as_str(),
+            terminal_safe(r.model.as_deref().unwrap_or("-")),
+            r.usage.input_tokens,
+            r.usage.output_tokens,
+            r.cost_usd
+                .map(|c| format!("${c:.4}"))
+                .unwrap_or_else(|| "unpriced".into()),
+            r.outcome.as_str(),
+        );
+        match r.cost_usd {
+            Some(c) => cost += c,
+            None => unpriced += 1,
+        }
+        if let Some(p) = &r.prompt {
+            let p: String = p.chars().take(200).collect();
+            let _ = writeln!(out, "    prompt: {}", terminal_safe(&p));
+        }
+        for c in &r.tool_calls {
+            let _ = writeln!(
+                out,
+                "    -> {}({})",
+                terminal_safe(&c.name),
+                terminal_safe(&c.arguments.chars().take(160).collect::<String>())
+            );
+            match c.id.as_deref().and_then(|id| results.get(id)) {
+                Some(t) => {
+                    let _ = writeln!(out, "       <- {}", result_line(t));
+                }
+                None => {
+                    let _ = writeln!(out, "       <- (no result sent back)");
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} requests, ${cost:.4}{}",
+        records.len(),
+        if unpriced > 0 {
+            format!(" + {unpriced} unpriced")
+        } else {
+            String::new()
+        }
+    );
+    out
 }
 
 /// Records as CSV, one line per request; tool calls as `name(arguments)` joined by `; `.
@@ -200,7 +341,8 @@ fn records_csv(records: &[InterceptionRecord]) -> String {
     let mut out = String::from(
         "id,started_at,user,key_id,provider,endpoint,model,client,streaming,status,outcome,\
          input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,ttfb_ms,\
-         duration_ms,tools_offered,tool_calls,workspace,template,session,error,prompt\n",
+         duration_ms,tools_offered,tool_calls,workspace,template,session,error,prompt,\
+         client_session,client_addr,tool_results\n",
     );
     let opt = |o: &Option<String>| csv_field(o.as_deref().unwrap_or_default());
     for r in records {
@@ -235,6 +377,16 @@ fn records_csv(records: &[InterceptionRecord]) -> String {
             opt(&r.context.session),
             opt(&r.error),
             opt(&r.prompt),
+            opt(&r.client_session),
+            opt(&r.client_addr),
+            // Ids and sizes: the results themselves are in the JSON and `show`.
+            csv_field(
+                &r.tool_results
+                    .iter()
+                    .map(|t| format!("{}:{}", t.id, t.size))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

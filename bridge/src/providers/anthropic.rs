@@ -12,11 +12,12 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
 use super::{
-    content_text, describe_error, parse_json_object, required_model, str_at, u64_at, BadRequest,
-    GatewayError, JsonBodyObserver, NullObserver, Observation, ObserveLimits, ProviderAdapter,
-    RequestInfo, ResponseObserver, SseEvent, SseParser,
+    content_text, describe_error, parse_json_object, required_model, since_last_model_turn, str_at,
+    tool_result_text, u64_at, BadRequest, GatewayError, JsonBodyObserver, NullObserver,
+    Observation, ObserveLimits, ProviderAdapter, RequestInfo, ResponseObserver, SseEvent,
+    SseParser,
 };
-use crate::record::{Provider, ToolCall, Usage};
+use crate::record::{Provider, ToolCall, ToolResult, Usage, MAX_TOOL_RESULTS};
 
 pub struct Anthropic;
 
@@ -52,11 +53,33 @@ impl ProviderAdapter for Anthropic {
             .unwrap_or_default();
         let streaming = endpoint == "/v1/messages"
             && obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let messages = obj.get("messages").and_then(Value::as_array);
+        let tool_results = messages
+            .map(|m| {
+                since_last_model_turn(m, |m| {
+                    m.get("role").and_then(Value::as_str) == Some("assistant")
+                })
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("tool_result"))
+            .filter_map(|p| {
+                Some(ToolResult::new(
+                    str_at(p, &["tool_use_id"])?.to_owned(),
+                    &tool_result_text(p.get("content").unwrap_or(&Value::Null)),
+                    p.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                ))
+            })
+            .take(MAX_TOOL_RESULTS)
+            .collect();
         Ok(RequestInfo {
             model: Some(model),
             streaming,
             prompt,
             tools_offered,
+            tool_results,
             rewritten_body: None,
             withhold_usage_chunk: false,
         })

@@ -18,11 +18,12 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
 use super::{
-    bearer, content_text, describe_error, parse_json_object, required_model, str_at, u64_at,
-    BadRequest, GatewayError, JsonBodyObserver, NullObserver, Observation, ObserveLimits,
-    ProviderAdapter, RequestInfo, ResponseObserver, SseEvent, SseParser,
+    bearer, content_text, describe_error, parse_json_object, required_model, since_last_model_turn,
+    str_at, tool_result_text, u64_at, BadRequest, GatewayError, JsonBodyObserver, NullObserver,
+    Observation, ObserveLimits, ProviderAdapter, RequestInfo, ResponseObserver, SseEvent,
+    SseParser,
 };
-use crate::record::{Provider, ToolCall, Usage};
+use crate::record::{Provider, ToolCall, ToolResult, Usage, MAX_TOOL_RESULTS};
 
 /// Also serves `/v1/models`, which belongs to no generation API in particular.
 pub struct OpenAiChat;
@@ -69,6 +70,20 @@ impl ProviderAdapter for OpenAiChat {
             .rev()
             .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
             .find_map(|m| m.get("content").and_then(|c| content_text(c, &["text"])));
+        let tool_results = since_last_model_turn(messages, |m| {
+            m.get("role").and_then(Value::as_str) == Some("assistant")
+        })
+        .iter()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+        .filter_map(|m| {
+            Some(ToolResult::new(
+                str_at(m, &["tool_call_id"])?.to_owned(),
+                &tool_result_text(m.get("content").unwrap_or(&Value::Null)),
+                false,
+            ))
+        })
+        .take(MAX_TOOL_RESULTS)
+        .collect();
         let tools_offered = obj
             .get("tools")
             .and_then(Value::as_array)
@@ -112,6 +127,7 @@ impl ProviderAdapter for OpenAiChat {
             streaming,
             prompt,
             tools_offered,
+            tool_results,
             rewritten_body,
             withhold_usage_chunk,
         })

@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use super::openai_chat::{openai_error_body, openai_usage};
 use super::{
-    bearer, content_text, describe_error, parse_json_object, required_model, str_at, BadRequest,
-    GatewayError, JsonBodyObserver, Observation, ObserveLimits, ProviderAdapter, RequestInfo,
-    ResponseObserver, SseEvent, SseParser,
+    bearer, content_text, describe_error, parse_json_object, required_model, since_last_model_turn,
+    str_at, tool_result_text, BadRequest, GatewayError, JsonBodyObserver, Observation,
+    ObserveLimits, ProviderAdapter, RequestInfo, ResponseObserver, SseEvent, SseParser,
 };
-use crate::record::{Provider, ToolCall};
+use crate::record::{Provider, ToolCall, ToolResult, MAX_TOOL_RESULTS};
 
 pub struct OpenAiResponses;
 
@@ -55,11 +55,40 @@ impl ProviderAdapter for OpenAiResponses {
                     .collect()
             })
             .unwrap_or_default();
+        // Items the model produced: its messages, reasoning and tool calls.
+        let model_turn = |i: &Value| {
+            i.get("role").and_then(Value::as_str) == Some("assistant")
+                || matches!(
+                    i.get("type").and_then(Value::as_str),
+                    Some("function_call" | "custom_tool_call" | "reasoning")
+                )
+        };
+        let tool_results = match obj.get("input") {
+            Some(Value::Array(items)) => since_last_model_turn(items, model_turn)
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        i.get("type").and_then(Value::as_str),
+                        Some("function_call_output" | "custom_tool_call_output")
+                    )
+                })
+                .filter_map(|i| {
+                    Some(ToolResult::new(
+                        str_at(i, &["call_id"])?.to_owned(),
+                        &tool_result_text(i.get("output").unwrap_or(&Value::Null)),
+                        false,
+                    ))
+                })
+                .take(MAX_TOOL_RESULTS)
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(RequestInfo {
             model: Some(model),
             streaming: obj.get("stream").and_then(Value::as_bool).unwrap_or(false),
             prompt,
             tools_offered,
+            tool_results,
             rewritten_body: None,
             withhold_usage_chunk: false,
         })

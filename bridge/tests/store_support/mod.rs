@@ -73,6 +73,9 @@ pub fn record(
             name: "get_weather".into(),
             arguments: "{\"city\":\"Paris\"}".into(),
         }],
+        tool_results: vec![],
+        client_session: None,
+        client_addr: None,
         context: WorkspaceContext {
             workspace: Some("ws-1".into()),
             template: None,
