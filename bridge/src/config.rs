@@ -18,6 +18,12 @@
 //!   upstream_response_timeout_secs: 600
 //! upstream_tls:                   # optional: HTTPS upstreams behind a private CA
 //!   ca_file: /etc/bridge/upstream-ca.pem   # PEM; trusted in addition to the webpki roots
+//! tls:                            # optional: serve HTTPS (reloaded when the files change)
+//!   cert_file: /etc/llm-bridge/tls/cert.pem  # PEM chain, server certificate first
+//!   key_file: /etc/llm-bridge/tls/key.pem    # PEM key: PKCS#8, RSA or EC, unencrypted
+//! metrics:                        # optional: protect /metrics (default: open on `listen`)
+//!   listen: 127.0.0.1:9090        # serve /metrics (and /healthz, /readyz) here, not on `listen`
+//!   token_file: /etc/llm-bridge/metrics-token   # require `Authorization: Bearer TOKEN`
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -31,9 +37,11 @@ use std::time::Duration;
 use http::HeaderValue;
 use serde::Deserialize;
 
+use crate::auth::MetricsToken;
 use crate::error::Error;
 use crate::pricing::PricingTable;
 use crate::proxy::{Limits, Upstream, UpstreamTrust};
+use crate::tls::TlsFiles;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_STORE: &str = "bridge.db";
@@ -61,12 +69,26 @@ pub struct BridgeConfig {
     pub header_read_timeout: Duration,
     /// Certificate authorities trusted for HTTPS upstreams (`upstream_tls:`).
     pub upstream_trust: UpstreamTrust,
+    /// Serve HTTPS with these files (`tls:`); `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Where `/metrics` is served and who may read it (`metrics:`).
+    pub metrics: MetricsSettings,
     /// Where the configuration came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
 }
 
 /// Default of [`BridgeConfig::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `metrics:`. By default `/metrics` is open on the main listener (which itself defaults to
+/// loopback); a separate listener, a token, or both protect it on a listener clients reach.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` on this address (plain HTTP) and answer 404 for it on `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Require `Authorization: Bearer` with this token (401 otherwise), wherever served.
+    pub token: Option<MetricsToken>,
+}
 
 /// Configured upstreams; `None` means the provider's routes answer 503.
 #[derive(Debug, Clone, Default)]
@@ -88,6 +110,25 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     upstream_tls: RawUpstreamTls,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// `tls:`; both files are required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// `metrics:`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 /// `upstream_tls:`; how HTTPS upstreams are verified.
@@ -175,6 +216,8 @@ impl BridgeConfig {
             max_model_labels: crate::telemetry::DEFAULT_MAX_MODEL_LABELS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             upstream_trust: UpstreamTrust::default(),
+            tls: None,
+            metrics: MetricsSettings::default(),
             source: None,
         })
     }
@@ -293,6 +336,43 @@ impl BridgeConfig {
                 .map_err(|m| err(&["upstream_tls", "ca_file"], m))?,
             None => UpstreamTrust::default(),
         };
+        let tls = match raw.tls {
+            Some(t) => {
+                let files = TlsFiles {
+                    cert_file: t.cert_file,
+                    key_file: t.key_file,
+                };
+                crate::tls::check(&files).map_err(|e| err(&["tls", e.field.name()], e.message))?;
+                Some(files)
+            }
+            None => None,
+        };
+        let metrics = MetricsSettings {
+            listen: match raw.metrics.listen {
+                Some(l) => {
+                    let addr = l.parse::<SocketAddr>().map_err(|e| {
+                        err(
+                            &["metrics", "listen"],
+                            format!("{e}: expected IP:PORT such as 127.0.0.1:9090"),
+                        )
+                    })?;
+                    if addr == listen && addr.port() != 0 {
+                        return Err(err(
+                            &["metrics", "listen"],
+                            format!("{addr} is also `listen`: give the metrics listener its own address"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            },
+            token: match &raw.metrics.token_file {
+                Some(f) => Some(
+                    MetricsToken::from_file(f).map_err(|m| err(&["metrics", "token_file"], m))?,
+                ),
+                None => None,
+            },
+        };
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -352,6 +432,8 @@ impl BridgeConfig {
             header_read_timeout: positive("header_read_timeout_secs", l.header_read_timeout_secs)?
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
             upstream_trust,
+            tls,
+            metrics,
             listen,
             store,
             spool_dir: raw
