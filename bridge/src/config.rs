@@ -619,6 +619,139 @@ mod tests {
         assert!(e.contains("ca_dir"), "{e}");
     }
 
+    /// A directory with a self-signed pair (cert.pem, key.pem), another key (other-key.pem)
+    /// and a metrics token file; removed on drop.
+    struct TlsDir(PathBuf);
+    impl TlsDir {
+        fn new() -> TlsDir {
+            let d = std::env::temp_dir().join(format!(
+                "bridge-config-tls-{}-{}",
+                std::process::id(),
+                uuid::Uuid::now_v7().simple()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+            let other = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(d.join("other-key.pem"), other.serialize_pem()).unwrap();
+            std::fs::write(d.join("token"), "scrape-token\n").unwrap();
+            std::fs::write(d.join("empty-token"), "\n").unwrap();
+            TlsDir(d)
+        }
+        fn p(&self, name: &str) -> String {
+            self.0.join(name).display().to_string()
+        }
+    }
+    impl Drop for TlsDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn tls_and_metrics_sections_parse_into_files_and_a_token() {
+        let d = TlsDir::new();
+        let c = parse(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\nmetrics:\n  listen: 127.0.0.1:9090\n  token_file: {}\n",
+            d.p("cert.pem"),
+            d.p("key.pem"),
+            d.p("token")
+        ))
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, d.0.join("cert.pem"));
+        assert_eq!(c.metrics.listen.unwrap().port(), 9090);
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer scrape-token".parse().unwrap());
+        assert!(c.metrics.token.unwrap().admits(&h));
+        let c = parse("").unwrap();
+        assert!(c.tls.is_none() && c.metrics.listen.is_none() && c.metrics.token.is_none());
+    }
+
+    #[test]
+    fn tls_errors_name_the_config_line_the_file_and_what_is_wrong() {
+        let d = TlsDir::new();
+        let e = parse(&format!(
+            "listen: 0.0.0.0:8443\ntls:\n  cert_file: {}\n  key_file: {}\n",
+            d.p("missing.pem"),
+            d.p("key.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "bridge.yaml:3:3: field `tls.cert_file`: cannot read {}",
+                d.p("missing.pem")
+            )),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            d.p("cert.pem"),
+            d.p("other-key.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "bridge.yaml:3:3: field `tls.key_file`: {}: the private key does not match the certificate in {}",
+                d.p("other-key.pem"),
+                d.p("cert.pem")
+            )),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            d.p("key.pem"),
+            d.p("key.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("field `tls.cert_file`") && e.contains("no certificate in the file"),
+            "{e}"
+        );
+        let e = parse(&format!("tls:\n  cert_file: {}\n", d.p("cert.pem")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `key_file`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_errors_name_their_field() {
+        let d = TlsDir::new();
+        let e = parse("metrics:\n  listen: localhost:9090\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:2:3: field `metrics.listen`"),
+            "{e}"
+        );
+        let e = parse("listen: 127.0.0.1:8787\nmetrics:\n  listen: 127.0.0.1:8787\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `metrics.listen`") && e.contains("own address"),
+            "{e}"
+        );
+        let e = parse(&format!("metrics:\n  token_file: {}\n", d.p("empty-token")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:2:3: field `metrics.token_file`") && e.contains("is empty"),
+            "{e}"
+        );
+        let e = parse(&format!("metrics:\n  token_file: {}\n", d.p("nope")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
     #[test]
     fn pricing_overrides_are_merged_onto_defaults() {
         let c = parse("pricing:\n  my-model: { input: 1.0, output: 2.0 }\n").unwrap();

@@ -138,9 +138,9 @@ pub async fn serve(
         telemetry,
     };
     let tls = match &config.tls {
-        Some(files) => Some(
-            ServerTls::new(files.clone()).map_err(|e| Error::Server(format!("tls: {e}")))?,
-        ),
+        Some(files) => {
+            Some(ServerTls::new(files.clone()).map_err(|e| Error::Server(format!("tls: {e}")))?)
+        }
         None => None,
     };
     let listener = TcpListener::bind(config.listen)
@@ -416,20 +416,19 @@ async fn run(
             match tls {
                 None => serve_connection(stream, peer, routes, limits, watcher).await,
                 // The handshake gets the time a client has to send its request headers.
-                Some(acceptor) => match tokio::time::timeout(
-                    limits.header_read_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(tls_stream)) => {
-                        serve_connection(tls_stream, peer, routes, limits, watcher).await
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, peer, routes, limits, watcher).await
+                        }
+                        // Scanners, clients that do not trust the certificate, plain HTTP sent
+                        // to the TLS port: the client sees why; the log would only be noise.
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    // Scanners, clients that do not trust the certificate, plain HTTP sent
-                    // to the TLS port: the client sees why; the log would only be noise.
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                }
             }
             drop(slot);
         });

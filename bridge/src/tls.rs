@@ -365,7 +365,8 @@ mod tests {
         let e = check(&files(&d, &cert, &other_key)).unwrap_err();
         assert_eq!(e.field, TlsField::KeyFile);
         assert!(
-            e.message.contains("key.pem: the private key does not match the certificate in")
+            e.message
+                .contains("key.pem: the private key does not match the certificate in")
                 && e.message.contains("cert.pem"),
             "{e}"
         );
@@ -377,7 +378,10 @@ mod tests {
         let (cert, key) = pair();
         let e = check(&files(&d, &key, &cert)).unwrap_err();
         assert_eq!(e.field, TlsField::CertFile);
-        assert!(e.message.contains("cert.pem: no certificate in the file"), "{e}");
+        assert!(
+            e.message.contains("cert.pem: no certificate in the file"),
+            "{e}"
+        );
         assert!(e.message.contains("swapped"), "{e}");
         let e = check(&files(&d, "", &key)).unwrap_err();
         assert!(e.message.contains("no certificate in the file"), "{e}");
@@ -389,7 +393,10 @@ mod tests {
         let (cert, _) = pair();
         let e = check(&files(&d, &cert, "hello\n")).unwrap_err();
         assert_eq!(e.field, TlsField::KeyFile);
-        assert!(e.message.contains("key.pem: no private key in the file"), "{e}");
+        assert!(
+            e.message.contains("key.pem: no private key in the file"),
+            "{e}"
+        );
         let e = check(&files(
             &d,
             &cert,
@@ -425,7 +432,9 @@ mod tests {
         assert_ne!(second, first);
         assert_eq!(
             second.as_ref(),
-            CertificateDer::from_pem_slice(cert2.as_bytes()).unwrap().as_ref()
+            CertificateDer::from_pem_slice(cert2.as_bytes())
+                .unwrap()
+                .as_ref()
         );
         task.abort();
     }
