@@ -172,7 +172,11 @@ async fn two_calls(c: &HttpClient, url: &str, token: &str, workspace: &str) -> [
     [a.as_u16(), o.as_u16()]
 }
 
-async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
+async fn get(
+    c: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
     let (s, h, b) = send(c, request(Method::GET, url, headers, "")).await;
     (s.as_u16(), h, String::from_utf8_lossy(&b).into_owned())
 }
@@ -202,7 +206,10 @@ async fn two_replicas_on_one_postgres_migrate_together_share_keys_record_once_an
     wait_listening(port_b, &mut b, &cwd.join("b.log"));
     let db = pg_client(&store).await;
     let versions: Vec<i64> = db
-        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -249,9 +256,12 @@ async fn two_replicas_on_one_postgres_migrate_together_share_keys_record_once_an
     }
 
     // A key created once works on both.
-    let token = cli(cwd, &["keys", "create", "--user", "rita", "--store", &store])
-        .trim()
-        .to_string();
+    let token = cli(
+        cwd,
+        &["keys", "create", "--user", "rita", "--store", &store],
+    )
+    .trim()
+    .to_string();
     let c = client();
     let (url_a, url_b) = (
         format!("http://127.0.0.1:{port_a}"),
@@ -288,16 +298,20 @@ async fn two_replicas_on_one_postgres_migrate_together_share_keys_record_once_an
     // `llm-bridge usage` sees the sum.
     let usage: Value = serde_json::from_str(&cli(
         cwd,
-        &["usage", "--since", "1h", "--format", "json", "--store", &store],
+        &[
+            "usage", "--since", "1h", "--format", "json", "--store", &store,
+        ],
     ))
     .unwrap();
     assert_eq!(usage["total"]["requests"], 6, "{usage}");
     assert_eq!(usage["rows"][0]["key"], "rita", "{usage}");
 
     // Revoked once, refused by both within the cache window.
-    let keys: Value =
-        serde_json::from_str(&cli(cwd, &["keys", "list", "--format", "json", "--store", &store]))
-            .unwrap();
+    let keys: Value = serde_json::from_str(&cli(
+        cwd,
+        &["keys", "list", "--format", "json", "--store", &store],
+    ))
+    .unwrap();
     let id = keys[0]["id"].as_str().unwrap().to_string();
     cli(cwd, &["keys", "revoke", &id, "--store", &store]);
     let revoked_at = Instant::now();
@@ -356,9 +370,13 @@ async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_heal
     let side = format!("http://127.0.0.1:{mport}");
     assert_eq!(get(&c, &format!("{main}/metrics"), &[]).await.0, 404);
     assert_eq!(
-        get(&c, &format!("{main}/metrics"), &[("authorization", "Bearer scrape-me-0123456789")])
-            .await
-            .0,
+        get(
+            &c,
+            &format!("{main}/metrics"),
+            &[("authorization", "Bearer scrape-me-0123456789")]
+        )
+        .await
+        .0,
         404
     );
     let (s, h, _) = get(&c, &format!("{side}/metrics"), &[]).await;
@@ -375,7 +393,10 @@ async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_heal
     assert_eq!(s, 200);
     assert!(body.contains("bridge_"), "{body}");
     // Provider routes are not on the metrics listener; health is open on both.
-    assert_eq!(get(&c, &format!("{side}/openai/v1/models"), &[]).await.0, 404);
+    assert_eq!(
+        get(&c, &format!("{side}/openai/v1/models"), &[]).await.0,
+        404
+    );
     for url in [&main, &side] {
         assert_eq!(get(&c, &format!("{url}/healthz"), &[]).await.0, 200);
         assert_eq!(get(&c, &format!("{url}/readyz"), &[]).await.0, 200);
