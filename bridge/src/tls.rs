@@ -69,8 +69,8 @@ impl std::fmt::Display for TlsFileError {
 /// A loaded pair and what identifies it in logs.
 struct Loaded {
     key: Arc<CertifiedKey>,
-    /// SHA-256 of the server certificate (DER), hex: what `openssl x509 -fingerprint -sha256`
-    /// prints, so an operator can tell which certificate is being served.
+    /// SHA-256 of the server certificate (DER), hex, so an operator can tell which certificate
+    /// is served: `openssl x509 -in cert.pem -outform der | sha256sum` prints the same.
     cert_sha256: String,
 }
 
