@@ -406,6 +406,46 @@ mod tests {
         assert!(e.message.contains("it is encrypted"), "{e}");
     }
 
+    /// How Kubernetes updates a mounted secret: the files are links through `..data`, a link
+    /// to a timestamped directory, and an update swaps `..data` to a new directory.
+    #[tokio::test]
+    async fn a_swapped_symbolic_link_as_in_a_kubernetes_secret_volume_is_a_change() {
+        use std::os::unix::fs::symlink;
+        let d = Dir::new();
+        let (cert1, key1) = pair();
+        let (cert2, key2) = pair();
+        for (dir, cert, key) in [("v1", &cert1, &key1), ("v2", &cert2, &key2)] {
+            std::fs::create_dir(d.0.join(dir)).unwrap();
+            std::fs::write(d.0.join(dir).join("tls.crt"), cert).unwrap();
+            std::fs::write(d.0.join(dir).join("tls.key"), key).unwrap();
+        }
+        symlink("v1", d.0.join("..data")).unwrap();
+        symlink("..data/tls.crt", d.0.join("tls.crt")).unwrap();
+        symlink("..data/tls.key", d.0.join("tls.key")).unwrap();
+        let tls = ServerTls::new(TlsFiles {
+            cert_file: d.0.join("tls.crt"),
+            key_file: d.0.join("tls.key"),
+        })
+        .unwrap();
+        let served = || tls.current.0.read().unwrap().cert[0].clone();
+        let first = served();
+        let task = tls.spawn_reloader(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        symlink("v2", d.0.join("..data_tmp")).unwrap();
+        std::fs::rename(d.0.join("..data_tmp"), d.0.join("..data")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while served() == first && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            served().as_ref(),
+            CertificateDer::from_pem_slice(cert2.as_bytes())
+                .unwrap()
+                .as_ref()
+        );
+        task.abort();
+    }
+
     #[tokio::test]
     async fn a_changed_pair_is_served_and_a_bad_one_keeps_the_last_good() {
         let d = Dir::new();
