@@ -70,14 +70,23 @@ struct Admin {
     telemetry: Telemetry,
 }
 
-/// Opens the store, starts the authenticator and recorder, binds `config.listen` and serves
-/// until `shutdown` completes; then drains open requests (up to 30 s) and flushes the recorder.
+/// Loads the TLS pair (if any), opens the store, starts the authenticator and recorder, binds
+/// `config.listen` (and `metrics.listen`) and serves until `shutdown` completes; then drains
+/// open requests (up to 30 s) and flushes the recorder.
 pub async fn serve(
     config: BridgeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let telemetry = Telemetry::init("bridge")?;
     install_sigbus_report();
+    // Before the store and the recorder: a certificate that went bad since the config was
+    // checked stops the start with nothing to undo.
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(ServerTls::new(files.clone()).map_err(|e| Error::Server(format!("tls: {e}")))?)
+        }
+        None => None,
+    };
     let store = Store::open(&config.store).await?;
     check_store_identity(&store, &config.spool_dir).await?;
     telemetry.set_max_model_labels(config.max_model_labels);
@@ -136,12 +145,6 @@ pub async fn serve(
         store: store.clone(),
         recorder: recorder.clone(),
         telemetry,
-    };
-    let tls = match &config.tls {
-        Some(files) => {
-            Some(ServerTls::new(files.clone()).map_err(|e| Error::Server(format!("tls: {e}")))?)
-        }
-        None => None,
     };
     let listener = TcpListener::bind(config.listen)
         .await
