@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use http::HeaderMap;
+use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use crate::keys::Identity;
@@ -41,6 +42,61 @@ impl Authenticate for FixedToken {
         let ok = constant_time_eq(token.as_bytes(), self.token.as_bytes());
         let identity = ok.then(|| self.identity.clone());
         Box::pin(async move { Ok(identity) })
+    }
+}
+
+/// The bearer token a metrics scraper must send for `/metrics` (`metrics.token_file`). Only
+/// its SHA-256 is kept, so neither `Debug` nor a memory dump of the config shows it, and the
+/// comparison takes the same time whatever the length or content of the guess.
+#[derive(Clone)]
+pub struct MetricsToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
+}
+
+impl MetricsToken {
+    pub fn new(token: &str) -> MetricsToken {
+        MetricsToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    /// Reads the token from a file (surrounding whitespace and the final newline ignored, as
+    /// Prometheus does with `bearer_token_file`).
+    pub fn from_file(path: &std::path::Path) -> Result<MetricsToken, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("{} is empty: put the token in it", path.display()));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{}: the token must be one line without spaces (it is sent as `Authorization: Bearer TOKEN`)",
+                path.display()
+            ));
+        }
+        Ok(MetricsToken::new(token))
+    }
+
+    /// True when the request carries `Authorization: Bearer <this token>`.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(presented) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+        else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        constant_time_eq(&presented, &self.digest)
     }
 }
 
@@ -89,6 +145,18 @@ mod tests {
             bridge_token(&headers(&[("authorization", "bearer  brk_c ")])),
             Some("brk_c")
         );
+    }
+
+    #[test]
+    fn the_metrics_token_admits_only_its_own_bearer_value() {
+        let t = MetricsToken::new("s3cret-scrape");
+        assert!(t.admits(&headers(&[("authorization", "Bearer s3cret-scrape")])));
+        assert!(t.admits(&headers(&[("authorization", "bearer  s3cret-scrape ")])));
+        assert!(!t.admits(&headers(&[("authorization", "Bearer s3cret-scrap")])));
+        assert!(!t.admits(&headers(&[("authorization", "Basic s3cret-scrape")])));
+        assert!(!t.admits(&headers(&[("x-api-key", "s3cret-scrape")])));
+        assert!(!t.admits(&headers(&[])));
+        assert!(!format!("{t:?}").contains("s3cret"));
     }
 
     #[test]

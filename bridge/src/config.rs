@@ -20,6 +20,12 @@
 //!   upstream_response_timeout_secs: 600
 //! upstream_tls:                   # optional: HTTPS upstreams behind a private CA
 //!   ca_file: /etc/bridge/upstream-ca.pem   # PEM; trusted in addition to the webpki roots
+//! tls:                            # optional: serve HTTPS (reloaded when the files change)
+//!   cert_file: /etc/llm-bridge/tls/cert.pem  # PEM chain, server certificate first
+//!   key_file: /etc/llm-bridge/tls/key.pem    # PEM key: PKCS#8, RSA or EC, unencrypted
+//! metrics:                        # optional: protect /metrics (default: open on `listen`)
+//!   listen: 127.0.0.1:9090        # serve /metrics (and /healthz, /readyz) here, not on `listen`
+//!   token_file: /etc/llm-bridge/metrics-token   # require `Authorization: Bearer TOKEN`
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -33,9 +39,11 @@ use std::time::Duration;
 use http::HeaderValue;
 use serde::Deserialize;
 
+use crate::auth::MetricsToken;
 use crate::error::Error;
 use crate::pricing::{ModelPrice, PriceList, PricingTable};
 use crate::proxy::{Limits, Upstream, UpstreamTrust};
+use crate::tls::TlsFiles;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_STORE: &str = "bridge.db";
@@ -63,12 +71,26 @@ pub struct BridgeConfig {
     pub header_read_timeout: Duration,
     /// Certificate authorities trusted for HTTPS upstreams (`upstream_tls:`).
     pub upstream_trust: UpstreamTrust,
+    /// Serve HTTPS with these files (`tls:`); `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Where `/metrics` is served and who may read it (`metrics:`).
+    pub metrics: MetricsSettings,
     /// Where the configuration came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
 }
 
 /// Default of [`BridgeConfig::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `metrics:`. By default `/metrics` is open on the main listener (which itself defaults to
+/// loopback); a separate listener, a token, or both protect it on a listener clients reach.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` on this address (plain HTTP) and answer 404 for it on `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Require `Authorization: Bearer` with this token (401 otherwise), wherever served.
+    pub token: Option<MetricsToken>,
+}
 
 /// Configured upstreams; `None` means the provider's routes answer 503.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +113,25 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     upstream_tls: RawUpstreamTls,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// `tls:`; both files are required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// `metrics:`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 /// `upstream_tls:`; how HTTPS upstreams are verified.
@@ -178,6 +219,8 @@ impl BridgeConfig {
             max_model_labels: crate::telemetry::DEFAULT_MAX_MODEL_LABELS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             upstream_trust: UpstreamTrust::default(),
+            tls: None,
+            metrics: MetricsSettings::default(),
             source: None,
         })
     }
@@ -301,6 +344,43 @@ impl BridgeConfig {
                 .map_err(|m| err(&["upstream_tls", "ca_file"], m))?,
             None => UpstreamTrust::default(),
         };
+        let tls = match raw.tls {
+            Some(t) => {
+                let files = TlsFiles {
+                    cert_file: t.cert_file,
+                    key_file: t.key_file,
+                };
+                crate::tls::check(&files).map_err(|e| err(&["tls", e.field.name()], e.message))?;
+                Some(files)
+            }
+            None => None,
+        };
+        let metrics = MetricsSettings {
+            listen: match raw.metrics.listen {
+                Some(l) => {
+                    let addr = l.parse::<SocketAddr>().map_err(|e| {
+                        err(
+                            &["metrics", "listen"],
+                            format!("{e}: expected IP:PORT such as 127.0.0.1:9090"),
+                        )
+                    })?;
+                    if addr == listen && addr.port() != 0 {
+                        return Err(err(
+                            &["metrics", "listen"],
+                            format!("{addr} is also `listen`: give the metrics listener its own address"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            },
+            token: match &raw.metrics.token_file {
+                Some(f) => Some(
+                    MetricsToken::from_file(f).map_err(|m| err(&["metrics", "token_file"], m))?,
+                ),
+                None => None,
+            },
+        };
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -360,6 +440,8 @@ impl BridgeConfig {
             header_read_timeout: positive("header_read_timeout_secs", l.header_read_timeout_secs)?
                 .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
             upstream_trust,
+            tls,
+            metrics,
             listen,
             store,
             spool_dir: raw
@@ -543,6 +625,139 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ca_dir"), "{e}");
+    }
+
+    /// A directory with a self-signed pair (cert.pem, key.pem), another key (other-key.pem)
+    /// and a metrics token file; removed on drop.
+    struct TlsDir(PathBuf);
+    impl TlsDir {
+        fn new() -> TlsDir {
+            let d = std::env::temp_dir().join(format!(
+                "bridge-config-tls-{}-{}",
+                std::process::id(),
+                uuid::Uuid::now_v7().simple()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+            let other = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(d.join("other-key.pem"), other.serialize_pem()).unwrap();
+            std::fs::write(d.join("token"), "scrape-token\n").unwrap();
+            std::fs::write(d.join("empty-token"), "\n").unwrap();
+            TlsDir(d)
+        }
+        fn p(&self, name: &str) -> String {
+            self.0.join(name).display().to_string()
+        }
+    }
+    impl Drop for TlsDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn tls_and_metrics_sections_parse_into_files_and_a_token() {
+        let d = TlsDir::new();
+        let c = parse(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\nmetrics:\n  listen: 127.0.0.1:9090\n  token_file: {}\n",
+            d.p("cert.pem"),
+            d.p("key.pem"),
+            d.p("token")
+        ))
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, d.0.join("cert.pem"));
+        assert_eq!(c.metrics.listen.unwrap().port(), 9090);
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer scrape-token".parse().unwrap());
+        assert!(c.metrics.token.unwrap().admits(&h));
+        let c = parse("").unwrap();
+        assert!(c.tls.is_none() && c.metrics.listen.is_none() && c.metrics.token.is_none());
+    }
+
+    #[test]
+    fn tls_errors_name_the_config_line_the_file_and_what_is_wrong() {
+        let d = TlsDir::new();
+        let e = parse(&format!(
+            "listen: 0.0.0.0:8443\ntls:\n  cert_file: {}\n  key_file: {}\n",
+            d.p("missing.pem"),
+            d.p("key.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "bridge.yaml:3:3: field `tls.cert_file`: cannot read {}",
+                d.p("missing.pem")
+            )),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            d.p("cert.pem"),
+            d.p("other-key.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "bridge.yaml:3:3: field `tls.key_file`: {}: the private key does not match the certificate in {}",
+                d.p("other-key.pem"),
+                d.p("cert.pem")
+            )),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            d.p("key.pem"),
+            d.p("key.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("field `tls.cert_file`") && e.contains("no certificate in the file"),
+            "{e}"
+        );
+        let e = parse(&format!("tls:\n  cert_file: {}\n", d.p("cert.pem")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `key_file`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_errors_name_their_field() {
+        let d = TlsDir::new();
+        let e = parse("metrics:\n  listen: localhost:9090\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:2:3: field `metrics.listen`"),
+            "{e}"
+        );
+        let e = parse("listen: 127.0.0.1:8787\nmetrics:\n  listen: 127.0.0.1:8787\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `metrics.listen`") && e.contains("own address"),
+            "{e}"
+        );
+        let e = parse(&format!("metrics:\n  token_file: {}\n", d.p("empty-token")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:2:3: field `metrics.token_file`") && e.contains("is empty"),
+            "{e}"
+        );
+        let e = parse(&format!("metrics:\n  token_file: {}\n", d.p("nope")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod providers;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 // Recording path.
 pub mod journal;

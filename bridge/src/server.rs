@@ -3,7 +3,13 @@
 //! Provider routes (`/anthropic/...`, `/openai/...`) go to [`Gateway`]; the server itself
 //! answers `/healthz` (process alive), `/readyz` (store writable, or records spooling to
 //! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]). HTTP/1.1 with
-//! keep-alive, which is what every provider SDK speaks.
+//! keep-alive, which is what every provider SDK speaks; over TLS when `tls:` is configured
+//! ([`crate::tls`]).
+//!
+//! `/metrics` can be moved to a listener of its own (`metrics.listen`, plain HTTP, e.g. on
+//! loopback or a management network) and/or require a bearer token (`metrics.token_file`).
+//! `/healthz` and `/readyz` stay open everywhere: load balancers and orchestrators probe them
+//! without credentials, and they reveal nothing but up/ready and the spool depth.
 //!
 //! Connections are capped (`limits.max_connections`, by default derived from the process's
 //! file-descriptor limit): beyond the cap a new connection gets an immediate 503 and is
@@ -18,9 +24,13 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
+use crate::auth::MetricsToken;
 use crate::config::BridgeConfig;
 use crate::error::Error;
 use crate::keys::Authenticator;
@@ -29,8 +39,7 @@ use crate::record::{InterceptionRecord, Provider};
 use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use crate::tls::ServerTls;
 
 /// Records go to the [`Recorder`], in-flight counts to [`Telemetry`].
 struct RecorderSink {
@@ -61,14 +70,23 @@ struct Admin {
     telemetry: Telemetry,
 }
 
-/// Opens the store, starts the authenticator and recorder, binds `config.listen` and serves
-/// until `shutdown` completes; then drains open requests (up to 30 s) and flushes the recorder.
+/// Loads the TLS pair (if any), opens the store, starts the authenticator and recorder, binds
+/// `config.listen` (and `metrics.listen`) and serves until `shutdown` completes; then drains
+/// open requests (up to 30 s) and flushes the recorder.
 pub async fn serve(
     config: BridgeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let telemetry = Telemetry::init("bridge")?;
     install_sigbus_report();
+    // Before the store and the recorder: a certificate that went bad since the config was
+    // checked stops the start with nothing to undo.
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(ServerTls::new(files.clone()).map_err(|e| Error::Server(format!("tls: {e}")))?)
+        }
+        None => None,
+    };
     let store = Store::open(&config.store).await?;
     check_store_identity(&store, &config.spool_dir).await?;
     telemetry.set_max_model_labels(config.max_model_labels);
@@ -133,22 +151,82 @@ pub async fn serve(
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", config.listen)))?;
     // The bound address, which differs from the configured one for port 0.
     let listen = listener.local_addr().unwrap_or(config.listen);
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Server(format!("cannot listen on {addr} (metrics.listen): {e}"))
+        })?),
+        None => None,
+    };
     let conn_limits = ConnLimits {
         max_connections: config
             .max_connections
             .unwrap_or_else(default_max_connections),
         header_read_timeout: config.header_read_timeout,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         listen = %listen,
+        tls = tls.is_some(),
         max_connections = conn_limits.max_connections,
         store = store.describe(),
-        anthropic_base_url = %format!("http://{listen}/anthropic"),
-        openai_base_url = %format!("http://{listen}/openai/v1"),
+        anthropic_base_url = %format!("{scheme}://{listen}/anthropic"),
+        openai_base_url = %format!("{scheme}://{listen}/openai/v1"),
         "bridge serving"
     );
+    let reloader = tls
+        .as_ref()
+        .map(|t| t.spawn_reloader(crate::tls::RELOAD_CHECK_INTERVAL));
+    // One shutdown signal for every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(
+            metrics_listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            token = config.metrics.token.is_some(),
+            "metrics served on their own listener (plain HTTP)"
+        );
+        let routes = Routes {
+            gateway: None,
+            admin: Some(admin.clone()),
+            metrics: MetricsAccess::from_token(&config.metrics.token),
+        };
+        // Scrapers and probes only: a few connections are plenty.
+        let limits = ConnLimits {
+            max_connections: 64,
+            header_read_timeout: config.header_read_timeout,
+        };
+        tokio::spawn(run(l, routes, None, stopped(stop_rx.clone()), limits))
+    });
     let in_flight = admin.telemetry.clone();
-    run(listener, gateway, Some(admin), shutdown, conn_limits).await;
+    let routes = Routes {
+        gateway: Some(gateway),
+        metrics: if metrics_server.is_some() {
+            MetricsAccess::Elsewhere
+        } else {
+            MetricsAccess::from_token(&config.metrics.token)
+        },
+        admin: Some(admin),
+    };
+    run(
+        listener,
+        routes,
+        tls.as_ref().map(|t| t.acceptor().clone()),
+        stopped(stop_rx),
+        conn_limits,
+    )
+    .await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    if let Some(r) = reloader {
+        r.abort();
+    }
     // A request that ended during the drain hands its record over from a task of its own
     // (`Watch::finish`), possibly after its connection closed: wait for those hand-overs
     // (bounded: they only parse and enqueue) so the records reach the store now, not the
@@ -175,7 +253,12 @@ pub async fn serve_gateway(
         max_connections: default_max_connections(),
         header_read_timeout: crate::config::DEFAULT_HEADER_READ_TIMEOUT,
     };
-    run(listener, gateway, None, shutdown, limits).await;
+    let routes = Routes {
+        gateway: Some(gateway),
+        admin: None,
+        metrics: MetricsAccess::Open,
+    };
+    run(listener, routes, None, shutdown, limits).await;
 }
 
 /// Bounds on client connections.
@@ -235,30 +318,70 @@ fn over_capacity_response(max: usize) -> String {
     )
 }
 
-async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
-    let reply = over_capacity_response(max);
+/// Answers a connection over the cap with [`over_capacity_response`] (after the handshake on
+/// a TLS listener: a plain-text answer would be noise to a TLS client) and closes it.
+async fn refuse(stream: tokio::net::TcpStream, tls: Option<TlsAcceptor>, max: usize) {
     let work = async {
-        stream.write_all(reply.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Read what the client sent (bounded) so closing does not reset the connection
-        // before it has read the answer.
-        let mut buf = [0u8; 4096];
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match stream.read(&mut buf).await? {
-                0 => break,
-                n => total += n,
-            }
+        match tls {
+            None => write_refusal(stream, max).await,
+            Some(acceptor) => write_refusal(acceptor.accept(stream).await?, max).await,
         }
-        Ok::<_, std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
 }
 
+async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    max: usize,
+) -> std::io::Result<()> {
+    let reply = over_capacity_response(max);
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await?;
+    // Read what the client sent (bounded) so closing does not reset the connection before it
+    // has read the answer.
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < 64 * 1024 {
+        match stream.read(&mut buf).await? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok(())
+}
+
+/// What one listener answers: the provider routes (the main listener), the operational
+/// endpoints, and whether `/metrics` is among them.
+#[derive(Clone)]
+struct Routes {
+    gateway: Option<Gateway>,
+    admin: Option<Admin>,
+    metrics: MetricsAccess,
+}
+
+/// Who may read `/metrics` on a listener.
+#[derive(Clone)]
+enum MetricsAccess {
+    Open,
+    /// `Authorization: Bearer` with this token; 401 otherwise.
+    Token(MetricsToken),
+    /// Served on the separate metrics listener: 404 here.
+    Elsewhere,
+}
+
+impl MetricsAccess {
+    fn from_token(token: &Option<MetricsToken>) -> MetricsAccess {
+        match token {
+            Some(t) => MetricsAccess::Token(t.clone()),
+            None => MetricsAccess::Open,
+        }
+    }
+}
+
 async fn run(
     listener: TcpListener,
-    gateway: Gateway,
-    admin: Option<Admin>,
+    routes: Routes,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ConnLimits,
 ) {
@@ -284,28 +407,31 @@ async fn run(
                 tracing::warn!(max_connections = limits.max_connections, client_addr = %peer, "connection limit reached; refusing new connections with 503");
                 last_refusal_log = Some(std::time::Instant::now());
             }
-            tokio::spawn(refuse(stream, limits.max_connections));
+            tokio::spawn(refuse(stream, tls.clone(), limits.max_connections));
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let admin = admin.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            let gateway = gateway.clone();
-            let admin = admin.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(dispatch(req, &gateway, admin.as_ref()).await)
-            }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let routes = routes.clone();
+        // Taken now so that shutdown waits for a connection still in its TLS handshake too.
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, peer, routes, limits, watcher).await,
+                // The handshake gets the time a client has to send its request headers.
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, peer, routes, limits, watcher).await
+                        }
+                        // Scanners, clients that do not trust the certificate, plain HTTP sent
+                        // to the TLS port: the client sees why; the log would only be noise.
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(slot);
         });
@@ -320,33 +446,62 @@ async fn run(
     }
 }
 
-async fn dispatch(
-    req: Request<Incoming>,
-    gateway: &Gateway,
-    admin: Option<&Admin>,
-) -> Response<ProxyBody> {
+/// HTTP/1.1 on one accepted connection (plain or TLS), until it closes or shutdown drains it.
+async fn serve_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    routes: Routes,
+    limits: ConnLimits,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        let routes = routes.clone();
+        async move { Ok::<_, std::convert::Infallible>(dispatch(req, &routes).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn dispatch(req: Request<Incoming>, routes: &Routes) -> Response<ProxyBody> {
     let path = req.uri().path();
-    if let Some(provider) = provider_root(req.method(), path) {
-        return provider_root_answer(req.method(), provider);
+    if let Some(gateway) = &routes.gateway {
+        if let Some(provider) = provider_root(req.method(), path) {
+            return provider_root_answer(req.method(), provider);
+        }
+        if Gateway::serves(path) {
+            return gateway.handle(req).await;
+        }
     }
-    if Gateway::serves(path) {
-        return gateway.handle(req).await;
-    }
-    match (req.method(), path, admin) {
+    match (req.method(), path, routes.admin.as_ref()) {
         (&Method::GET, "/healthz", _) => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz", Some(a)) => readiness(a).await,
         (&Method::GET, "/readyz", None) => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/metrics", Some(a)) => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            a.telemetry.render_prometheus(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            r#"{"error":"not found: provider routes are /anthropic/v1/... and /openai/v1/..."}"#
-                .into(),
-        ),
+        (&Method::GET, "/metrics", Some(a)) => match &routes.metrics {
+            MetricsAccess::Open => metrics(a),
+            MetricsAccess::Token(t) if t.admits(req.headers()) => metrics(a),
+            MetricsAccess::Token(_) => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "application/json",
+                    r#"{"error":"/metrics needs `Authorization: Bearer TOKEN` with the token of metrics.token_file"}"#.into(),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"metrics\""),
+                );
+                r
+            }
+            MetricsAccess::Elsewhere => not_found(routes),
+        },
+        _ => not_found(routes),
     }
 }
 
@@ -376,6 +531,23 @@ fn provider_root_answer(method: &Method, provider: &str) -> Response<ProxyBody> 
         .to_string()
     };
     text(StatusCode::OK, "application/json", body)
+}
+
+fn metrics(a: &Admin) -> Response<ProxyBody> {
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        a.telemetry.render_prometheus(),
+    )
+}
+
+fn not_found(routes: &Routes) -> Response<ProxyBody> {
+    let body = if routes.gateway.is_some() {
+        r#"{"error":"not found: provider routes are /anthropic/v1/... and /openai/v1/..."}"#
+    } else {
+        r#"{"error":"not found: this listener serves /metrics, /healthz and /readyz"}"#
+    };
+    text(StatusCode::NOT_FOUND, "application/json", body.into())
 }
 
 /// Ready when the store takes writes, or when it does not but records can still be spooled.

@@ -14,7 +14,8 @@ llm-bridge serve              # 127.0.0.1:8787, ./bridge.db, provider keys from 
 llm-bridge serve --config /etc/bridge/bridge.yaml\n  \
 llm-bridge serve --config bridge.yaml --listen 0.0.0.0:8787")]
 pub struct ServeArgs {
-    /// Gateway config (bridge.yaml: listen, store, spool_dir, providers, pricing). Without it,
+    /// Gateway config (bridge.yaml: listen, store, spool_dir, providers, pricing, tls,
+    /// metrics). Without it,
     /// Bridge listens on 127.0.0.1:8787 with the SQLite store bridge.db in this directory, and
     /// configures a provider only if ANTHROPIC_API_KEY / OPENAI_API_KEY is set.
     #[arg(long, short = 'c')]

@@ -1,0 +1,446 @@
+//! Bridge as a fleet service: the real `llm-bridge` binary, several processes, real stores.
+//!
+//! - Two replicas over one PostgreSQL (a private server started by the test), started at the
+//!   same instant on an empty database: both migrate without failing (the migration advisory
+//!   lock serializes them: each migration is applied, and logged, once). A key created once
+//!   works on both; requests through both are recorded once each; `llm-bridge usage` sees the
+//!   sum; a revoked key stops working on both within the key cache's 5 seconds.
+//! - `/metrics` protection: on its own listener (`metrics.listen`), 404 on the main one; with
+//!   `metrics.token_file`, 401 without the bearer token; `/healthz` and `/readyz` stay open.
+
+mod http_support;
+mod store_support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bridge::store::Store;
+use http::Method;
+use http_support::{client, request, send, HttpClient};
+use serde_json::{json, Value};
+use store_support::{wait_until, Postgres, TempDir};
+
+const ANTHROPIC_KEY: &str = "sk-ant-replica-test-server-key";
+const OPENAI_KEY: &str = "sk-openai-replica-test-server-key";
+/// `keys::CACHE_TTL`: how long a replica may keep accepting a revoked key (README: "within 5
+/// seconds").
+const REVOCATION_WINDOW: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child on drop so a failing test leaves no process behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(port: u16, child: &mut Proc, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "exited early ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "nothing listening on 127.0.0.1:{port}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// `llm-bridge` with a clean environment.
+fn bridge_cmd(cwd: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llm-bridge"));
+    c.current_dir(cwd)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("BRIDGE_STORE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("RUST_LOG", "info");
+    c
+}
+
+fn cli(cwd: &Path, args: &[&str]) -> String {
+    let out = bridge_cmd(cwd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "llm-bridge {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fake_upstream(cwd: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let log = cwd.join("fake.log");
+    let mut fake = Proc(
+        Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--anthropic-key", ANTHROPIC_KEY, "--openai-key", OPENAI_KEY])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, &mut fake, &log);
+    (fake, port)
+}
+
+/// Writes `NAME.yaml` (both providers on the fake upstream, plus `extra` lines) and starts
+/// `llm-bridge serve` with it; its log is `NAME.log`.
+fn spawn_bridge(cwd: &Path, name: &str, port: u16, store: &str, up: u16, extra: &str) -> Proc {
+    let config = cwd.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\n{extra}providers:\n  anthropic:\n    base_url: http://127.0.0.1:{up}\n    api_key: {ANTHROPIC_KEY}\n  openai:\n    base_url: http://127.0.0.1:{up}\n    api_key: {OPENAI_KEY}\n",
+            cwd.join(format!("{name}-spool")).display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(cwd.join(format!("{name}.log"))).unwrap();
+    Proc(
+        bridge_cmd(cwd)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn log_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// One non-streaming Anthropic call and one streaming OpenAI call; returns their statuses.
+async fn two_calls(c: &HttpClient, url: &str, token: &str, workspace: &str) -> [u16; 2] {
+    let bearer = format!("Bearer {token}");
+    let (a, _, _) = send(
+        c,
+        request(
+            Method::POST,
+            &format!("{url}/anthropic/v1/messages"),
+            &[
+                ("x-api-key", token),
+                ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json"),
+                ("x-bridge-workspace", workspace),
+            ],
+            json!({"model": "claude-sonnet-4-6", "max_tokens": 20,
+                "messages": [{"role": "user", "content": "hello"}]})
+            .to_string(),
+        ),
+    )
+    .await;
+    let (o, _, _) = send(
+        c,
+        request(
+            Method::POST,
+            &format!("{url}/openai/v1/chat/completions"),
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+                ("x-bridge-workspace", workspace),
+            ],
+            json!({"model": "gpt-4o", "stream": true,
+                "messages": [{"role": "user", "content": "hello"}]})
+            .to_string(),
+        ),
+    )
+    .await;
+    [a.as_u16(), o.as_u16()]
+}
+
+async fn get(
+    c: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let (s, h, b) = send(c, request(Method::GET, url, headers, "")).await;
+    (s.as_u16(), h, String::from_utf8_lossy(&b).into_owned())
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_migrate_together_share_keys_record_once_and_drop_revoked_keys(
+) {
+    let pg = Postgres::start();
+    let dir = TempDir::new("replicas");
+    let cwd = dir.path();
+    let store = pg.url();
+    let (_fake, up) = fake_upstream(cwd);
+
+    // Both replicas start at the same instant on an empty database.
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_bridge(cwd, "a", port_a, &store, up, "");
+    let mut b = spawn_bridge(cwd, "b", port_b, &store, up, "");
+    wait_listening(port_a, &mut a, &cwd.join("a.log"));
+    wait_listening(port_b, &mut b, &cwd.join("b.log"));
+    let db = pg_client(&store).await;
+    let versions: Vec<i64> = db
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!versions.is_empty());
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    // Serialized by the advisory lock: each migration was applied by exactly one replica.
+    let applied: usize = ["a.log", "b.log"]
+        .iter()
+        .map(|f| {
+            log_lines(&cwd.join(f))
+                .iter()
+                .filter(|l| l["message"] == "applied store migration")
+                .count()
+        })
+        .sum();
+    assert_eq!(applied, versions.len());
+
+    // More processes at once on fresh databases: none fails.
+    for i in 0..3 {
+        db.batch_execute(&format!("CREATE DATABASE burst{i}"))
+            .await
+            .unwrap();
+        let url = store.replace("/postgres", &format!("/burst{i}"));
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                bridge_cmd(cwd)
+                    .args(["keys", "list", "--store", &url])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "concurrent migration failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    // A key created once works on both.
+    let token = cli(
+        cwd,
+        &["keys", "create", "--user", "rita", "--store", &store],
+    )
+    .trim()
+    .to_string();
+    let c = client();
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    assert_eq!(two_calls(&c, &url_a, &token, "via-a").await, [200, 200]);
+    assert_eq!(two_calls(&c, &url_b, &token, "via-b").await, [200, 200]);
+    assert_eq!(two_calls(&c, &url_a, &token, "via-a").await, [200, 200]);
+
+    // Recorded once each, by the replica that served it.
+    let reader = Store::open(&store).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            reader.count_interceptions().await.unwrap_or(0) >= 6
+        })
+        .await,
+        "records did not arrive"
+    );
+    let all = reader
+        .list_interceptions(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    let ids: std::collections::HashSet<_> = all.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 6);
+    let via = |w: &str| {
+        all.iter()
+            .filter(|r| r.context.workspace.as_deref() == Some(w))
+            .count()
+    };
+    assert_eq!((via("via-a"), via("via-b")), (4, 2));
+    assert!(all.iter().all(|r| r.user == "rita" && r.status == 200));
+
+    // `llm-bridge usage` sees the sum.
+    let usage: Value = serde_json::from_str(&cli(
+        cwd,
+        &[
+            "usage", "--since", "1h", "--format", "json", "--store", &store,
+        ],
+    ))
+    .unwrap();
+    assert_eq!(usage["total"]["requests"], 6, "{usage}");
+    assert_eq!(usage["rows"][0]["key"], "rita", "{usage}");
+
+    // Revoked once, refused by both within the cache window.
+    let keys: Value = serde_json::from_str(&cli(
+        cwd,
+        &["keys", "list", "--format", "json", "--store", &store],
+    ))
+    .unwrap();
+    let id = keys[0]["id"].as_str().unwrap().to_string();
+    cli(cwd, &["keys", "revoke", &id, "--store", &store]);
+    let revoked_at = Instant::now();
+    // Per replica: when the last request that was still accepted was sent, and when the first
+    // refused one was (send times: a slow answer on a loaded machine must not count).
+    let mut last_accepted = [Duration::ZERO; 2];
+    let mut first_refused: [Option<Duration>; 2] = [None, None];
+    let bearer = format!("Bearer {token}");
+    while first_refused.iter().any(Option::is_none)
+        && revoked_at.elapsed() < REVOCATION_WINDOW + Duration::from_secs(5)
+    {
+        for (i, url) in [&url_a, &url_b].into_iter().enumerate() {
+            if first_refused[i].is_some() {
+                continue;
+            }
+            let sent = revoked_at.elapsed();
+            let (s, _, body) = get(
+                &c,
+                &format!("{url}/openai/v1/models"),
+                &[("authorization", &bearer)],
+            )
+            .await;
+            match s {
+                200 => last_accepted[i] = sent,
+                401 => first_refused[i] = Some(sent),
+                _ => panic!("replica {i}: {s} {body}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..2 {
+        let refused =
+            first_refused[i].unwrap_or_else(|| panic!("replica {i} still accepts the revoked key"));
+        eprintln!(
+            "replica {i}: revoked key last accepted at +{:?}, refused from +{refused:?}",
+            last_accepted[i]
+        );
+        assert!(
+            last_accepted[i] < REVOCATION_WINDOW,
+            "replica {i} accepted the revoked key {:?} after the revocation",
+            last_accepted[i]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_health_stays_open() {
+    let dir = TempDir::new("metrics-access");
+    let cwd = dir.path();
+    let (_fake, up) = fake_upstream(cwd);
+    std::fs::write(cwd.join("token"), "scrape-me-0123456789\n").unwrap();
+    let token_file = cwd.join("token").display().to_string();
+    let c = client();
+
+    // 1. Own listener and a token.
+    let (port, mport) = (free_port(), free_port());
+    let mut p = spawn_bridge(
+        cwd,
+        "own",
+        port,
+        &format!("sqlite://{}", cwd.join("own.db").display()),
+        up,
+        &format!("metrics:\n  listen: 127.0.0.1:{mport}\n  token_file: {token_file}\n"),
+    );
+    wait_listening(port, &mut p, &cwd.join("own.log"));
+    wait_listening(mport, &mut p, &cwd.join("own.log"));
+    let main = format!("http://127.0.0.1:{port}");
+    let side = format!("http://127.0.0.1:{mport}");
+    assert_eq!(get(&c, &format!("{main}/metrics"), &[]).await.0, 404);
+    assert_eq!(
+        get(
+            &c,
+            &format!("{main}/metrics"),
+            &[("authorization", "Bearer scrape-me-0123456789")]
+        )
+        .await
+        .0,
+        404
+    );
+    let (s, h, _) = get(&c, &format!("{side}/metrics"), &[]).await;
+    assert_eq!(s, 401);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"metrics\"");
+    let wrong = [("authorization", "Bearer scrape-me")];
+    assert_eq!(get(&c, &format!("{side}/metrics"), &wrong).await.0, 401);
+    let (s, _, body) = get(
+        &c,
+        &format!("{side}/metrics"),
+        &[("authorization", "Bearer scrape-me-0123456789")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(body.contains("bridge_"), "{body}");
+    // Provider routes are not on the metrics listener; health is open on both.
+    assert_eq!(
+        get(&c, &format!("{side}/openai/v1/models"), &[]).await.0,
+        404
+    );
+    for url in [&main, &side] {
+        assert_eq!(get(&c, &format!("{url}/healthz"), &[]).await.0, 200);
+        assert_eq!(get(&c, &format!("{url}/readyz"), &[]).await.0, 200);
+    }
+    drop(p);
+
+    // 2. A token on the main listener.
+    let port = free_port();
+    let mut p = spawn_bridge(
+        cwd,
+        "token",
+        port,
+        &format!("sqlite://{}", cwd.join("token.db").display()),
+        up,
+        &format!("metrics:\n  token_file: {token_file}\n"),
+    );
+    wait_listening(port, &mut p, &cwd.join("token.log"));
+    let main = format!("http://127.0.0.1:{port}");
+    assert_eq!(get(&c, &format!("{main}/metrics"), &[]).await.0, 401);
+    let (s, _, body) = get(
+        &c,
+        &format!("{main}/metrics"),
+        &[("authorization", "Bearer scrape-me-0123456789")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(body.contains("bridge_"), "{body}");
+    assert_eq!(get(&c, &format!("{main}/healthz"), &[]).await.0, 200);
+    // The token never reaches the log.
+    drop(p);
+    for f in ["own.log", "token.log"] {
+        let text = std::fs::read_to_string(cwd.join(f)).unwrap();
+        assert!(!text.contains("scrape-me"), "{f} shows the metrics token");
+    }
+}
