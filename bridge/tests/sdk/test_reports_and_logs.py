@@ -71,7 +71,7 @@ def test_usage_reports_who_used_what_at_what_cost_in_every_grouping_and_format(o
 
     by_model = list(csv.reader(io.StringIO(b.cli("usage", "--since", "24h", "--by", "model", "--format", "csv"))))
     assert by_model[0] == ["model", "requests", "input_tokens", "output_tokens", "cache_read_tokens",
-                           "cache_write_tokens", "cost_usd"]
+                           "cache_write_tokens", "cost_usd", "unpriced_requests"]
     assert sorted(r[0] for r in by_model[1:-1]) == ["claude-haiku-4-5", "claude-sonnet-4-6", "gpt-4.1", "gpt-4o"]
     assert by_model[-1][0] == "TOTAL" and by_model[-1][1] == "4"
 
