@@ -1,0 +1,280 @@
+//! Flood summaries: a confined process that repeats the same refused (or allowed) connection
+//! a million times must not write a million lines, yet no decision may go uncounted.
+//!
+//! Decisions are grouped by everything that makes them "the same decision" (session, process,
+//! executable, hook, destination address, port and transport, verdict, reason, rule): every
+//! field of the event except its time, its count and the thread that acted. The first decision
+//! of a group is written in full at once and opens a window of `interval`; the identical ones
+//! that follow within the window are only counted, and when the window ends they are written
+//! as ONE event: the same decision with `boundary.event.count` = how many it stands for,
+//! `boundary.summary: true`, and the time of the first and last one it folds
+//! (`boundary.summary.first`, `boundary.summary.last`). The next identical decision after
+//! that is written in full again and opens a new window.
+//!
+//! So the first denial of every destination is always written in full and immediately (no
+//! window can exist for a destination not seen before), a flood costs at most two lines per
+//! group and interval, and the sum of `boundary.event.count` over the decisions written is
+//! exactly the number of decisions made. Records that already stand for several decisions
+//! (the kernel's per-CPU dedup of allowed connections) add their own count, never one.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+/// Fields that differ between decisions that are otherwise the same.
+const VOLATILE: &[&str] = &[
+    "timestamp",
+    "boundary.event.count",
+    "thread.id",
+    "thread.name",
+];
+
+/// At most this many groups are tracked at once; beyond it every open window is closed early
+/// (its summary written), so memory stays bounded whatever a process connects to.
+const MAX_WINDOWS: usize = 4096;
+
+/// Decisions folded into one group's current window.
+struct Window {
+    opened: Instant,
+    /// The first folded decision: the summary is this event with the totals.
+    template: Option<Map<String, Value>>,
+    count: u64,
+    first: Value,
+    last: Value,
+}
+
+/// Groups identical decisions per interval (see the module documentation).
+pub struct Summarizer {
+    interval: Duration,
+    windows: HashMap<String, Window>,
+}
+
+impl Summarizer {
+    pub fn new(interval: Duration) -> Summarizer {
+        Summarizer {
+            interval,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// How often [`Summarizer::due`] should be asked: a summary is late by at most this.
+    pub fn tick(&self) -> Duration {
+        (self.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+    }
+
+    /// Takes one event. Returns the events to write now: the event itself when it is not
+    /// folded into an open window (preceded by the summaries of every open window when the
+    /// table was full), nothing when it is.
+    pub fn admit(&mut self, event: &Map<String, Value>, now: Instant) -> Vec<Map<String, Value>> {
+        let Some(key) = group_key(event) else {
+            return vec![event.clone()];
+        };
+        let count = event_count(event);
+        if let Some(w) = self.windows.get_mut(&key) {
+            if now.duration_since(w.opened) < self.interval {
+                if w.template.is_none() {
+                    w.template = Some(event.clone());
+                    w.first = event.get("timestamp").cloned().unwrap_or(Value::Null);
+                }
+                w.count += count;
+                w.last = event.get("timestamp").cloned().unwrap_or(Value::Null);
+                return Vec::new();
+            }
+        }
+        // Not folded: the window (if any) is over. Its summary goes first, so that lines stay
+        // in time order within a group.
+        let mut out = Vec::new();
+        if let Some(w) = self.windows.remove(&key) {
+            out.extend(summary(w, self.interval));
+        }
+        if self.windows.len() >= MAX_WINDOWS {
+            out.extend(self.flush());
+        }
+        self.windows.insert(
+            key,
+            Window {
+                opened: now,
+                template: None,
+                count: 0,
+                first: Value::Null,
+                last: Value::Null,
+            },
+        );
+        out.push(event.clone());
+        out
+    }
+
+    /// The summaries of the windows that have ended by `now` (closing them).
+    pub fn due(&mut self, now: Instant) -> Vec<Map<String, Value>> {
+        let interval = self.interval;
+        let ended: Vec<String> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.opened) >= interval)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out: Vec<Window> = ended
+            .into_iter()
+            .filter_map(|k| self.windows.remove(&k))
+            .collect();
+        out.sort_by_key(|w| w.opened);
+        out.into_iter()
+            .filter_map(|w| summary(w, interval))
+            .collect()
+    }
+
+    /// Closes every window: their summaries (at the end of a session, or when full).
+    pub fn flush(&mut self) -> Vec<Map<String, Value>> {
+        let mut all: Vec<Window> = self.windows.drain().map(|(_, w)| w).collect();
+        all.sort_by_key(|w| w.opened);
+        all.into_iter()
+            .filter_map(|w| summary(w, self.interval))
+            .collect()
+    }
+}
+
+/// The group of a decision; `None` for events that are never summarised (session events,
+/// DNS events, losses).
+fn group_key(event: &Map<String, Value>) -> Option<String> {
+    if event.get("event.name").and_then(Value::as_str) != Some("boundary.decision") {
+        return None;
+    }
+    let mut fields: Vec<(&String, &Value)> = event
+        .iter()
+        .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    serde_json::to_string(&fields).ok()
+}
+
+/// How many decisions an event stands for: a record may already fold several (never < 1).
+pub(crate) fn event_count(event: &Map<String, Value>) -> u64 {
+    event
+        .get("boundary.event.count")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn summary(w: Window, interval: Duration) -> Option<Map<String, Value>> {
+    let mut m = w.template?;
+    m.insert("timestamp".into(), w.last.clone());
+    m.insert("boundary.event.count".into(), w.count.into());
+    m.insert("boundary.summary".into(), true.into());
+    m.insert("boundary.summary.first".into(), w.first);
+    m.insert("boundary.summary.last".into(), w.last);
+    m.insert(
+        "boundary.summary.interval_ms".into(),
+        (interval.as_millis() as u64).into(),
+    );
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decision(port: u16, at: &str, count: u64) -> Map<String, Value> {
+        let Value::Object(m) = json!({
+            "timestamp": at, "event.name": "boundary.decision", "event.action": "deny",
+            "destination.address": "127.0.0.3", "destination.port": port, "process.pid": 7,
+            "thread.id": 8, "boundary.event.count": count,
+        }) else {
+            unreachable!()
+        };
+        m
+    }
+
+    #[test]
+    fn a_flood_is_one_full_line_and_one_summary_with_the_exact_count() {
+        let mut s = Summarizer::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let first = s.admit(&decision(80, "t0", 1), t0);
+        assert_eq!(first.len(), 1, "the first deny is written in full at once");
+        assert!(first[0].get("boundary.summary").is_none());
+        for i in 1..1000u64 {
+            let at = t0 + Duration::from_micros(i);
+            assert!(s.admit(&decision(80, &format!("t{i}"), 1), at).is_empty());
+        }
+        // A new destination inside the flood is written at once.
+        assert_eq!(
+            s.admit(&decision(81, "new", 1), t0 + Duration::from_millis(1))
+                .len(),
+            1
+        );
+        assert!(s.due(t0 + Duration::from_millis(500)).is_empty());
+        let due = s.due(t0 + Duration::from_secs(1));
+        assert_eq!(due.len(), 1, "port 81 had nothing folded: no summary");
+        assert_eq!(due[0]["boundary.event.count"], 999);
+        assert_eq!(due[0]["boundary.summary.first"], "t1");
+        assert_eq!(due[0]["boundary.summary.last"], "t999");
+        assert_eq!(due[0]["destination.port"], 80);
+        // After the window, the same decision is written in full again.
+        assert_eq!(
+            s.admit(&decision(80, "later", 1), t0 + Duration::from_secs(2))
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn records_that_already_count_several_decisions_add_their_count() {
+        let mut s = Summarizer::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        s.admit(&decision(80, "a", 5), t0);
+        s.admit(&decision(80, "b", 7), t0);
+        s.admit(&decision(80, "c", 0), t0);
+        let all = s.flush();
+        assert_eq!(all[0]["boundary.event.count"], 8);
+    }
+
+    #[test]
+    fn a_window_ended_by_a_new_decision_writes_its_summary_first() {
+        let mut s = Summarizer::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        s.admit(&decision(80, "a", 1), t0);
+        s.admit(&decision(80, "b", 1), t0);
+        let out = s.admit(&decision(80, "c", 1), t0 + Duration::from_millis(200));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0]["boundary.summary"], true);
+        assert_eq!(out[1]["timestamp"], "c");
+    }
+
+    #[test]
+    fn other_events_and_other_processes_are_never_folded() {
+        let mut s = Summarizer::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let Value::Object(start) = json!({"event.name": "boundary.session.start"}) else {
+            unreachable!()
+        };
+        assert_eq!(s.admit(&start, t0).len(), 1);
+        assert_eq!(s.admit(&start, t0).len(), 1);
+        let mut other = decision(80, "x", 1);
+        s.admit(&other, t0);
+        other.insert("process.pid".into(), 9.into());
+        assert_eq!(s.admit(&other, t0).len(), 1);
+        other.insert("event.action".into(), "allow".into());
+        assert_eq!(s.admit(&other, t0).len(), 1);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_flushing_it_loses_nothing() {
+        let mut s = Summarizer::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut total = 0u64;
+        for round in 0..3 {
+            for port in 0..(MAX_WINDOWS as u16 + 10) {
+                for out in s.admit(&decision(port, &format!("{round}"), 1), t0) {
+                    total += event_count(&out);
+                }
+            }
+        }
+        for out in s.flush() {
+            total += event_count(&out);
+        }
+        assert!(s.windows.is_empty());
+        assert_eq!(total, 3 * (MAX_WINDOWS as u64 + 10));
+    }
+}
