@@ -47,6 +47,60 @@ pub struct Enricher {
     clock: Clock,
     users: Mutex<HashMap<u32, Option<String>>>,
     processes: Mutex<ProcessCache>,
+    recent: Mutex<RecentDecisions>,
+}
+
+/// Decisions enriched in the last [`RECENT_FOR`]: a flood repeats the same decision tens of
+/// thousands of times a second, and reading /proc for each one would make the reader fall
+/// behind the kernel ring (which then drops records, first denials included). A repeat is
+/// the cached event with its own time, count and thread; /proc, the policy and the address
+/// book are consulted again once the entry is older than [`RECENT_FOR`] or either changed.
+#[derive(Default)]
+struct RecentDecisions {
+    entries: HashMap<DecisionKey, Recent>,
+}
+
+struct Recent {
+    at: std::time::Instant,
+    policy: Arc<Policy>,
+    book: Arc<AddressBook>,
+    event: Map<String, Value>,
+}
+
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+/// Bounded: the table is emptied when full.
+const RECENT_MAX: usize = 1024;
+
+/// What makes two kernel records the same decision: all but the time, the count and the
+/// thread (id and name).
+#[derive(PartialEq, Eq, Hash)]
+struct DecisionKey(
+    (u32, u64, u64, u32, u16),
+    (u8, u8, u8, u8, u8, u8),
+    (u32, [u8; 16], u32),
+);
+
+impl DecisionKey {
+    fn of(e: &Event) -> DecisionKey {
+        DecisionKey(
+            (
+                (e.pid_tgid >> 32) as u32,
+                e.uid_gid,
+                e.cgroup_id,
+                e.rule_id,
+                e.port,
+            ),
+            (
+                e.action,
+                e.protocol,
+                e.family,
+                e.hook,
+                e.sock_type,
+                e.reason,
+            ),
+            (e.ip_protocol, e.addr, e.detail),
+        )
+    }
 }
 
 /// What /proc said about a process the first time one of its events was read, so that its
@@ -113,6 +167,7 @@ impl Enricher {
             clock: Clock::now(),
             users: Mutex::new(HashMap::new()),
             processes: Mutex::new(ProcessCache::default()),
+            recent: Mutex::new(RecentDecisions::default()),
         }
     }
 
@@ -166,8 +221,59 @@ impl Enricher {
 
     /// The JSON object for one kernel decision.
     pub fn decision(&self, e: &Event) -> Map<String, Value> {
+        let key = DecisionKey::of(e);
         let policy = self.policy.borrow().clone();
-        let mut m = self.base("boundary.decision", self.clock.wall(e.ktime_ns), &policy);
+        let book = self.book.borrow().clone();
+        let now = std::time::Instant::now();
+        {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = recent.entries.get(&key) {
+                if now.duration_since(r.at) < RECENT_FOR
+                    && Arc::ptr_eq(&r.policy, &policy)
+                    && Arc::ptr_eq(&r.book, &book)
+                {
+                    let mut m = r.event.clone();
+                    self.volatile_fields(&mut m, e);
+                    return m;
+                }
+            }
+        }
+        let m = self.enrich(e, &policy);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.entries.len() >= RECENT_MAX {
+            recent.entries.clear();
+        }
+        recent.entries.insert(
+            key,
+            Recent {
+                at: now,
+                policy,
+                book,
+                event: m.clone(),
+            },
+        );
+        m
+    }
+
+    /// The fields in which repeats of one decision differ.
+    fn volatile_fields(&self, m: &mut Map<String, Value>, e: &Event) {
+        m.insert(
+            "timestamp".into(),
+            self.clock
+                .wall(e.ktime_ns)
+                .format(&Rfc3339)
+                .unwrap_or_default()
+                .into(),
+        );
+        // A record may stand for several identical decisions (allow dedup window, egress
+        // deny rate limit): never fewer than one.
+        m.insert("boundary.event.count".into(), e.count.max(1).into());
+        m.insert("thread.id".into(), (e.pid_tgid as u32).into());
+        m.insert("thread.name".into(), comm(&e.comm).into());
+    }
+
+    fn enrich(&self, e: &Event, policy: &Policy) -> Map<String, Value> {
+        let mut m = self.base("boundary.decision", self.clock.wall(e.ktime_ns), policy);
         let action = match e.action {
             ACTION_ALLOW => "allow",
             ACTION_DENY => "deny",

@@ -18,6 +18,7 @@
 //! (the kernel's per-CPU dedup of allowed connections) add their own count, never one.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -36,6 +37,9 @@ const MAX_WINDOWS: usize = 4096;
 
 /// Decisions folded into one group's current window.
 struct Window {
+    /// The decision that opened the window: the group is every decision equal to it but for
+    /// the volatile fields.
+    opener: Map<String, Value>,
     opened: Instant,
     /// The first folded decision: the summary is this event with the totals.
     template: Option<Map<String, Value>>,
@@ -47,7 +51,11 @@ struct Window {
 /// Groups identical decisions per interval (see the module documentation).
 pub struct Summarizer {
     interval: Duration,
-    windows: HashMap<String, Window>,
+    /// By a hash of the group's fields (hashing is a fraction of the cost of serialising them,
+    /// and this runs for every event of a flood); equal hashes are told apart by comparing.
+    windows: HashMap<u64, Vec<Window>>,
+    open: usize,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Summarizer {
@@ -55,6 +63,8 @@ impl Summarizer {
         Summarizer {
             interval,
             windows: HashMap::new(),
+            open: 0,
+            hasher: Default::default(),
         }
     }
 
@@ -67,40 +77,42 @@ impl Summarizer {
     /// folded into an open window (preceded by the summaries of every open window when the
     /// table was full), nothing when it is.
     pub fn admit(&mut self, event: &Map<String, Value>, now: Instant) -> Vec<Map<String, Value>> {
-        let Some(key) = group_key(event) else {
+        let Some(hash) = self.group_hash(event) else {
             return vec![event.clone()];
         };
-        let count = event_count(event);
-        if let Some(w) = self.windows.get_mut(&key) {
-            if now.duration_since(w.opened) < self.interval {
-                if w.template.is_none() {
-                    w.template = Some(event.clone());
-                    w.first = event.get("timestamp").cloned().unwrap_or(Value::Null);
+        let interval = self.interval;
+        let mut out = Vec::new();
+        if let Some(bucket) = self.windows.get_mut(&hash) {
+            if let Some(i) = bucket.iter().position(|w| same_group(&w.opener, event)) {
+                let w = &mut bucket[i];
+                if now.duration_since(w.opened) < interval {
+                    if w.template.is_none() {
+                        w.template = Some(event.clone());
+                        w.first = event.get("timestamp").cloned().unwrap_or(Value::Null);
+                    }
+                    w.count += event_count(event);
+                    w.last = event.get("timestamp").cloned().unwrap_or(Value::Null);
+                    return out;
                 }
-                w.count += count;
-                w.last = event.get("timestamp").cloned().unwrap_or(Value::Null);
-                return Vec::new();
+                // Not folded: the window is over. Its summary goes first, so that lines stay
+                // in time order within a group.
+                let ended = bucket.swap_remove(i);
+                self.open -= 1;
+                out.extend(summary(ended, interval));
             }
         }
-        // Not folded: the window (if any) is over. Its summary goes first, so that lines stay
-        // in time order within a group.
-        let mut out = Vec::new();
-        if let Some(w) = self.windows.remove(&key) {
-            out.extend(summary(w, self.interval));
-        }
-        if self.windows.len() >= MAX_WINDOWS {
+        if self.open >= MAX_WINDOWS {
             out.extend(self.flush());
         }
-        self.windows.insert(
-            key,
-            Window {
-                opened: now,
-                template: None,
-                count: 0,
-                first: Value::Null,
-                last: Value::Null,
-            },
-        );
+        self.windows.entry(hash).or_default().push(Window {
+            opener: event.clone(),
+            opened: now,
+            template: None,
+            count: 0,
+            first: Value::Null,
+            last: Value::Null,
+        });
+        self.open += 1;
         out.push(event.clone());
         out
     }
@@ -108,44 +120,59 @@ impl Summarizer {
     /// The summaries of the windows that have ended by `now` (closing them).
     pub fn due(&mut self, now: Instant) -> Vec<Map<String, Value>> {
         let interval = self.interval;
-        let ended: Vec<String> = self
-            .windows
-            .iter()
-            .filter(|(_, w)| now.duration_since(w.opened) >= interval)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut out: Vec<Window> = ended
+        let mut ended = Vec::new();
+        self.windows.retain(|_, bucket| {
+            let mut i = 0;
+            while i < bucket.len() {
+                if now.duration_since(bucket[i].opened) >= interval {
+                    ended.push(bucket.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            !bucket.is_empty()
+        });
+        self.open -= ended.len();
+        ended.sort_by_key(|w| w.opened);
+        ended
             .into_iter()
-            .filter_map(|k| self.windows.remove(&k))
-            .collect();
-        out.sort_by_key(|w| w.opened);
-        out.into_iter()
             .filter_map(|w| summary(w, interval))
             .collect()
     }
 
     /// Closes every window: their summaries (at the end of a session, or when full).
     pub fn flush(&mut self) -> Vec<Map<String, Value>> {
-        let mut all: Vec<Window> = self.windows.drain().map(|(_, w)| w).collect();
+        let mut all: Vec<Window> = self.windows.drain().flat_map(|(_, b)| b).collect();
+        self.open = 0;
         all.sort_by_key(|w| w.opened);
         all.into_iter()
             .filter_map(|w| summary(w, self.interval))
             .collect()
     }
+
+    /// A hash of the group of a decision; `None` for events that are never summarised
+    /// (session events, DNS events, losses).
+    fn group_hash(&self, event: &Map<String, Value>) -> Option<u64> {
+        if event.get("event.name").and_then(Value::as_str) != Some("boundary.decision") {
+            return None;
+        }
+        let mut h = self.hasher.build_hasher();
+        for field in group_fields(event) {
+            field.hash(&mut h);
+        }
+        Some(h.finish())
+    }
 }
 
-/// The group of a decision; `None` for events that are never summarised (session events,
-/// DNS events, losses).
-fn group_key(event: &Map<String, Value>) -> Option<String> {
-    if event.get("event.name").and_then(Value::as_str) != Some("boundary.decision") {
-        return None;
-    }
-    let mut fields: Vec<(&String, &Value)> = event
+/// The fields that make a decision what it is (in key order: the map is sorted).
+fn group_fields(event: &Map<String, Value>) -> impl Iterator<Item = (&String, &Value)> {
+    event
         .iter()
         .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-        .collect();
-    fields.sort_by(|a, b| a.0.cmp(b.0));
-    serde_json::to_string(&fields).ok()
+}
+
+fn same_group(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    group_fields(a).eq(group_fields(b))
 }
 
 /// How many decisions an event stands for: a record may already fold several (never < 1).
@@ -275,6 +302,7 @@ mod tests {
             total += event_count(&out);
         }
         assert!(s.windows.is_empty());
+        assert_eq!(s.open, 0);
         assert_eq!(total, 3 * (MAX_WINDOWS as u64 + 10));
     }
 }
