@@ -72,12 +72,13 @@ const RECENT_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 const RECENT_MAX: usize = 1024;
 
 /// What makes two kernel records the same decision: all but the time, the count and the
-/// thread (id and name).
+/// thread id. The thread's name is in: it changes when the process execs, so a process that
+/// execs another program is never named by the cached facts of the one before.
 #[derive(PartialEq, Eq, Hash)]
 struct DecisionKey(
     (u32, u64, u64, u32, u16),
     (u8, u8, u8, u8, u8, u8),
-    (u32, [u8; 16], u32),
+    (u32, [u8; 16], u32, [u8; 16]),
 );
 
 impl DecisionKey {
@@ -98,7 +99,7 @@ impl DecisionKey {
                 e.sock_type,
                 e.reason,
             ),
-            (e.ip_protocol, e.addr, e.detail),
+            (e.ip_protocol, e.addr, e.detail, e.comm),
         )
     }
 }

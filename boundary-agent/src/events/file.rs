@@ -66,6 +66,8 @@ fn open(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        // Read too: the totals of the note a file starts with are read back when it is opened.
+        .read(true)
         .mode(0o640)
         .open(path)
 }
@@ -85,15 +87,17 @@ impl EventFile {
 
     /// Appends one line (ending in `\n`) whole, rotating first when it would not fit.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        // The length as the file says, not as counted: someone may have truncated it.
         let len = self.file.metadata()?.len();
         if len > 0 && len + line.len() as u64 > self.rotation.max_file_size {
             self.rotate()?;
+            return self.append(line, self.file.metadata()?.len());
         }
-        self.append(line)
+        self.append(line, len)
     }
 
-    fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        let start = self.file.metadata()?.len();
+    /// Appends `line` to a file `start` bytes long.
+    fn append(&mut self, line: &[u8], start: u64) -> io::Result<()> {
         let prefixed;
         let buf: &[u8] = if self.broken_tail {
             prefixed = [&b"\n"[..], line].concat();
@@ -153,7 +157,8 @@ impl EventFile {
         self.broken_tail = false;
         let note = self.rotated_note(n, &oldest, removed);
         // Best effort: the note says what happened, the next event must not wait for it.
-        let _ = self.append(&note);
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = self.append(&note, len);
         Ok(())
     }
 
@@ -330,6 +335,43 @@ mod tests {
             400,
             "every decision is kept or counted ({one} bytes a line)"
         );
+    }
+
+    #[test]
+    fn the_removed_totals_carry_over_when_the_file_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let rotation = Rotation {
+            max_file_size: 1000,
+            max_files: 1,
+        };
+        let total = |path: &Path| -> u64 {
+            let text = fs::read_to_string(path).unwrap();
+            let note: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            note["boundary.log.removed.total_decisions"]
+                .as_u64()
+                .unwrap()
+        };
+        let mut f = EventFile::open(&path, rotation, None).unwrap();
+        for i in 0..100 {
+            f.write_line(&line(i)).unwrap();
+        }
+        drop(f);
+        let before = total(&path);
+        assert!(before > 0);
+        let mut f = EventFile::open(&path, rotation, None).unwrap();
+        for i in 0..100 {
+            f.write_line(&line(i)).unwrap();
+        }
+        let mut kept = 0;
+        for p in [path.clone(), numbered(&path, 1)] {
+            kept += fs::read_to_string(&p)
+                .unwrap()
+                .matches("boundary.decision")
+                .count() as u64
+                * 2;
+        }
+        assert_eq!(total(&path) + kept, 400);
     }
 
     #[test]
