@@ -47,61 +47,6 @@ pub struct Enricher {
     clock: Clock,
     users: Mutex<HashMap<u32, Option<String>>>,
     processes: Mutex<ProcessCache>,
-    recent: Mutex<RecentDecisions>,
-}
-
-/// Decisions enriched in the last [`RECENT_FOR`]: a flood repeats the same decision tens of
-/// thousands of times a second, and reading /proc for each one would make the reader fall
-/// behind the kernel ring (which then drops records, first denials included). A repeat is
-/// the cached event with its own time, count and thread; /proc, the policy and the address
-/// book are consulted again once the entry is older than [`RECENT_FOR`] or either changed.
-#[derive(Default)]
-struct RecentDecisions {
-    entries: HashMap<DecisionKey, Recent>,
-}
-
-struct Recent {
-    at: std::time::Instant,
-    policy: Arc<Policy>,
-    book: Arc<AddressBook>,
-    event: Map<String, Value>,
-}
-
-const RECENT_FOR: std::time::Duration = std::time::Duration::from_millis(100);
-/// Bounded: the table is emptied when full.
-const RECENT_MAX: usize = 1024;
-
-/// What makes two kernel records the same decision: all but the time, the count and the
-/// thread id. The thread's name is in: it changes when the process execs, so a process that
-/// execs another program is never named by the cached facts of the one before.
-#[derive(PartialEq, Eq, Hash)]
-struct DecisionKey(
-    (u32, u64, u64, u32, u16),
-    (u8, u8, u8, u8, u8, u8),
-    (u32, [u8; 16], u32, [u8; 16]),
-);
-
-impl DecisionKey {
-    fn of(e: &Event) -> DecisionKey {
-        DecisionKey(
-            (
-                (e.pid_tgid >> 32) as u32,
-                e.uid_gid,
-                e.cgroup_id,
-                e.rule_id,
-                e.port,
-            ),
-            (
-                e.action,
-                e.protocol,
-                e.family,
-                e.hook,
-                e.sock_type,
-                e.reason,
-            ),
-            (e.ip_protocol, e.addr, e.detail, e.comm),
-        )
-    }
 }
 
 /// What /proc said about a process the first time one of its events was read, so that its
@@ -168,7 +113,6 @@ impl Enricher {
             clock: Clock::now(),
             users: Mutex::new(HashMap::new()),
             processes: Mutex::new(ProcessCache::default()),
-            recent: Mutex::new(RecentDecisions::default()),
         }
     }
 
@@ -222,55 +166,16 @@ impl Enricher {
 
     /// The JSON object for one kernel decision.
     pub fn decision(&self, e: &Event) -> Map<String, Value> {
-        let key = DecisionKey::of(e);
         let policy = self.policy.borrow().clone();
-        let book = self.book.borrow().clone();
-        let now = std::time::Instant::now();
-        {
-            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(r) = recent.entries.get(&key) {
-                if now.duration_since(r.at) < RECENT_FOR
-                    && Arc::ptr_eq(&r.policy, &policy)
-                    && Arc::ptr_eq(&r.book, &book)
-                {
-                    let mut m = r.event.clone();
-                    self.volatile_fields(&mut m, e);
-                    return m;
-                }
-            }
-        }
-        let m = self.enrich(e, &policy);
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.entries.len() >= RECENT_MAX {
-            recent.entries.clear();
-        }
-        recent.entries.insert(
-            key,
-            Recent {
-                at: now,
-                policy,
-                book,
-                event: m.clone(),
-            },
-        );
-        m
+        self.enrich(e, &policy)
     }
 
-    /// The fields in which repeats of one decision differ.
-    fn volatile_fields(&self, m: &mut Map<String, Value>, e: &Event) {
-        m.insert(
-            "timestamp".into(),
-            self.clock
-                .wall(e.ktime_ns)
-                .format(&Rfc3339)
-                .unwrap_or_default()
-                .into(),
-        );
-        // A record may stand for several identical decisions (allow dedup window, egress
-        // deny rate limit): never fewer than one.
-        m.insert("boundary.event.count".into(), e.count.max(1).into());
-        m.insert("thread.id".into(), (e.pid_tgid as u32).into());
-        m.insert("thread.name".into(), comm(&e.comm).into());
+    /// The summary of a flood of identical kernel records (see [`summary::RecordFold`]).
+    pub fn folded(&self, f: &summary::FoldedRecords) -> Map<String, Value> {
+        let mut m = self.decision(&f.last);
+        let at = |ns| Value::from(self.clock.wall(ns).format(&Rfc3339).unwrap_or_default());
+        summary::mark(&mut m, f.count, at(f.first_ns), at(f.last_ns), f.interval);
+        m
     }
 
     fn enrich(&self, e: &Event, policy: &Policy) -> Map<String, Value> {
@@ -646,6 +551,9 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Reads one ring until `stop` turns true, then drains what is left and returns.
+///
+/// Identical records are folded here, before enrichment (see [`summary::RecordFold`]): in a
+/// flood the reader must keep up with the kernel, or the ring overflows and drops records.
 pub async fn read_ring(
     ring: RingBuf<MapData>,
     enricher: Arc<Enricher>,
@@ -658,34 +566,59 @@ pub async fn read_ring(
     // Allow events are submitted without waking us (see the eBPF side): drain on a timer too.
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fold = summary::RecordFold::default();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(Error::Io)?;
-                drain(guard.get_inner_mut(), &enricher, &out).await;
+                drain(guard.get_inner_mut(), &enricher, &out, &mut fold).await;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(fd.get_mut(), &enricher, &out).await,
+            _ = tick.tick() => {
+                drain(fd.get_mut(), &enricher, &out, &mut fold).await;
+                let due = fold.due(std::time::Instant::now());
+                send_folded(due, &enricher, &out).await;
+            }
             _ = stopped(&mut stop) => {
-                drain(fd.get_mut(), &enricher, &out).await;
+                drain(fd.get_mut(), &enricher, &out, &mut fold).await;
+                send_folded(fold.flush(), &enricher, &out).await;
                 return Ok(());
             }
         }
     }
 }
 
-async fn drain(ring: &mut RingBuf<MapData>, enricher: &Enricher, out: &EventSender) {
+async fn send_folded(folded: Vec<summary::FoldedRecords>, enricher: &Enricher, out: &EventSender) {
+    for f in folded {
+        if out.send(enricher.folded(&f)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    enricher: &Enricher,
+    out: &EventSender,
+    fold: &mut summary::RecordFold,
+) {
+    let interval = enricher.policy.borrow().log_summary_interval;
     loop {
         let event = match ring.next() {
             Some(item) => decode(&item),
             None => return,
         };
-        if let Some(event) = event {
-            // Bounded: when the sink falls behind, the kernel ring fills and the loss is
-            // counted and reported, instead of the agent's memory growing without limit.
-            if out.send(enricher.decision(&event)).await.is_err() {
+        let Some(event) = event else { continue };
+        let (ended, write) = fold.admit(&event, interval, std::time::Instant::now());
+        // Bounded: when the sink falls behind, the kernel ring fills and the loss is
+        // counted and reported, instead of the agent's memory growing without limit.
+        for f in ended {
+            if out.send(enricher.folded(&f)).await.is_err() {
                 return;
             }
+        }
+        if write && out.send(enricher.decision(&event)).await.is_err() {
+            return;
         }
     }
 }

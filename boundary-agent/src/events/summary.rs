@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
+use boundary_common::Event;
 use serde_json::{Map, Value};
 
 /// Fields that differ between decisions that are otherwise the same.
@@ -186,16 +187,156 @@ pub(crate) fn event_count(event: &Map<String, Value>) -> u64 {
 
 fn summary(w: Window, interval: Duration) -> Option<Map<String, Value>> {
     let mut m = w.template?;
-    m.insert("timestamp".into(), w.last.clone());
-    m.insert("boundary.event.count".into(), w.count.into());
+    mark(&mut m, w.count, w.first, w.last, interval);
+    Some(m)
+}
+
+/// Makes `m` (one of the decisions folded) the summary of `count` of them.
+pub fn mark(m: &mut Map<String, Value>, count: u64, first: Value, last: Value, interval: Duration) {
+    m.insert("timestamp".into(), last.clone());
+    m.insert("boundary.event.count".into(), count.into());
     m.insert("boundary.summary".into(), true.into());
-    m.insert("boundary.summary.first".into(), w.first);
-    m.insert("boundary.summary.last".into(), w.last);
+    m.insert("boundary.summary.first".into(), first);
+    m.insert("boundary.summary.last".into(), last);
     m.insert(
         "boundary.summary.interval_ms".into(),
         (interval.as_millis() as u64).into(),
     );
-    Some(m)
+}
+
+/// The same grouping one step earlier, on the kernel's records as the ring reader takes them,
+/// before they are enriched: enriching (reading /proc, building the event) costs far more
+/// than comparing two records, and a reader that falls behind a flood lets the kernel ring
+/// overflow, which drops records (counted), first denials of other destinations included.
+/// The first record of a group is enriched and written at once; the rest of the interval is
+/// one [`FoldedRecords`], enriched once. The [`Summarizer`] after it sees these summaries as
+/// decisions of their own and writes them as they are.
+#[derive(Default)]
+pub struct RecordFold {
+    windows: HashMap<RecordKey, RecordWindow>,
+}
+
+/// Identical records of one interval, after the first.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldedRecords {
+    /// The last one (its process, thread and rule are the summary's).
+    pub last: Event,
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub interval: Duration,
+}
+
+struct RecordWindow {
+    opened: Instant,
+    interval: Duration,
+    folded: Option<FoldedRecords>,
+}
+
+/// What makes two records the same decision: all but the time, the count and the thread id.
+/// The thread's name is in: it changes when a process execs another program.
+#[derive(PartialEq, Eq, Hash)]
+struct RecordKey(
+    (u32, u64, u64, u32, u16),
+    (u8, u8, u8, u8, u8, u8),
+    (u32, [u8; 16], u32, [u8; 16]),
+);
+
+impl RecordKey {
+    fn of(e: &Event) -> RecordKey {
+        RecordKey(
+            (
+                (e.pid_tgid >> 32) as u32,
+                e.uid_gid,
+                e.cgroup_id,
+                e.rule_id,
+                e.port,
+            ),
+            (
+                e.action,
+                e.protocol,
+                e.family,
+                e.hook,
+                e.sock_type,
+                e.reason,
+            ),
+            (e.ip_protocol, e.addr, e.detail, e.comm),
+        )
+    }
+}
+
+impl RecordFold {
+    /// Takes one record: returns the folds to write first (the window it ends, or every
+    /// window when the table is full) and whether to write the record itself.
+    pub fn admit(
+        &mut self,
+        e: &Event,
+        interval: Duration,
+        now: Instant,
+    ) -> (Vec<FoldedRecords>, bool) {
+        if interval.is_zero() {
+            return (Vec::new(), true);
+        }
+        let key = RecordKey::of(e);
+        let mut ended = Vec::new();
+        if let Some(w) = self.windows.get_mut(&key) {
+            if now.duration_since(w.opened) < w.interval {
+                let count = u64::from(e.count.max(1));
+                match &mut w.folded {
+                    Some(f) => {
+                        f.count += count;
+                        f.last = *e;
+                        f.last_ns = e.ktime_ns;
+                    }
+                    None => {
+                        w.folded = Some(FoldedRecords {
+                            last: *e,
+                            count,
+                            first_ns: e.ktime_ns,
+                            last_ns: e.ktime_ns,
+                            interval: w.interval,
+                        })
+                    }
+                }
+                return (ended, false);
+            }
+            ended.extend(self.windows.remove(&key).and_then(|w| w.folded));
+        }
+        if self.windows.len() >= MAX_WINDOWS {
+            ended.extend(self.flush());
+        }
+        self.windows.insert(
+            key,
+            RecordWindow {
+                opened: now,
+                interval,
+                folded: None,
+            },
+        );
+        (ended, true)
+    }
+
+    /// The folds of the windows that have ended by `now`.
+    pub fn due(&mut self, now: Instant) -> Vec<FoldedRecords> {
+        let mut ended = Vec::new();
+        self.windows.retain(|_, w| {
+            if now.duration_since(w.opened) < w.interval {
+                return true;
+            }
+            ended.extend(w.folded.take());
+            false
+        });
+        ended.sort_by_key(|f| f.first_ns);
+        ended
+    }
+
+    /// Every window's fold.
+    pub fn flush(&mut self) -> Vec<FoldedRecords> {
+        let mut all: Vec<FoldedRecords> =
+            self.windows.drain().filter_map(|(_, w)| w.folded).collect();
+        all.sort_by_key(|f| f.first_ns);
+        all
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +385,47 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    fn record(port: u16, at: u64, count: u32) -> Event {
+        Event {
+            ktime_ns: at,
+            port,
+            count,
+            pid_tgid: 7 << 32 | 8,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn records_fold_before_enrichment_with_exact_counts() {
+        let mut f = RecordFold::default();
+        let second = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let (ended, write) = f.admit(&record(80, 1, 1), second, t0);
+        assert!(ended.is_empty() && write);
+        for i in 2..=1000 {
+            let (ended, write) = f.admit(&record(80, i, 1), second, t0);
+            assert!(ended.is_empty() && !write);
+        }
+        // Allowed connections the kernel already folded add their count.
+        f.admit(&record(80, 1001, 5), second, t0);
+        // Another destination is written at once; another thread of the process folds.
+        assert!(f.admit(&record(81, 1002, 1), second, t0).1);
+        let mut other_thread = record(80, 1003, 1);
+        other_thread.pid_tgid = 7 << 32 | 9;
+        assert!(!f.admit(&other_thread, second, t0).1);
+        assert!(f.due(t0 + Duration::from_millis(999)).is_empty());
+        let due = f.due(t0 + second);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].count, due[0].first_ns, due[0].last_ns),
+            (1005, 2, 1003)
+        );
+        assert_eq!(due[0].last.pid_tgid as u32, 9);
+        // Zero: nothing is folded.
+        assert!(f.admit(&record(80, 2000, 1), Duration::ZERO, t0).1);
+        assert!(f.admit(&record(80, 2001, 1), Duration::ZERO, t0).1);
     }
 
     #[test]
