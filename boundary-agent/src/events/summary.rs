@@ -16,6 +16,11 @@
 //! group and interval, and the sum of `boundary.event.count` over the decisions written is
 //! exactly the number of decisions made. Records that already stand for several decisions
 //! (the kernel's per-CPU dedup of allowed connections) add their own count, never one.
+//!
+//! It happens in two places with the same rule: [`RecordFold`] in the ring reader, on raw
+//! kernel records before they are enriched (cheap, so that the reader keeps up with a flood
+//! and the kernel ring does not overflow), and [`Summarizer`] in the sink, on finished events
+//! (for decisions that do not come from the ring, such as syscall-filter refusals).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
