@@ -88,8 +88,10 @@ impl EventFile {
     /// Appends one line (ending in `\n`) whole, rotating first when it would not fit.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         // The length as the file says, not as counted: someone may have truncated it.
-        let len = self.file.metadata()?.len();
-        if len > 0 && len + line.len() as u64 > self.rotation.max_file_size {
+        let meta = self.file.metadata()?;
+        let len = meta.len();
+        // Only regular files rotate (`--events /dev/stderr` or a FIFO never does).
+        if meta.is_file() && len > 0 && len + line.len() as u64 > self.rotation.max_file_size {
             self.rotate()?;
             return self.append(line, self.file.metadata()?.len());
         }
