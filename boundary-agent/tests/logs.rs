@@ -440,3 +440,55 @@ fn event_files_rotate_at_their_size_and_the_cap_counts_what_it_removed() {
         "{kept} kept + {removed} removed"
     );
 }
+
+#[test]
+fn a_flood_of_allowed_connections_is_counted_once_not_twice() {
+    const FLOOD: u64 = 20_000;
+    let logs = tempfile::tempdir().unwrap();
+    let listener = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let case = Case::new(&format!(
+        "name: allow-flood\nallow_loopback: false\nallowlist:\n  - \"ip=127.0.0.2\"\nlog_dir: {}\n",
+        logs.path().display()
+    ));
+    // The kernel already folds allowed connections of a process (per CPU, with a count); the
+    // summaries must add those counts, not count records. The kernel reports the count of
+    // its last window with the next allowed connection of the same key on the same CPU: the
+    // process stays on one CPU and makes one more connection after the window.
+    let script = format!(
+        "import os, socket, time\n\
+         os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})\n\
+         def c():\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+         s.connect(('127.0.0.2', {port}))\n    s.close()\n\
+         for _ in range({FLOOD}):\n    c()\n\
+         time.sleep(1.5)\n\
+         c()\n"
+    );
+    let out = case.python(&script).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let files = event_files(logs.path());
+    let events = events_of(&files[0]);
+    let allowed: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event.name"] == "boundary.decision"
+                && e["event.action"] == "allow"
+                && e["destination.port"] == port
+        })
+        .collect();
+    let counted: u64 = allowed
+        .iter()
+        .map(|e| e["boundary.event.count"].as_u64().unwrap())
+        .sum();
+    let lost: u64 = events
+        .iter()
+        .filter(|e| e["event.name"] == "boundary.events_lost")
+        .map(|e| e["boundary.events_lost.allow"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "{FLOOD} allowed connects: {} lines, {counted} counted, {lost} reported lost",
+        allowed.len()
+    );
+    assert_eq!(counted + lost, FLOOD + 1);
+    assert!(allowed.len() < 50, "{} lines", allowed.len());
+}
