@@ -350,6 +350,7 @@ impl Enricher {
     pub fn lost(&self, deny: u64, allow: u64) -> Map<String, Value> {
         let policy = self.policy.borrow().clone();
         let mut m = self.base("boundary.events_lost", OffsetDateTime::now_utc(), &policy);
+        m.insert("boundary.events_lost.reason".into(), "ring_full".into());
         m.insert("boundary.events_lost.deny".into(), deny.into());
         m.insert("boundary.events_lost.allow".into(), allow.into());
         m
