@@ -1,9 +1,10 @@
 //! Flood summaries: a confined process that repeats the same refused (or allowed) connection
 //! a million times must not write a million lines, yet no decision may go uncounted.
 //!
-//! Decisions are grouped by everything that makes them "the same decision" (session, process,
-//! executable, hook, destination address, port and transport, verdict, reason, rule): every
-//! field of the event except its time, its count and the thread that acted. The first decision
+//! Decisions (and refused DNS queries) are grouped by everything that makes them "the same
+//! decision" (session, process, executable, hook, destination address, port and transport,
+//! verdict, reason, rule; the name asked): every field of the event except its time, its
+//! count, the thread that acted and a DNS query's source port. The first decision
 //! of a group is written in full at once and opens a window of `interval`; the identical ones
 //! that follow within the window are only counted, and when the window ends they are written
 //! as ONE event: the same decision with `boundary.event.count` = how many it stands for,
@@ -29,12 +30,14 @@ use std::time::{Duration, Instant};
 use boundary_common::Event;
 use serde_json::{Map, Value};
 
-/// Fields that differ between decisions that are otherwise the same.
+/// Fields that differ between decisions that are otherwise the same (a DNS query comes from
+/// a new source port every time).
 const VOLATILE: &[&str] = &[
     "timestamp",
     "boundary.event.count",
     "thread.id",
     "thread.name",
+    "source.port",
 ];
 
 /// At most this many groups are tracked at once; beyond it every open window is closed early
@@ -157,9 +160,9 @@ impl Summarizer {
     }
 
     /// A hash of the group of a decision; `None` for events that are never summarised
-    /// (session events, DNS events, losses).
+    /// (session events, answered DNS queries, losses).
     fn group_hash(&self, event: &Map<String, Value>) -> Option<u64> {
-        if event.get("event.name").and_then(Value::as_str) != Some("boundary.decision") {
+        if !summarised(event) {
             return None;
         }
         let mut h = self.hasher.build_hasher();
@@ -167,6 +170,16 @@ impl Summarizer {
             field.hash(&mut h);
         }
         Some(h.finish())
+    }
+}
+
+/// Decisions, and refused DNS queries (a loop asking for a denied name is a flood too;
+/// answered ones are already reported once per name and TTL).
+fn summarised(event: &Map<String, Value>) -> bool {
+    match event.get("event.name").and_then(Value::as_str) {
+        Some("boundary.decision") => true,
+        Some("boundary.dns") => event.get("event.action").and_then(Value::as_str) != Some("allow"),
+        _ => false,
     }
 }
 
@@ -471,6 +484,32 @@ mod tests {
         assert_eq!(s.admit(&other, t0).len(), 1);
         other.insert("event.action".into(), "allow".into());
         assert_eq!(s.admit(&other, t0).len(), 1);
+    }
+
+    #[test]
+    fn refused_dns_queries_are_summarised_whatever_their_source_port() {
+        let mut s = Summarizer::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let query = |port: u16, action: &str| {
+            let Value::Object(m) = json!({
+                "event.name": "boundary.dns", "event.action": action,
+                "dns.question.name": "evil.test", "source.port": port, "process.pid": 7,
+            }) else {
+                unreachable!()
+            };
+            m
+        };
+        assert_eq!(s.admit(&query(1000, "deny"), t0).len(), 1);
+        for port in 1001..1100 {
+            assert!(s.admit(&query(port, "deny"), t0).is_empty());
+        }
+        // Answered queries are never folded here.
+        assert_eq!(s.admit(&query(2000, "allow"), t0).len(), 1);
+        assert_eq!(s.admit(&query(2001, "allow"), t0).len(), 1);
+        let all = s.flush();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0]["boundary.event.count"], 99);
+        assert_eq!(all[0]["event.name"], "boundary.dns");
     }
 
     #[test]
