@@ -6,10 +6,9 @@
 //! Boundary's own fields are under `boundary.`.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +26,15 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Result};
 use crate::policy::AddressBook;
 use crate::policy::Policy;
+
+pub mod file;
+pub mod summary;
+pub mod writer;
+
+use file::EventFile;
+pub use file::Rotation;
+use summary::Summarizer;
+use writer::{Line, Writer};
 
 /// What every event of a session shares, and what enrichment reads.
 pub struct Enricher {
@@ -159,7 +167,19 @@ impl Enricher {
     /// The JSON object for one kernel decision.
     pub fn decision(&self, e: &Event) -> Map<String, Value> {
         let policy = self.policy.borrow().clone();
-        let mut m = self.base("boundary.decision", self.clock.wall(e.ktime_ns), &policy);
+        self.enrich(e, &policy)
+    }
+
+    /// The summary of a flood of identical kernel records (see [`summary::RecordFold`]).
+    pub fn folded(&self, f: &summary::FoldedRecords) -> Map<String, Value> {
+        let mut m = self.decision(&f.last);
+        let at = |ns| Value::from(self.clock.wall(ns).format(&Rfc3339).unwrap_or_default());
+        summary::mark(&mut m, f.count, at(f.first_ns), at(f.last_ns), f.interval);
+        m
+    }
+
+    fn enrich(&self, e: &Event, policy: &Policy) -> Map<String, Value> {
+        let mut m = self.base("boundary.decision", self.clock.wall(e.ktime_ns), policy);
         let action = match e.action {
             ACTION_ALLOW => "allow",
             ACTION_DENY => "deny",
@@ -330,6 +350,7 @@ impl Enricher {
     pub fn lost(&self, deny: u64, allow: u64) -> Map<String, Value> {
         let policy = self.policy.borrow().clone();
         let mut m = self.base("boundary.events_lost", OffsetDateTime::now_utc(), &policy);
+        m.insert("boundary.events_lost.reason".into(), "ring_full".into());
         m.insert("boundary.events_lost.deny".into(), deny.into());
         m.insert("boundary.events_lost.allow".into(), allow.into());
         m
@@ -531,6 +552,9 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Reads one ring until `stop` turns true, then drains what is left and returns.
+///
+/// Identical records are folded here, before enrichment (see [`summary::RecordFold`]): in a
+/// flood the reader must keep up with the kernel, or the ring overflows and drops records.
 pub async fn read_ring(
     ring: RingBuf<MapData>,
     enricher: Arc<Enricher>,
@@ -543,34 +567,59 @@ pub async fn read_ring(
     // Allow events are submitted without waking us (see the eBPF side): drain on a timer too.
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fold = summary::RecordFold::default();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(Error::Io)?;
-                drain(guard.get_inner_mut(), &enricher, &out).await;
+                drain(guard.get_inner_mut(), &enricher, &out, &mut fold).await;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(fd.get_mut(), &enricher, &out).await,
+            _ = tick.tick() => {
+                drain(fd.get_mut(), &enricher, &out, &mut fold).await;
+                let due = fold.due(std::time::Instant::now());
+                send_folded(due, &enricher, &out).await;
+            }
             _ = stopped(&mut stop) => {
-                drain(fd.get_mut(), &enricher, &out).await;
+                drain(fd.get_mut(), &enricher, &out, &mut fold).await;
+                send_folded(fold.flush(), &enricher, &out).await;
                 return Ok(());
             }
         }
     }
 }
 
-async fn drain(ring: &mut RingBuf<MapData>, enricher: &Enricher, out: &EventSender) {
+async fn send_folded(folded: Vec<summary::FoldedRecords>, enricher: &Enricher, out: &EventSender) {
+    for f in folded {
+        if out.send(enricher.folded(&f)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    enricher: &Enricher,
+    out: &EventSender,
+    fold: &mut summary::RecordFold,
+) {
+    let interval = enricher.policy.borrow().log_summary_interval;
     loop {
         let event = match ring.next() {
             Some(item) => decode(&item),
             None => return,
         };
-        if let Some(event) = event {
-            // Bounded: when the sink falls behind, the kernel ring fills and the loss is
-            // counted and reported, instead of the agent's memory growing without limit.
-            if out.send(enricher.decision(&event)).await.is_err() {
+        let Some(event) = event else { continue };
+        let (ended, write) = fold.admit(&event, interval, std::time::Instant::now());
+        // Bounded: when the sink falls behind, the kernel ring fills and the loss is
+        // counted and reported, instead of the agent's memory growing without limit.
+        for f in ended {
+            if out.send(enricher.folded(&f)).await.is_err() {
                 return;
             }
+        }
+        if write && out.send(enricher.decision(&event)).await.is_err() {
+            return;
         }
     }
 }
@@ -582,66 +631,17 @@ pub type Tap = tokio::sync::broadcast::Sender<Arc<Map<String, Value>>>;
 
 /// Where events go: any of stdout, a file given with `--events`, `log_dir`, and taps.
 ///
-/// Each writer has its own thread and a bounded queue: a stalled reader of `--events -` or a
-/// slow disk never blocks enforcement, policy reloads, signal forwarding or the other sinks.
-/// When a writer's queue is full its events are counted, and once it catches up it writes a
-/// `boundary.events_lost` line (`boundary.events_lost.reason: sink_slow`) saying how many it
-/// missed. A line is written with one `write` call or not at all, so a failed write never
-/// leaves half a line for the next one to be glued to.
+/// Each writer has its own thread and a bounded queue (see [`writer`]): a stalled reader of
+/// `--events -` or a full disk never blocks enforcement, policy reloads, signal forwarding or
+/// the other sinks, and what a writer could not write is counted and reported as one
+/// `boundary.events_lost` event once it can write again. Files are written whole lines only,
+/// rotated and capped (see [`file`]). Floods of identical decisions are summarised before
+/// they reach any writer or tap (see [`summary`]).
 pub struct Sink {
     writers: Vec<Writer>,
     taps: Vec<Tap>,
-}
-
-/// Lines waiting for one writer.
-const WRITER_QUEUE: usize = 4096;
-
-struct Writer {
-    name: String,
-    queue: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(name: String, mut out: Box<dyn Write + Send>) -> Writer {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(WRITER_QUEUE);
-        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let missed = dropped.clone();
-        let sink = name.clone();
-        let thread = std::thread::Builder::new()
-            .name("boundary-sink".into())
-            .spawn(move || {
-                let mut failed = 0u64;
-                for line in rx {
-                    let lost = missed.swap(0, std::sync::atomic::Ordering::Relaxed) + failed;
-                    if lost > 0 {
-                        failed = 0;
-                        let note = lost_line(&sink, lost);
-                        if out.write_all(&note).and_then(|_| out.flush()).is_err() {
-                            failed += lost;
-                        }
-                    }
-                    if let Err(e) = out.write_all(&line).and_then(|_| out.flush()) {
-                        failed += 1;
-                        tracing::error!(sink = %sink, error = %e, "cannot write audit event");
-                    }
-                }
-                let lost = missed.swap(0, std::sync::atomic::Ordering::Relaxed) + failed;
-                if lost > 0 {
-                    let _ = out
-                        .write_all(&lost_line(&sink, lost))
-                        .and_then(|_| out.flush());
-                }
-            })
-            .expect("spawning a sink thread");
-        Writer {
-            name,
-            queue: Some(tx),
-            dropped,
-            thread: Some(thread),
-        }
-    }
+    session: Option<String>,
+    summary: Option<Summarizer>,
 }
 
 /// Standard output without Rust's line buffer, which splits lines longer than its 1 KiB
@@ -657,24 +657,11 @@ pub fn raw_stdout() -> File {
     }
 }
 
-/// The line a writer writes for the events it missed.
-fn lost_line(sink: &str, lost: u64) -> Vec<u8> {
-    let mut m = Map::new();
-    m.insert(
-        "timestamp".into(),
-        OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_default()
-            .into(),
-    );
-    m.insert("event.name".into(), "boundary.events_lost".into());
-    m.insert("service.name".into(), "boundary".into());
-    m.insert("boundary.events_lost.reason".into(), "sink_slow".into());
-    m.insert("boundary.events_lost.sink".into(), sink.into());
-    m.insert("boundary.events_lost.count".into(), lost.into());
-    let mut line = serde_json::to_vec(&m).unwrap_or_default();
-    line.push(b'\n');
-    line
+/// Now, as events write it.
+pub(crate) fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 impl Sink {
@@ -682,7 +669,20 @@ impl Sink {
         Sink {
             writers: Vec::new(),
             taps: Vec::new(),
+            session: None,
+            summary: None,
         }
+    }
+
+    /// Names the session in the events the sink writes itself (losses, rotations). Call
+    /// before adding writers.
+    pub fn session(&mut self, id: &str) {
+        self.session = Some(id.to_string());
+    }
+
+    /// Summarises floods of identical decisions per `interval` (zero: never).
+    pub fn summarize(&mut self, interval: std::time::Duration) {
+        self.summary = (!interval.is_zero()).then(|| Summarizer::new(interval));
     }
 
     pub fn tap(&mut self, tap: Tap) {
@@ -690,36 +690,70 @@ impl Sink {
     }
 
     pub fn stdout(&mut self) {
-        self.writers
-            .push(Writer::start("stdout".into(), Box::new(raw_stdout())));
+        self.writers.push(Writer::start(
+            "stdout".into(),
+            Box::new(raw_stdout()),
+            self.session.clone(),
+        ));
     }
 
-    /// Appends to `path`, creating it (and its directory) if needed.
+    /// Appends to `path` with the default rotation.
     pub fn file(&mut self, path: &Path) -> Result<()> {
+        self.rotated_file(path, Rotation::default())
+    }
+
+    /// Appends to `path`, creating it (and its directory) if needed, rotating it as `rotation`
+    /// says.
+    pub fn rotated_file(&mut self, path: &Path, rotation: Rotation) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|source| Error::File {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
-        // Events name users, command lines and destinations: not for every local user.
-        let file: File = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(|source| Error::File {
+        let file = EventFile::open(path, rotation, self.session.clone()).map_err(|source| {
+            Error::File {
                 path: path.to_path_buf(),
                 source,
-            })?;
-        // Unbuffered: each line goes out in one write(2) on an O_APPEND file.
-        self.writers
-            .push(Writer::start(path.display().to_string(), Box::new(file)));
+            }
+        })?;
+        self.writers.push(Writer::start(
+            path.display().to_string(),
+            Box::new(file),
+            self.session.clone(),
+        ));
         Ok(())
     }
 
-    /// Hands the event to every tap and writer without waiting for any of them.
+    /// Hands the event (or, in a flood, nothing until the summary) to every tap and writer
+    /// without waiting for any of them.
     pub fn write(&mut self, event: &Map<String, Value>) {
+        match &mut self.summary {
+            Some(summary) => {
+                for e in summary.admit(event, std::time::Instant::now()) {
+                    self.publish(&e);
+                }
+            }
+            None => self.publish(event),
+        }
+    }
+
+    /// Writes the summaries of flood windows that have ended.
+    fn summaries_due(&mut self, all: bool) {
+        let Some(summary) = &mut self.summary else {
+            return;
+        };
+        let due = if all {
+            summary.flush()
+        } else {
+            summary.due(std::time::Instant::now())
+        };
+        for e in due {
+            self.publish(&e);
+        }
+    }
+
+    fn publish(&mut self, event: &Map<String, Value>) {
         if !self.taps.is_empty() {
             let shared = Arc::new(event.clone());
             for tap in &self.taps {
@@ -730,26 +764,23 @@ impl Sink {
         if self.writers.is_empty() {
             return;
         }
-        let mut line = serde_json::to_vec(event).unwrap_or_default();
-        line.push(b'\n');
-        let line = Arc::new(line);
+        let line = Arc::new(Line::of(event));
         for w in &self.writers {
-            let Some(queue) = &w.queue else { continue };
-            if queue.try_send(line.clone()).is_err() {
-                w.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            w.offer(&line);
         }
     }
 
-    /// Closes the queues and gives the writers until `grace` to write what they hold; a writer
-    /// still stuck then (a reader that never reads) is left behind, never waited for.
+    /// Writes the pending summaries, closes the queues and gives the writers until `grace`
+    /// to write what they hold; a writer still stuck then (a reader that never reads) is left
+    /// behind, never waited for.
     pub fn close(mut self, grace: std::time::Duration) {
+        self.summaries_due(true);
         let deadline = std::time::Instant::now() + grace;
         for w in &mut self.writers {
-            w.queue = None;
+            w.close_queue();
         }
         for w in &mut self.writers {
-            let Some(thread) = w.thread.take() else {
+            let Some(thread) = w.take_thread() else {
                 continue;
             };
             while !thread.is_finished() && std::time::Instant::now() < deadline {
@@ -765,8 +796,21 @@ impl Sink {
 
     /// Writes events until every sender is gone, then closes the writers.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Map<String, Value>>) {
-        while let Some(event) = rx.recv().await {
-            self.write(&event);
+        let every = self
+            .summary
+            .as_ref()
+            .map(Summarizer::tick)
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(event) => self.write(&event),
+                    None => break,
+                },
+                _ = tick.tick() => self.summaries_due(false),
+            }
         }
         let _ = tokio::task::spawn_blocking(move || self.close(SINK_GRACE)).await;
     }

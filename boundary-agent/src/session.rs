@@ -546,13 +546,16 @@ impl Running {
         } = self;
         // Events: one sink task fed by the ring readers and the session's own events.
         let mut sink = Sink::new();
+        sink.session(&session_id);
+        sink.summarize(policy.log_summary_interval);
+        let rotation = events::Rotation::of(&policy);
         match spec.events.as_deref() {
             Some(p) if p == Path::new("-") => sink.stdout(),
-            Some(p) => sink.file(p)?,
+            Some(p) => sink.rotated_file(p, rotation)?,
             None => {}
         }
         if let Some(dir) = &policy.log_dir {
-            sink.file(&dir.join(format!("boundary-{session_id}.jsonl")))?;
+            sink.rotated_file(&dir.join(format!("boundary-{session_id}.jsonl")), rotation)?;
         }
         if let Some(tap) = tap {
             sink.tap(tap);

@@ -58,7 +58,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "user")]
     root: bool,
 
-    /// Also write the audit events (JSON lines) here: `-` for stdout, or a file to append to.
+    /// Also write the audit events (JSON lines) here: `-` for stdout, or a file to append to,
+    /// rotated and capped as the config's `log_max_file_size` and `log_max_files` say.
     /// (They always go to `log_dir` when the config sets one.)
     #[arg(long, value_name = "-|FILE")]
     events: Option<PathBuf>,

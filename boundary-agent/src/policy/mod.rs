@@ -204,6 +204,13 @@ impl Rule {
     }
 }
 
+/// `log_max_file_size` when the config does not say: 64 MiB.
+pub const DEFAULT_LOG_MAX_FILE_SIZE: u64 = 64 << 20;
+/// `log_max_files` when the config does not say.
+pub const DEFAULT_LOG_MAX_FILES: u32 = 4;
+/// `log_summary_interval` when the config does not say.
+pub const DEFAULT_SUMMARY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A validated config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -214,6 +221,13 @@ pub struct Policy {
     pub allow_loopback: bool,
     pub log_dir: Option<PathBuf>,
     pub log_level: String,
+    /// Event files rotate at this size (`log_max_file_size`).
+    pub log_max_file_size: u64,
+    /// Rotated event files kept per sink (`log_max_files`); the oldest goes first.
+    pub log_max_files: u32,
+    /// Identical decisions within this interval are written once, then as one summary
+    /// (`log_summary_interval`; zero: every decision in full).
+    pub log_summary_interval: std::time::Duration,
     pub rules: Vec<Rule>,
     pub dns: DnsSettings,
     /// The file it was loaded from.
@@ -228,6 +242,9 @@ impl Default for Policy {
             allow_loopback: true,
             log_dir: None,
             log_level: "warn".into(),
+            log_max_file_size: DEFAULT_LOG_MAX_FILE_SIZE,
+            log_max_files: DEFAULT_LOG_MAX_FILES,
+            log_summary_interval: DEFAULT_SUMMARY_INTERVAL,
             rules: Vec::new(),
             dns: DnsSettings::default(),
             source: None,

@@ -218,6 +218,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "allowlist",
     "log_dir",
     "log_level",
+    "log_max_file_size",
+    "log_max_files",
+    "log_summary_interval",
     "dns",
 ];
 const DNS_KEYS: &[&str] = &[
@@ -291,6 +294,39 @@ fn build_policy(root: Node, errors: &mut Errors) -> Policy {
                     value.pos,
                     "log_level",
                     "must be one of error, warn, info, debug, trace",
+                ),
+            },
+            "log_max_file_size" => match scalar(&value).as_deref().map(parse_size) {
+                Some(Some(n)) if n >= MIN_LOG_FILE_SIZE => policy.log_max_file_size = n,
+                Some(Some(_)) => errors.add(
+                    value.pos,
+                    "log_max_file_size",
+                    "must be at least 4KiB (one file holds at least a few events)",
+                ),
+                _ => errors.add(
+                    value.pos,
+                    "log_max_file_size",
+                    "expected a size such as 64MiB, 500KB, 1GiB or 1048576 (bytes)",
+                ),
+            },
+            "log_max_files" => match scalar(&value).map(|s| s.trim().parse::<u32>()) {
+                Some(Ok(n)) if n <= MAX_LOG_FILES => policy.log_max_files = n,
+                _ => errors.add(
+                    value.pos,
+                    "log_max_files",
+                    format!(
+                        "expected how many rotated files to keep, 0 to {MAX_LOG_FILES} (0: a full file starts over)"
+                    ),
+                ),
+            },
+            "log_summary_interval" => match scalar(&value).as_deref().map(parse_interval) {
+                Some(Some(d)) if d <= Duration::from_secs(3600) => {
+                    policy.log_summary_interval = d
+                }
+                _ => errors.add(
+                    value.pos,
+                    "log_summary_interval",
+                    "expected a duration up to 1h such as 1s, 500ms or 0 (0: never summarise)",
                 ),
             },
             "allowlist" => {
@@ -699,6 +735,40 @@ fn parse_nameserver(text: &str) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
+/// The smallest `log_max_file_size`.
+const MIN_LOG_FILE_SIZE: u64 = 4 << 10;
+/// The most `log_max_files`.
+const MAX_LOG_FILES: u32 = 1000;
+
+/// `1048576`, `500KB` (decimal), `64MiB` (binary), `1GiB`; units are case-insensitive.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let n: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// A duration that may be shorter than a second: `500ms`, or anything [`parse_duration`] takes.
+fn parse_interval(text: &str) -> Option<Duration> {
+    match text.trim().strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => parse_duration(text),
+    }
+}
+
 /// `30`, `30s`, `5m`, `1h`.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -966,6 +1036,58 @@ dns:
         assert!(problems("allowlist: [\"port=443\"]")[0].contains("needs a destination"));
         assert!(problems("allowlist: [\"domain=a.com cidr=10.0.0.0/8\"]")[0]
             .contains("exactly one destination"));
+    }
+
+    #[test]
+    fn log_rotation_and_summary_keys_take_human_sizes_and_durations() {
+        let p = parse("c.yaml", "allowlist: []\n").unwrap();
+        assert_eq!(p.log_max_file_size, 64 << 20);
+        assert_eq!(p.log_max_files, 4);
+        assert_eq!(p.log_summary_interval, Duration::from_secs(1));
+        let p = parse(
+            "c.yaml",
+            "allowlist: []\nlog_max_file_size: 10MiB\nlog_max_files: 0\nlog_summary_interval: 250ms\n",
+        )
+        .unwrap();
+        assert_eq!(p.log_max_file_size, 10 << 20);
+        assert_eq!(p.log_max_files, 0);
+        assert_eq!(p.log_summary_interval, Duration::from_millis(250));
+        for (text, size) in [
+            ("500KB", 500_000),
+            ("1gib", 1 << 30),
+            ("65536", 65536),
+            ("8 KiB", 8192),
+        ] {
+            assert_eq!(parse_size(text), Some(size), "{text}");
+        }
+        let p = parse("c.yaml", "allowlist: []\nlog_summary_interval: 0\n").unwrap();
+        assert!(p.log_summary_interval.is_zero());
+    }
+
+    #[test]
+    fn bad_log_rotation_and_summary_values_are_named_with_their_position() {
+        assert_eq!(
+            problems(
+                "allowlist: []\nlog_max_file_size: 10 parsecs\nlog_max_files: -1\nlog_summary_interval: soon\nlog_max_fils: 3\n"
+            ),
+            vec![
+                "c.yaml:2:20: log_max_file_size: expected a size such as 64MiB, 500KB, 1GiB or 1048576 (bytes)",
+                "c.yaml:3:16: log_max_files: expected how many rotated files to keep, 0 to 1000 (0: a full file starts over)",
+                "c.yaml:4:23: log_summary_interval: expected a duration up to 1h such as 1s, 500ms or 0 (0: never summarise)",
+                "c.yaml:5:1: log_max_fils: unknown key `log_max_fils`; did you mean `log_max_files`?",
+            ]
+        );
+        assert_eq!(
+            problems("allowlist: []\nlog_max_file_size: 1KiB\n"),
+            vec!["c.yaml:2:20: log_max_file_size: must be at least 4KiB (one file holds at least a few events)"]
+        );
+        assert!(problems("allowlist: []\nlog_max_files: 1001\n")[0].contains("log_max_files"));
+        assert!(
+            problems("allowlist: []\nlog_max_file_size: 99999999999GiB\n")[0]
+                .contains("log_max_file_size")
+        );
+        assert!(problems("allowlist: []\nlog_summary_interval: 2h\n")[0]
+            .contains("log_summary_interval"));
     }
 
     #[test]
