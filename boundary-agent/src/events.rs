@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -706,10 +707,16 @@ impl Sink {
     /// says.
     pub fn rotated_file(&mut self, path: &Path, rotation: Rotation) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|source| Error::File {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            // Events hold command lines and destinations: a directory Boundary creates is not
+            // listable by others (an existing one keeps its mode).
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|source| Error::File {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let file = EventFile::open(path, rotation, self.session.clone()).map_err(|source| {
             Error::File {
