@@ -16,6 +16,7 @@ pub mod server;
 pub mod tls;
 
 // Recording path.
+pub mod governance;
 pub mod journal;
 pub mod keys;
 pub mod pricing;

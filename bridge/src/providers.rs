@@ -89,6 +89,8 @@ pub enum GatewayError {
     UpstreamUnavailable,
     /// Unknown route (404).
     NotFound,
+    /// Refused by a limit (403): a model the policy does not allow.
+    PermissionDenied,
 }
 
 /// One provider API family.

@@ -43,6 +43,7 @@ use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
 use crate::auth::{bridge_token, Authenticate};
+use crate::governance::{Decision, Governance, Requester};
 use crate::keys::Identity;
 use crate::providers::anthropic::Anthropic;
 use crate::providers::openai_chat::OpenAiChat;
@@ -722,6 +723,8 @@ struct GatewayInner {
     limits: Limits,
     /// Request-body memory shared by all requests, in KiB permits.
     body_budget: Arc<Semaphore>,
+    /// Limits enforced per request (model policy); none until [`Gateway::govern`].
+    governance: std::sync::OnceLock<Arc<Governance>>,
 }
 
 /// Why a request body could not be read.
@@ -733,6 +736,11 @@ enum BodyError {
 }
 
 impl Gateway {
+    /// Enforces `governance`'s limits on every request from now on (set once, at start).
+    pub fn govern(&self, governance: Arc<Governance>) {
+        let _ = self.inner.governance.set(governance);
+    }
+
     pub fn new(
         anthropic: Option<Upstream>,
         openai: Option<Upstream>,
@@ -800,6 +808,7 @@ impl Gateway {
                 sink,
                 limits,
                 body_budget: Arc::new(Semaphore::new(kib)),
+                governance: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -1025,6 +1034,38 @@ impl Gateway {
         }
         drop(body);
 
+        // 4. The limits: may this caller use this model, and under which name.
+        if let (Some(gov), Some(model)) = (g.governance.get(), rec.model.clone()) {
+            let who = Requester {
+                user: &identity.user,
+                key_id: Some(&identity.key_id),
+                template: rec.context.template.as_deref(),
+            };
+            match gov.decide(&who, &model) {
+                Decision::Allow { model: target } if target != model => {
+                    match with_model(&forward_body, &target) {
+                        Some(b) => forward_body = b,
+                        None => {
+                            let msg = "request body could not be rewritten for a model alias";
+                            return self.reject(
+                                rec,
+                                adapter,
+                                StatusCode::BAD_REQUEST,
+                                msg,
+                                started,
+                            );
+                        }
+                    }
+                    tracing::debug!(alias = %model, model = %target, "model alias applied");
+                    rec.model = Some(target);
+                }
+                Decision::Allow { .. } => {}
+                Decision::Deny { message } => {
+                    return self.reject(rec, adapter, StatusCode::FORBIDDEN, &message, started);
+                }
+            }
+        }
+
         let span = tracing::info_span!(
             "gen_ai.request",
             otel.name = %format!("{} {}", if route.endpoint.contains("models") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
@@ -1163,7 +1204,9 @@ impl Gateway {
         message: &str,
         started: Instant,
     ) -> Response<ProxyBody> {
-        let kind = if status.is_client_error() {
+        let kind = if status == StatusCode::FORBIDDEN {
+            GatewayError::PermissionDenied
+        } else if status.is_client_error() {
             GatewayError::InvalidRequest
         } else {
             GatewayError::UpstreamUnavailable
@@ -1176,6 +1219,13 @@ impl Gateway {
         self.inner.sink.record(rec);
         error_response(adapter, status, kind, message)
     }
+}
+
+/// `body` (a JSON object) asking for `model` instead.
+fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    *v.as_object_mut()?.get_mut("model")? = serde_json::Value::String(model.to_string());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// A record as known when a request arrives.

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::MetricsToken;
 use crate::config::BridgeConfig;
 use crate::error::Error;
+use crate::governance::Governance;
 use crate::keys::Authenticator;
 use crate::proxy::{ClientAddr, Gateway, ProxyBody, RecordSink};
 use crate::record::{InterceptionRecord, Provider};
@@ -141,6 +142,9 @@ pub async fn serve(
         config.limits,
         &config.upstream_trust,
     );
+    let governance = Governance::load(store.clone()).await?;
+    governance.spawn_refresh();
+    gateway.govern(governance);
     let admin = Admin {
         store: store.clone(),
         recorder: recorder.clone(),

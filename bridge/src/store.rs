@@ -74,6 +74,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE interceptions ADD COLUMN tool_results TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE interceptions ADD COLUMN client_addr TEXT;
     CREATE INDEX IF NOT EXISTS interceptions_client_session ON interceptions (client_session, started_at)",
+    // 4: governance: limits per scope (global, group, template, user, key) and group members.
+    "CREATE TABLE IF NOT EXISTS limits (
+        scope_kind TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        updated_by TEXT NOT NULL,
+        PRIMARY KEY (scope_kind, scope)
+    );
+    CREATE TABLE IF NOT EXISTS group_members (
+        group_name TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        added_at BIGINT NOT NULL,
+        PRIMARY KEY (group_name, user_name)
+    )",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \

@@ -5,6 +5,7 @@
 
 mod interceptions;
 mod keys;
+mod limits;
 mod prices;
 mod serve;
 mod usage;
@@ -47,6 +48,16 @@ enum Command {
     Interceptions(interceptions::InterceptionsCommand),
     /// Show which price applies to a model and why; convert a price dataset to a price list.
     Prices(prices::PricesArgs),
+    /// Groups of users, which limits can be set on.
+    #[command(subcommand)]
+    Groups(limits::GroupsCommand),
+    /// Users known to this bridge: their keys and groups.
+    #[command(subcommand)]
+    Users(limits::UsersCommand),
+    /// Limits (allowed and denied models, model aliases) on the whole bridge, a group, a
+    /// template, a user or a key, and why a request gets the ones it gets.
+    #[command(subcommand)]
+    Limits(limits::LimitsCommand),
 }
 
 /// Where the store is; shared by all commands that read or write records.
@@ -126,5 +137,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => usage::run(args).await,
         Command::Interceptions(cmd) => interceptions::run(cmd).await,
         Command::Prices(args) => prices::run(args),
+        Command::Groups(cmd) => limits::groups(cmd).await,
+        Command::Users(cmd) => limits::users(cmd).await,
+        Command::Limits(cmd) => limits::limits(cmd).await,
     }
 }

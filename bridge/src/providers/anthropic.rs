@@ -97,6 +97,7 @@ impl ProviderAdapter for Anthropic {
             GatewayError::InvalidRequest => "invalid_request_error",
             GatewayError::NotConfigured | GatewayError::UpstreamUnavailable => "api_error",
             GatewayError::NotFound => "not_found_error",
+            GatewayError::PermissionDenied => "permission_error",
         };
         Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
     }

@@ -36,6 +36,9 @@ pub(crate) fn openai_error_body(kind: GatewayError, message: &str) -> Bytes {
         GatewayError::NotConfigured => ("server_error", Value::from("provider_not_configured")),
         GatewayError::UpstreamUnavailable => ("server_error", Value::from("upstream_unavailable")),
         GatewayError::NotFound => ("invalid_request_error", Value::from("unknown_url")),
+        GatewayError::PermissionDenied => {
+            ("invalid_request_error", Value::from("model_not_allowed"))
+        }
     };
     Bytes::from(
         json!({"error": {"message": message, "type": ty, "param": null, "code": code}}).to_string(),

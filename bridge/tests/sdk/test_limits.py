@@ -1,0 +1,71 @@
+"""Model policy through the official SDKs: limits set with `llm-bridge limits`, enforced by a
+running gateway within its refresh interval, refused in each provider's own error format."""
+
+import time
+import uuid
+
+import anthropic
+import openai
+import pytest
+
+
+def eventually(fn, timeout=10.0):
+    """`fn()` until it stops raising AssertionError (limits reach a running gateway within 5 s)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return fn()
+        except AssertionError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_denied_model_gets_the_anthropic_permission_error_naming_the_policy(bridge):
+    user = f"gina-{uuid.uuid4().hex[:8]}"
+    token = bridge.create_key(user)
+    bridge.cli("limits", "set", "--user", user, "--deny-models", "claude-opus-*")
+    c = anthropic.Anthropic(base_url=f"{bridge.url}/anthropic", api_key=token, max_retries=0)
+
+    def refused():
+        try:
+            c.messages.create(model="claude-opus-4-8", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        except anthropic.PermissionDeniedError as e:
+            return e
+        raise AssertionError("not refused yet")
+
+    e = eventually(refused)
+    assert e.status_code == 403
+    assert e.body["error"]["type"] == "permission_error"
+    assert f"deny_models of user {user}" in e.message
+    # Other models still work, and the refusal is a record.
+    ok = c.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert ok.content
+    rec = bridge.wait_record(lambda r: r["user"] == user and r["status"] == 403)
+    assert rec["outcome"] == "rejected" and "claude-opus-*" in rec["error"]
+
+
+def test_a_template_alias_sends_the_pinned_model_and_an_allow_list_refuses_the_rest(bridge):
+    template = f"tpl-{uuid.uuid4().hex[:8]}"
+    bridge.cli("limits", "set", "--template", template, "--alias", "fast=gpt-4o-mini",
+               "--allow-models", "gpt-4o-mini,gpt-4.1")
+    c = openai.OpenAI(base_url=f"{bridge.url}/openai/v1", api_key=bridge.token, max_retries=0,
+                      default_headers={"x-bridge-template": template})
+
+    def aliased():
+        r = c.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+        assert r.model == "gpt-4o-mini", r.model
+        return r
+
+    eventually(aliased)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        c.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 403
+    assert e.value.body["code"] == "model_not_allowed"
+    assert f"allow_models of template {template}" in e.value.body["message"]
+    # Without the template header the template's limits do not apply.
+    plain = openai.OpenAI(base_url=f"{bridge.url}/openai/v1", api_key=bridge.token, max_retries=0)
+    assert plain.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}]).choices
+
+    explained = bridge.cli("limits", "explain", "--user", "alice", "--template", template, "--model", "fast")
+    assert "fast: allowed as gpt-4o-mini" in explained, explained
