@@ -1,6 +1,6 @@
 //! Governance: groups of users, and limits attached to the whole bridge, a group, a template, a
-//! user or a key. Today's limit is the model policy: allowed and denied models (exact names or
-//! `*` globs) and aliases (`claude-default` → a pinned model).
+//! user or a key: the model policy (allowed and denied models, exact names or `*` globs, and
+//! aliases such as `claude-default` → a pinned model) and USD budgets per day, week or month.
 //!
 //! Limits live in the store, so every replica enforces the same ones; each replica keeps a
 //! snapshot in memory, reloaded every [`REFRESH`], so a request never waits for the database
@@ -13,12 +13,22 @@
 //! lists are joined. A model is refused when it matches the deny list, or when an allow list
 //! applies and it matches none of it; aliases are resolved first, and the model they name is
 //! the one checked.
+//!
+//! **Budgets** are of two kinds. A *budget* is per spender: set on a key it caps that key's
+//! spend, set anywhere else it caps each user's own spend (a group's budget is the default for
+//! each of its members, a user's budget overrides it; with several groups the largest wins). A
+//! *shared budget* caps a scope's total: a group's members together, a template's requests, the
+//! whole bridge. Spend is the recorded cost (`cost_usd`) since the start of the calendar period
+//! (UTC; weeks start on Monday), read from the store by every replica at each refresh and
+//! counted locally in between: replicas see each other's spend within [`REFRESH`] plus the
+//! recorder's batch delay. A request is refused once a budget is used up; one that is already
+//! running (a stream) finishes and is counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -78,7 +88,7 @@ impl std::fmt::Display for Scope {
 }
 
 /// The limits set on one scope. `None`: not set here (a less specific scope decides).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_models: Option<Vec<String>>,
@@ -87,11 +97,73 @@ pub struct Limits {
     /// Model name a client sends → the model Bridge asks the provider for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aliases: BTreeMap<String, String>,
+    /// USD per period for each spender (each user; the key itself on a key scope).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets: BTreeMap<Period, f64>,
+    /// USD per period for the scope as a whole (group, template, global).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared_budgets: BTreeMap<Period, f64>,
 }
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.allow_models.is_none() && self.deny_models.is_none() && self.aliases.is_empty()
+        self.allow_models.is_none()
+            && self.deny_models.is_none()
+            && self.aliases.is_empty()
+            && self.budgets.is_empty()
+            && self.shared_budgets.is_empty()
+    }
+}
+
+/// A calendar period of a budget (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub const ALL: [Period; 3] = [Period::Day, Period::Week, Period::Month];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Period> {
+        Period::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Start of the period that contains `now`.
+    pub fn start(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let day = now.date_naive();
+        let first = match self {
+            Period::Day => day,
+            Period::Week => {
+                day - chrono::Days::new(u64::from(day.weekday().num_days_from_monday()))
+            }
+            Period::Month => day.with_day(1).unwrap_or(day),
+        };
+        first.and_time(NaiveTime::MIN).and_utc()
+    }
+
+    /// Start of the next period (when a used-up budget renews).
+    pub fn next(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let start = self.start(now);
+        match self {
+            Period::Day => start + chrono::Duration::days(1),
+            Period::Week => start + chrono::Duration::days(7),
+            Period::Month => start
+                .date_naive()
+                .checked_add_months(chrono::Months::new(1))
+                .map(|d| d.and_time(NaiveTime::MIN).and_utc())
+                .unwrap_or(start),
+        }
     }
 }
 
@@ -126,6 +198,105 @@ pub struct Applied {
 struct Snapshot {
     limits: HashMap<Scope, Limits>,
     groups_of: HashMap<String, BTreeSet<String>>,
+    /// Whether any scope has a budget (spend is only tracked then).
+    has_budgets: bool,
+    /// Spend per scope and period, as of `spend_at` (plus what this replica recorded since).
+    spend: std::sync::Mutex<HashMap<(Scope, Period), f64>>,
+    spend_at: Option<DateTime<Utc>>,
+}
+
+impl Snapshot {
+    fn spent(&self, scope: &Scope, period: Period, now: DateTime<Utc>) -> f64 {
+        match self.spend_at {
+            // The snapshot's spend is of another period (it rolled over since): nothing yet.
+            Some(at) if period.start(at) == period.start(now) => self
+                .spend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(scope.clone(), period))
+                .copied()
+                .unwrap_or(0.0),
+            _ => 0.0,
+        }
+    }
+
+    /// The scopes whose spend a request of `who` adds to.
+    fn spenders(&self, who: &Requester) -> Vec<Scope> {
+        let mut out = vec![Scope::User(who.user.to_string()), Scope::Global];
+        if let Some(k) = who.key_id {
+            out.push(Scope::Key(k.to_string()));
+        }
+        if let Some(t) = who.template {
+            out.push(Scope::Template(t.to_string()));
+        }
+        if let Some(groups) = self.groups_of.get(who.user) {
+            out.extend(groups.iter().map(|g| Scope::Group(g.clone())));
+        }
+        out
+    }
+
+    /// Every budget that applies to `who`.
+    fn budgets(&self, who: &Requester) -> Vec<Budget> {
+        let mut out = Vec::new();
+        for period in Period::ALL {
+            // Per spender: the most specific level that sets one; the largest of a level.
+            for level in self.levels(who) {
+                let best = level
+                    .iter()
+                    .filter_map(|s| {
+                        let usd = *self.limits.get(s)?.budgets.get(&period)?;
+                        Some((usd, s))
+                    })
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                if let Some((usd, set_on)) = best {
+                    let spender = match set_on {
+                        Scope::Key(k) => Scope::Key(k.clone()),
+                        _ => Scope::User(who.user.to_string()),
+                    };
+                    out.push(Budget {
+                        period,
+                        usd,
+                        spender,
+                        set_on: set_on.clone(),
+                        shared: false,
+                    });
+                    break;
+                }
+            }
+            // Shared: every scope of the request that has one.
+            for level in self.levels(who) {
+                for s in level {
+                    if let Some(usd) = self
+                        .limits
+                        .get(&s)
+                        .and_then(|l| l.shared_budgets.get(&period))
+                    {
+                        out.push(Budget {
+                            period,
+                            usd: *usd,
+                            spender: s.clone(),
+                            set_on: s,
+                            shared: true,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A budget that applies to a request.
+#[derive(Debug, Clone)]
+struct Budget {
+    period: Period,
+    usd: f64,
+    /// Whose spend it caps.
+    spender: Scope,
+    /// Where it is set.
+    set_on: Scope,
+    /// A scope's total rather than each spender's own.
+    shared: bool,
 }
 
 /// The settings that apply to one requester, resolved.
@@ -288,6 +459,68 @@ impl Governance {
         decide_with(&snap, who, model)
     }
 
+    /// `Some(reason)` when a budget that applies to `who` is used up.
+    pub fn over_budget(&self, who: &Requester) -> Option<String> {
+        let snap = self.current();
+        if !snap.has_budgets {
+            return None;
+        }
+        over_budget_with(&snap, who, Utc::now())
+    }
+
+    /// Counts a request's cost right away on this replica (the store's total replaces it at
+    /// the next refresh), and logs a notice when a budget crosses 85% or 100%.
+    pub fn add_spend(&self, who: &Requester, usd: f64) {
+        let snap = self.current();
+        if !snap.has_budgets || usd <= 0.0 {
+            return;
+        }
+        let now = Utc::now();
+        let budgets = snap.budgets(who);
+        let mut spend = snap.spend.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = snap
+            .spend_at
+            .map(|at| Period::ALL.map(|p| p.start(at) == p.start(now)));
+        for scope in snap.spenders(who) {
+            for (i, period) in Period::ALL.into_iter().enumerate() {
+                if fresh.is_some_and(|f| f[i]) {
+                    *spend.entry((scope.clone(), period)).or_default() += usd;
+                }
+            }
+        }
+        for Budget {
+            period,
+            usd: limit,
+            spender,
+            set_on,
+            ..
+        } in budgets
+        {
+            let after = spend
+                .get(&(spender.clone(), period))
+                .copied()
+                .unwrap_or(0.0);
+            let before = after - usd;
+            for threshold in NOTICE_THRESHOLDS {
+                let line = limit * threshold;
+                if before < line && after >= line {
+                    tracing::warn!(
+                        target: "bridge::budget",
+                        spender = %spender,
+                        set_on = %set_on,
+                        period = period.as_str(),
+                        budget_usd = limit,
+                        spent_usd = after,
+                        percent = (threshold * 100.0).round(),
+                        "budget notice: {spender} has used {:.0}% of its {} budget of ${limit:.2} (set on {set_on})",
+                        threshold * 100.0,
+                        period.as_str()
+                    );
+                }
+            }
+        }
+    }
+
     /// What applies to `who` and why; with a model, the decision for it too.
     pub fn explain(
         &self,
@@ -332,8 +565,55 @@ impl Governance {
                 from: vec![from.clone()],
             });
         }
+        let now = Utc::now();
+        for b in snap.budgets(who) {
+            let (period, limit, spender) = (b.period, b.usd, b.spender);
+            let spent = snap.spent(&spender, period, now);
+            out.push(Applied {
+                setting: if b.shared {
+                    format!("shared budget/{}", period.as_str())
+                } else {
+                    format!("budget/{}", period.as_str())
+                },
+                value: format!(
+                    "${spent:.4} of ${limit} spent by {spender} since {}",
+                    period.start(now).format("%Y-%m-%d")
+                ),
+                from: vec![b.set_on],
+            });
+        }
         (out, model.map(|m| decide_with(&snap, who, m)))
     }
+}
+
+/// Fractions of a budget at which a notice is logged.
+const NOTICE_THRESHOLDS: [f64; 2] = [0.85, 1.0];
+
+fn over_budget_with(snap: &Snapshot, who: &Requester, now: DateTime<Utc>) -> Option<String> {
+    snap.budgets(who)
+        .into_iter()
+        .find_map(|b| {
+            let Budget {
+                period,
+                usd: limit,
+                spender,
+                set_on,
+                shared,
+            } = b;
+            let spent = snap.spent(&spender, period, now);
+            (spent >= limit).then(|| {
+                let whose = if shared {
+                    format!("the shared {} budget of {set_on}", period.as_str())
+                } else {
+                    format!("the {} budget of {spender} (set on {set_on})", period.as_str())
+                };
+                format!(
+                    "{whose} is used up: ${spent:.4} of ${limit} spent since {}; it renews at {} (see `llm-bridge limits explain`)",
+                    period.start(now).format("%Y-%m-%d"),
+                    period.next(now).format("%Y-%m-%d %H:%M UTC"),
+                )
+            })
+        })
 }
 
 fn decide_with(snap: &Snapshot, who: &Requester, requested: &str) -> Decision {
@@ -384,6 +664,7 @@ async fn load_snapshot(store: &Store) -> Result<Snapshot, Error> {
         let limits: Limits = serde_json::from_str(&r[2].text())
             .map_err(|e| Error::Store(format!("limits of {scope}: {e}")))?;
         if !limits.is_empty() {
+            snap.has_budgets |= !limits.budgets.is_empty() || !limits.shared_budgets.is_empty();
             snap.limits.insert(scope, limits);
         }
     }
@@ -396,7 +677,53 @@ async fn load_snapshot(store: &Store) -> Result<Snapshot, Error> {
             .or_default()
             .insert(r[0].text());
     }
+    if snap.has_budgets {
+        load_spend(store, &mut snap, Utc::now()).await?;
+    }
     Ok(snap)
+}
+
+/// Spend of the current day, week and month per user, key, template, group and globally, from
+/// the recorded costs (one grouped scan of the rows since the earliest period start).
+async fn load_spend(store: &Store, snap: &mut Snapshot, now: DateTime<Utc>) -> Result<(), Error> {
+    let from = Period::ALL
+        .map(|p| p.start(now))
+        .into_iter()
+        .min()
+        .unwrap_or(now);
+    let rows = store
+        .query(
+            "SELECT user_name, key_id, template, day, CAST(SUM(cost_usd) AS DOUBLE PRECISION) \
+             FROM interceptions WHERE started_at >= $1 AND cost_usd IS NOT NULL \
+             GROUP BY user_name, key_id, template, day",
+            vec![Value::Int(Some(from.timestamp_micros()))],
+        )
+        .await?;
+    let mut spend: HashMap<(Scope, Period), f64> = HashMap::new();
+    for r in rows {
+        let (user, key, template, day) =
+            (r[0].text(), r[1].opt_text(), r[2].opt_text(), r[3].text());
+        let usd = r[4].opt_real().unwrap_or(0.0);
+        let Ok(day) = chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d") else {
+            continue;
+        };
+        let at = day.and_time(NaiveTime::MIN).and_utc();
+        let who = Requester {
+            user: &user,
+            key_id: key.as_deref(),
+            template: template.as_deref(),
+        };
+        for period in Period::ALL {
+            if at >= period.start(now) {
+                for scope in snap.spenders(&who) {
+                    *spend.entry((scope, period)).or_default() += usd;
+                }
+            }
+        }
+    }
+    snap.spend = std::sync::Mutex::new(spend);
+    snap.spend_at = Some(now);
+    Ok(())
 }
 
 // ---- administration (the CLI) ----
@@ -647,6 +974,63 @@ mod tests {
                 model: "claude-opus-4-8".into()
             }
         );
+    }
+
+    #[test]
+    fn periods_start_at_utc_midnight_monday_and_the_first() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-26T15:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = |p: Period, f: fn(Period, DateTime<Utc>) -> DateTime<Utc>| {
+            f(p, t).format("%Y-%m-%d %H:%M").to_string()
+        };
+        assert_eq!(day(Period::Day, Period::start), "2026-11-26 00:00");
+        assert_eq!(day(Period::Week, Period::start), "2026-11-23 00:00"); // a Monday
+        assert_eq!(day(Period::Month, Period::start), "2026-11-01 00:00");
+        assert_eq!(day(Period::Day, Period::next), "2026-11-27 00:00");
+        assert_eq!(day(Period::Week, Period::next), "2026-11-30 00:00");
+        assert_eq!(day(Period::Month, Period::next), "2026-12-01 00:00");
+    }
+
+    #[test]
+    fn a_budget_is_each_members_own_a_users_overrides_the_groups_and_shared_ones_add_up() {
+        let mut s = snap(
+            &[
+                (Scope::Group("eng".into()), r#"{"budgets": {"month": 10}}"#),
+                (
+                    Scope::Group("ml".into()),
+                    r#"{"budgets": {"month": 50}, "shared_budgets": {"day": 100}}"#,
+                ),
+                (Scope::User("erin".into()), r#"{"budgets": {"month": 5}}"#),
+            ],
+            &[("eng", "dave"), ("ml", "dave"), ("eng", "erin")],
+        );
+        s.has_budgets = true;
+        let now = Utc::now();
+        s.spend_at = Some(now);
+        let set = |s: &Snapshot, scope: Scope, p: Period, usd: f64| {
+            s.spend.lock().unwrap().insert((scope, p), usd);
+        };
+        // dave: the larger of his two groups' budgets (50); 20 spent is fine.
+        set(&s, Scope::User("dave".into()), Period::Month, 20.0);
+        assert_eq!(over_budget_with(&s, &who("dave", None), now), None);
+        // erin: her own 5 overrides her group's 10.
+        set(&s, Scope::User("erin".into()), Period::Month, 6.0);
+        let msg = over_budget_with(&s, &who("erin", None), now).unwrap();
+        assert!(
+            msg.contains("month budget of user erin (set on user erin)"),
+            "{msg}"
+        );
+        // The ml group's shared day budget: all members together.
+        set(&s, Scope::Group("ml".into()), Period::Day, 100.0);
+        let msg = over_budget_with(&s, &who("dave", None), now).unwrap();
+        assert!(
+            msg.contains("shared day budget of group ml is used up"),
+            "{msg}"
+        );
+        // Spend counted in an earlier month is not this month's.
+        s.spend_at = Some(now - chrono::Duration::days(40));
+        assert_eq!(over_budget_with(&s, &who("erin", None), now), None);
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub enum GatewayError {
     NotFound,
     /// Refused by a limit (403): a model the policy does not allow.
     PermissionDenied,
+    /// A budget is used up (Anthropic 402, OpenAI 429 `insufficient_quota`).
+    BudgetExceeded,
 }
 
 /// One provider API family.

@@ -1034,35 +1034,55 @@ impl Gateway {
         }
         drop(body);
 
-        // 4. The limits: may this caller use this model, and under which name.
-        if let (Some(gov), Some(model)) = (g.governance.get(), rec.model.clone()) {
+        // 4. The limits: may this caller use this model (and under which name), is a budget
+        // used up.
+        if let Some(gov) = g.governance.get() {
+            let template = rec.context.template.clone();
             let who = Requester {
                 user: &identity.user,
                 key_id: Some(&identity.key_id),
-                template: rec.context.template.as_deref(),
+                template: template.as_deref(),
             };
-            match gov.decide(&who, &model) {
-                Decision::Allow { model: target } if target != model => {
-                    match with_model(&forward_body, &target) {
-                        Some(b) => forward_body = b,
-                        None => {
-                            let msg = "request body could not be rewritten for a model alias";
-                            return self.reject(
-                                rec,
-                                adapter,
-                                StatusCode::BAD_REQUEST,
-                                msg,
-                                started,
-                            );
+            if let Some(model) = rec.model.clone() {
+                match gov.decide(&who, &model) {
+                    Decision::Allow { model: target } if target != model => {
+                        match with_model(&forward_body, &target) {
+                            Some(b) => forward_body = b,
+                            None => {
+                                let msg = "request body could not be rewritten for a model alias";
+                                return self.reject(
+                                    rec,
+                                    adapter,
+                                    StatusCode::BAD_REQUEST,
+                                    msg,
+                                    started,
+                                );
+                            }
                         }
+                        tracing::debug!(alias = %model, model = %target, "model alias applied");
+                        rec.model = Some(target);
                     }
-                    tracing::debug!(alias = %model, model = %target, "model alias applied");
-                    rec.model = Some(target);
+                    Decision::Allow { .. } => {}
+                    Decision::Deny { message } => {
+                        return self.reject(rec, adapter, StatusCode::FORBIDDEN, &message, started);
+                    }
                 }
-                Decision::Allow { .. } => {}
-                Decision::Deny { message } => {
-                    return self.reject(rec, adapter, StatusCode::FORBIDDEN, &message, started);
-                }
+            }
+            if let Some(reason) = gov.over_budget(&who) {
+                // Each provider's own "out of credit" answer: SDKs and agents show it as such
+                // (Anthropic's billing_error, OpenAI's insufficient_quota).
+                let status = match route.provider {
+                    Provider::Anthropic => StatusCode::PAYMENT_REQUIRED,
+                    Provider::Openai => StatusCode::TOO_MANY_REQUESTS,
+                };
+                return self.reject_as(
+                    rec,
+                    adapter,
+                    status,
+                    GatewayError::BudgetExceeded,
+                    &reason,
+                    started,
+                );
             }
         }
 
@@ -1198,7 +1218,7 @@ impl Gateway {
     /// A 4xx before reaching the upstream: answered in the provider's format and recorded.
     fn reject(
         &self,
-        mut rec: InterceptionRecord,
+        rec: InterceptionRecord,
         adapter: &'static dyn ProviderAdapter,
         status: StatusCode,
         message: &str,
@@ -1211,6 +1231,19 @@ impl Gateway {
         } else {
             GatewayError::UpstreamUnavailable
         };
+        self.reject_as(rec, adapter, status, kind, message, started)
+    }
+
+    /// [`Gateway::reject`] with the error kind given.
+    fn reject_as(
+        &self,
+        mut rec: InterceptionRecord,
+        adapter: &'static dyn ProviderAdapter,
+        status: StatusCode,
+        kind: GatewayError,
+        message: &str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         rec.status = status.as_u16();
         rec.outcome = Outcome::Rejected;
         rec.error = Some(message.to_owned());

@@ -33,8 +33,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::MetricsToken;
 use crate::config::BridgeConfig;
 use crate::error::Error;
-use crate::governance::Governance;
+use crate::governance::{Governance, Requester};
 use crate::keys::Authenticator;
+use crate::pricing::PricingTable;
 use crate::proxy::{ClientAddr, Gateway, ProxyBody, RecordSink};
 use crate::record::{InterceptionRecord, Provider};
 use crate::recorder::Recorder;
@@ -46,10 +47,23 @@ use crate::tls::ServerTls;
 struct RecorderSink {
     recorder: Recorder,
     telemetry: Telemetry,
+    /// Budgets count a request's cost as soon as it is known on this replica.
+    governance: Arc<Governance>,
+    pricing: PricingTable,
 }
 
 impl RecordSink for RecorderSink {
     fn record(&self, rec: InterceptionRecord) {
+        if let Some(model) = &rec.model {
+            if let Some(cost) = self.pricing.cost(model, &rec.usage) {
+                let who = Requester {
+                    user: &rec.user,
+                    key_id: rec.key_id.as_deref(),
+                    template: rec.context.template.as_deref(),
+                };
+                self.governance.add_spend(&who, cost);
+            }
+        }
         self.recorder.record(rec);
     }
     fn start(&self, rec: InterceptionRecord) {
@@ -131,6 +145,8 @@ pub async fn serve(
             "no --config given: using the built-in defaults"
         );
     }
+    let governance = Governance::load(store.clone()).await?;
+    governance.spawn_refresh();
     let gateway = Gateway::with_trust(
         config.providers.anthropic.clone(),
         config.providers.openai.clone(),
@@ -138,12 +154,12 @@ pub async fn serve(
         Arc::new(RecorderSink {
             recorder: recorder.clone(),
             telemetry: telemetry.clone(),
+            governance: governance.clone(),
+            pricing: config.pricing.clone(),
         }),
         config.limits,
         &config.upstream_trust,
     );
-    let governance = Governance::load(store.clone()).await?;
-    governance.spawn_refresh();
     gateway.govern(governance);
     let admin = Admin {
         store: store.clone(),

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 
 use super::{OutputFormat, StoreArgs};
-use bridge::governance::{self, Decision, Limits, Requester, Scope};
+use bridge::governance::{self, Decision, Limits, Period, Requester, Scope};
 use bridge::usage::{render_table, terminal_safe};
 
 #[derive(Debug, Subcommand)]
@@ -109,8 +109,16 @@ allow list, is refused with a 403 in the provider's format.")]
         /// Remove an alias (repeatable).
         #[arg(long)]
         remove_alias: Vec<String>,
-        /// Remove a setting: allow-models, deny-models, aliases or all.
-        #[arg(long, value_parser = ["allow-models", "deny-models", "aliases", "all"])]
+        /// PERIOD=USD (day, week or month): what each user may spend (on --key: that key),
+        /// e.g. month=200; repeatable. A group's budget is each member's; a user's overrides it.
+        #[arg(long, value_parser = parse_budget)]
+        budget: Vec<(Period, f64)>,
+        /// PERIOD=USD: what the scope may spend in total (a group's members together, a
+        /// template's requests, the whole bridge); repeatable.
+        #[arg(long, value_parser = parse_budget)]
+        shared_budget: Vec<(Period, f64)>,
+        /// Remove a setting: allow-models, deny-models, aliases, budgets, shared-budgets or all.
+        #[arg(long, value_parser = ["allow-models", "deny-models", "aliases", "budgets", "shared-budgets", "all"])]
         clear: Vec<String>,
         #[command(flatten)]
         store: StoreArgs,
@@ -140,6 +148,21 @@ allow list, is refused with a 403 in the provider's format.")]
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+fn parse_budget(s: &str) -> Result<(Period, f64), String> {
+    let bad = || "expected PERIOD=USD with PERIOD day, week or month, e.g. month=200".to_string();
+    let (p, usd) = s.split_once('=').ok_or_else(bad)?;
+    let period = Period::parse(p.trim()).ok_or_else(bad)?;
+    let usd: f64 = usd
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| bad())?;
+    if !usd.is_finite() || usd < 0.0 {
+        return Err("a budget is a non-negative amount of USD".into());
+    }
+    Ok((period, usd))
 }
 
 fn parse_alias(s: &str) -> Result<(String, String), String> {
@@ -263,6 +286,8 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
             deny_models,
             alias,
             remove_alias,
+            budget,
+            shared_budget,
             clear,
             store,
         } => {
@@ -271,10 +296,17 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
                 && deny_models.is_none()
                 && alias.is_empty()
                 && remove_alias.is_empty()
+                && budget.is_empty()
+                && shared_budget.is_empty()
                 && clear.is_empty()
             {
                 anyhow::bail!(
-                    "nothing to change: give --allow-models, --deny-models, --alias, --remove-alias or --clear"
+                    "nothing to change: give --allow-models, --deny-models, --alias, --remove-alias, --budget, --shared-budget or --clear"
+                );
+            }
+            if !shared_budget.is_empty() && matches!(scope, Scope::User(_) | Scope::Key(_)) {
+                anyhow::bail!(
+                    "a shared budget is for a group, a template or --global; a user's or a key's own budget is --budget"
                 );
             }
             let store = store.open().await?;
@@ -284,6 +316,8 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
                     "allow-models" => l.allow_models = None,
                     "deny-models" => l.deny_models = None,
                     "aliases" => l.aliases.clear(),
+                    "budgets" => l.budgets.clear(),
+                    "shared-budgets" => l.shared_budgets.clear(),
                     _ => l = Limits::default(),
                 }
             }
@@ -301,6 +335,8 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
             for (name, model) in alias {
                 l.aliases.insert(name, model);
             }
+            l.budgets.extend(budget);
+            l.shared_budgets.extend(shared_budget);
             governance::set_limits(&store, &scope, &l, &author()).await?;
             println!(
                 "{scope}: {} (running gateways apply it within {} s)",
@@ -415,6 +451,12 @@ fn describe(l: &Limits) -> String {
     }
     for (a, m) in &l.aliases {
         parts.push(format!("alias {a}={m}"));
+    }
+    for (p, usd) in &l.budgets {
+        parts.push(format!("budget {}=${usd}", p.as_str()));
+    }
+    for (p, usd) in &l.shared_budgets {
+        parts.push(format!("shared budget {}=${usd}", p.as_str()));
     }
     if parts.is_empty() {
         "no limits".into()

@@ -98,6 +98,7 @@ impl ProviderAdapter for Anthropic {
             GatewayError::NotConfigured | GatewayError::UpstreamUnavailable => "api_error",
             GatewayError::NotFound => "not_found_error",
             GatewayError::PermissionDenied => "permission_error",
+            GatewayError::BudgetExceeded => "billing_error",
         };
         Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
     }

@@ -69,3 +69,45 @@ def test_a_template_alias_sends_the_pinned_model_and_an_allow_list_refuses_the_r
 
     explained = bridge.cli("limits", "explain", "--user", "alice", "--template", template, "--model", "fast")
     assert "fast: allowed as gpt-4o-mini" in explained, explained
+
+
+def test_a_used_up_budget_refuses_the_next_request_in_each_providers_format_and_a_stream_finishes(bridge):
+    user = f"bud-{uuid.uuid4().hex[:8]}"
+    token = bridge.create_key(user)
+    # One fake-upstream answer costs about $0.0002 on claude-sonnet-4-6.
+    bridge.cli("limits", "set", "--user", user, "--budget", "day=0.0003")
+    a = anthropic.Anthropic(base_url=f"{bridge.url}/anthropic", api_key=token, max_retries=0)
+    o = openai.OpenAI(base_url=f"{bridge.url}/openai/v1", api_key=token, max_retries=0)
+    finished = 0
+    deadline = time.time() + 15
+    while True:
+        try:
+            with a.messages.stream(model="claude-sonnet-4-6", max_tokens=50,
+                                   messages=[{"role": "user", "content": "stream a few words"}]) as s:
+                final = s.get_final_message()
+            # A stream that crosses the budget mid-way still finishes whole.
+            assert final.stop_reason == "end_turn" and final.content
+            finished += 1
+        except anthropic.APIStatusError as e:
+            refused = e
+            break
+        assert time.time() < deadline, f"{finished} requests and still not refused"
+    assert finished >= 2, "the budget was used up by at least two requests"
+    assert refused.status_code == 402
+    assert refused.body["error"]["type"] == "billing_error"
+    assert f"day budget of user {user}" in refused.message and "is used up" in refused.message
+    # The OpenAI side of the same user: 429 insufficient_quota, as OpenAI says it.
+    with pytest.raises(openai.RateLimitError) as e:
+        o.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "insufficient_quota"
+    # Raising the budget lets the user through again within the refresh interval.
+    bridge.cli("limits", "set", "--user", user, "--budget", "day=100")
+    def through_again():
+        try:
+            a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        except anthropic.APIStatusError as err:
+            raise AssertionError(str(err))
+
+    eventually(through_again)
+    explained = bridge.cli("limits", "explain", "--user", user)
+    assert "budget/day" in explained and "of $100 spent by user " + user in explained, explained
