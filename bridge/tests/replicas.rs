@@ -444,3 +444,93 @@ async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_heal
         assert!(!text.contains("scrape-me"), "{f} shows the metrics token");
     }
 }
+
+/// One Anthropic call through `url` for `model`; its status.
+async fn one_call(c: &HttpClient, url: &str, token: &str, model: &str) -> u16 {
+    let (s, _, _) = send(
+        c,
+        request(
+            Method::POST,
+            &format!("{url}/anthropic/v1/messages"),
+            &[
+                ("x-api-key", token),
+                ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json"),
+            ],
+            json!({"model": model, "max_tokens": 20,
+                "messages": [{"role": "user", "content": "hello"}]})
+            .to_string(),
+        ),
+    )
+    .await;
+    s.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_budget_spent_through_either() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("replicas-budget");
+    let cwd = dir.path();
+    let store = pg.url();
+    let (_fake, up) = fake_upstream(cwd);
+    let token = cli(cwd, &["keys", "create", "--user", "bea", "--store", &store]);
+    let token = token.trim().lines().last().unwrap().trim().to_string();
+    // One call costs about $0.0002 (claude-sonnet-4-6 at $3/$15 per million tokens).
+    cli(
+        cwd,
+        &[
+            "limits",
+            "set",
+            "--user",
+            "bea",
+            "--budget",
+            "day=0.001",
+            "--store",
+            &store,
+        ],
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_bridge(cwd, "a", port_a, &store, up, "");
+    let mut b = spawn_bridge(cwd, "b", port_b, &store, up, "");
+    wait_listening(port_a, &mut a, &cwd.join("a.log"));
+    wait_listening(port_b, &mut b, &cwd.join("b.log"));
+    let c = client();
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    // Spend it all through replica A only.
+    let mut spent_through_a = 0;
+    while one_call(&c, &url_a, &token, "claude-sonnet-4-6").await == 200 {
+        spent_through_a += 1;
+        assert!(spent_through_a < 50, "replica A never refused");
+    }
+    assert!(spent_through_a >= 4, "$0.001 buys about five calls");
+    assert_eq!(one_call(&c, &url_a, &token, "claude-sonnet-4-6").await, 402);
+    // Replica B sees A's spend from the store within its refresh interval (5 s) plus the
+    // recorder's batch delay, and refuses too. It is probed with a model that has no price,
+    // so the probes themselves spend nothing: only A's spend can make B refuse.
+    let probe = "claude-probe-unpriced";
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            one_call(&c, &url_b, &token, probe).await == 402
+        })
+        .await,
+        "replica B kept serving a user whose budget was used up through replica A"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(one_call(&c, &url_b, &token, "claude-sonnet-4-6").await, 402);
+    let explained = cli(
+        cwd,
+        &["limits", "explain", "--user", "bea", "--store", &store],
+    );
+    assert!(
+        explained.contains("of $0.001 spent by user bea"),
+        "{explained}"
+    );
+}
