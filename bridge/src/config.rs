@@ -18,6 +18,10 @@
 //!   upstream_response_timeout_secs: 600
 //! upstream_tls:                   # optional: HTTPS upstreams behind a private CA
 //!   ca_file: /etc/bridge/upstream-ca.pem   # PEM; trusted in addition to the webpki roots
+//! prompt_recording: full          # full | redacted | none (see `redact`)
+//! retention:                      # optional; without it records are kept forever
+//!   interceptions: 400d           # see `retention`
+//!   prompts: 30d
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -34,6 +38,8 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::pricing::PricingTable;
 use crate::proxy::{Limits, Upstream, UpstreamTrust};
+use crate::redact::PromptRecording;
+use crate::retention::{parse_age, Retention};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_STORE: &str = "bridge.db";
@@ -63,6 +69,10 @@ pub struct BridgeConfig {
     pub upstream_trust: UpstreamTrust,
     /// Where the configuration came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
+    /// What records keep of prompts (`prompt_recording:`).
+    pub prompt_recording: PromptRecording,
+    /// How long records and prompts are kept (`retention:`).
+    pub retention: Retention,
 }
 
 /// Default of [`BridgeConfig::header_read_timeout`].
@@ -88,6 +98,18 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     upstream_tls: RawUpstreamTls,
+    prompt_recording: Option<PromptRecording>,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+/// `retention:`; ages like `90d`, parsed by [`crate::retention::parse_age`].
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    interceptions: Option<String>,
+    prompts: Option<String>,
+    purge_interval: Option<String>,
 }
 
 /// `upstream_tls:`; how HTTPS upstreams are verified.
@@ -176,6 +198,8 @@ impl BridgeConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             upstream_trust: UpstreamTrust::default(),
             source: None,
+            prompt_recording: PromptRecording::default(),
+            retention: Retention::default(),
         })
     }
 
@@ -293,6 +317,35 @@ impl BridgeConfig {
                 .map_err(|m| err(&["upstream_tls", "ca_file"], m))?,
             None => UpstreamTrust::default(),
         };
+        let age = |field: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(parse_age)
+                .transpose()
+                .map_err(|m| err(&["retention", field], m))
+        };
+        let r = &raw.retention;
+        let retention = Retention {
+            interceptions: age("interceptions", &r.interceptions)?,
+            prompts: age("prompts", &r.prompts)?,
+            purge_interval: match age("purge_interval", &r.purge_interval)? {
+                Some(d) => d
+                    .to_std()
+                    .map_err(|e| err(&["retention", "purge_interval"], e.to_string()))?,
+                None => crate::retention::DEFAULT_PURGE_INTERVAL,
+            },
+        };
+        if let (Some(records), Some(prompts)) = (retention.interceptions, retention.prompts) {
+            if prompts > records {
+                return Err(err(
+                    &["retention", "prompts"],
+                    format!(
+                        "{} is longer than retention.interceptions ({}): prompts are deleted with their records; make it shorter or remove it",
+                        r.prompts.as_deref().unwrap_or_default(),
+                        r.interceptions.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -360,6 +413,8 @@ impl BridgeConfig {
             providers,
             pricing: raw.pricing.unwrap_or_default(),
             source: Some(path.to_path_buf()),
+            prompt_recording: raw.prompt_recording.unwrap_or_default(),
+            retention,
         })
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod error;
 pub mod record;
+pub mod redact;
+pub mod retention;
 
 // Request path.
 pub mod auth;
@@ -18,6 +20,7 @@ pub mod server;
 pub mod journal;
 pub mod keys;
 pub mod pricing;
+pub mod private_files;
 pub mod recorder;
 pub mod spool;
 pub mod store;

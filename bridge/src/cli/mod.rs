@@ -5,6 +5,7 @@
 
 mod interceptions;
 mod keys;
+mod purge;
 mod serve;
 mod usage;
 
@@ -44,6 +45,9 @@ enum Command {
     /// List and inspect recorded requests (prompt, tools, tool calls, tokens, cost).
     #[command(subcommand)]
     Interceptions(interceptions::InterceptionsCommand),
+    /// Delete records (or only their prompts) older than a date or age; `serve` does it by
+    /// itself with `retention:` in bridge.yaml.
+    Purge(purge::PurgeArgs),
 }
 
 /// Where the store is; shared by all commands that read or write records.
@@ -122,5 +126,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(cmd).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Interceptions(cmd) => interceptions::run(cmd).await,
+        Command::Purge(args) => purge::run(args).await,
     }
 }
