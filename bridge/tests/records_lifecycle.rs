@@ -681,3 +681,37 @@ fn no_prompt_recording_keeps_metadata_and_tool_names_only() {
         assert!(!on_disk.contains(s), "{s} found in the store or the log");
     }
 }
+
+/// With the store unavailable, a request still ends (its record fsynced to the spool instead)
+/// and a report run right after it says that records wait in the spool, uncounted.
+#[test]
+fn a_report_says_when_records_wait_in_the_spool() {
+    let dir = TempDir::new("spool-note");
+    let cwd = dir.path();
+    let token = ok(bridge(cwd, &["keys", "create", "--user", "alice"]))
+        .trim()
+        .to_string();
+    let run = start(cwd, "");
+    // Another connection holds SQLite's write lock, as a stuck writer or a backup would.
+    let lock = rusqlite::Connection::open(cwd.join("bridge.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let started = Instant::now();
+    let plain = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+    assert!(curl_anthropic(&run.url, &token, plain).contains("\"usage\""));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the response ends within RECORD_WAIT: {:?}",
+        started.elapsed()
+    );
+    let out = bridge(
+        cwd,
+        &["usage", "--format", "json", "--config", "bridge.yaml"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("note: 1 record waits in the spool bridge-spool"),
+        "{err}"
+    );
+    drop(lock);
+    drop(run);
+}

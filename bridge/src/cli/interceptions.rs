@@ -58,12 +58,12 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             since,
             limit,
             format,
-            store,
+            store: store_args,
         } => {
             let since = since
                 .map(|s| bridge::usage::parse_since(&s, chrono::Utc::now()))
                 .transpose()?;
-            let store = store.open().await?;
+            let store = store_args.open().await?;
             let records = store
                 .list_interceptions(&InterceptionFilter {
                     user,
@@ -71,6 +71,7 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     limit: Some(limit),
                 })
                 .await?;
+            store_args.note_spooled();
             if format == OutputFormat::Csv {
                 print!("{}", records_csv(&records));
             } else if format == OutputFormat::Table {
