@@ -230,32 +230,6 @@ fn unique_prefix_len(id: &str, other: &str) -> usize {
     (common + 1).min(id.len())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::unique_prefix_len;
-
-    #[test]
-    fn a_prefix_goes_one_past_the_common_part() {
-        let a = "0193a5b2-1c3d-7abc-8def-000000000001";
-        assert_eq!(
-            unique_prefix_len(a, "0193a5b3-1c3d-7abc-8def-000000000001"),
-            8
-        );
-        assert_eq!(
-            unique_prefix_len(a, "0193a5b2-9c3d-7abc-8def-000000000001"),
-            10
-        );
-        assert_eq!(
-            unique_prefix_len(a, "0193a5b2-1c3e-7abc-8def-000000000001"),
-            13
-        );
-        assert_eq!(
-            unique_prefix_len(a, "0193a5b2-1c3d-7abc-8def-000000000002"),
-            36
-        );
-    }
-}
-
 /// Records as CSV, one line per request; tool calls as `name(arguments)` joined by `; `.
 fn records_csv(records: &[InterceptionRecord]) -> String {
     let mut out = String::from(
@@ -301,4 +275,30 @@ fn records_csv(records: &[InterceptionRecord]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unique_prefix_len;
+
+    #[test]
+    fn a_prefix_goes_one_past_the_common_part() {
+        let a = "0193a5b2-1c3d-7abc-8def-000000000001";
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b3-1c3d-7abc-8def-000000000001"),
+            8
+        );
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b2-9c3d-7abc-8def-000000000001"),
+            10
+        );
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b2-1c3e-7abc-8def-000000000001"),
+            13
+        );
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b2-1c3d-7abc-8def-000000000002"),
+            36
+        );
+    }
 }
