@@ -6,8 +6,6 @@
 
 pub mod error;
 pub mod record;
-pub mod redact;
-pub mod retention;
 
 // Request path.
 pub mod auth;
@@ -22,6 +20,8 @@ pub mod keys;
 pub mod pricing;
 pub mod private_files;
 pub mod recorder;
+pub mod redact;
+pub mod retention;
 pub mod spool;
 pub mod store;
 pub mod telemetry;
