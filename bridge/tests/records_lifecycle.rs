@@ -98,13 +98,13 @@ fn mode(p: &Path) -> u32 {
 /// The fake upstream and `llm-bridge serve --config bridge.yaml` in `cwd`, as the README
 /// starts them; `extra` is appended to bridge.yaml.
 struct Running {
-    _fake: Proc,
+    _fake: Option<Proc>,
     serve: Proc,
     url: String,
     log: std::path::PathBuf,
 }
 
-fn start(cwd: &Path, extra: &str) -> Running {
+fn start_fake(cwd: &Path) -> (Proc, u16) {
     let up_port = free_port();
     let fake_log = cwd.join("fake.log");
     let mut fake = Proc(
@@ -115,22 +115,35 @@ fn start(cwd: &Path, extra: &str) -> Running {
             .unwrap(),
     );
     wait_listening(up_port, &mut fake.0, &fake_log);
+    (fake, up_port)
+}
+
+fn start(cwd: &Path, extra: &str) -> Running {
+    let (fake, up_port) = start_fake(cwd);
+    let mut run = start_bridge(cwd, "bridge", up_port, extra);
+    run._fake = Some(fake);
+    run
+}
+
+/// `llm-bridge serve --config NAME.yaml` in `cwd`, in front of the fake upstream on `up_port`.
+fn start_bridge(cwd: &Path, name: &str, up_port: u16, extra: &str) -> Running {
     let port = free_port();
+    let config = format!("{name}.yaml");
     std::fs::write(
-        cwd.join("bridge.yaml"),
+        cwd.join(&config),
         format!(
             "listen: 127.0.0.1:{port}\nproviders:\n  anthropic: {{ base_url: \"http://127.0.0.1:{up_port}\", api_key: {ANTHROPIC_KEY} }}\n  openai:    {{ base_url: \"http://127.0.0.1:{up_port}\", api_key: {OPENAI_KEY} }}\n{extra}"
         ),
     )
     .unwrap();
-    let log = cwd.join("serve.log");
+    let log = cwd.join(format!("{name}.log"));
     let mut serve = Proc(
         Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
             .current_dir(cwd)
             .env_remove("BRIDGE_STORE")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("RUST_LOG", "info")
-            .args(["serve", "--config", "bridge.yaml"])
+            .args(["serve", "--config", &config])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -138,7 +151,7 @@ fn start(cwd: &Path, extra: &str) -> Running {
     );
     wait_listening(port, &mut serve.0, &log);
     Running {
-        _fake: fake,
+        _fake: None,
         serve,
         url: format!("http://127.0.0.1:{port}"),
         log,
@@ -311,6 +324,66 @@ async fn the_store_holds_the_record_the_moment_the_response_ends() {
         );
     }
     drop(run);
+}
+
+/// Two replicas on one PostgreSQL database: whichever answered, the record is in the shared
+/// store when the response ends, so a report run anywhere right after counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_on_postgres_each_request_is_stored_before_its_response_ends() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("replicas-durable");
+    let cwd = dir.path().to_path_buf();
+    let url = pg.url();
+    let token = ok(bridge(
+        &cwd,
+        &["keys", "create", "--user", "alice", "--store", &url],
+    ))
+    .trim()
+    .to_string();
+    let (_fake, up_port) = start_fake(&cwd);
+    let replicas: Vec<Running> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            start_bridge(
+                &cwd,
+                name,
+                up_port,
+                &format!("store: {url}\nspool_dir: spool-{name}\n"),
+            )
+        })
+        .collect();
+    let reader = Store::open(&url).await.unwrap();
+    let c = http_support::client();
+    for i in 1..=30u64 {
+        let r = &replicas[(i % 2) as usize];
+        let (status, _, _) = http_support::send(
+            &c,
+            http_support::request(
+                http::Method::POST,
+                &format!("{}/anthropic/v1/messages", r.url),
+                &[("x-api-key", token.as_str()), ("anthropic-version", "2023-06-01")],
+                serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": i % 3 == 0,
+                    "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            reader.count_interceptions().await.unwrap(),
+            i,
+            "request {i} (replica {}) not in PostgreSQL when its response ended",
+            i % 2
+        );
+    }
+    // And the CLI, as an admin runs it on yet another host.
+    let report: Value = serde_json::from_str(&ok(bridge(
+        &cwd,
+        &["usage", "--format", "json", "--store", &url],
+    )))
+    .unwrap();
+    assert_eq!(report["total"]["requests"], 30);
+    drop(replicas);
 }
 
 #[tokio::test]
