@@ -135,6 +135,7 @@ struct RawLimits {
     drain_timeout_secs: Option<u64>,
     drain_max_bytes: Option<usize>,
     max_recorded_prompt_bytes: Option<usize>,
+    record_wait_ms: Option<u64>,
     max_sse_line_bytes: Option<usize>,
     max_observed_body_bytes: Option<usize>,
 }
@@ -389,6 +390,11 @@ impl BridgeConfig {
             max_recorded_prompt_bytes: l
                 .max_recorded_prompt_bytes
                 .unwrap_or(d.max_recorded_prompt_bytes),
+            // 0 is allowed: no wait.
+            record_wait: l
+                .record_wait_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.record_wait),
             observe: crate::providers::ObserveLimits {
                 max_sse_line: positive_n("max_sse_line_bytes", l.max_sse_line_bytes)?
                     .unwrap_or(d.observe.max_sse_line),
@@ -590,6 +596,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ca_dir"), "{e}");
+    }
+
+    #[test]
+    fn data_settings_come_from_the_config_and_bad_ones_name_their_line() {
+        let c = parse(
+            "prompt_recording: redacted\nretention:\n  interceptions: 400d\n  prompts: 30d\nlimits:\n  record_wait_ms: 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.prompt_recording, PromptRecording::Redacted);
+        assert_eq!(c.retention.interceptions, Some(chrono::Duration::days(400)));
+        assert_eq!(c.retention.prompts, Some(chrono::Duration::days(30)));
+        assert_eq!(
+            c.retention.purge_interval,
+            crate::retention::DEFAULT_PURGE_INTERVAL
+        );
+        assert_eq!(c.limits.record_wait, Duration::ZERO);
+        let d = parse("").unwrap();
+        assert_eq!(d.prompt_recording, PromptRecording::Full);
+        assert!(!d.retention.is_set());
+        assert_eq!(d.limits.record_wait, crate::proxy::RECORD_WAIT);
+        let e = parse("retention:\n  interceptions: 30d\n  prompts: 90d\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:3:3: field `retention.prompts`: 90d is longer"),
+            "{e}"
+        );
+        let e = parse("retention:\n  keep: 30d\n").unwrap_err().to_string();
+        assert!(e.contains("bridge.yaml:2:") && e.contains("keep"), "{e}");
+        let e = parse("prompt_recording: partial\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bridge.yaml:1:") && e.contains("redacted"),
+            "{e}"
+        );
     }
 
     #[test]

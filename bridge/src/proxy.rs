@@ -21,7 +21,7 @@
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
 //! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
 //! and the very end of the response: its last bytes (known length) or its end (chunked) are
-//! held until the final record is durable ([`Hold`], at most [`RECORD_WAIT`]), so a command
+//! held until the final record is durable ([`Hold`], at most `limits.record_wait_ms`), so a command
 //! run right after a request sees it, on whichever replica served it. Group commit in the
 //! recorder makes that one short transaction shared by all requests ending at once.
 
@@ -57,8 +57,8 @@ use crate::providers::{
 };
 use crate::record::{InterceptionRecord, Outcome, Provider, Usage, WorkspaceContext};
 
-/// Longest a response's end waits for its record to be durable. Long enough for SQLite's
-/// busy timeout and the spool's fsync when the store is down; a response is never failed.
+/// Default of [`Limits::record_wait`]: long enough for SQLite's busy timeout and the spool's
+/// fsync when the store is down; a response is never failed.
 pub const RECORD_WAIT: Duration = Duration::from_secs(5);
 
 /// Error type of the bodies the gateway sends.
@@ -70,7 +70,7 @@ pub trait RecordSink: Send + Sync + 'static {
     fn record(&self, rec: InterceptionRecord);
     /// A finished exchange whose response the gateway ends only once `durable` is told the
     /// record is safe (stored, or spooled while the store is down), or after
-    /// [`RECORD_WAIT`]. The default records and tells at once.
+    /// [`Limits::record_wait`]. The default records and tells at once.
     fn record_durable(&self, rec: InterceptionRecord, durable: oneshot::Sender<()>) {
         self.record(rec);
         let _ = durable.send(());
@@ -104,6 +104,9 @@ pub struct Limits {
     pub drain_max_bytes: usize,
     /// Longest prompt text kept in a record (the rest is cut, with a marker).
     pub max_recorded_prompt_bytes: usize,
+    /// Longest the end of a response waits for its record to be durable; zero: no wait (the
+    /// record is stored within the recorder's flush interval, after the response).
+    pub record_wait: Duration,
     /// What observers may buffer.
     pub observe: ObserveLimits,
 }
@@ -120,6 +123,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(60),
             drain_max_bytes: 16 * 1024 * 1024,
             max_recorded_prompt_bytes: 64 * 1024,
+            record_wait: RECORD_WAIT,
             observe: ObserveLimits::default(),
         }
     }
@@ -308,22 +312,24 @@ impl Body for ProxyBody {
     }
 }
 
-/// The end of a response, held until its record is durable (or [`RECORD_WAIT`] passed), so
+/// The end of a response, held until its record is durable (or the wait is over), so
 /// that whoever reads the store after the response (`llm-bridge usage` right after a request,
 /// on any replica) finds the record. Only the end is held: with a known length, the last
 /// bytes; otherwise the end of the chunked body. Streamed bytes before it pass at once.
 pub struct Hold {
     last: Option<Frame<Bytes>>,
     durable: oneshot::Receiver<()>,
+    wait: Duration,
     /// Created at the first poll (a timer needs the runtime).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Hold {
-    fn new(last: Option<Frame<Bytes>>, durable: oneshot::Receiver<()>) -> Hold {
+    fn new(last: Option<Frame<Bytes>>, durable: oneshot::Receiver<()>, wait: Duration) -> Hold {
         Hold {
             last,
             durable,
+            wait,
             deadline: None,
         }
     }
@@ -335,10 +341,10 @@ impl Hold {
         }
         let deadline = self
             .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RECORD_WAIT)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.wait)));
         if deadline.as_mut().poll(cx).is_ready() {
             tracing::warn!(
-                wait_s = RECORD_WAIT.as_secs(),
+                wait_ms = self.wait.as_millis() as u64,
                 "record not durable in time; ending the response anyway (it is still queued)"
             );
             return Poll::Ready(());
@@ -356,12 +362,17 @@ impl Hold {
     }
 }
 
-/// Records `rec` and makes `response` end only once the record is durable.
+/// Records `rec` and makes `response` end only once the record is durable (at most `wait`).
 fn recorded(
     sink: &Arc<dyn RecordSink>,
+    wait: Duration,
     rec: InterceptionRecord,
     mut response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
+    if wait.is_zero() {
+        sink.record(rec);
+        return response;
+    }
     let (tx, rx) = oneshot::channel();
     sink.record_durable(rec, tx);
     let body = match std::mem::replace(response.body_mut(), ProxyBody::Full(None)) {
@@ -371,7 +382,7 @@ fn recorded(
             return response;
         }
     };
-    *response.body_mut() = ProxyBody::Held(Some(Hold::new(body.map(Frame::data), rx)));
+    *response.body_mut() = ProxyBody::Held(Some(Hold::new(body.map(Frame::data), rx, wait)));
     response
 }
 
@@ -552,11 +563,20 @@ impl TeeBody {
     /// until the record is durable.
     fn end_held(&mut self, last: Option<Frame<Bytes>>) {
         self.done = true;
-        let (tx, rx) = oneshot::channel();
-        if let Some(w) = self.watch.take() {
-            w.finish_then(BodyEnd::Complete, Instant::now(), Some(tx));
+        let Some(w) = self.watch.take() else {
+            self.hold = Some(Hold::new(last, oneshot::channel().1, Duration::ZERO));
+            return;
+        };
+        let wait = w.limits.record_wait;
+        if wait.is_zero() {
+            w.finish(BodyEnd::Complete, Instant::now());
+            // Not waiting: the end goes out at once (the closed channel makes the hold ready).
+            self.hold = Some(Hold::new(last, oneshot::channel().1, wait));
+            return;
         }
-        self.hold = Some(Hold::new(last, rx));
+        let (tx, rx) = oneshot::channel();
+        w.finish_then(BodyEnd::Complete, Instant::now(), Some(tx));
+        self.hold = Some(Hold::new(last, rx, wait));
     }
 }
 
@@ -1279,6 +1299,7 @@ impl Gateway {
         ));
         recorded(
             &self.inner.sink,
+            self.inner.limits.record_wait,
             rec,
             error_response(
                 route.adapter,
@@ -1310,6 +1331,7 @@ impl Gateway {
         tracing::info!(user = %rec.user, status = rec.status, reason = message, "rejected request");
         recorded(
             &self.inner.sink,
+            self.inner.limits.record_wait,
             rec,
             error_response(adapter, status, kind, message),
         )
@@ -1467,6 +1489,7 @@ impl Exchange {
                 drop(in_flight);
                 return recorded(
                     &g.sink,
+                    g.limits.record_wait,
                     rec,
                     error_response(adapter, status, GatewayError::UpstreamUnavailable, &message),
                 );
