@@ -253,6 +253,83 @@ fn a_usage_report_run_right_after_a_request_always_counts_it() {
     drop(run);
 }
 
+/// The README's "without provider keys" snippet, taken from README.md and run by bash as
+/// written, with three substitutions so it can run beside other tests: free ports instead of
+/// 9900 and 8787, and the debug binaries instead of target/release. Its last line, run right
+/// after the request, must show alice's request, every time.
+#[test]
+fn the_readme_snippet_runs_as_written_and_its_usage_line_counts_the_request() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let after = readme
+        .split_once("To try it without provider keys")
+        .expect("the README has the snippet")
+        .1;
+    let script = after
+        .split_once("```sh\n")
+        .unwrap()
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    assert!(
+        script
+            .trim_end()
+            .ends_with("llm-bridge usage --by user     # alice, 1 request, its tokens and cost"),
+        "{script}"
+    );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_llm-bridge"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for round in 0..20 {
+        let dir = TempDir::new("readme-snippet");
+        let (up, port) = (free_port(), free_port());
+        let script = script
+            .replace(
+                "target/release/fake-upstream &",
+                &format!("fake-upstream --listen 127.0.0.1:{up} &"),
+            )
+            .replace("127.0.0.1:9900", &format!("127.0.0.1:{up}"))
+            .replace("127.0.0.1:8787", &format!("127.0.0.1:{port}"))
+            .replace(
+                "llm-bridge serve --config bridge.yaml &",
+                &format!(
+                    "llm-bridge serve --config bridge.yaml --listen 127.0.0.1:{port} 2>serve.log &"
+                ),
+            );
+        let out = Command::new("bash")
+            .args([
+                "-c",
+                &format!("set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"),
+            ])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env_remove("BRIDGE_STORE")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "round {round}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let alice = stdout
+            .lines()
+            .find(|l| l.starts_with("alice"))
+            .unwrap_or_else(|| panic!("round {round}: no alice row: {stdout}"));
+        assert_eq!(
+            alice.split_whitespace().nth(1),
+            Some("1"),
+            "round {round}: {stdout}"
+        );
+    }
+}
+
 /// Tighter than the README: the store is read in-process the moment the response's last byte
 /// arrived (a CLI takes milliseconds to start; this takes microseconds), for answers of known
 /// length, chunked streams, streams whose last event the bridge withholds, and the bridge's own
