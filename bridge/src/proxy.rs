@@ -21,9 +21,9 @@
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
 //! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
 //! and the very end of the response: its last bytes (known length) or its end (chunked) are
-//! held until the final record is durable ([`Hold`], at most `limits.record_wait_ms`), so a command
-//! run right after a request sees it, on whichever replica served it. Group commit in the
-//! recorder makes that one short transaction shared by all requests ending at once.
+//! held until the final record is durable ([`Hold`], at most `limits.record_wait_ms`), so a
+//! command run right after a request sees it, on whichever replica served it. Group commit in
+//! the recorder makes that one short transaction shared by all requests ending at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -620,11 +620,15 @@ impl Body for TeeBody {
                     let out = match this.filter.as_mut() {
                         None => Some(frame),
                         Some(f) => {
-                            let mut out = BytesMut::from(f.push(data));
-                            if last {
-                                out.extend_from_slice(&f.rest());
+                            let mut out = f.push(data);
+                            let rest = if last { f.rest() } else { Bytes::new() };
+                            if !rest.is_empty() {
+                                let mut both = BytesMut::with_capacity(out.len() + rest.len());
+                                both.extend_from_slice(&out);
+                                both.extend_from_slice(&rest);
+                                out = both.freeze();
                             }
-                            (!out.is_empty()).then(|| Frame::data(out.freeze()))
+                            (!out.is_empty()).then(|| Frame::data(out))
                         }
                     };
                     if last {
