@@ -6,12 +6,14 @@
 //! [`BATCH_SIZE`] or every [`FLUSH_INTERVAL`]). [`Recorder::record_durable`] is the same with
 //! someone waiting (the gateway holds the end of the response): the writer then commits at
 //! once, with whatever else is queued, and tells every waiter when the batch is durable
-//! (committed, or fsynced to the spool). What records keep of prompts
-//! ([`PromptRecording`]) is applied where records enter, before anything is written. When the store fails, batches go to the spool
-//! and the writer retries the spool with exponential backoff until the store takes them; while
-//! the spool is not empty new batches also go there, so a down store costs one failed insert
-//! per backoff period rather than one per batch. A spool left by a previous run is replayed at
-//! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
+//! (committed, or fsynced to the spool). What records keep of prompts ([`PromptRecording`]) is
+//! applied where records enter, before anything is written.
+//!
+//! When the store fails, batches go to the spool and the writer retries the spool with
+//! exponential backoff until the store takes them; while the spool is not empty new batches
+//! also go there, so a down store costs one failed insert per backoff period rather than one
+//! per batch. A spool left by a previous run is replayed at start. [`Recorder::shutdown`]
+//! flushes the batch and tries the spool one last time.
 //!
 //! Intercept-start entries ([`Recorder::record_start`]) are appended to the [`Journal`] by
 //! the request's own task, before it goes upstream. When a final record is safe (stored or
