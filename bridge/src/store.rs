@@ -826,7 +826,7 @@ impl Store {
             ""
         };
         self.execute(
-            &format!("DELETE FROM interceptions WHERE id IN (SELECT id FROM interceptions WHERE started_at < $1 ORDER BY started_at, id LIMIT $2{lock})"),
+            &format!("DELETE FROM interceptions WHERE id IN (SELECT id FROM interceptions WHERE started_at < $1 ORDER BY started_at LIMIT $2{lock})"),
             vec![Value::Int(Some(micros(before))), Value::Int(Some(i64::from(limit)))],
         )
         .await
@@ -835,18 +835,23 @@ impl Store {
     /// Drops the prompt text and tool-call arguments (tool names stay) of up to `limit`
     /// interceptions started before `before` that still hold them; returns `(rows looked at,
     /// rows that held text)`. Metadata, tokens and cost stay for usage reports. Safe with
-    /// several replicas: the update is idempotent and takes rows in id order.
+    /// several replicas: the update is idempotent.
     pub async fn drop_prompts_before(
         &self,
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<(u64, u64), Error> {
-        let rows = self
+        // Oldest first: the (prompts_dropped_at, started_at) index gives that order, so a batch
+        // costs its own rows, not a sort of every record still holding text.
+        let mut rows = self
             .query(
-                "SELECT id, prompt, tool_calls FROM interceptions WHERE prompts_dropped_at IS NULL AND started_at < $1 ORDER BY id LIMIT $2",
+                "SELECT id, prompt, tool_calls FROM interceptions WHERE prompts_dropped_at IS NULL AND started_at < $1 ORDER BY started_at LIMIT $2",
                 vec![Value::Int(Some(micros(before))), Value::Int(Some(i64::from(limit)))],
             )
             .await?;
+        // Updated in id order: two replicas dropping the same rows take their locks in the
+        // same order, so one waits for the other instead of deadlocking.
+        rows.sort_by_key(|r| r[0].text());
         if rows.is_empty() {
             return Ok((0, 0));
         }
