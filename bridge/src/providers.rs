@@ -72,6 +72,14 @@ pub struct Observation {
 pub trait ResponseObserver: Send {
     fn feed(&mut self, chunk: &[u8]);
     fn finish(self: Box<Self>) -> Observation;
+    /// Whether the stream's terminal event has been fed (`message_stop`, `data: [DONE]`,
+    /// `response.completed`, ...): nothing after it changes the record, and SDKs stop
+    /// reading there, so the gateway records the exchange at that event and holds the event
+    /// until the record is durable (see [`crate::proxy`]). `false` for JSON answers, whose end
+    /// is their last byte.
+    fn answer_complete(&self) -> bool {
+        false
+    }
 }
 
 /// The provider error families the gateway itself answers with.

@@ -20,8 +20,9 @@
 //! so the record gets the usage the provider reports at the end of its answer.
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
 //! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
-//! and the very end of the response: its last bytes (known length) or its end (chunked) are
-//! held until the final record is durable ([`Hold`], at most `limits.record_wait_ms`), so a
+//! and the very end of the response: its last bytes (known length), a stream's terminal event
+//! (where SDKs stop reading) or the end of a chunked body are held until the final record is
+//! durable ([`Hold`], at most `limits.record_wait_ms`), so a
 //! command run right after a request sees it, on whichever replica served it. Group commit in
 //! the recorder makes that one short transaction shared by all requests ending at once.
 
@@ -315,7 +316,8 @@ impl Body for ProxyBody {
 /// The end of a response, held until its record is durable (or the wait is over), so
 /// that whoever reads the store after the response (`llm-bridge usage` right after a request,
 /// on any replica) finds the record. Only the end is held: with a known length, the last
-/// bytes; otherwise the end of the chunked body. Streamed bytes before it pass at once.
+/// bytes; in a stream, the frame with the terminal event; otherwise the end of the chunked
+/// body. Streamed bytes before it pass at once.
 pub struct Hold {
     last: Option<Frame<Bytes>>,
     durable: oneshot::Receiver<()>,
@@ -559,10 +561,12 @@ impl TeeBody {
         }
     }
 
-    /// The upstream's answer is complete: record it, and hold `last` (the end of the body)
-    /// until the record is durable.
-    fn end_held(&mut self, last: Option<Frame<Bytes>>) {
-        self.done = true;
+    /// The answer is complete (the upstream's body ended, or the stream's terminal event came):
+    /// record it, and hold `last` (the end of the body, or the frame with the terminal event)
+    /// until the record is durable. After a terminal event, whatever the upstream still sends
+    /// (the end of the chunked body) passes through unobserved.
+    fn end_held(&mut self, last: Option<Frame<Bytes>>, upstream_ended: bool) {
+        self.done = upstream_ended;
         let Some(w) = self.watch.take() else {
             self.hold = Some(Hold::new(last, oneshot::channel().1, Duration::ZERO));
             return;
@@ -594,7 +598,11 @@ impl Body for TeeBody {
                 if hold.poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                return Poll::Ready(this.hold.take().and_then(|h| h.last).map(Ok));
+                let last = this.hold.take().and_then(|h| h.last);
+                if last.is_some() || this.done {
+                    return Poll::Ready(last.map(Ok));
+                }
+                continue;
             }
             if this.done {
                 return Poll::Ready(None);
@@ -608,20 +616,28 @@ impl Body for TeeBody {
                     let Some(data) = frame.data_ref() else {
                         return Poll::Ready(Some(Ok(frame)));
                     };
+                    let mut complete = false;
                     if let Some(w) = this.watch.as_mut() {
                         if w.rec.ttfb_ms.is_none() {
                             w.rec.ttfb_ms = Some(ms(w.started.elapsed()));
                         }
                         w.observer.feed(data);
+                        complete = w.observer.answer_complete();
                     }
-                    // A body of known length ends with its last byte: that frame is the end
-                    // to hold until the record is durable.
-                    let last = this.inner.as_ref().is_some_and(|b| b.is_end_stream());
+                    // The end to hold until the record is durable: the last byte of a body of
+                    // known length, or a stream's terminal event (clients stop reading there,
+                    // before the chunked body's end).
+                    let upstream_ended = this.inner.as_ref().is_some_and(|b| b.is_end_stream());
+                    let last = upstream_ended || complete;
                     let out = match this.filter.as_mut() {
                         None => Some(frame),
                         Some(f) => {
                             let mut out = f.push(data);
-                            let rest = if last { f.rest() } else { Bytes::new() };
+                            let rest = if upstream_ended {
+                                f.rest()
+                            } else {
+                                Bytes::new()
+                            };
                             if !rest.is_empty() {
                                 let mut both = BytesMut::with_capacity(out.len() + rest.len());
                                 both.extend_from_slice(&out);
@@ -632,7 +648,7 @@ impl Body for TeeBody {
                         }
                     };
                     if last {
-                        this.end_held(out);
+                        this.end_held(out, upstream_ended);
                         continue;
                     }
                     if let Some(out) = out {
@@ -646,7 +662,7 @@ impl Body for TeeBody {
                 }
                 Poll::Ready(None) => {
                     let rest = this.filter.as_mut().map(|f| f.rest()).unwrap_or_default();
-                    this.end_held((!rest.is_empty()).then(|| Frame::data(rest)));
+                    this.end_held((!rest.is_empty()).then(|| Frame::data(rest)), true);
                 }
                 Poll::Pending => {
                     // Silence: is it over the idle timeout?

@@ -61,19 +61,45 @@ def everything_on_disk(b) -> str:
 
 
 def test_a_report_right_after_an_sdk_call_counts_it(tmp_path):
+    """Each SDK call, streaming or not, is in the store when it returns. Streaming SDKs stop
+    reading at the terminal event (`message_stop`, `[DONE]`, `response.completed`), before the
+    HTTP body ends: the bridge holds that event until the record is stored."""
     b = Bridge(tmp_path).start()
     try:
         a = anthropic.Anthropic(base_url=f"{b.url}/anthropic", api_key=b.token, max_retries=0)
-        for i in range(1, 11):
-            if i % 2:
-                a.messages.create(model="claude-sonnet-4-6", max_tokens=16,
-                                  messages=[{"role": "user", "content": "hi"}])
-            else:
-                with a.messages.stream(model="claude-sonnet-4-6", max_tokens=16,
-                                       messages=[{"role": "user", "content": "hi"}]) as s:
-                    s.get_final_message()
-            report = json.loads(b.cli("usage", "--by", "user", "--format", "json"))
-            assert report["total"]["requests"] == i, report
+        o = openai.OpenAI(base_url=f"{b.url}/openai/v1", api_key=b.token, max_retries=0)
+        hi = [{"role": "user", "content": "hi"}]
+
+        def anthropic_stream():
+            with a.messages.stream(model="claude-sonnet-4-6", max_tokens=16, messages=hi) as s:
+                s.get_final_message()
+
+        def chat_stream():
+            for _ in o.chat.completions.create(model="gpt-4.1", stream=True, messages=hi):
+                pass
+
+        def responses_stream():
+            for _ in o.responses.create(model="gpt-4.1", input="hi", stream=True):
+                pass
+
+        calls = [
+            lambda: a.messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=hi),
+            anthropic_stream,
+            lambda: o.chat.completions.create(model="gpt-4.1", messages=hi),
+            chat_stream,
+            lambda: o.responses.create(model="gpt-4.1", input="hi"),
+            responses_stream,
+        ]
+        n = 0
+        for _round in range(5):
+            for call in calls:
+                call()
+                n += 1
+                with sqlite3.connect(b.db) as db:
+                    stored_now = db.execute("SELECT COUNT(*) FROM interceptions").fetchone()[0]
+                assert stored_now == n, (call, stored_now, n)
+        report = json.loads(b.cli("usage", "--by", "user", "--format", "json"))
+        assert report["total"]["requests"] == n, report
     finally:
         b.stop()
 
