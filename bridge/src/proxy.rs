@@ -22,9 +22,9 @@
 //! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
 //! and the very end of the response: its last bytes (known length), a stream's terminal event
 //! (where SDKs stop reading) or the end of a chunked body are held until the final record is
-//! durable ([`Hold`], at most `limits.record_wait_ms`), so a
-//! command run right after a request sees it, on whichever replica served it. Group commit in
-//! the recorder makes that one short transaction shared by all requests ending at once.
+//! durable ([`Hold`], at most `limits.record_wait_ms`), so a command run right after a
+//! request sees it, on whichever replica served it. Group commit in the recorder makes that
+//! one short transaction shared by all requests ending at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
