@@ -67,38 +67,81 @@ impl PromptRecording {
     }
 }
 
-/// `(kind, pattern)`, most specific first: a PEM block or a JWT is replaced whole before the
-/// generic token patterns could cut it into pieces.
-const PATTERNS: &[(&str, &str)] = &[
-    (
-        "private_key",
-        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|$)",
-    ),
-    (
-        "jwt",
-        r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}",
-    ),
-    ("api_key", r"\bsk-[A-Za-z0-9_-]{16,}"),
-    ("bridge_token", r"\bbrg_[A-Za-z0-9_-]{16,}"),
-    ("aws_access_key", r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
-    (
-        "github_token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})",
-    ),
-    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-    ("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}"),
-    (
-        "password",
-        r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)["']?\s*[:=]\s*["']?[^\s"',;]{4,}"#,
-    ),
+/// A secret shape: its kind, literals one of which any match contains (a cheap test that
+/// skips the pattern for the many texts without them), and the pattern.
+struct Shape {
+    kind: &'static str,
+    /// Literals to look for; matched against the lowercased text if `any_case`.
+    hints: &'static [&'static str],
+    any_case: bool,
+    pattern: &'static str,
+}
+
+/// Most specific first: a PEM block or a JWT is replaced whole before the generic token
+/// patterns could cut it into pieces.
+const SHAPES: &[Shape] = &[
+    Shape {
+        kind: "private_key",
+        hints: &["-----BEGIN"],
+        any_case: false,
+        pattern: r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|$)",
+    },
+    Shape {
+        kind: "jwt",
+        hints: &["eyJ"],
+        any_case: false,
+        pattern: r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}",
+    },
+    Shape {
+        kind: "api_key",
+        hints: &["sk-"],
+        any_case: false,
+        pattern: r"\bsk-[A-Za-z0-9_-]{16,}",
+    },
+    Shape {
+        kind: "bridge_token",
+        hints: &["brg_"],
+        any_case: false,
+        pattern: r"\bbrg_[A-Za-z0-9_-]{16,}",
+    },
+    Shape {
+        kind: "aws_access_key",
+        hints: &["AKIA", "ASIA"],
+        any_case: false,
+        pattern: r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+    },
+    Shape {
+        kind: "github_token",
+        hints: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        any_case: false,
+        pattern: r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})",
+    },
+    Shape {
+        kind: "slack_token",
+        hints: &["xox"],
+        any_case: false,
+        pattern: r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+    },
+    Shape {
+        kind: "bearer_token",
+        hints: &["bearer"],
+        any_case: true,
+        pattern: r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}",
+    },
+    Shape {
+        kind: "password",
+        hints: &["pass", "pwd", "secret", "key", "token"],
+        any_case: true,
+        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)["']?\s*[:=]\s*["']?[^\s"',;]{4,}"#,
+    },
 ];
 
-fn patterns() -> &'static [(&'static str, Regex)] {
-    static COMPILED: OnceLock<Vec<(&'static str, Regex)>> = OnceLock::new();
+fn compiled() -> &'static [Regex] {
+    static COMPILED: OnceLock<Vec<Regex>> = OnceLock::new();
     COMPILED.get_or_init(|| {
-        PATTERNS
+        SHAPES
             .iter()
-            .map(|(kind, re)| (*kind, Regex::new(re).expect("built-in pattern compiles")))
+            .map(|s| Regex::new(s.pattern).expect("built-in pattern compiles"))
             .collect()
     })
 }
@@ -111,10 +154,17 @@ pub fn redact(text: &str) -> String {
 }
 
 fn redact_in_place(text: &mut String) {
-    for (kind, re) in patterns() {
+    // Lowercased once for the case-insensitive hints (a replacement only removes text, so a
+    // hint absent before is absent after).
+    let lower = text.to_ascii_lowercase();
+    for (shape, re) in SHAPES.iter().zip(compiled()) {
+        let haystack = if shape.any_case { &lower } else { &*text };
+        if !shape.hints.iter().any(|h| haystack.contains(h)) {
+            continue;
+        }
         if re.is_match(text) {
             *text = re
-                .replace_all(text, format!("[REDACTED:{kind}]").as_str())
+                .replace_all(text, format!("[REDACTED:{}]", shape.kind).as_str())
                 .into_owned();
         }
     }
