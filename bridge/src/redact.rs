@@ -190,6 +190,13 @@ mod tests {
             (jwt, "jwt"),
             (pem, "private_key"),
             ("db password: hunter2hunter2", "password"),
+            ("{\"client_secret\": \"abc123def456\"}", "password"),
+            ("slack xoxb-1234567890-abcdefghij", "slack_token"),
+            ("brg_AbCdEfGhIjKlMnOpQrStUv", "bridge_token"),
+            (
+                "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv",
+                "github_token",
+            ),
         ];
         for (text, kind) in cases {
             let out = redact(text);
