@@ -26,6 +26,10 @@
 //! metrics:                        # optional: protect /metrics (default: open on `listen`)
 //!   listen: 127.0.0.1:9090        # serve /metrics (and /healthz, /readyz) here, not on `listen`
 //!   token_file: /etc/llm-bridge/metrics-token   # require `Authorization: Bearer TOKEN`
+//! prompt_recording: full          # full | redacted | none (see `redact`)
+//! retention:                      # optional; without it records are kept forever
+//!   interceptions: 400d           # see `retention`
+//!   prompts: 30d
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -43,6 +47,8 @@ use crate::auth::MetricsToken;
 use crate::error::Error;
 use crate::pricing::{ModelPrice, PriceList, PricingTable};
 use crate::proxy::{Limits, Upstream, UpstreamTrust};
+use crate::redact::PromptRecording;
+use crate::retention::{parse_age, Retention};
 use crate::tls::TlsFiles;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -77,6 +83,10 @@ pub struct BridgeConfig {
     pub metrics: MetricsSettings,
     /// Where the configuration came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
+    /// What records keep of prompts (`prompt_recording:`).
+    pub prompt_recording: PromptRecording,
+    /// How long records and prompts are kept (`retention:`).
+    pub retention: Retention,
 }
 
 /// Default of [`BridgeConfig::header_read_timeout`].
@@ -116,6 +126,18 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     metrics: RawMetrics,
+    prompt_recording: Option<PromptRecording>,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+/// `retention:`; ages like `90d`, parsed by [`crate::retention::parse_age`].
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    interceptions: Option<String>,
+    prompts: Option<String>,
+    purge_interval: Option<String>,
 }
 
 /// `tls:`; both files are required.
@@ -157,6 +179,7 @@ struct RawLimits {
     drain_timeout_secs: Option<u64>,
     drain_max_bytes: Option<usize>,
     max_recorded_prompt_bytes: Option<usize>,
+    record_wait_ms: Option<u64>,
     max_sse_line_bytes: Option<usize>,
     max_observed_body_bytes: Option<usize>,
 }
@@ -222,6 +245,8 @@ impl BridgeConfig {
             tls: None,
             metrics: MetricsSettings::default(),
             source: None,
+            prompt_recording: PromptRecording::default(),
+            retention: Retention::default(),
         })
     }
 
@@ -381,6 +406,35 @@ impl BridgeConfig {
                 None => None,
             },
         };
+        let age = |field: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(parse_age)
+                .transpose()
+                .map_err(|m| err(&["retention", field], m))
+        };
+        let r = &raw.retention;
+        let retention = Retention {
+            interceptions: age("interceptions", &r.interceptions)?,
+            prompts: age("prompts", &r.prompts)?,
+            purge_interval: match age("purge_interval", &r.purge_interval)? {
+                Some(d) => d
+                    .to_std()
+                    .map_err(|e| err(&["retention", "purge_interval"], e.to_string()))?,
+                None => crate::retention::DEFAULT_PURGE_INTERVAL,
+            },
+        };
+        if let (Some(records), Some(prompts)) = (retention.interceptions, retention.prompts) {
+            if prompts > records {
+                return Err(err(
+                    &["retention", "prompts"],
+                    format!(
+                        "{} is longer than retention.interceptions ({}): prompts are deleted with their records; make it shorter or remove it",
+                        r.prompts.as_deref().unwrap_or_default(),
+                        r.interceptions.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -424,6 +478,11 @@ impl BridgeConfig {
             max_recorded_prompt_bytes: l
                 .max_recorded_prompt_bytes
                 .unwrap_or(d.max_recorded_prompt_bytes),
+            // 0 is allowed: no wait.
+            record_wait: l
+                .record_wait_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.record_wait),
             observe: crate::providers::ObserveLimits {
                 max_sse_line: positive_n("max_sse_line_bytes", l.max_sse_line_bytes)?
                     .unwrap_or(d.observe.max_sse_line),
@@ -450,6 +509,8 @@ impl BridgeConfig {
             providers,
             pricing: PricingTable::new(price_list, raw.pricing.unwrap_or_default()),
             source: Some(path.to_path_buf()),
+            prompt_recording: raw.prompt_recording.unwrap_or_default(),
+            retention,
         })
     }
 }
@@ -758,6 +819,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn data_settings_come_from_the_config_and_bad_ones_name_their_line() {
+        let c = parse(
+            "prompt_recording: redacted\nretention:\n  interceptions: 400d\n  prompts: 30d\nlimits:\n  record_wait_ms: 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.prompt_recording, PromptRecording::Redacted);
+        assert_eq!(c.retention.interceptions, Some(chrono::Duration::days(400)));
+        assert_eq!(c.retention.prompts, Some(chrono::Duration::days(30)));
+        assert_eq!(
+            c.retention.purge_interval,
+            crate::retention::DEFAULT_PURGE_INTERVAL
+        );
+        assert_eq!(c.limits.record_wait, Duration::ZERO);
+        let d = parse("").unwrap();
+        assert_eq!(d.prompt_recording, PromptRecording::Full);
+        assert!(!d.retention.is_set());
+        assert_eq!(d.limits.record_wait, crate::proxy::RECORD_WAIT);
+        let e = parse("retention:\n  interceptions: 30d\n  prompts: 90d\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:3:3: field `retention.prompts`: 90d is longer"),
+            "{e}"
+        );
+        let e = parse("retention:\n  keep: 30d\n").unwrap_err().to_string();
+        assert!(e.contains("bridge.yaml:2:") && e.contains("keep"), "{e}");
+        let e = parse("prompt_recording: partial\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bridge.yaml:1:") && e.contains("redacted"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub struct Observation {
 pub trait ResponseObserver: Send {
     fn feed(&mut self, chunk: &[u8]);
     fn finish(self: Box<Self>) -> Observation;
+    /// Whether the stream's terminal event has been fed (`message_stop`, `data: [DONE]`,
+    /// `response.completed`, ...): nothing after it changes the record, and SDKs stop
+    /// reading there, so the gateway records the exchange at that event and holds the event
+    /// until the record is durable (see [`crate::proxy`]). `false` for JSON answers, whose end
+    /// is their last byte.
+    fn answer_complete(&self) -> bool {
+        false
+    }
 }
 
 /// The provider error families the gateway itself answers with.
@@ -491,6 +499,47 @@ pub(crate) fn describe_error(err: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_observers_know_the_terminal_event_once_its_blank_line_came() {
+        let cases: [(&dyn ProviderAdapter, &str, &str, &str); 3] = [
+            (
+                &anthropic::Anthropic,
+                "/v1/messages",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n",
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n",
+            ),
+            (
+                &openai_chat::OpenAiChat,
+                "/v1/chat/completions",
+                "data: {\"model\":\"m\",\"choices\":[]}\n\n",
+                "data: [DONE]\n",
+            ),
+            (
+                &openai_responses::OpenAiResponses,
+                "/v1/responses",
+                "event: response.created\ndata: {\"response\":{\"model\":\"m\"}}\n\n",
+                "event: response.completed\ndata: {\"response\":{\"model\":\"m\"}}\n",
+            ),
+        ];
+        for (adapter, endpoint, before, terminal) in cases {
+            let mut o = adapter.observer(endpoint, true, ObserveLimits::default());
+            o.feed(before.as_bytes());
+            assert!(!o.answer_complete(), "{endpoint}");
+            o.feed(terminal.as_bytes());
+            assert!(
+                !o.answer_complete(),
+                "{endpoint}: not before the blank line"
+            );
+            o.feed(b"\n");
+            assert!(o.answer_complete(), "{endpoint}");
+        }
+        let json = anthropic::Anthropic.observer("/v1/messages", false, ObserveLimits::default());
+        assert!(
+            !json.answer_complete(),
+            "a JSON answer ends with its last byte"
+        );
+    }
 
     fn collect(chunks: &[&[u8]]) -> Vec<SseEvent> {
         let mut p = SseParser::new();

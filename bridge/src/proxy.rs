@@ -19,7 +19,12 @@
 //! dropped early (client gone), a task keeps reading the upstream, bounded in time and bytes,
 //! so the record gets the usage the provider reports at the end of its answer.
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
-//! entry: one buffered write to the journal (see [`crate::journal`]) before going upstream.
+//! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
+//! and the very end of the response: its last bytes (known length), a stream's terminal event
+//! (where SDKs stop reading) or the end of a chunked body are held until the final record is
+//! durable ([`Hold`], at most `limits.record_wait_ms`), so a command run right after a
+//! request sees it, on whichever replica served it. Group commit in the recorder makes that
+//! one short transaction shared by all requests ending at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,7 +43,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
@@ -54,6 +59,10 @@ use crate::providers::{
 };
 use crate::record::{InterceptionRecord, Outcome, Provider, Usage, WorkspaceContext};
 
+/// Default of [`Limits::record_wait`]: long enough for SQLite's busy timeout and the spool's
+/// fsync when the store is down; a response is never failed.
+pub const RECORD_WAIT: Duration = Duration::from_secs(5);
+
 /// Error type of the bodies the gateway sends.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,6 +70,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait RecordSink: Send + Sync + 'static {
     /// A finished exchange.
     fn record(&self, rec: InterceptionRecord);
+    /// A finished exchange whose response the gateway ends only once `durable` is told the
+    /// record is safe (stored, or spooled while the store is down), or after
+    /// [`Limits::record_wait`]. The default records and tells at once.
+    fn record_durable(&self, rec: InterceptionRecord, durable: oneshot::Sender<()>) {
+        self.record(rec);
+        let _ = durable.send(());
+    }
     /// Makes an intercept-start entry (outcome `incomplete`) durable before returning; it
     /// must be quick (a buffered write) and must not fail the request. The gateway calls
     /// this before the request goes upstream, and [`RecordSink::record`] later replaces the
@@ -90,6 +106,9 @@ pub struct Limits {
     pub drain_max_bytes: usize,
     /// Longest prompt text kept in a record (the rest is cut, with a marker).
     pub max_recorded_prompt_bytes: usize,
+    /// Longest the end of a response waits for its record to be durable; zero: no wait (the
+    /// record is stored within the recorder's flush interval, after the response).
+    pub record_wait: Duration,
     /// What observers may buffer.
     pub observe: ObserveLimits,
 }
@@ -106,6 +125,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(60),
             drain_max_bytes: 16 * 1024 * 1024,
             max_recorded_prompt_bytes: 64 * 1024,
+            record_wait: RECORD_WAIT,
             observe: ObserveLimits::default(),
         }
     }
@@ -245,6 +265,8 @@ impl std::fmt::Debug for Upstream {
 pub enum ProxyBody {
     Full(Option<Bytes>),
     Tee(TeeBody),
+    /// A gateway-made answer (an error) sent once its record is durable.
+    Held(Option<Hold>),
 }
 
 impl ProxyBody {
@@ -264,6 +286,13 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tee(t) => Pin::new(t).poll_frame(cx),
+            ProxyBody::Held(h) => match h.as_mut() {
+                None => Poll::Ready(None),
+                Some(hold) => match hold.poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => Poll::Ready(h.take().and_then(|h| h.last).map(Ok)),
+                },
+            },
         }
     }
 
@@ -271,6 +300,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Tee(t) => t.is_end_stream(),
+            ProxyBody::Held(h) => h.is_none(),
         }
     }
 
@@ -279,8 +309,84 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Tee(t) => t.size_hint(),
+            ProxyBody::Held(h) => h.as_ref().map(Hold::size_hint).unwrap_or_default(),
         }
     }
+}
+
+/// The end of a response, held until its record is durable (or the wait is over), so
+/// that whoever reads the store after the response (`llm-bridge usage` right after a request,
+/// on any replica) finds the record. Only the end is held: with a known length, the last
+/// bytes; in a stream, the frame with the terminal event; otherwise the end of the chunked
+/// body. Streamed bytes before it pass at once.
+pub struct Hold {
+    last: Option<Frame<Bytes>>,
+    durable: oneshot::Receiver<()>,
+    wait: Duration,
+    /// Created at the first poll (a timer needs the runtime).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Hold {
+    fn new(last: Option<Frame<Bytes>>, durable: oneshot::Receiver<()>, wait: Duration) -> Hold {
+        Hold {
+            last,
+            durable,
+            wait,
+            deadline: None,
+        }
+    }
+
+    /// Ready once the record is durable, the recorder is gone, or the wait is over.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if Pin::new(&mut self.durable).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.wait)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            tracing::warn!(
+                wait_ms = self.wait.as_millis() as u64,
+                "record not durable in time; ending the response anyway (it is still queued)"
+            );
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let n = self
+            .last
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len());
+        SizeHint::with_exact(n as u64)
+    }
+}
+
+/// Records `rec` and makes `response` end only once the record is durable (at most `wait`).
+fn recorded(
+    sink: &Arc<dyn RecordSink>,
+    wait: Duration,
+    rec: InterceptionRecord,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if wait.is_zero() {
+        sink.record(rec);
+        return response;
+    }
+    let (tx, rx) = oneshot::channel();
+    sink.record_durable(rec, tx);
+    let body = match std::mem::replace(response.body_mut(), ProxyBody::Full(None)) {
+        ProxyBody::Full(b) => b,
+        other => {
+            *response.body_mut() = other;
+            return response;
+        }
+    };
+    *response.body_mut() = ProxyBody::Held(Some(Hold::new(body.map(Frame::data), rx, wait)));
+    response
 }
 
 /// How the upstream body ended.
@@ -336,7 +442,17 @@ impl Watch {
     /// Records the exchange. Runs in its own task when a runtime is there, so the client's
     /// last bytes are flushed before the (possibly large) JSON answer is parsed.
     fn finish(self: Box<Self>, end: BodyEnd, at: Instant) {
-        let work = move || finish_record(*self, end, at);
+        self.finish_then(end, at, None)
+    }
+
+    /// [`Watch::finish`], telling `durable` once the record is safe.
+    fn finish_then(
+        self: Box<Self>,
+        end: BodyEnd,
+        at: Instant,
+        durable: Option<oneshot::Sender<()>>,
+    ) {
+        let work = move || finish_record(*self, end, at, durable);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move { work() });
@@ -415,16 +531,24 @@ pub struct TeeBody {
     idle_timeout: Duration,
     last_frame: Instant,
     done: bool,
+    /// The end of the body, waiting for the record to be durable.
+    hold: Option<Hold>,
 }
 
 impl TeeBody {
     fn is_end_stream(&self) -> bool {
+        if self.hold.is_some() {
+            return false;
+        }
         self.done
             || (self.filter.as_ref().is_none_or(|f| f.pending.is_empty())
                 && self.inner.as_ref().is_none_or(|b| b.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(h) = &self.hold {
+            return h.size_hint();
+        }
         match (&self.inner, &self.filter) {
             (Some(b), None) => b.size_hint(),
             _ => SizeHint::default(),
@@ -436,6 +560,28 @@ impl TeeBody {
         if let Some(w) = self.watch.take() {
             w.finish(end, Instant::now());
         }
+    }
+
+    /// The answer is complete (the upstream's body ended, or the stream's terminal event came):
+    /// record it, and hold `last` (the end of the body, or the frame with the terminal event)
+    /// until the record is durable. After a terminal event, whatever the upstream still sends
+    /// (the end of the chunked body) passes through unobserved.
+    fn end_held(&mut self, last: Option<Frame<Bytes>>, upstream_ended: bool) {
+        self.done = upstream_ended;
+        let Some(w) = self.watch.take() else {
+            self.hold = Some(Hold::new(last, oneshot::channel().1, Duration::ZERO));
+            return;
+        };
+        let wait = w.limits.record_wait;
+        if wait.is_zero() {
+            w.finish(BodyEnd::Complete, Instant::now());
+            // Not waiting: the end goes out at once (the closed channel makes the hold ready).
+            self.hold = Some(Hold::new(last, oneshot::channel().1, wait));
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        w.finish_then(BodyEnd::Complete, Instant::now(), Some(tx));
+        self.hold = Some(Hold::new(last, rx, wait));
     }
 }
 
@@ -449,6 +595,16 @@ impl Body for TeeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
+            if let Some(hold) = this.hold.as_mut() {
+                if hold.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let last = this.hold.take().and_then(|h| h.last);
+                if last.is_some() || this.done {
+                    return Poll::Ready(last.map(Ok));
+                }
+                continue;
+            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -461,20 +617,43 @@ impl Body for TeeBody {
                     let Some(data) = frame.data_ref() else {
                         return Poll::Ready(Some(Ok(frame)));
                     };
+                    let mut complete = false;
                     if let Some(w) = this.watch.as_mut() {
                         if w.rec.ttfb_ms.is_none() {
                             w.rec.ttfb_ms = Some(ms(w.started.elapsed()));
                         }
                         w.observer.feed(data);
+                        complete = w.observer.answer_complete();
                     }
-                    match this.filter.as_mut() {
-                        None => return Poll::Ready(Some(Ok(frame))),
+                    // The end to hold until the record is durable: the last byte of a body of
+                    // known length, or a stream's terminal event (clients stop reading there,
+                    // before the chunked body's end).
+                    let upstream_ended = this.inner.as_ref().is_some_and(|b| b.is_end_stream());
+                    let last = upstream_ended || complete;
+                    let out = match this.filter.as_mut() {
+                        None => Some(frame),
                         Some(f) => {
-                            let out = f.push(data);
-                            if !out.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            let mut out = f.push(data);
+                            let rest = if upstream_ended {
+                                f.rest()
+                            } else {
+                                Bytes::new()
+                            };
+                            if !rest.is_empty() {
+                                let mut both = BytesMut::with_capacity(out.len() + rest.len());
+                                both.extend_from_slice(&out);
+                                both.extend_from_slice(&rest);
+                                out = both.freeze();
                             }
+                            (!out.is_empty()).then(|| Frame::data(out))
                         }
+                    };
+                    if last {
+                        this.end_held(out, upstream_ended);
+                        continue;
+                    }
+                    if let Some(out) = out {
+                        return Poll::Ready(Some(Ok(out)));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -484,11 +663,7 @@ impl Body for TeeBody {
                 }
                 Poll::Ready(None) => {
                     let rest = this.filter.as_mut().map(|f| f.rest()).unwrap_or_default();
-                    this.end(BodyEnd::Complete);
-                    if !rest.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
+                    this.end_held((!rest.is_empty()).then(|| Frame::data(rest)), true);
                 }
                 Poll::Pending => {
                     // Silence: is it over the idle timeout?
@@ -1206,12 +1381,16 @@ impl Gateway {
             req.method(),
             prefix.map(|p| format!(", key {p}")).unwrap_or_default()
         ));
-        self.inner.sink.record(rec);
-        error_response(
-            route.adapter,
-            StatusCode::UNAUTHORIZED,
-            GatewayError::Authentication,
-            message,
+        recorded(
+            &self.inner.sink,
+            self.inner.limits.record_wait,
+            rec,
+            error_response(
+                route.adapter,
+                StatusCode::UNAUTHORIZED,
+                GatewayError::Authentication,
+                message,
+            ),
         )
     }
 
@@ -1249,8 +1428,12 @@ impl Gateway {
         rec.error = Some(message.to_owned());
         rec.duration_ms = ms(started.elapsed());
         tracing::info!(user = %rec.user, status = rec.status, reason = message, "rejected request");
-        self.inner.sink.record(rec);
-        error_response(adapter, status, kind, message)
+        recorded(
+            &self.inner.sink,
+            self.inner.limits.record_wait,
+            rec,
+            error_response(adapter, status, kind, message),
+        )
     }
 }
 
@@ -1424,12 +1607,11 @@ impl Exchange {
                 rec.duration_ms = ms(started.elapsed());
                 finish_span(&span, &rec);
                 drop(in_flight);
-                g.sink.record(rec);
-                return error_response(
-                    adapter,
-                    status,
-                    GatewayError::UpstreamUnavailable,
-                    &message,
+                return recorded(
+                    &g.sink,
+                    g.limits.record_wait,
+                    rec,
+                    error_response(adapter, status, GatewayError::UpstreamUnavailable, &message),
                 );
             }
         };
@@ -1466,6 +1648,7 @@ impl Exchange {
             idle_timeout: limits.upstream_idle_timeout,
             last_frame: now,
             done: false,
+            hold: None,
         };
         let mut out = Response::new(ProxyBody::Tee(tee));
         *out.status_mut() = resp_parts.status;
@@ -1484,8 +1667,9 @@ impl Exchange {
     }
 }
 
-/// Builds the record of a finished exchange from what the observer saw, and hands it over.
-fn finish_record(w: Watch, end: BodyEnd, at: Instant) {
+/// Builds the record of a finished exchange from what the observer saw, and hands it over
+/// (telling `durable` once it is safe, if given).
+fn finish_record(w: Watch, end: BodyEnd, at: Instant, durable: Option<oneshot::Sender<()>>) {
     let Watch {
         observer,
         mut rec,
@@ -1540,7 +1724,10 @@ fn finish_record(w: Watch, end: BodyEnd, at: Instant) {
     rec.duration_ms = ms(at - started);
     finish_span(&span, &rec);
     drop(_in_flight);
-    sink.record(rec);
+    match durable {
+        Some(d) => sink.record_durable(rec, d),
+        None => sink.record(rec),
+    }
 }
 
 fn finish_span(span: &Span, rec: &InterceptionRecord) {

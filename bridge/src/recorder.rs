@@ -3,11 +3,17 @@
 //! [`Recorder::record`] never blocks and never fails: it hands the record to a bounded channel
 //! (or, if that is full, to the on-disk spool from a blocking thread). One writer task prices
 //! each record, logs it as one JSON line, updates metrics and inserts records in batches (up to
-//! [`BATCH_SIZE`] or every [`FLUSH_INTERVAL`]). When the store fails, batches go to the spool
-//! and the writer retries the spool with exponential backoff until the store takes them; while
-//! the spool is not empty new batches also go there, so a down store costs one failed insert
-//! per backoff period rather than one per batch. A spool left by a previous run is replayed at
-//! start. [`Recorder::shutdown`] flushes the batch and tries the spool one last time.
+//! [`BATCH_SIZE`] or every [`FLUSH_INTERVAL`]). [`Recorder::record_durable`] is the same with
+//! someone waiting (the gateway holds the end of the response): the writer then commits at
+//! once, with whatever else is queued, and tells every waiter when the batch is durable
+//! (committed, or fsynced to the spool). What records keep of prompts ([`PromptRecording`]) is
+//! applied where records enter, before anything is written.
+//!
+//! When the store fails, batches go to the spool and the writer retries the spool with
+//! exponential backoff until the store takes them; while the spool is not empty new batches
+//! also go there, so a down store costs one failed insert per backoff period rather than one
+//! per batch. A spool left by a previous run is replayed at start. [`Recorder::shutdown`]
+//! flushes the batch and tries the spool one last time.
 //!
 //! Intercept-start entries ([`Recorder::record_start`]) are appended to the [`Journal`] by
 //! the request's own task, before it goes upstream. When a final record is safe (stored or
@@ -29,6 +35,7 @@ use crate::error::Error;
 use crate::journal::Journal;
 use crate::pricing::PricingTable;
 use crate::record::{InterceptionRecord, Outcome};
+use crate::redact::PromptRecording;
 use crate::spool::{Spool, DEFAULT_MAX_BYTES};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -44,9 +51,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest prompt text written to the log line (the store keeps it whole).
 const LOG_PROMPT_CHARS: usize = 200;
 
+/// Told when a record is durable: committed to the store, or fsynced to the spool.
+pub type Durable = oneshot::Sender<()>;
+
 enum Msg {
-    Record(Box<InterceptionRecord>),
-    /// An intercept-start entry and whom to tell once it is durable.
+    /// A final record, and whom to tell once it is durable (the gateway holds the end of the
+    /// response until then, so a command run right after a request sees it).
+    Record(Box<InterceptionRecord>, Option<Durable>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -55,6 +66,8 @@ enum Msg {
 pub struct RecorderOptions {
     pub spool_max_bytes: u64,
     pub channel_capacity: usize,
+    /// How much of prompts and tool-call arguments records keep (`prompt_recording:`).
+    pub prompt_recording: PromptRecording,
 }
 
 impl Default for RecorderOptions {
@@ -62,6 +75,7 @@ impl Default for RecorderOptions {
         RecorderOptions {
             spool_max_bytes: DEFAULT_MAX_BYTES,
             channel_capacity: CHANNEL_CAPACITY,
+            prompt_recording: PromptRecording::default(),
         }
     }
 }
@@ -73,7 +87,7 @@ struct Shared {
     spool: Spool,
     /// Records that found the channel full, waiting for one blocking task to spool them
     /// together (one fsync per group rather than per record).
-    overflow: Mutex<Vec<InterceptionRecord>>,
+    overflow: Mutex<Vec<(InterceptionRecord, Option<Durable>)>>,
     overflow_busy: AtomicBool,
     /// Why the last write to the store failed; `None` when it succeeded.
     store_failure: Mutex<Option<String>>,
@@ -81,6 +95,7 @@ struct Shared {
     journal: Journal,
     /// Models already reported as unpriced (bounded: a client can make up model names).
     unpriced_seen: Mutex<std::collections::HashSet<String>>,
+    prompt_recording: PromptRecording,
 }
 
 /// How many unpriced model names are remembered to warn about each once.
@@ -120,7 +135,7 @@ impl Shared {
     /// Spools overflowed records until none are left (runs on a blocking thread).
     fn spill_overflow(&self) {
         loop {
-            let mut batch =
+            let batch =
                 std::mem::take(&mut *self.overflow.lock().unwrap_or_else(|p| p.into_inner()));
             if batch.is_empty() {
                 self.overflow_busy.store(false, Ordering::Release);
@@ -136,10 +151,12 @@ impl Shared {
                 }
                 return;
             }
-            for rec in &mut batch {
+            let (mut recs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            for rec in &mut recs {
                 self.prepare(rec);
             }
-            self.spool(&batch);
+            self.spool(&recs);
+            notify(waiters.into_iter().flatten());
         }
     }
 
@@ -153,8 +170,6 @@ impl Shared {
                 self.telemetry.spool_dropped(recs.len() as u64);
             }
         }
-        let (n, b) = self.spool.depth();
-        self.telemetry.set_spool_depth(n, b);
     }
 }
 
@@ -193,9 +208,15 @@ impl Recorder {
     ) -> Result<Recorder, Error> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::Store(format!("the recorder needs a Tokio runtime: {e}")))?;
-        let spool = Spool::open(&spool_dir, options.spool_max_bytes)?;
-        let (n, b) = spool.depth();
-        telemetry.set_spool_depth(n, b);
+        // The gauge is set by the spool itself, under its lock: set afterwards, a reader could
+        // see the new depth before the metric (and two spooling threads could leave it stale).
+        let gauge = telemetry.clone();
+        let spool = Spool::open_observed(
+            &spool_dir,
+            options.spool_max_bytes,
+            Box::new(move |n, b| gauge.set_spool_depth(n, b)),
+        )?;
+        let (n, _) = spool.depth();
         if n > 0 {
             tracing::info!(records = n, spool = %spool_dir.display(), "replaying interception records left in the spool");
         }
@@ -209,6 +230,7 @@ impl Recorder {
             store_failure: Mutex::new(None),
             journal,
             unpriced_seen: Mutex::default(),
+            prompt_recording: options.prompt_recording,
         });
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         let writer = Writer {
@@ -216,6 +238,7 @@ impl Recorder {
             shared: shared.clone(),
             started_at: chrono::Utc::now(),
             batch: Vec::with_capacity(BATCH_SIZE),
+            waiters: Vec::new(),
             backoff: MIN_BACKOFF,
             next_retry: Instant::now(),
         };
@@ -230,16 +253,29 @@ impl Recorder {
     /// Non-blocking; prices, logs (one JSON line), updates metrics, batches to the store; on
     /// store outage spools to disk (bounded) and retries.
     pub fn record(&self, rec: InterceptionRecord) {
-        match self.tx.try_send(Msg::Record(Box::new(rec))) {
+        self.send(rec, None);
+    }
+
+    /// [`Recorder::record`], and `durable` is told once the record is committed to the store
+    /// (or, while the store is down, fsynced to the spool). A record someone waits for is
+    /// written at once with whatever else is queued (group commit) instead of at the next
+    /// [`FLUSH_INTERVAL`]. If the recorder stops first, `durable` is dropped.
+    pub fn record_durable(&self, rec: InterceptionRecord, durable: Durable) {
+        self.send(rec, Some(durable));
+    }
+
+    fn send(&self, mut rec: InterceptionRecord, durable: Option<Durable>) {
+        self.shared.prompt_recording.apply(&mut rec);
+        match self.tx.try_send(Msg::Record(Box::new(rec), durable)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Msg::Record(rec)))
-            | Err(mpsc::error::TrySendError::Closed(Msg::Record(rec))) => {
+            Err(mpsc::error::TrySendError::Full(Msg::Record(rec, durable)))
+            | Err(mpsc::error::TrySendError::Closed(Msg::Record(rec, durable))) => {
                 // The writer is behind (or gone): keep the record on disk instead of in memory.
                 self.shared
                     .overflow
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(*rec);
+                    .push((*rec, durable));
                 if !self.shared.overflow_busy.swap(true, Ordering::AcqRel) {
                     let shared = self.shared.clone();
                     match tokio::runtime::Handle::try_current() {
@@ -258,7 +294,8 @@ impl Recorder {
     /// the journal right here (a buffered write, like the request's log line), or, if the
     /// journal cannot take it, fsynced to the spool. Never fails the request: if neither can
     /// keep the entry, that is logged and counted like a record the spool cannot take.
-    pub fn record_start(&self, rec: InterceptionRecord) {
+    pub fn record_start(&self, mut rec: InterceptionRecord) {
+        self.shared.prompt_recording.apply(&mut rec);
         if let Err(e) = self.shared.journal.start(&rec) {
             tracing::error!(error = %e, "cannot journal an intercept-start entry; spooling it");
             self.shared.spool(std::slice::from_ref(&rec));
@@ -304,6 +341,8 @@ struct Writer {
     /// When this process started: older `incomplete` entries were left by a previous run.
     started_at: chrono::DateTime<chrono::Utc>,
     batch: Vec<InterceptionRecord>,
+    /// Told when the batch is durable.
+    waiters: Vec<Durable>,
     backoff: Duration,
     next_retry: Instant,
 }
@@ -335,7 +374,7 @@ impl Writer {
                                 Err(_) => break,
                             }
                         }
-                        if self.batch.len() >= BATCH_SIZE {
+                        if self.batch.len() >= BATCH_SIZE || !self.waiters.is_empty() {
                             self.flush().await;
                         }
                         if let Some(ack) = shutdown {
@@ -409,10 +448,11 @@ impl Writer {
 
     fn accept(&mut self, msg: Msg) {
         match msg {
-            Msg::Record(rec) => {
+            Msg::Record(rec, durable) => {
                 let mut rec = *rec;
                 self.shared.prepare(&mut rec);
                 self.batch.push(rec);
+                self.waiters.extend(durable);
             }
             Msg::Shutdown(ack) => {
                 let _ = ack.send(());
@@ -433,11 +473,13 @@ impl Writer {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        let waiters = std::mem::take(&mut self.waiters);
         if !self.shared.spool.is_empty() {
             // Outage in progress: queue behind the spool rather than hit the store again.
             let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
             self.spool_blocking(batch).await;
             self.shared.journal.finished(ids);
+            notify(waiters);
             return;
         }
         match self.store.insert_interceptions(&batch).await {
@@ -449,6 +491,7 @@ impl Writer {
                 self.shared.telemetry.records_stored(finals as u64);
                 self.set_store_failure(None);
                 self.shared.journal.finished(batch.iter().map(|r| r.id));
+                notify(waiters);
             }
             Err(e) => {
                 self.shared.telemetry.store_error();
@@ -458,6 +501,7 @@ impl Writer {
                 let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
                 self.spool_blocking(batch).await;
                 self.shared.journal.finished(ids);
+                notify(waiters);
                 self.next_retry = Instant::now() + self.backoff;
             }
         }
@@ -512,8 +556,6 @@ impl Writer {
                 tracing::error!(error = %e, "cannot remove a replayed spool segment");
                 return;
             }
-            let (n, b) = self.shared.spool.depth();
-            self.shared.telemetry.set_spool_depth(n, b);
         }
         self.backoff = MIN_BACKOFF;
         if stored > 0 {
@@ -526,6 +568,12 @@ impl Writer {
             // Start entries a previous run spooled and never finished are in the store now.
             self.mark_abandoned().await;
         }
+    }
+}
+
+fn notify(waiters: impl IntoIterator<Item = Durable>) {
+    for w in waiters {
+        let _ = w.send(());
     }
 }
 

@@ -52,8 +52,9 @@ struct RecorderSink {
     pricing: PricingTable,
 }
 
-impl RecordSink for RecorderSink {
-    fn record(&self, rec: InterceptionRecord) {
+impl RecorderSink {
+    /// Budgets count a finished request's cost on this replica right away.
+    fn count_spend(&self, rec: &InterceptionRecord) {
         if let Some(model) = &rec.model {
             if let Some(cost) = self.pricing.cost(model, &rec.usage) {
                 let who = Requester {
@@ -64,10 +65,20 @@ impl RecordSink for RecorderSink {
                 self.governance.add_spend(&who, cost);
             }
         }
+    }
+}
+
+impl RecordSink for RecorderSink {
+    fn record(&self, rec: InterceptionRecord) {
+        self.count_spend(&rec);
         self.recorder.record(rec);
     }
     fn start(&self, rec: InterceptionRecord) {
         self.recorder.record_start(rec);
+    }
+    fn record_durable(&self, rec: InterceptionRecord, durable: tokio::sync::oneshot::Sender<()>) {
+        self.count_spend(&rec);
+        self.recorder.record_durable(rec, durable);
     }
     fn request_started(&self, provider: Provider) {
         self.telemetry.request_started(provider);
@@ -105,12 +116,17 @@ pub async fn serve(
     let store = Store::open(&config.store).await?;
     check_store_identity(&store, &config.spool_dir).await?;
     telemetry.set_max_model_labels(config.max_model_labels);
-    let recorder = Recorder::start(
+    let recorder = Recorder::start_with(
         store.clone(),
         config.pricing.clone(),
         config.spool_dir.clone(),
         telemetry.clone(),
+        crate::recorder::RecorderOptions {
+            prompt_recording: config.prompt_recording,
+            ..Default::default()
+        },
     )?;
+    let _purge = crate::retention::spawn_purge_job(store.clone(), config.retention);
     for (name, key_var, up) in [
         (
             "anthropic",
@@ -616,11 +632,11 @@ async fn check_store_identity(store: &Store, spool_dir: &std::path::Path) -> Res
             marker.display()
         ))),
         Err(_) => {
-            std::fs::create_dir_all(spool_dir).map_err(|e| Error::Spool {
+            crate::private_files::create_dir_all(spool_dir).map_err(|e| Error::Spool {
                 path: spool_dir.display().to_string(),
                 reason: e.to_string(),
             })?;
-            std::fs::write(&marker, format!("{id}\n")).map_err(|e| Error::Spool {
+            crate::private_files::write(&marker, format!("{id}\n").as_bytes()).map_err(|e| Error::Spool {
                 path: marker.display().to_string(),
                 reason: e.to_string(),
             })

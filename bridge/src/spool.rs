@@ -13,12 +13,13 @@
 //! fsync, the durability SQLite gives the store itself (WAL, `synchronous=NORMAL`): it
 //! survives the process being killed, not the machine losing power.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::Error;
+use crate::private_files;
 use crate::record::InterceptionRecord;
 
 /// Default bound on the spool's size.
@@ -39,6 +40,9 @@ struct State {
     bytes: u64,
 }
 
+/// Told the spool's depth `(records, bytes)` each time it changes.
+pub type DepthObserver = Box<dyn Fn(u64, u64) + Send + Sync>;
+
 /// The spool directory and its bookkeeping.
 pub struct Spool {
     dir: PathBuf,
@@ -46,6 +50,9 @@ pub struct Spool {
     /// fsync each append (the outage spool) or not (the start-entry journal).
     sync: bool,
     state: Mutex<State>,
+    /// Called under the state lock, so whoever sees a depth through [`Spool::depth`] also
+    /// sees it in the observer's copy (the metrics), and updates never land out of order.
+    observer: Option<DepthObserver>,
 }
 
 /// What an append did.
@@ -74,16 +81,30 @@ fn segment_seq(path: &Path) -> Option<u64> {
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, counting what a previous run left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, Error> {
-        Self::open_with(dir, max_bytes, true)
+        Self::open_with(dir, max_bytes, true, None)
+    }
+
+    /// [`Spool::open`], telling `observer` every change of depth (and the depth found now).
+    pub fn open_observed(
+        dir: &Path,
+        max_bytes: u64,
+        observer: DepthObserver,
+    ) -> Result<Spool, Error> {
+        Self::open_with(dir, max_bytes, true, Some(observer))
     }
 
     /// A journal: like a spool, but appends are not fsynced (see the module docs).
     pub fn open_journal(dir: &Path, max_bytes: u64) -> Result<Spool, Error> {
-        Self::open_with(dir, max_bytes, false)
+        Self::open_with(dir, max_bytes, false, None)
     }
 
-    fn open_with(dir: &Path, max_bytes: u64, sync: bool) -> Result<Spool, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| spool_err(dir, e))?;
+    fn open_with(
+        dir: &Path,
+        max_bytes: u64,
+        sync: bool,
+        observer: Option<DepthObserver>,
+    ) -> Result<Spool, Error> {
+        private_files::create_dir_all(dir).map_err(|e| spool_err(dir, e))?;
         let mut records = 0;
         let mut bytes = 0;
         let mut next_seq = 0;
@@ -92,6 +113,9 @@ impl Spool {
             bytes += meta.len();
             records += count_lines(&seg)?;
             next_seq = next_seq.max(segment_seq(&seg).unwrap_or(0) + 1);
+        }
+        if let Some(o) = &observer {
+            o(records, bytes);
         }
         Ok(Spool {
             dir: dir.to_path_buf(),
@@ -103,6 +127,7 @@ impl Spool {
                 records,
                 bytes,
             }),
+            observer,
         })
     }
 
@@ -161,11 +186,7 @@ impl Spool {
             let seq = s.next_seq;
             s.next_seq += 1;
             let path = self.dir.join(format!("segment-{seq:012}.jsonl"));
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| spool_err(&path, e))?;
+            let file = private_files::append(&path).map_err(|e| spool_err(&path, e))?;
             s.current = Some(Current {
                 seq,
                 file,
@@ -182,6 +203,7 @@ impl Spool {
         cur.bytes += buf.len() as u64;
         s.bytes += buf.len() as u64;
         s.records += written;
+        self.observe(&s);
         Ok((Appended { written, dropped }, seq))
     }
 
@@ -234,7 +256,14 @@ impl Spool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.bytes = s.bytes.saturating_sub(bytes);
         s.records = s.records.saturating_sub(lines);
+        self.observe(&s);
         Ok(())
+    }
+
+    fn observe(&self, s: &State) {
+        if let Some(o) = &self.observer {
+            o(s.records, s.bytes);
+        }
     }
 }
 

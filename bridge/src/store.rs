@@ -19,7 +19,9 @@ use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::record::{InterceptionRecord, Outcome, Provider, ToolCall, Usage, WorkspaceContext};
+use crate::record::{
+    InterceptionRecord, Outcome, Provider, ToolCall, ToolResult, Usage, WorkspaceContext,
+};
 
 /// Schema migrations, applied in order at open; the version of each is its index + 1.
 /// Append only: a released migration is never edited.
@@ -89,6 +91,10 @@ const MIGRATIONS: &[&str] = &[
         added_at BIGINT NOT NULL,
         PRIMARY KEY (group_name, user_name)
     )",
+    // 5: retention: when a record's prompt text was dropped (NULL while it is kept), indexed
+    // so the purge finds the records still holding text without scanning those done.
+    "ALTER TABLE interceptions ADD COLUMN prompts_dropped_at BIGINT;
+    CREATE INDEX IF NOT EXISTS interceptions_prompts_kept ON interceptions (prompts_dropped_at, started_at)",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \
@@ -655,8 +661,10 @@ impl Store {
                 .map(|c| format!("{c} = excluded.{c}"))
                 .collect();
             groups.push((
+                // A final record brings its text back (spool replay after a purge): the purge
+                // must see it again.
                 format!(
-                    "INSERT INTO interceptions ({INTERCEPTION_COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO UPDATE SET {}",
+                    "INSERT INTO interceptions ({INTERCEPTION_COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO UPDATE SET {}, prompts_dropped_at = NULL",
                     updates.join(", ")
                 ),
                 finals.into_iter().map(record_params).collect(),
@@ -739,21 +747,191 @@ impl Store {
         rows.into_iter().map(record_from_row).collect()
     }
 
-    /// One interception by id (full uuid or a unique prefix of it).
+    /// One interception by id: the full uuid or any prefix of it that matches one record.
+    /// A prefix matching several is an error listing them (ids are time-ordered, so records
+    /// of the same minute share their first 8 characters).
     pub async fn get_interception(&self, id: &str) -> Result<Option<InterceptionRecord>, Error> {
-        let pattern = format!("{}%", id.replace(['%', '_'], ""));
+        let id = id.trim().to_ascii_lowercase();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Error::Query(format!(
+                "{id:?} is not an interception id (hexadecimal digits and dashes, from `llm-bridge interceptions list`)"
+            )));
+        }
+        const SHOWN: usize = 5;
         let rows = self
             .query(
-                &format!("SELECT {INTERCEPTION_COLUMNS} FROM interceptions WHERE id LIKE $1 ORDER BY id LIMIT 2"),
-                vec![Value::Text(Some(pattern))],
+                &format!("SELECT {INTERCEPTION_COLUMNS} FROM interceptions WHERE id LIKE $1 ORDER BY id LIMIT {}", SHOWN + 1),
+                vec![Value::Text(Some(format!("{id}%")))],
             )
             .await?;
         if rows.len() > 1 {
+            let count = self
+                .query(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM interceptions WHERE id LIKE $1",
+                    vec![Value::Text(Some(format!("{id}%")))],
+                )
+                .await?
+                .first()
+                .map(|r| r[0].int())
+                .unwrap_or(rows.len() as i64);
+            let mut ids: Vec<String> = rows.iter().take(SHOWN).map(|r| r[0].text()).collect();
+            if count as usize > SHOWN {
+                ids.push("...".into());
+            }
             return Err(Error::Query(format!(
-                "interception id prefix {id:?} is ambiguous; give more characters"
+                "interception id prefix {id:?} is ambiguous: matches {count} interceptions ({}); give more characters",
+                ids.join(", ")
             )));
         }
         rows.into_iter().next().map(record_from_row).transpose()
+    }
+
+    /// The ids just before and just after `id` in the whole store (in id order): what a prefix
+    /// of `id` must tell it apart from.
+    pub async fn neighbour_ids(&self, id: &str) -> Result<(Option<String>, Option<String>), Error> {
+        let one = |sql: &'static str| {
+            let id = id.to_string();
+            async move {
+                self.query(sql, vec![Value::Text(Some(id))])
+                    .await
+                    .map(|rows| rows.first().map(|r| r[0].text()))
+            }
+        };
+        let before =
+            one("SELECT id FROM interceptions WHERE id < $1 ORDER BY id DESC LIMIT 1").await?;
+        let after = one("SELECT id FROM interceptions WHERE id > $1 ORDER BY id LIMIT 1").await?;
+        Ok((before, after))
+    }
+
+    /// How many interceptions started before `before`, and how many of those (started before
+    /// `prompts_before`) still hold prompt text or tool calls: what a purge would remove.
+    pub async fn count_purgeable(
+        &self,
+        before: Option<DateTime<Utc>>,
+        prompts_before: Option<DateTime<Utc>>,
+    ) -> Result<(u64, u64), Error> {
+        let count = |sql: &'static str, t: Option<DateTime<Utc>>| async move {
+            let Some(t) = t else { return Ok(0) };
+            let rows = self.query(sql, vec![Value::Int(Some(micros(t)))]).await?;
+            Ok::<u64, Error>(rows.first().map(|r| r[0].int()).unwrap_or(0) as u64)
+        };
+        let records = count(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM interceptions WHERE started_at < $1",
+            before,
+        )
+        .await?;
+        // Prompts of records the first part removes are not counted twice.
+        let prompts_before = match (before, prompts_before) {
+            (Some(b), Some(p)) if p <= b => None,
+            (_, p) => p,
+        };
+        let prompts = match (before, prompts_before) {
+            (_, None) => 0,
+            (None, Some(p)) => count(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM interceptions WHERE prompts_dropped_at IS NULL AND started_at < $1 AND (prompt IS NOT NULL OR tool_calls <> '[]' OR tool_results <> '[]')",
+                Some(p),
+            )
+            .await?,
+            (Some(b), Some(p)) => {
+                let rows = self
+                    .query(
+                        "SELECT CAST(COUNT(*) AS BIGINT) FROM interceptions WHERE prompts_dropped_at IS NULL AND started_at < $1 AND started_at >= $2 AND (prompt IS NOT NULL OR tool_calls <> '[]' OR tool_results <> '[]')",
+                        vec![Value::Int(Some(micros(p))), Value::Int(Some(micros(b)))],
+                    )
+                    .await?;
+                rows.first().map(|r| r[0].int()).unwrap_or(0) as u64
+            }
+        };
+        Ok((records, prompts))
+    }
+
+    /// Deletes up to `limit` interceptions started before `before`, oldest first; returns how
+    /// many. One short transaction per call, so the recorder's inserts are never held up long.
+    /// On PostgreSQL, rows another replica's purge has locked are skipped (`SKIP LOCKED`), so
+    /// two replicas purging at once share the work instead of waiting on or deadlocking
+    /// each other.
+    pub async fn delete_interceptions_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, Error> {
+        let lock = if self.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        self.execute(
+            &format!("DELETE FROM interceptions WHERE id IN (SELECT id FROM interceptions WHERE started_at < $1 ORDER BY started_at LIMIT $2{lock})"),
+            vec![Value::Int(Some(micros(before))), Value::Int(Some(i64::from(limit)))],
+        )
+        .await
+    }
+
+    /// Drops the prompt text and tool-call arguments (tool names stay) of up to `limit`
+    /// interceptions started before `before` that still hold them; returns `(rows looked at,
+    /// rows that held text)`. Metadata, tokens and cost stay for usage reports. Safe with
+    /// several replicas: the update is idempotent.
+    pub async fn drop_prompts_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<(u64, u64), Error> {
+        // Oldest first: the (prompts_dropped_at, started_at) index gives that order, so a batch
+        // costs its own rows, not a sort of every record still holding text.
+        let mut rows = self
+            .query(
+                "SELECT id, prompt, tool_calls, tool_results FROM interceptions WHERE prompts_dropped_at IS NULL AND started_at < $1 ORDER BY started_at LIMIT $2",
+                vec![Value::Int(Some(micros(before))), Value::Int(Some(i64::from(limit)))],
+            )
+            .await?;
+        // Updated in id order: two replicas dropping the same rows take their locks in the
+        // same order, so one waits for the other instead of deadlocking.
+        rows.sort_by_key(|r| r[0].text());
+        if rows.is_empty() {
+            return Ok((0, 0));
+        }
+        let now = micros(Utc::now());
+        let mut had_text = 0;
+        let params: Vec<Vec<Value>> = rows
+            .iter()
+            .map(|r| {
+                let (calls_json, results_json) = (r[2].text(), r[3].text());
+                if r[1].opt_text().is_some() || calls_json != "[]" || results_json != "[]" {
+                    had_text += 1;
+                }
+                let mut calls: Vec<ToolCall> =
+                    serde_json::from_str(&calls_json).unwrap_or_default();
+                for c in &mut calls {
+                    c.arguments.clear();
+                }
+                // Tool results keep the call they answer and their size, not their text.
+                let mut results: Vec<ToolResult> =
+                    serde_json::from_str(&results_json).unwrap_or_default();
+                for t in &mut results {
+                    t.content.clear();
+                }
+                vec![
+                    Value::Text(Some(
+                        serde_json::to_string(&calls).unwrap_or_else(|_| "[]".into()),
+                    )),
+                    Value::Text(Some(
+                        serde_json::to_string(&results).unwrap_or_else(|_| "[]".into()),
+                    )),
+                    Value::Int(Some(now)),
+                    Value::Text(Some(r[0].text())),
+                ]
+            })
+            .collect();
+        self.execute_many(
+            "UPDATE interceptions SET prompt = NULL, tool_calls = $1, tool_results = $2, prompts_dropped_at = $3 WHERE id = $4",
+            params,
+        )
+        .await?;
+        Ok((rows.len() as u64, had_text))
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(&*self.backend, Backend::Postgres { .. })
     }
 
     /// Rows for usage reports: `(group key, requests, input, output, cache read, cache write,
@@ -954,6 +1132,7 @@ fn writable(_path: &std::path::Path) -> bool {
 fn open_sqlite(path: &std::path::Path) -> Result<(rusqlite::Connection, SqliteFile), Error> {
     // Before SQLite maps it: an unwritable -shm would be a SIGBUS later, an error now.
     check_shm(path)?;
+    create_private(path)?;
     let conn = rusqlite::Connection::open(path)
         .map_err(|e| Error::Store(format!("opening {}: {e}", path.display())))?;
     // WAL: readers (the CLI) never block the writer (the recorder). The busy timeout is short
@@ -973,6 +1152,29 @@ fn open_sqlite(path: &std::path::Path) -> Result<(rusqlite::Connection, SqliteFi
             id,
         },
     ))
+}
+
+/// Creates the database file (and missing parent directories) owner-only before SQLite opens
+/// it: SQLite gives its `-wal` and `-shm` files the database file's mode, so all three hold
+/// prompts readable by the owner only. In-memory and URI names are left to SQLite.
+fn create_private(path: &std::path::Path) -> Result<(), Error> {
+    let name = path.to_string_lossy();
+    if name.is_empty() || name.starts_with(':') || name.starts_with("file:") {
+        return Ok(());
+    }
+    let created = |e: std::io::Error, p: &std::path::Path| {
+        Error::Store(format!("creating {}: {e}", p.display()))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            crate::private_files::create_dir_all(parent).map_err(|e| created(e, parent))?;
+        }
+    }
+    if path.exists() {
+        crate::private_files::warn_if_world_readable(path);
+        return Ok(());
+    }
+    crate::private_files::touch(path).map_err(|e| created(e, path))
 }
 
 /// Removes the password from a URL like `postgres://user:secret@host/db`.

@@ -204,8 +204,16 @@ async fn usage_and_interceptions_report_what_the_recorder_stored() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --since"));
 
     let list = stdout(&bridge(&["interceptions", "list", "--user", "alice"], db));
+    // The table shows a unique prefix of the id (at least 8 characters), not the whole id.
+    let shown_id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     assert!(
-        list.contains(&first.id.to_string()) && !list.contains("bob"),
+        shown_id.len() >= 8 && first.id.to_string().starts_with(shown_id) && !list.contains("bob"),
         "{list}"
     );
     let shown = stdout(&bridge(
@@ -235,6 +243,7 @@ fn every_subcommand_explains_itself_with_help() {
         vec!["interceptions", "--help"],
         vec!["interceptions", "list", "--help"],
         vec!["interceptions", "show", "--help"],
+        vec!["purge", "--help"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
             .args(&args)

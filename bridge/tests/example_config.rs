@@ -29,4 +29,13 @@ fn the_example_configuration_is_valid_and_its_limits_are_the_defaults_it_says_th
     );
     assert_eq!(c.max_model_labels, 200);
     assert_eq!(c.max_connections, None);
+    assert_eq!(
+        c.prompt_recording,
+        bridge::redact::PromptRecording::Full,
+        "the example shows the default"
+    );
+    assert!(
+        !c.retention.is_set(),
+        "retention is commented out: kept forever"
+    );
 }

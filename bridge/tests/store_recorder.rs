@@ -263,9 +263,29 @@ async fn records_written_while_the_database_is_locked_are_spooled_and_land_once_
         rec.spool_depth()
     );
     assert!(telemetry.store_errors() >= 1);
+    // The gauge is set under the spool's own lock, so it can never lag the depth just seen
+    // (it used to be set after the append returned: this assertion failed once in 15 runs).
     assert!(telemetry
         .render_prometheus()
         .contains("bridge_spool_records 300"));
+    // Spooled records hold prompts: owner-only, whatever the umask (this process has 022).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let spool = dir.path().join("spool");
+        assert_eq!(mode(&spool), 0o700);
+        assert_eq!(mode(&spool.join("journal")), 0o700);
+        let segments: Vec<_> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(!segments.is_empty());
+        for s in &segments {
+            assert_eq!(mode(s), 0o600, "{}", s.display());
+        }
+        assert_eq!(mode(&db), 0o600, "the SQLite file, created by the store");
+    }
     assert_eq!(count_ids(&db).0, 1, "nothing reached the locked store");
 
     drop(lock); // the lock holder goes away (its transaction rolls back)

@@ -82,12 +82,12 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             client_session,
             limit,
             format,
-            store,
+            store: store_args,
         } => {
             let since = since
                 .map(|s| bridge::usage::parse_since(&s, chrono::Utc::now()))
                 .transpose()?;
-            let store = store.open().await?;
+            let store = store_args.open().await?;
             let records = store
                 .list_interceptions(&InterceptionFilter {
                     user,
@@ -97,6 +97,7 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     client_session,
                 })
                 .await?;
+            store_args.note_spooled();
             if format == OutputFormat::Csv {
                 print!("{}", records_csv(&records));
             } else if format == OutputFormat::Table {
@@ -113,11 +114,12 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     "TOOL CALLS",
                 ]
                 .map(String::from);
+                let width = prefix_width(&store, &records).await?;
                 let rows: Vec<[String; 10]> = records
                     .iter()
                     .map(|r| {
                         [
-                            r.id.to_string(),
+                            r.id.to_string()[..width].to_string(),
                             r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                             r.user.clone(),
                             r.provider.as_str().into(),
@@ -336,6 +338,39 @@ fn thread(records: &[InterceptionRecord]) -> String {
     out
 }
 
+/// Shortest prefix length (at least [`MIN_PREFIX`], like git) that tells every shown id apart
+/// from every other id in the store, so that `interceptions show PREFIX` finds it. One width
+/// for all rows keeps the column aligned. Ids are time-ordered uuids: records of the same
+/// minute share their first 8 characters, of the same millisecond their first 13.
+async fn prefix_width(
+    store: &bridge::store::Store,
+    records: &[InterceptionRecord],
+) -> anyhow::Result<usize> {
+    let mut width = MIN_PREFIX;
+    for r in records {
+        let id = r.id.to_string();
+        let (before, after) = store.neighbour_ids(&id).await?;
+        for other in [before, after].into_iter().flatten() {
+            width = width.max(unique_prefix_len(&id, &other));
+        }
+    }
+    Ok(width)
+}
+
+/// Characters of an id shown at least.
+const MIN_PREFIX: usize = 8;
+
+/// Length of the shortest prefix of `id` that is not a prefix of `other`. (Dashes sit at the
+/// same places in every uuid, so such a prefix never ends on one.)
+fn unique_prefix_len(id: &str, other: &str) -> usize {
+    let common = id
+        .bytes()
+        .zip(other.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    (common + 1).min(id.len())
+}
+
 /// Records as CSV, one line per request; tool calls as `name(arguments)` joined by `; `.
 fn records_csv(records: &[InterceptionRecord]) -> String {
     let mut out = String::from(
@@ -392,4 +427,30 @@ fn records_csv(records: &[InterceptionRecord]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unique_prefix_len;
+
+    #[test]
+    fn a_prefix_goes_one_past_the_common_part() {
+        let a = "0193a5b2-1c3d-7abc-8def-000000000001";
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b3-1c3d-7abc-8def-000000000001"),
+            8
+        );
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b2-9c3d-7abc-8def-000000000001"),
+            10
+        );
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b2-1c3e-7abc-8def-000000000001"),
+            13
+        );
+        assert_eq!(
+            unique_prefix_len(a, "0193a5b2-1c3d-7abc-8def-000000000002"),
+            36
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod interceptions;
 mod keys;
 mod limits;
 mod prices;
+mod purge;
 mod serve;
 mod usage;
 
@@ -58,6 +59,9 @@ enum Command {
     /// template, a user or a key, and why a request gets the ones it gets.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// Delete records (or only their prompts) older than a date or age; `serve` does it by
+    /// itself with `retention:` in bridge.yaml.
+    Purge(purge::PurgeArgs),
 }
 
 /// Where the store is; shared by all commands that read or write records.
@@ -84,12 +88,66 @@ impl StoreArgs {
         Ok("bridge.db".into())
     }
 
+    /// Says on stderr how many records wait in the spool of this bridge (its `spool_dir`, from
+    /// `--config`, else `./bridge-spool` if there is one): they are not in the store yet, so
+    /// a report does not count them. Records of a running bridge are in the store before its
+    /// response ends; only an unreachable store leaves them in the spool.
+    pub fn note_spooled(&self) {
+        let dir = match &self.config {
+            Some(path) => match spool_dir_from_config(path) {
+                Some(d) => d,
+                None => return,
+            },
+            None => PathBuf::from(bridge::config::DEFAULT_SPOOL_DIR),
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let records: usize = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
+            })
+            .filter_map(|p| std::fs::read(p).ok())
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .sum();
+        if records > 0 {
+            let what = if records == 1 {
+                "record waits"
+            } else {
+                "records wait"
+            };
+            eprintln!(
+                "note: {records} {what} in the spool {} (the store was unreachable when they were made); they are not counted here until the bridge stores them",
+                dir.display()
+            );
+        }
+    }
+
     pub async fn open(&self) -> anyhow::Result<Store> {
         let url = self.url()?;
         Store::open(&url)
             .await
             .with_context(|| format!("opening the store {url:?}"))
     }
+}
+
+/// The `spool_dir:` of a config file (relative paths are relative to the working directory, as
+/// for `serve`); `None` if the file cannot be read.
+fn spool_dir_from_config(path: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct OnlySpool {
+        spool_dir: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let parsed: OnlySpool = serde_yaml::from_str(&text).ok()?;
+    Some(
+        parsed
+            .spool_dir
+            .unwrap_or_else(|| PathBuf::from(bridge::config::DEFAULT_SPOOL_DIR)),
+    )
 }
 
 fn store_from_config(path: &Path) -> anyhow::Result<String> {
@@ -140,5 +198,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Groups(cmd) => limits::groups(cmd).await,
         Command::Users(cmd) => limits::users(cmd).await,
         Command::Limits(cmd) => limits::limits(cmd).await,
+        Command::Purge(args) => purge::run(args).await,
     }
 }

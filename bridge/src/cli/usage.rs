@@ -43,6 +43,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
     };
     let store = args.store.open().await?;
     let rows = usage::report(&store, by, Some(since)).await?;
+    args.store.note_spooled();
     print!("{}", usage::render(&rows, by, args.format.into()));
     Ok(())
 }

@@ -167,6 +167,8 @@ fn observe_message(v: &Value) -> Observation {
 #[derive(Default)]
 pub struct MessagesStreamObserver {
     sse: SseParser,
+    /// The terminal event was seen.
+    complete: bool,
     obs: Observation,
     /// Open tool_use blocks by content-block index.
     tools: BTreeMap<u64, ToolCall>,
@@ -237,8 +239,15 @@ impl MessagesStreamObserver {
 
 impl ResponseObserver for MessagesStreamObserver {
     fn feed(&mut self, chunk: &[u8]) {
-        let (obs, tools) = (&mut self.obs, &mut self.tools);
-        self.sse.feed(chunk, |ev| Self::on_event(obs, tools, ev));
+        let (obs, tools, complete) = (&mut self.obs, &mut self.tools, &mut self.complete);
+        self.sse.feed(chunk, |ev| {
+            *complete |= matches!(ev.event.as_deref(), Some("message_stop" | "error"));
+            Self::on_event(obs, tools, ev)
+        });
+    }
+
+    fn answer_complete(&self) -> bool {
+        self.complete
     }
 
     fn finish(mut self: Box<Self>) -> Observation {

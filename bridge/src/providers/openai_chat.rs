@@ -200,6 +200,8 @@ fn observe_completion(v: &Value) -> Observation {
 #[derive(Default)]
 pub struct ChatStreamObserver {
     sse: SseParser,
+    /// The terminal event was seen.
+    complete: bool,
     obs: Observation,
     tools: BTreeMap<(u64, u64), ToolCall>,
 }
@@ -261,8 +263,15 @@ impl ChatStreamObserver {
 
 impl ResponseObserver for ChatStreamObserver {
     fn feed(&mut self, chunk: &[u8]) {
-        let (obs, tools) = (&mut self.obs, &mut self.tools);
-        self.sse.feed(chunk, |ev| Self::on_event(obs, tools, ev));
+        let (obs, tools, complete) = (&mut self.obs, &mut self.tools, &mut self.complete);
+        self.sse.feed(chunk, |ev| {
+            *complete |= ev.data.starts_with("[DONE]");
+            Self::on_event(obs, tools, ev)
+        });
+    }
+
+    fn answer_complete(&self) -> bool {
+        self.complete
     }
 
     fn finish(mut self: Box<Self>) -> Observation {

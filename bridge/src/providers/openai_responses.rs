@@ -152,6 +152,8 @@ fn observe_response(v: &Value) -> Observation {
 #[derive(Default)]
 pub struct ResponsesStreamObserver {
     sse: SseParser,
+    /// The terminal event was seen.
+    complete: bool,
     obs: Observation,
     /// Function calls seen in `response.output_item.done`, used if the stream never completes.
     partial_calls: Vec<ToolCall>,
@@ -212,8 +214,18 @@ impl ResponsesStreamObserver {
 
 impl ResponseObserver for ResponsesStreamObserver {
     fn feed(&mut self, chunk: &[u8]) {
-        let (obs, partial) = (&mut self.obs, &mut self.partial_calls);
-        self.sse.feed(chunk, |ev| Self::on_event(obs, partial, ev));
+        let (obs, partial, complete) = (&mut self.obs, &mut self.partial_calls, &mut self.complete);
+        self.sse.feed(chunk, |ev| {
+            *complete |= matches!(
+                ev.event.as_deref(),
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            );
+            Self::on_event(obs, partial, ev)
+        });
+    }
+
+    fn answer_complete(&self) -> bool {
+        self.complete
     }
 
     fn finish(mut self: Box<Self>) -> Observation {
