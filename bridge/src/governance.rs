@@ -23,6 +23,13 @@
 //! counted locally in between: replicas see each other's spend within [`REFRESH`] plus the
 //! recorder's batch delay. A request is refused once a budget is used up; one that is already
 //! running (a stream) finishes and is counted.
+//!
+//! **Rates** (requests and input/output tokens per minute, concurrent requests) are per
+//! spender like budgets. Requests and tokens are counted in fixed one-minute windows in the
+//! store, with one atomic upsert per admitted request, so replicas share them exactly; tokens
+//! are added when a request ends. Concurrent requests are counted by each replica in memory
+//! (so the limit holds per replica). When the store cannot be reached, requests are admitted
+//! (like records, rates never take the gateway down) and a warning is logged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -103,6 +110,81 @@ pub struct Limits {
     /// USD per period for the scope as a whole (group, template, global).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shared_budgets: BTreeMap<Period, f64>,
+    /// Requests, tokens and concurrency for each spender.
+    #[serde(default, skip_serializing_if = "Rates::is_empty")]
+    pub rates: Rates,
+}
+
+/// Rate limits of one spender; `None`: not set here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_requests: Option<u64>,
+}
+
+impl Rates {
+    pub fn is_empty(&self) -> bool {
+        *self == Rates::default()
+    }
+
+    /// The four fields by name, for resolution and display.
+    pub fn fields(&self) -> [(&'static str, Option<u64>); 4] {
+        [
+            ("requests_per_minute", self.requests_per_minute),
+            ("input_tokens_per_minute", self.input_tokens_per_minute),
+            ("output_tokens_per_minute", self.output_tokens_per_minute),
+            ("concurrent_requests", self.concurrent_requests),
+        ]
+    }
+}
+
+/// The rates that apply to a request, each with whose use it counts and where it is set.
+#[derive(Debug, Clone, Default)]
+struct AppliedRates {
+    fields: Vec<(&'static str, u64, Scope, Scope)>,
+}
+
+impl AppliedRates {
+    fn get(&self, name: &str) -> Option<(u64, &Scope, &Scope)> {
+        self.fields
+            .iter()
+            .find(|f| f.0 == name)
+            .map(|(_, v, spender, set_on)| (*v, spender, set_on))
+    }
+}
+
+/// A request admitted under a concurrency limit: holds its slot until dropped.
+#[derive(Debug)]
+pub struct Admission {
+    gov: Arc<Governance>,
+    spender: Option<Scope>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(s) = &self.spender {
+            let mut live = self.gov.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = live.get_mut(s) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    live.remove(s);
+                }
+            }
+        }
+    }
+}
+
+/// Why a rate limit refused a request, and when to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRefusal {
+    pub message: String,
+    pub retry_after_secs: u64,
 }
 
 impl Limits {
@@ -112,6 +194,7 @@ impl Limits {
             && self.aliases.is_empty()
             && self.budgets.is_empty()
             && self.shared_budgets.is_empty()
+            && self.rates.is_empty()
     }
 }
 
@@ -200,6 +283,8 @@ struct Snapshot {
     groups_of: HashMap<String, BTreeSet<String>>,
     /// Whether any scope has a budget (spend is only tracked then).
     has_budgets: bool,
+    /// Whether any scope has a rate limit.
+    has_rates: bool,
     /// Spend per scope and period, as of `spend_at` (plus what this replica recorded since).
     spend: std::sync::Mutex<HashMap<(Scope, Period), f64>>,
     spend_at: Option<DateTime<Utc>>,
@@ -231,6 +316,37 @@ impl Snapshot {
         }
         if let Some(groups) = self.groups_of.get(who.user) {
             out.extend(groups.iter().map(|g| Scope::Group(g.clone())));
+        }
+        out
+    }
+
+    /// The rate limits that apply to `who`: per field, the most specific level that sets it
+    /// (the largest of a level).
+    fn rates(&self, who: &Requester) -> AppliedRates {
+        let mut out = AppliedRates::default();
+        for (i, name) in [
+            "requests_per_minute",
+            "input_tokens_per_minute",
+            "output_tokens_per_minute",
+            "concurrent_requests",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for level in self.levels(who) {
+                let best = level
+                    .iter()
+                    .filter_map(|s| Some((self.limits.get(s)?.rates.fields()[i].1?, s)))
+                    .max_by_key(|(v, _)| *v);
+                if let Some((v, set_on)) = best {
+                    let spender = match set_on {
+                        Scope::Key(k) => Scope::Key(k.clone()),
+                        _ => Scope::User(who.user.to_string()),
+                    };
+                    out.fields.push((name, v, spender, set_on.clone()));
+                    break;
+                }
+            }
         }
         out
     }
@@ -401,6 +517,8 @@ fn scopes_text(scopes: &[Scope]) -> String {
 pub struct Governance {
     store: Store,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Requests in flight per spender under a concurrency limit (this replica's).
+    in_flight: std::sync::Mutex<HashMap<Scope, u64>>,
 }
 
 impl Governance {
@@ -410,6 +528,7 @@ impl Governance {
         Ok(Arc::new(Governance {
             store,
             snapshot: RwLock::new(Arc::new(snapshot)),
+            in_flight: Default::default(),
         }))
     }
 
@@ -466,6 +585,149 @@ impl Governance {
             return None;
         }
         over_budget_with(&snap, who, Utc::now())
+    }
+
+    /// Admits a request under the rate limits that apply to `who`, or says why not and when
+    /// to retry. The admission holds a concurrency slot until dropped.
+    pub async fn admit(
+        self: &Arc<Self>,
+        who: &Requester<'_>,
+    ) -> Result<Option<Admission>, RateRefusal> {
+        let snap = self.current();
+        if !snap.has_rates {
+            return Ok(None);
+        }
+        let rates = snap.rates(who);
+        if rates.fields.is_empty() {
+            return Ok(None);
+        }
+        let now = Utc::now();
+        let window = now.timestamp() / 60 * 60;
+        let retry_after = (window + 60 - now.timestamp()).max(1) as u64;
+        // Concurrency first: it costs no database round trip.
+        let mut admission = Admission {
+            gov: self.clone(),
+            spender: None,
+        };
+        if let Some((max, spender, set_on)) = rates.get("concurrent_requests") {
+            let mut live = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let n = live.entry(spender.clone()).or_default();
+            if *n >= max {
+                return Err(RateRefusal {
+                    message: format!(
+                        "{spender} already has {n} requests running, the most concurrent_requests of {set_on} allows; retry when one finishes"
+                    ),
+                    retry_after_secs: 1,
+                });
+            }
+            *n += 1;
+            admission.spender = Some(spender.clone());
+        }
+        let per_minute = [
+            "requests_per_minute",
+            "input_tokens_per_minute",
+            "output_tokens_per_minute",
+        ];
+        let Some((_, spender, _)) = per_minute.iter().find_map(|f| rates.get(f)) else {
+            return Ok(Some(admission));
+        };
+        let subject = spender.to_string();
+        let rpm = rates.get("requests_per_minute").map(|r| r.0);
+        let counted = self
+            .store
+            .query(
+                "INSERT INTO rate_windows (subject, window_start, requests, input_tokens, output_tokens) \
+                 VALUES ($1, $2, 1, 0, 0) ON CONFLICT (subject, window_start) DO UPDATE \
+                 SET requests = rate_windows.requests + 1 WHERE rate_windows.requests < $3 \
+                 RETURNING requests, input_tokens, output_tokens",
+                vec![
+                    Value::Text(Some(subject.clone())),
+                    Value::Int(Some(window)),
+                    Value::Int(Some(rpm.map_or(i64::MAX, |r| r as i64))),
+                ],
+            )
+            .await;
+        let row = match counted {
+            Ok(rows) => rows.into_iter().next(),
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limits not checked: the store is unavailable; request admitted");
+                return Ok(Some(admission));
+            }
+        };
+        let refuse = |field: &str, used: u64, max: u64, set_on: &Scope| {
+            RateRefusal {
+            message: format!(
+                "{subject} reached {field} {max} (set on {set_on}): {used} used in this minute; retry in {retry_after} s"
+            ),
+            retry_after_secs: retry_after,
+        }
+        };
+        let Some(row) = row else {
+            let (max, _, set_on) = rates
+                .get("requests_per_minute")
+                .expect("only it refuses the upsert");
+            return Err(refuse("requests_per_minute", max, max, set_on));
+        };
+        for (i, field) in ["input_tokens_per_minute", "output_tokens_per_minute"]
+            .iter()
+            .enumerate()
+        {
+            let used = row[i + 1].int().max(0) as u64;
+            if let Some((max, _, set_on)) = rates.get(field) {
+                if used >= max {
+                    // Not served: give the request back.
+                    let _ = self
+                        .store
+                        .execute(
+                            "UPDATE rate_windows SET requests = requests - 1 WHERE subject = $1 AND window_start = $2",
+                            vec![Value::Text(Some(subject.clone())), Value::Int(Some(window))],
+                        )
+                        .await;
+                    return Err(refuse(field, used, max, set_on));
+                }
+            }
+        }
+        Ok(Some(admission))
+    }
+
+    /// Adds a finished request's tokens to its spender's current window (in the background).
+    pub fn add_tokens(&self, who: &Requester, input: u64, output: u64) {
+        let snap = self.current();
+        if !snap.has_rates || input + output == 0 {
+            return;
+        }
+        let rates = snap.rates(who);
+        let Some((_, spender, _)) = ["input_tokens_per_minute", "output_tokens_per_minute"]
+            .iter()
+            .find_map(|f| rates.get(f))
+        else {
+            return;
+        };
+        let subject = spender.to_string();
+        let store = self.store.clone();
+        let window = Utc::now().timestamp() / 60 * 60;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let r = store
+                .execute(
+                    "INSERT INTO rate_windows (subject, window_start, requests, input_tokens, output_tokens) \
+                     VALUES ($1, $2, 0, $3, $4) ON CONFLICT (subject, window_start) DO UPDATE \
+                     SET input_tokens = rate_windows.input_tokens + excluded.input_tokens, \
+                     output_tokens = rate_windows.output_tokens + excluded.output_tokens",
+                    vec![
+                        Value::Text(Some(subject)),
+                        Value::Int(Some(window)),
+                        Value::Int(Some(input as i64)),
+                        Value::Int(Some(output as i64)),
+                    ],
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "tokens not counted toward rate limits: the store is unavailable");
+            }
+        });
     }
 
     /// Counts a request's cost right away on this replica (the store's total replaces it at
@@ -563,6 +825,13 @@ impl Governance {
                 setting: format!("alias {alias}"),
                 value: target.clone(),
                 from: vec![from.clone()],
+            });
+        }
+        for (name, v, spender, set_on) in snap.rates(who).fields {
+            out.push(Applied {
+                setting: name.into(),
+                value: format!("{v} for {spender}"),
+                from: vec![set_on],
             });
         }
         let now = Utc::now();
@@ -665,6 +934,7 @@ async fn load_snapshot(store: &Store) -> Result<Snapshot, Error> {
             .map_err(|e| Error::Store(format!("limits of {scope}: {e}")))?;
         if !limits.is_empty() {
             snap.has_budgets |= !limits.budgets.is_empty() || !limits.shared_budgets.is_empty();
+            snap.has_rates |= !limits.rates.is_empty();
             snap.limits.insert(scope, limits);
         }
     }
@@ -679,6 +949,15 @@ async fn load_snapshot(store: &Store) -> Result<Snapshot, Error> {
     }
     if snap.has_budgets {
         load_spend(store, &mut snap, Utc::now()).await?;
+    }
+    if snap.has_rates {
+        // Windows older than an hour are history nobody reads.
+        store
+            .execute(
+                "DELETE FROM rate_windows WHERE window_start < $1",
+                vec![Value::Int(Some(Utc::now().timestamp() - 3600))],
+            )
+            .await?;
     }
     Ok(snap)
 }
@@ -867,6 +1146,7 @@ pub async fn explain(
     let gov = Governance {
         store: store.clone(),
         snapshot: RwLock::new(Arc::new(load_snapshot(store).await?)),
+        in_flight: Default::default(),
     };
     Ok(gov.explain(who, model))
 }
@@ -1031,6 +1311,37 @@ mod tests {
         // Spend counted in an earlier month is not this month's.
         s.spend_at = Some(now - chrono::Duration::days(40));
         assert_eq!(over_budget_with(&s, &who("erin", None), now), None);
+    }
+
+    #[test]
+    fn each_rate_comes_from_the_most_specific_scope_that_sets_it() {
+        let s = snap(
+            &[
+                (
+                    Scope::Global,
+                    r#"{"rates": {"requests_per_minute": 60, "concurrent_requests": 4}}"#,
+                ),
+                (
+                    Scope::Group("eng".into()),
+                    r#"{"rates": {"requests_per_minute": 120}}"#,
+                ),
+                (
+                    Scope::Key("key_1".into()),
+                    r#"{"rates": {"concurrent_requests": 1}}"#,
+                ),
+            ],
+            &[("eng", "ann")],
+        );
+        let r = s.rates(&who("ann", None));
+        let (v, spender, set_on) = r.get("requests_per_minute").unwrap();
+        assert_eq!(
+            (v, spender, set_on),
+            (120, &Scope::User("ann".into()), &Scope::Group("eng".into()))
+        );
+        // Set on her key: the key is the spender.
+        let (v, spender, _) = r.get("concurrent_requests").unwrap();
+        assert_eq!((v, spender), (1, &Scope::Key("key_1".into())));
+        assert!(r.get("input_tokens_per_minute").is_none());
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub enum GatewayError {
     PermissionDenied,
     /// A budget is used up (Anthropic 402, OpenAI 429 `insufficient_quota`).
     BudgetExceeded,
+    /// A rate limit is reached (429, with `retry-after`).
+    RateLimited,
 }
 
 /// One provider API family.

@@ -48,7 +48,7 @@ use tracing::{field::Empty, Instrument, Span};
 use uuid::Uuid;
 
 use crate::auth::{bridge_token, Authenticate};
-use crate::governance::{Decision, Governance, Requester};
+use crate::governance::{Admission, Decision, Governance, Requester};
 use crate::keys::Identity;
 use crate::providers::anthropic::Anthropic;
 use crate::providers::openai_chat::OpenAiChat;
@@ -412,12 +412,22 @@ enum Drained {
 struct InFlight {
     sink: Arc<dyn RecordSink>,
     provider: Provider,
+    /// The request's concurrency slot under a rate limit, released with the guard.
+    _admission: Option<Admission>,
 }
 
 impl InFlight {
-    fn new(sink: Arc<dyn RecordSink>, provider: Provider) -> InFlight {
+    fn new(
+        sink: Arc<dyn RecordSink>,
+        provider: Provider,
+        admission: Option<Admission>,
+    ) -> InFlight {
         sink.request_started(provider);
-        InFlight { sink, provider }
+        InFlight {
+            sink,
+            provider,
+            _admission: admission,
+        }
     }
 }
 
@@ -1210,7 +1220,8 @@ impl Gateway {
         drop(body);
 
         // 4. The limits: may this caller use this model (and under which name), is a budget
-        // used up.
+        // used up, is a rate limit reached.
+        let mut admission = None;
         if let Some(gov) = g.governance.get() {
             let template = rec.context.template.clone();
             let who = Requester {
@@ -1258,6 +1269,24 @@ impl Gateway {
                     &reason,
                     started,
                 );
+            }
+            match gov.admit(&who).await {
+                Ok(a) => admission = a,
+                Err(refusal) => {
+                    let mut r = self.reject_as(
+                        rec,
+                        adapter,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        GatewayError::RateLimited,
+                        &refusal.message,
+                        started,
+                    );
+                    r.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(refusal.retry_after_secs),
+                    );
+                    return r;
+                }
             }
         }
 
@@ -1308,7 +1337,7 @@ impl Gateway {
 
         // 5. The intercept-start entry is durable before the upstream sees the prompt: a
         //    crash from here on leaves an `incomplete` record, never none.
-        let in_flight = InFlight::new(g.sink.clone(), route.provider);
+        let in_flight = InFlight::new(g.sink.clone(), route.provider, admission);
         let mut entry = rec.clone();
         entry.outcome = Outcome::Incomplete;
         g.sink.start(entry);

@@ -65,6 +65,13 @@ impl RecorderSink {
                 self.governance.add_spend(&who, cost);
             }
         }
+        let who = Requester {
+            user: &rec.user,
+            key_id: rec.key_id.as_deref(),
+            template: rec.context.template.as_deref(),
+        };
+        self.governance
+            .add_tokens(&who, rec.usage.input_tokens, rec.usage.output_tokens);
     }
 }
 

@@ -95,6 +95,16 @@ const MIGRATIONS: &[&str] = &[
     // so the purge finds the records still holding text without scanning those done.
     "ALTER TABLE interceptions ADD COLUMN prompts_dropped_at BIGINT;
     CREATE INDEX IF NOT EXISTS interceptions_prompts_kept ON interceptions (prompts_dropped_at, started_at)",
+    // 6: rate limits: requests and tokens per spender and one-minute window (shared by
+    // replicas through atomic upserts).
+    "CREATE TABLE IF NOT EXISTS rate_windows (
+        subject TEXT NOT NULL,
+        window_start BIGINT NOT NULL,
+        requests BIGINT NOT NULL,
+        input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        PRIMARY KEY (subject, window_start)
+    )",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \

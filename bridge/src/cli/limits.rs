@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 
 use super::{OutputFormat, StoreArgs};
-use bridge::governance::{self, Decision, Limits, Period, Requester, Scope};
+use bridge::governance::{self, Decision, Limits, Period, Rates, Requester, Scope};
 use bridge::usage::{render_table, terminal_safe};
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +83,8 @@ impl ScopeArgs {
     }
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum LimitsCommand {
     /// Set limits on a scope. Each setting replaces that setting of the scope; others stay.
@@ -117,8 +119,21 @@ allow list, is refused with a 403 in the provider's format.")]
         /// template's requests, the whole bridge); repeatable.
         #[arg(long, value_parser = parse_budget)]
         shared_budget: Vec<(Period, f64)>,
-        /// Remove a setting: allow-models, deny-models, aliases, budgets, shared-budgets or all.
-        #[arg(long, value_parser = ["allow-models", "deny-models", "aliases", "budgets", "shared-budgets", "all"])]
+        /// Requests per minute for each spender (each user; on --key: that key).
+        #[arg(long)]
+        requests_per_minute: Option<u64>,
+        /// Input tokens per minute for each spender.
+        #[arg(long)]
+        input_tokens_per_minute: Option<u64>,
+        /// Output tokens per minute for each spender.
+        #[arg(long)]
+        output_tokens_per_minute: Option<u64>,
+        /// Requests running at once for each spender (counted by each replica).
+        #[arg(long)]
+        concurrent_requests: Option<u64>,
+        /// Remove a setting: allow-models, deny-models, aliases, budgets, shared-budgets, rates
+        /// or all.
+        #[arg(long, value_parser = ["allow-models", "deny-models", "aliases", "budgets", "shared-budgets", "rates", "all"])]
         clear: Vec<String>,
         #[command(flatten)]
         store: StoreArgs,
@@ -288,20 +303,31 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
             remove_alias,
             budget,
             shared_budget,
+            requests_per_minute,
+            input_tokens_per_minute,
+            output_tokens_per_minute,
+            concurrent_requests,
             clear,
             store,
         } => {
             let scope = scope.scope();
+            let rates = Rates {
+                requests_per_minute,
+                input_tokens_per_minute,
+                output_tokens_per_minute,
+                concurrent_requests,
+            };
             if allow_models.is_none()
                 && deny_models.is_none()
                 && alias.is_empty()
                 && remove_alias.is_empty()
                 && budget.is_empty()
                 && shared_budget.is_empty()
+                && rates.is_empty()
                 && clear.is_empty()
             {
                 anyhow::bail!(
-                    "nothing to change: give --allow-models, --deny-models, --alias, --remove-alias, --budget, --shared-budget or --clear"
+                    "nothing to change: give --allow-models, --deny-models, --alias, --remove-alias, --budget, --shared-budget, a rate (--requests-per-minute, ...) or --clear"
                 );
             }
             if !shared_budget.is_empty() && matches!(scope, Scope::User(_) | Scope::Key(_)) {
@@ -318,6 +344,7 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
                     "aliases" => l.aliases.clear(),
                     "budgets" => l.budgets.clear(),
                     "shared-budgets" => l.shared_budgets.clear(),
+                    "rates" => l.rates = Rates::default(),
                     _ => l = Limits::default(),
                 }
             }
@@ -337,6 +364,22 @@ pub async fn limits(cmd: LimitsCommand) -> anyhow::Result<()> {
             }
             l.budgets.extend(budget);
             l.shared_budgets.extend(shared_budget);
+            for (slot, v) in [
+                (&mut l.rates.requests_per_minute, rates.requests_per_minute),
+                (
+                    &mut l.rates.input_tokens_per_minute,
+                    rates.input_tokens_per_minute,
+                ),
+                (
+                    &mut l.rates.output_tokens_per_minute,
+                    rates.output_tokens_per_minute,
+                ),
+                (&mut l.rates.concurrent_requests, rates.concurrent_requests),
+            ] {
+                if v.is_some() {
+                    *slot = v;
+                }
+            }
             governance::set_limits(&store, &scope, &l, &author()).await?;
             println!(
                 "{scope}: {} (running gateways apply it within {} s)",
@@ -457,6 +500,11 @@ fn describe(l: &Limits) -> String {
     }
     for (p, usd) in &l.shared_budgets {
         parts.push(format!("shared budget {}=${usd}", p.as_str()));
+    }
+    for (name, v) in l.rates.fields() {
+        if let Some(v) = v {
+            parts.push(format!("{name} {v}"));
+        }
     }
     if parts.is_empty() {
         "no limits".into()

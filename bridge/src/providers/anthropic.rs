@@ -99,6 +99,7 @@ impl ProviderAdapter for Anthropic {
             GatewayError::NotFound => "not_found_error",
             GatewayError::PermissionDenied => "permission_error",
             GatewayError::BudgetExceeded => "billing_error",
+            GatewayError::RateLimited => "rate_limit_error",
         };
         Bytes::from(json!({"type": "error", "error": {"type": ty, "message": message}}).to_string())
     }

@@ -40,6 +40,7 @@ pub(crate) fn openai_error_body(kind: GatewayError, message: &str) -> Bytes {
             ("invalid_request_error", Value::from("model_not_allowed"))
         }
         GatewayError::BudgetExceeded => ("insufficient_quota", Value::from("insufficient_quota")),
+        GatewayError::RateLimited => ("requests", Value::from("rate_limit_exceeded")),
     };
     Bytes::from(
         json!({"error": {"message": message, "type": ty, "param": null, "code": code}}).to_string(),

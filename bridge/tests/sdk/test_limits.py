@@ -111,3 +111,64 @@ def test_a_used_up_budget_refuses_the_next_request_in_each_providers_format_and_
     eventually(through_again)
     explained = bridge.cli("limits", "explain", "--user", user)
     assert "budget/day" in explained and "of $100 spent by user " + user in explained, explained
+
+
+def test_requests_per_minute_get_a_429_with_retry_after_in_the_providers_format(bridge):
+    user = f"rate-{uuid.uuid4().hex[:8]}"
+    token = bridge.create_key(user)
+    bridge.cli("limits", "set", "--user", user, "--requests-per-minute", "3")
+    a = anthropic.Anthropic(base_url=f"{bridge.url}/anthropic", api_key=token, max_retries=0)
+    served, deadline = 0, time.time() + 15
+    while True:
+        try:
+            a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            served += 1
+        except anthropic.RateLimitError as e:
+            refused = e
+            break
+        assert time.time() < deadline, f"{served} requests and still not limited"
+    assert refused.status_code == 429
+    assert refused.body["error"]["type"] == "rate_limit_error"
+    assert "requests_per_minute 3" in refused.message
+    retry_after = int(refused.response.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    # The OpenAI SDK of the same user: its own 429 format, same window.
+    o = openai.OpenAI(base_url=f"{bridge.url}/openai/v1", api_key=token, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as e:
+        o.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "rate_limit_exceeded"
+    rec = bridge.wait_record(lambda r: r["user"] == user and r["status"] == 429)
+    assert rec["outcome"] == "rejected"
+
+
+def test_a_concurrency_limit_refuses_a_second_request_while_the_first_streams(bridge):
+    import threading
+    user = f"conc-{uuid.uuid4().hex[:8]}"
+    token = bridge.create_key(user)
+    bridge.cli("limits", "set", "--user", user, "--concurrent-requests", "1")
+    a = anthropic.Anthropic(base_url=f"{bridge.url}/anthropic", api_key=token, max_retries=0)
+
+    def slow():
+        # Holds the stream open for 3 s after its first event.
+        with a.messages.stream(model="claude-sonnet-4-6", max_tokens=20,
+                               messages=[{"role": "user", "content": "slow"}],
+                               extra_headers={"x-fake-hold-ms": "3000"}) as s:
+            s.get_final_message()
+
+    def refused_while_one_streams():
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.5)
+        try:
+            a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            raise AssertionError("second request admitted")
+        except anthropic.RateLimitError as e:
+            return e
+        finally:
+            t.join()
+
+    e = eventually(refused_while_one_streams, timeout=20)
+    assert "concurrent_requests" in e.message
+    assert e.response.headers["retry-after"] == "1"
+    # Once the stream is over, the slot is free again.
+    assert a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
