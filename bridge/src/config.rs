@@ -45,6 +45,7 @@ use serde::Deserialize;
 
 use crate::auth::MetricsToken;
 use crate::error::Error;
+use crate::keypool::KeyPool;
 use crate::pricing::{ModelPrice, PriceList, PricingTable};
 use crate::proxy::{Limits, Upstream, UpstreamTrust};
 use crate::redact::PromptRecording;
@@ -204,6 +205,18 @@ struct RawProvider {
     /// Client headers to forward beyond the built-in allowlist.
     #[serde(default)]
     forward_headers: Vec<String>,
+    /// A pool of keys instead of one `api_key`/`api_key_env`.
+    keys: Option<Vec<RawKey>>,
+}
+
+/// One key of a provider's pool (`providers.NAME.keys[]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: Option<String>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+    weight: Option<u32>,
 }
 
 impl BridgeConfig {
@@ -293,29 +306,75 @@ impl BridgeConfig {
             let base_url = raw.base_url.unwrap_or_else(|| default_url.to_owned());
             let base_url = validate_base_url(&base_url)
                 .map_err(|m| err(&["providers", name, "base_url"], m))?;
-            let key = match (raw.api_key, raw.api_key_env) {
-                (Some(k), None) => k,
-                (None, Some(var)) => std::env::var(&var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
-                    err(
-                        &["providers", name, "api_key_env"],
-                        format!("environment variable {var} is not set (or empty)"),
-                    )
-                })?,
+            // One key (`api_key`/`api_key_env`) or a pool (`keys:`), each key exactly one of
+            // the two.
+            let one_key = |field: &[&str], key: Option<String>, env: Option<String>| {
+                match (key, env) {
+                (Some(k), None) => Ok((k, None)),
+                (None, Some(var)) => std::env::var(&var)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, Some(var.clone())))
+                    .ok_or_else(|| {
+                        let mut f = field.to_vec();
+                        f.push("api_key_env");
+                        err(&f, format!("environment variable {var} is not set (or empty)"))
+                    }),
                 (Some(_), Some(_)) => {
+                    let mut f = field.to_vec();
+                    f.push("api_key");
+                    Err(err(&f, "give either `api_key` or `api_key_env`, not both".into()))
+                }
+                (None, None) => Err(err(
+                    field,
+                    "missing `api_key_env` (name of the variable holding the provider key) or `api_key`".into(),
+                )),
+            }
+            };
+            let keys = match raw.keys {
+                None => {
+                    let (key, _) = one_key(&["providers", name], raw.api_key, raw.api_key_env)?;
+                    let v = key_value(&key).map_err(|m| err(&["providers", name, "api_key"], m))?;
+                    KeyPool::single(v)
+                }
+                Some(_) if raw.api_key.is_some() || raw.api_key_env.is_some() => {
                     return Err(err(
-                        &["providers", name, "api_key"],
-                        "give either `api_key` or `api_key_env`, not both".into(),
+                        &["providers", name, "keys"],
+                        "give either `keys` (a pool) or `api_key`/`api_key_env`, not both".into(),
                     ))
                 }
-                (None, None) => {
+                Some(list) if list.is_empty() => {
                     return Err(err(
-                        &["providers", name],
-                        "missing `api_key_env` (name of the variable holding the provider key) or `api_key`".into(),
+                        &["providers", name, "keys"],
+                        "the pool has no key".into(),
                     ))
+                }
+                Some(list) => {
+                    let mut pool = Vec::with_capacity(list.len());
+                    for (i, k) in list.into_iter().enumerate() {
+                        let idx = i.to_string();
+                        let field = ["providers", name, "keys", idx.as_str()];
+                        let (key, var) = one_key(&field, k.api_key, k.api_key_env)?;
+                        let v = key_value(&key).map_err(|m| err(&field, m))?;
+                        let key_name = k.name.or(var).unwrap_or_else(|| format!("key-{}", i + 1));
+                        if pool
+                            .iter()
+                            .any(|(n, _, _): &(String, HeaderValue, u32)| *n == key_name)
+                        {
+                            return Err(err(
+                                &field,
+                                format!("two keys are named {key_name:?}: give each a `name`"),
+                            ));
+                        }
+                        if k.weight == Some(0) {
+                            return Err(err(&field, "`weight` must be at least 1".into()));
+                        }
+                        pool.push((key_name, v, k.weight.unwrap_or(1)));
+                    }
+                    KeyPool::new(pool)
                 }
             };
-            let api_key = key_value(&key).map_err(|m| err(&["providers", name, "api_key"], m))?;
-            let mut upstream = Upstream::new(base_url, api_key);
+            let mut upstream = Upstream::with_keys(base_url, keys);
             for h in &raw.forward_headers {
                 let header = h.trim().to_ascii_lowercase();
                 let bare = header.strip_suffix('*').unwrap_or(&header);
@@ -585,7 +644,7 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         let a = c.providers.anthropic.unwrap();
         assert_eq!(a.base_url, "http://gw.internal/anthropic");
-        assert!(a.api_key.is_sensitive());
+        assert!(a.keys.key(0).value.is_sensitive());
         assert!(c.providers.openai.is_none());
         assert!(!format!("{a:?}").contains("sk-ant-xyz"));
     }
@@ -855,6 +914,40 @@ mod tests {
             e.contains("bridge.yaml:1:") && e.contains("redacted"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_key_pool_names_its_keys_and_bad_pools_name_their_field() {
+        std::env::set_var("BRIDGE_TEST_POOL_KEY_2", "sk-two");
+        let c = parse(
+            "providers:\n  anthropic:\n    keys:\n      - { name: main, api_key: sk-one, weight: 3 }\n      - { api_key_env: BRIDGE_TEST_POOL_KEY_2 }\n      - { api_key: sk-three }\n",
+        )
+        .unwrap();
+        let pool = &c.providers.anthropic.unwrap().keys;
+        let names: Vec<&str> = (0..pool.len()).map(|i| pool.key(i).name.as_str()).collect();
+        assert_eq!(names, ["main", "BRIDGE_TEST_POOL_KEY_2", "key-3"]);
+        assert_eq!(pool.key(0).weight, 3);
+        assert!(pool.key(1).value.is_sensitive());
+        let e = parse("providers:\n  openai:\n    api_key: k\n    keys: [{ api_key: k2 }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `providers.openai.keys`") && e.contains("not both"),
+            "{e}"
+        );
+        let e = parse(
+            "providers:\n  openai:\n    keys: [{ name: a, api_key: k }, { name: a, api_key: j }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("providers.openai.keys.1") && e.contains("two keys are named"),
+            "{e}"
+        );
+        let e = parse("providers:\n  openai:\n    keys: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no key"), "{e}");
     }
 
     #[test]

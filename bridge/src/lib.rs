@@ -18,6 +18,7 @@ pub mod tls;
 // Recording path.
 pub mod governance;
 pub mod journal;
+pub mod keypool;
 pub mod keys;
 pub mod pricing;
 pub mod private_files;

@@ -49,6 +49,7 @@ use uuid::Uuid;
 
 use crate::auth::{bridge_token, Authenticate};
 use crate::governance::{Admission, Decision, Governance, Requester};
+use crate::keypool::{Attempt, BreakerState, KeyPool};
 use crate::keys::Identity;
 use crate::providers::anthropic::Anthropic;
 use crate::providers::openai_chat::OpenAiChat;
@@ -84,6 +85,15 @@ pub trait RecordSink: Send + Sync + 'static {
     fn start(&self, _rec: InterceptionRecord) {}
     fn request_started(&self, _provider: Provider) {}
     fn request_finished(&self, _provider: Provider) {}
+    /// How one attempt with a provider key went (`key` is the key's name, never its value).
+    fn upstream_key(
+        &self,
+        _provider: Provider,
+        _key: &str,
+        _outcome: &'static str,
+        _state: BreakerState,
+    ) {
+    }
 }
 
 /// Limits that keep the gateway bounded whatever clients and upstreams send. Each is a field
@@ -140,8 +150,9 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct Upstream {
     /// `scheme://authority[/path-prefix]` without a trailing slash.
     pub base_url: String,
-    /// The server-side provider key (marked sensitive so it is never printed by `Debug`).
-    pub api_key: HeaderValue,
+    /// The server-side provider keys (one or a pool; values marked sensitive so they are
+    /// never printed by `Debug`).
+    pub keys: Arc<KeyPool>,
     /// Headers set from the server's configuration on every request (e.g. OpenAI's
     /// `openai-organization` and `openai-project`: the billing scope is the server's choice,
     /// never the client's).
@@ -153,9 +164,14 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(base_url: impl Into<String>, api_key: HeaderValue) -> Upstream {
+        Upstream::with_keys(base_url, KeyPool::single(api_key))
+    }
+
+    /// An upstream with a pool of keys.
+    pub fn with_keys(base_url: impl Into<String>, keys: KeyPool) -> Upstream {
         Upstream {
             base_url: base_url.into(),
-            api_key,
+            keys: Arc::new(keys),
             extra_headers: HeaderMap::new(),
             forward_headers: Vec::new(),
         }
@@ -1329,11 +1345,17 @@ impl Gateway {
         for (name, value) in &upstream.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
-        adapter.set_upstream_auth(&mut headers, &upstream.api_key);
-        let mut up_req = Request::new(Full::new(forward_body));
-        *up_req.method_mut() = parts.method.clone();
-        *up_req.uri_mut() = uri;
-        *up_req.headers_mut() = headers;
+        let attempt = Attempts {
+            client: g.client.clone(),
+            keys: upstream.keys.clone(),
+            adapter,
+            method: parts.method.clone(),
+            uri,
+            headers,
+            body: forward_body,
+            sink: g.sink.clone(),
+            provider: route.provider,
+        };
 
         // 5. The intercept-start entry is durable before the upstream sees the prompt: a
         //    crash from here on leaves an `incomplete` record, never none.
@@ -1347,7 +1369,7 @@ impl Gateway {
         //    `AwaitingUpstream`), so the answer is still read and recorded.
         let fut: ResponseFuture = Box::pin(tokio::time::timeout(
             g.limits.upstream_response_timeout,
-            g.client.request(up_req),
+            attempt.send(),
         ));
         let mut waiting = AwaitingUpstream {
             fut: Some(fut),
@@ -1522,6 +1544,59 @@ const CLIENT_SESSION_HEADERS: &[&str] = &[
     "session_id",
     "x-codex-session-id",
 ];
+
+/// One request to a provider, tried with the keys of its pool in turn (see [`KeyPool`]).
+struct Attempts {
+    client: HttpsClient,
+    keys: Arc<KeyPool>,
+    adapter: &'static dyn ProviderAdapter,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    sink: Arc<dyn RecordSink>,
+    provider: Provider,
+}
+
+impl Attempts {
+    /// The first answer worth giving the client: a key's answer that is not a throttle or a
+    /// failure, else the last key's answer (or error) as it is.
+    async fn send(self) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        let order = self.keys.order();
+        let last = order.len() - 1;
+        let mut result = None;
+        for (n, &i) in order.iter().enumerate() {
+            let key = self.keys.key(i);
+            let mut headers = self.headers.clone();
+            self.adapter.set_upstream_auth(&mut headers, &key.value);
+            let mut req = Request::new(Full::new(self.body.clone()));
+            *req.method_mut() = self.method.clone();
+            *req.uri_mut() = self.uri.clone();
+            *req.headers_mut() = headers;
+            let r = self.client.request(req).await;
+            let attempt = match &r {
+                Ok(resp) => Attempt::of_status(resp.status(), resp.headers()),
+                Err(_) => Attempt::Failed,
+            };
+            let state = self.keys.report(i, attempt);
+            self.sink
+                .upstream_key(self.provider, &key.name, attempt.label(), state);
+            if attempt != Attempt::Answered && n < last {
+                tracing::warn!(
+                    provider = self.provider.as_str(),
+                    key = %key.name,
+                    outcome = attempt.label(),
+                    breaker = state.as_str(),
+                    "provider key failed; trying the next key of the pool"
+                );
+                continue;
+            }
+            result = Some(r);
+            break;
+        }
+        result.expect("a key pool has at least one key")
+    }
+}
 
 /// What the upstream's response headers (or its failure) resolve to.
 type ResponseResult = Result<

@@ -34,6 +34,7 @@ use crate::auth::MetricsToken;
 use crate::config::BridgeConfig;
 use crate::error::Error;
 use crate::governance::{Governance, Requester};
+use crate::keypool::BreakerState;
 use crate::keys::Authenticator;
 use crate::pricing::PricingTable;
 use crate::proxy::{ClientAddr, Gateway, ProxyBody, RecordSink};
@@ -92,6 +93,16 @@ impl RecordSink for RecorderSink {
     }
     fn request_finished(&self, provider: Provider) {
         self.telemetry.request_finished(provider);
+    }
+    fn upstream_key(
+        &self,
+        provider: Provider,
+        key: &str,
+        outcome: &'static str,
+        state: BreakerState,
+    ) {
+        self.telemetry
+            .upstream_key(provider, key, outcome, state.as_str());
     }
 }
 

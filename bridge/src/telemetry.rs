@@ -72,6 +72,10 @@ struct Metrics {
     /// Models that have their own label.
     model_labels: std::collections::BTreeSet<String>,
     max_model_labels: usize,
+    /// (provider, key name, outcome) → attempts with a provider key.
+    key_attempts: BTreeMap<(String, String, &'static str), u64>,
+    /// (provider, key name) → breaker state.
+    key_breaker: BTreeMap<(String, String), &'static str>,
 }
 
 /// Handle to the process's telemetry; cheap to clone.
@@ -239,6 +243,23 @@ impl Telemetry {
         });
     }
 
+    /// One attempt with a provider key (its name, never its value) and its breaker after it.
+    pub fn upstream_key(
+        &self,
+        provider: Provider,
+        key: &str,
+        outcome: &'static str,
+        state: &'static str,
+    ) {
+        self.with(|m| {
+            let p = provider.as_str().to_string();
+            *m.key_attempts
+                .entry((p.clone(), key.to_string(), outcome))
+                .or_default() += 1;
+            m.key_breaker.insert((p, key.to_string()), state);
+        });
+    }
+
     /// Records lost because the spool was full.
     pub fn spool_dropped(&self, n: u64) {
         self.with(|m| m.spool_dropped += n);
@@ -378,6 +399,36 @@ impl Telemetry {
                 "Size of the on-disk spool.",
             );
             let _ = writeln!(out, "bridge_spool_bytes {}", m.spool_bytes);
+            if !m.key_attempts.is_empty() {
+                header(
+                    &mut out,
+                    "bridge_upstream_key_attempts_total",
+                    "counter",
+                    "Attempts with each provider key (by name): answered, throttled (429/529) or failed (5xx, connection).",
+                );
+                for ((p, key, o), n) in &m.key_attempts {
+                    let _ = writeln!(
+                        out,
+                        "bridge_upstream_key_attempts_total{{provider=\"{}\",key=\"{}\",outcome=\"{o}\"}} {n}",
+                        esc(p),
+                        esc(key)
+                    );
+                }
+                header(
+                    &mut out,
+                    "bridge_upstream_key_breaker",
+                    "gauge",
+                    "1 for each provider key's circuit breaker state (closed, open, half_open).",
+                );
+                for ((p, key), state) in &m.key_breaker {
+                    let _ = writeln!(
+                        out,
+                        "bridge_upstream_key_breaker{{provider=\"{}\",key=\"{}\",state=\"{state}\"}} 1",
+                        esc(p),
+                        esc(key)
+                    );
+                }
+            }
             header(
                 &mut out,
                 "bridge_spool_dropped_total",

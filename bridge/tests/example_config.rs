@@ -17,7 +17,7 @@ fn the_example_configuration_is_valid_and_its_limits_are_the_defaults_it_says_th
     assert_eq!(c.spool_dir, Path::new("bridge-spool"));
     let a = c.providers.anthropic.expect("anthropic configured");
     assert_eq!(a.base_url, "https://api.anthropic.com");
-    assert_eq!(a.api_key, "sk-ant-example");
+    assert_eq!(a.keys.key(0).value, "sk-ant-example");
     let o = c.providers.openai.expect("openai configured");
     assert_eq!(o.base_url, "https://api.openai.com");
     assert!(c.pricing.price("my-fine-tuned-model").is_some());

@@ -73,6 +73,11 @@ struct Args {
         default_value = "sk-openai-fake-upstream-key"
     )]
     openai_key: String,
+    /// A provider key that is always rate-limited: requests carrying it (as `x-api-key` or
+    /// `Authorization: Bearer`) get a 429 with `retry-after: 30` in the provider's format
+    /// (for testing key pools); repeatable.
+    #[arg(long)]
+    throttled_key: Vec<String>,
     /// PEM certificate chain: serve HTTPS with it (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -107,6 +112,7 @@ fn tls_acceptor(
 struct Keys {
     anthropic: String,
     openai: String,
+    throttled: Vec<String>,
 }
 
 static IDS: AtomicU64 = AtomicU64::new(1);
@@ -198,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
     let keys: &'static Keys = Box::leak(Box::new(Keys {
         anthropic: args.anthropic_key,
         openai: args.openai_key,
+        throttled: args.throttled_key,
     }));
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
@@ -234,6 +241,39 @@ where
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), svc)
         .await;
+}
+
+/// The 429 a `--throttled-key` gets, in the format of the route's provider.
+fn throttled(req: &Request<Incoming>, keys: &Keys) -> Option<Response<FakeBody>> {
+    let h = req.headers();
+    let key = h
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            h.get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })?;
+    if !keys.throttled.iter().any(|k| k == key) {
+        return None;
+    }
+    let mut r = if req.uri().path().starts_with("/v1/messages") {
+        anthropic_error(
+            429,
+            "rate_limit_error",
+            "rate limited (fake upstream, throttled key)",
+        )
+    } else {
+        openai_error(
+            429,
+            "requests",
+            Some("rate_limit_exceeded"),
+            "rate limited (fake upstream, throttled key)",
+        )
+    };
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("30"));
+    Some(r)
 }
 
 /// A response that misbehaves as `x-fake-misbehave` asks, or `None` to answer normally.
@@ -319,6 +359,9 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
         return json_response(200, json!({ "requests": n }), "request-id");
     }
     RECEIVED.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = throttled(&req, keys) {
+        return r;
+    }
     if let Some(how) = req
         .headers()
         .get("x-fake-misbehave")
