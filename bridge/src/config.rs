@@ -88,6 +88,24 @@ pub struct BridgeConfig {
     pub prompt_recording: PromptRecording,
     /// How long records and prompts are kept (`retention:`).
     pub retention: Retention,
+    /// When budget notices go out and where (`budget_notices:`).
+    pub budget_notices: BudgetNotices,
+}
+
+/// `budget_notices:`: fractions of a budget (0.85 = 85%) and an optional webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetNotices {
+    pub thresholds: Vec<f64>,
+    pub webhook: Option<http::Uri>,
+}
+
+impl Default for BudgetNotices {
+    fn default() -> Self {
+        BudgetNotices {
+            thresholds: crate::governance::DEFAULT_NOTICE_THRESHOLDS.to_vec(),
+            webhook: None,
+        }
+    }
 }
 
 /// Default of [`BridgeConfig::header_read_timeout`].
@@ -130,6 +148,18 @@ struct RawConfig {
     prompt_recording: Option<PromptRecording>,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    budget_notices: RawBudgetNotices,
+}
+
+/// `budget_notices:`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudgetNotices {
+    /// Percent of a budget at which a notice goes out.
+    thresholds: Option<Vec<f64>>,
+    /// URL each notice is POSTed to as JSON.
+    webhook: Option<String>,
 }
 
 /// `retention:`; ages like `90d`, parsed by [`crate::retention::parse_age`].
@@ -260,6 +290,7 @@ impl BridgeConfig {
             source: None,
             prompt_recording: PromptRecording::default(),
             retention: Retention::default(),
+            budget_notices: BudgetNotices::default(),
         })
     }
 
@@ -494,6 +525,34 @@ impl BridgeConfig {
                 ));
             }
         }
+        let mut budget_notices = BudgetNotices::default();
+        if let Some(t) = &raw.budget_notices.thresholds {
+            if t.is_empty()
+                || t.iter()
+                    .any(|p| !(p.is_finite() && *p > 0.0 && *p <= 1000.0))
+            {
+                return Err(err(
+                    &["budget_notices", "thresholds"],
+                    "percentages of a budget between 0 and 1000, e.g. [50, 85, 100]".into(),
+                ));
+            }
+            budget_notices.thresholds = t.iter().map(|p| p / 100.0).collect();
+        }
+        if let Some(url) = &raw.budget_notices.webhook {
+            let uri = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                })
+                .ok_or_else(|| {
+                    err(
+                        &["budget_notices", "webhook"],
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    )
+                })?;
+            budget_notices.webhook = Some(uri);
+        }
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -570,6 +629,7 @@ impl BridgeConfig {
             source: Some(path.to_path_buf()),
             prompt_recording: raw.prompt_recording.unwrap_or_default(),
             retention,
+            budget_notices,
         })
     }
 }

@@ -513,12 +513,21 @@ fn scopes_text(scopes: &[Scope]) -> String {
 }
 
 /// The governance a gateway enforces: a snapshot of the store's limits, refreshed.
-#[derive(Debug)]
 pub struct Governance {
     store: Store,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Requests in flight per spender under a concurrency limit (this replica's).
     in_flight: std::sync::Mutex<HashMap<Scope, u64>>,
+    /// Budget fractions that raise a notice, and who hears of it besides the log.
+    notices: std::sync::OnceLock<(Vec<f64>, Notify)>,
+}
+
+impl std::fmt::Debug for Governance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governance")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Governance {
@@ -529,6 +538,7 @@ impl Governance {
             store,
             snapshot: RwLock::new(Arc::new(snapshot)),
             in_flight: Default::default(),
+            notices: Default::default(),
         }))
     }
 
@@ -576,6 +586,11 @@ impl Governance {
             };
         }
         decide_with(&snap, who, model)
+    }
+
+    /// Budget notices at these fractions (0.85 = 85%) go to `notify` too (set once, at start).
+    pub fn on_notice(&self, thresholds: Vec<f64>, notify: Notify) {
+        let _ = self.notices.set((thresholds, notify));
     }
 
     /// `Some(reason)` when a budget that applies to `who` is used up.
@@ -750,35 +765,52 @@ impl Governance {
                 }
             }
         }
-        for Budget {
-            period,
-            usd: limit,
-            spender,
-            set_on,
-            ..
-        } in budgets
-        {
+        let (thresholds, notify) = match self.notices.get() {
+            Some((t, n)) => (t.as_slice(), Some(n)),
+            None => (&DEFAULT_NOTICE_THRESHOLDS[..], None),
+        };
+        let mut crossed = Vec::new();
+        for b in budgets {
             let after = spend
-                .get(&(spender.clone(), period))
+                .get(&(b.spender.clone(), b.period))
                 .copied()
                 .unwrap_or(0.0);
             let before = after - usd;
-            for threshold in NOTICE_THRESHOLDS {
-                let line = limit * threshold;
+            for &threshold in thresholds {
+                let line = b.usd * threshold;
                 if before < line && after >= line {
-                    tracing::warn!(
-                        target: "bridge::budget",
-                        spender = %spender,
-                        set_on = %set_on,
-                        period = period.as_str(),
-                        budget_usd = limit,
-                        spent_usd = after,
-                        percent = (threshold * 100.0).round(),
-                        "budget notice: {spender} has used {:.0}% of its {} budget of ${limit:.2} (set on {set_on})",
-                        threshold * 100.0,
-                        period.as_str()
-                    );
+                    crossed.push(Notice {
+                        spender: b.spender.to_string(),
+                        set_on: b.set_on.to_string(),
+                        shared: b.shared,
+                        period: b.period.as_str(),
+                        budget_usd: b.usd,
+                        spent_usd: after,
+                        percent: (threshold * 100.0).round(),
+                        at: now,
+                    });
                 }
+            }
+        }
+        drop(spend);
+        for n in crossed {
+            tracing::warn!(
+                target: "bridge::budget",
+                spender = %n.spender,
+                set_on = %n.set_on,
+                period = n.period,
+                budget_usd = n.budget_usd,
+                spent_usd = n.spent_usd,
+                percent = n.percent,
+                "budget notice: {} has used {:.0}% of its {} budget of ${} (set on {})",
+                n.spender,
+                n.percent,
+                n.period,
+                n.budget_usd,
+                n.set_on
+            );
+            if let Some(notify) = notify {
+                notify(&n);
             }
         }
     }
@@ -855,8 +887,26 @@ impl Governance {
     }
 }
 
-/// Fractions of a budget at which a notice is logged.
-const NOTICE_THRESHOLDS: [f64; 2] = [0.85, 1.0];
+/// Fractions of a budget at which a notice goes out, unless `budget_notices.thresholds` says.
+pub const DEFAULT_NOTICE_THRESHOLDS: [f64; 2] = [0.85, 1.0];
+
+/// A budget crossing a threshold: logged, counted, and handed to the server's notifier (which
+/// may post it to a webhook).
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    pub spender: String,
+    pub set_on: String,
+    pub shared: bool,
+    pub period: &'static str,
+    pub budget_usd: f64,
+    pub spent_usd: f64,
+    /// The threshold crossed, in percent of the budget.
+    pub percent: f64,
+    pub at: DateTime<Utc>,
+}
+
+/// What the server does with a notice besides the log line.
+pub type Notify = Arc<dyn Fn(&Notice) + Send + Sync>;
 
 fn over_budget_with(snap: &Snapshot, who: &Requester, now: DateTime<Utc>) -> Option<String> {
     snap.budgets(who)
@@ -1147,6 +1197,7 @@ pub async fn explain(
         store: store.clone(),
         snapshot: RwLock::new(Arc::new(load_snapshot(store).await?)),
         in_flight: Default::default(),
+        notices: Default::default(),
     };
     Ok(gov.explain(who, model))
 }

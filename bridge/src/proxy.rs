@@ -221,7 +221,7 @@ impl UpstreamTrust {
         Ok(UpstreamTrust { extra_roots: certs })
     }
 
-    fn client_config(&self) -> rustls::ClientConfig {
+    pub(crate) fn client_config(&self) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };

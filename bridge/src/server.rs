@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::MetricsToken;
 use crate::config::BridgeConfig;
 use crate::error::Error;
-use crate::governance::{Governance, Requester};
+use crate::governance::{Governance, Notice, Notify, Requester};
 use crate::keypool::BreakerState;
 use crate::keys::Authenticator;
 use crate::pricing::PricingTable;
@@ -104,6 +104,56 @@ impl RecordSink for RecorderSink {
         self.telemetry
             .upstream_key(provider, key, outcome, state.as_str());
     }
+}
+
+/// Counts each budget notice and, with a webhook, POSTs it there as JSON: up to 4 attempts,
+/// 1, 2 and 4 s apart; a notice still refused then is counted as undelivered and logged.
+fn notifier(
+    telemetry: Telemetry,
+    webhook: Option<http::Uri>,
+    trust: &crate::proxy::UpstreamTrust,
+) -> Notify {
+    let client = webhook.as_ref().map(|_| {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(trust.client_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build::<_, http_body_util::Full<bytes::Bytes>>(https)
+    });
+    Arc::new(move |n: &Notice| {
+        telemetry.budget_notice(n.percent as u64);
+        let (Some(client), Some(url)) = (client.clone(), webhook.clone()) else {
+            return;
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(n).unwrap_or_default());
+        let telemetry = telemetry.clone();
+        tokio::spawn(async move {
+            for attempt in 0..4u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                }
+                let req = http::Request::post(url.clone())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(body.clone()));
+                let Ok(req) = req else { break };
+                match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                    Ok(Ok(r)) if r.status().is_success() => return,
+                    Ok(Ok(r)) => {
+                        tracing::warn!(status = %r.status(), "budget notice webhook refused the notice")
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "budget notice webhook unreachable"),
+                    Err(_) => tracing::warn!("budget notice webhook timed out"),
+                }
+            }
+            telemetry.budget_notice_undelivered();
+            tracing::error!("budget notice not delivered to the webhook after 4 attempts");
+        });
+    })
 }
 
 /// What the non-provider endpoints need.
@@ -181,6 +231,14 @@ pub async fn serve(
     }
     let governance = Governance::load(store.clone()).await?;
     governance.spawn_refresh();
+    governance.on_notice(
+        config.budget_notices.thresholds.clone(),
+        notifier(
+            telemetry.clone(),
+            config.budget_notices.webhook.clone(),
+            &config.upstream_trust,
+        ),
+    );
     let gateway = Gateway::with_trust(
         config.providers.anthropic.clone(),
         config.providers.openai.clone(),

@@ -76,6 +76,10 @@ struct Metrics {
     key_attempts: BTreeMap<(String, String, &'static str), u64>,
     /// (provider, key name) → breaker state.
     key_breaker: BTreeMap<(String, String), &'static str>,
+    /// Budget notices by threshold (percent).
+    budget_notices: BTreeMap<u64, u64>,
+    /// Budget notices the webhook did not take after its retries.
+    budget_notices_undelivered: u64,
 }
 
 /// Handle to the process's telemetry; cheap to clone.
@@ -260,6 +264,16 @@ impl Telemetry {
         });
     }
 
+    /// A budget crossed `percent` of itself.
+    pub fn budget_notice(&self, percent: u64) {
+        self.with(|m| *m.budget_notices.entry(percent).or_default() += 1);
+    }
+
+    /// A budget notice the webhook never accepted.
+    pub fn budget_notice_undelivered(&self) {
+        self.with(|m| m.budget_notices_undelivered += 1);
+    }
+
     /// Records lost because the spool was full.
     pub fn spool_dropped(&self, n: u64) {
         self.with(|m| m.spool_dropped += n);
@@ -399,6 +413,28 @@ impl Telemetry {
                 "Size of the on-disk spool.",
             );
             let _ = writeln!(out, "bridge_spool_bytes {}", m.spool_bytes);
+            if !m.budget_notices.is_empty() || m.budget_notices_undelivered > 0 {
+                header(
+                    &mut out,
+                    "bridge_budget_notices_total",
+                    "counter",
+                    "Budgets that crossed a notice threshold (percent of the budget).",
+                );
+                for (p, n) in &m.budget_notices {
+                    let _ = writeln!(out, "bridge_budget_notices_total{{percent=\"{p}\"}} {n}");
+                }
+                header(
+                    &mut out,
+                    "bridge_budget_notices_undelivered_total",
+                    "counter",
+                    "Budget notices the webhook did not accept after its retries.",
+                );
+                let _ = writeln!(
+                    out,
+                    "bridge_budget_notices_undelivered_total {}",
+                    m.budget_notices_undelivered
+                );
+            }
             if !m.key_attempts.is_empty() {
                 header(
                     &mut out,

@@ -172,3 +172,56 @@ def test_a_concurrency_limit_refuses_a_second_request_while_the_first_streams(br
     assert e.response.headers["retry-after"] == "1"
     # Once the stream is over, the slot is free again.
     assert a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+def test_budget_notices_reach_a_webhook_at_each_threshold(tmp_path):
+    import http.server
+    import json as jsonlib
+    import threading
+    import urllib.request
+
+    from conftest import Bridge, free_port
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(jsonlib.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    hook_port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", hook_port), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    b = Bridge(tmp_path)
+    b.config.write_text(b.config.read_text() +
+                        f"budget_notices:\n  thresholds: [50, 100]\n  webhook: http://127.0.0.1:{hook_port}/notices\n")
+    b.cli("limits", "set", "--user", "nora", "--budget", "day=0.0004")
+    b.start()
+    try:
+        token = b.create_key("nora")
+        a = anthropic.Anthropic(base_url=f"{b.url}/anthropic", api_key=token, max_retries=0)
+        deadline = time.time() + 15
+        while True:
+            try:
+                a.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            except anthropic.APIStatusError as e:
+                assert e.status_code == 402
+                break
+            assert time.time() < deadline
+        eventually(lambda: assert_percents(received, {50.0, 100.0}))
+        n = next(r for r in received if r["percent"] == 100.0)
+        assert n["spender"] == "user nora" and n["period"] == "day" and n["budget_usd"] == 0.0004
+        assert n["spent_usd"] >= 0.0004 and n["shared"] is False
+        metrics = urllib.request.urlopen(f"{b.url}/metrics").read().decode()
+        assert 'bridge_budget_notices_total{percent="100"} 1' in metrics, metrics
+    finally:
+        b.stop()
+        server.shutdown()
+
+
+def assert_percents(received, want):
+    assert {r["percent"] for r in received} == want, received
