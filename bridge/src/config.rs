@@ -297,20 +297,10 @@ impl BridgeConfig {
     /// Parses and validates YAML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<BridgeConfig, Error> {
         let file = path.display().to_string();
-        let raw: RawConfig = if text.trim().is_empty() {
-            serde_yaml::from_str("{}")
-        } else {
-            serde_yaml::from_str(text)
-        }
-        .map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!("{file}:{}:{}", l.line(), l.column()))
-                .unwrap_or_else(|| file.clone());
-            Error::Config(format!("{at}: {e}"))
-        })?;
+        let raw: RawConfig =
+            crate::yaml::from_str(text).map_err(|e| Error::Config(format!("{file}:{e}")))?;
         let err = |field_path: &[&str], msg: String| {
-            let (line, col) = locate(text, field_path).unwrap_or((1, 1));
+            let (line, col) = crate::yaml::locate(text, field_path).unwrap_or((1, 1));
             Error::Config(format!(
                 "{file}:{line}:{col}: field `{}`: {msg}",
                 field_path.join(".")
@@ -658,33 +648,6 @@ fn validate_base_url(url: &str) -> Result<String, String> {
         return Err(format!("{url:?} must not have a query string"));
     }
     Ok(url.trim_end_matches('/').to_owned())
-}
-
-/// Line and column (1-based) of the key at `path` in block-style YAML, for error messages.
-fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        let Some((key, _)) = trimmed.split_once(':') else {
-            continue;
-        };
-        let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
-        while stack.last().is_some_and(|(d, _)| *d >= indent) {
-            stack.pop();
-        }
-        stack.push((indent, key.to_owned()));
-        if stack.len() == path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
-            return Some((i + 1, indent + 1));
-        }
-    }
-    // Point at the closest enclosing key that exists.
-    (path.len() > 1)
-        .then(|| locate(text, &path[..path.len() - 1]))
-        .flatten()
 }
 
 #[cfg(test)]

@@ -29,3 +29,4 @@ pub mod spool;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod yaml;

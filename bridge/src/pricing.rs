@@ -387,7 +387,7 @@ mod tests {
     }
 
     fn with_overrides(yaml: &str) -> PricingTable {
-        PricingTable::new(PriceList::shipped(), serde_yaml::from_str(yaml).unwrap())
+        PricingTable::new(PriceList::shipped(), crate::yaml::from_str(yaml).unwrap())
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn spool_dir_from_config(path: &Path) -> Option<PathBuf> {
         spool_dir: Option<PathBuf>,
     }
     let text = std::fs::read_to_string(path).ok()?;
-    let parsed: OnlySpool = serde_yaml::from_str(&text).ok()?;
+    let parsed: OnlySpool = bridge::yaml::from_str(&text).ok()?;
     Some(
         parsed
             .spool_dir
@@ -159,13 +159,8 @@ fn store_from_config(path: &Path) -> anyhow::Result<String> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    let parsed: OnlyStore = serde_yaml::from_str(&text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(":{}:{}", l.line(), l.column()))
-            .unwrap_or_default();
-        anyhow::anyhow!("{}{at}: {e}", path.display())
-    })?;
+    let parsed: OnlyStore =
+        bridge::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
     Ok(parsed.store.unwrap_or_else(|| "bridge.db".into()))
 }
 

@@ -164,13 +164,8 @@ fn table_from_config(path: &Path) -> anyhow::Result<PricingTable> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    let parsed: OnlyPricing = serde_yaml::from_str(&text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(":{}:{}", l.line(), l.column()))
-            .unwrap_or_default();
-        anyhow::anyhow!("{}{at}: {e}", path.display())
-    })?;
+    let parsed: OnlyPricing =
+        bridge::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
     let list = match &parsed.price_list {
         Some(file) => PriceList::load(file).map_err(|e| {
             anyhow::anyhow!("{}: price_list {}: {e}", path.display(), file.display())
