@@ -1561,7 +1561,9 @@ mod enforcer {
         // Still confined with no agent at all.
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
 
-        let (mut enforcer, mut rings) = Enforcer::adopt(&t.name).unwrap();
+        let (mut enforcer, rings) = Enforcer::adopt(&t.name, &dir).unwrap();
+        // The first session adopted from a set brings its rings.
+        let mut rings = rings.expect("the set's rings");
         let events = drain(&mut rings);
         let denies = events
             .iter()
