@@ -74,8 +74,6 @@ pub const MAX_SESSIONS: u32 = 1024;
 /// `Event::slot` of a decision in a cgroup no session owns (denied: fail closed). Its `LOST`
 /// counters sit at this index too.
 pub const SLOT_UNKNOWN: u32 = MAX_SESSIONS;
-/// Cgroup levels the programs search for a session cgroup above the current one (`LEVELS`).
-pub const MAX_CGROUP_LEVELS: u32 = 16;
 
 /// Indexes of the `LOST` per-CPU counters, per slot: counter `i` of slot `s` is at
 /// `s * LOST_SLOTS + i`.

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use boundary_common::{DnsOrigin, Settings, AF_INET, AF_INET6};
 
-use crate::{current_slot, exempt_current, settings, ALLOW};
+use crate::{exempt_current, session_slot, settings, ALLOW};
 
 /// One entry per socket that asked a nameserver recently (least recently used ones go).
 #[map]
@@ -47,7 +47,7 @@ fn remember(ctx: &SockAddrContext, origin: &DnsOrigin) {
 /// session owns gets no redirect: its connect is then denied like any other.
 #[inline(always)]
 fn proxy_settings() -> Option<Settings> {
-    let s = settings(current_slot()?);
+    let s = settings(session_slot()?);
     if s.dns_port4 == 0 || exempt_current(&s) {
         return None;
     }
@@ -125,7 +125,7 @@ pub fn redirect6(ctx: &SockAddrContext) -> bool {
 /// recvmsg4 / getpeername4: the proxy's address back to the nameserver the program asked.
 #[inline(always)]
 fn restore4(ctx: &SockAddrContext) {
-    let Some(slot) = current_slot() else {
+    let Some(slot) = session_slot() else {
         return;
     };
     let s = settings(slot);
@@ -151,7 +151,7 @@ fn restore4(ctx: &SockAddrContext) {
 /// recvmsg6 / getpeername6: as [`restore4`], for the proxy on ::1 or ::ffff:127.0.0.1.
 #[inline(always)]
 fn restore6(ctx: &SockAddrContext) {
-    let Some(slot) = current_slot() else {
+    let Some(slot) = session_slot() else {
         return;
     };
     let s = settings(slot);

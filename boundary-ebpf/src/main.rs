@@ -15,10 +15,14 @@
 //!   replies made to look like they came from the nameserver asked ([`dns`]).
 //!
 //! One loaded set of programs and maps serves every session of an agent: the programs are
-//! attached to each session's cgroup, and find the session from the cgroup they run for
-//! (`SESSIONS`: cgroup id -> slot, the exact cgroup first, then its ancestors at the levels in
-//! `LEVELS`). Every per-session map is indexed by that slot or has it in its keys (the allow
-//! tries' keys start with it). A cgroup no session owns is denied everything (fail closed).
+//! attached to each session's cgroup, and find the session in the cgroup local storage of
+//! that attachment (`SLOT`: the session's slot + 1, written by the agent right after it
+//! attaches). The attachment, not the calling task, names the session: a socket's programs
+//! are its cgroup's, whoever calls (a kernel worker opening an MPTCP subflow, a process that
+//! received the socket), and a cgroup below a session's runs the session's programs with the
+//! session's storage. Every per-session map is indexed by the slot or has it in its keys (the
+//! allow tries' keys start with it). Storage that holds no slot yet is denied everything
+//! (fail closed).
 //!
 //! Every decision is reported through ring buffers: denials always (egress ones rate-limited
 //! per destination, with the suppressed ones counted), allows deduplicated per (process,
@@ -32,15 +36,18 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_uid,
-            bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id,
-            bpf_skb_cgroup_id,
+            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_coarse_ns,
+            bpf_ktime_get_ns, bpf_skb_cgroup_id,
         },
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
+// Deprecated in favour of BPF_MAP_TYPE_CGRP_STORAGE, which is keyed by a cgroup the program
+// must name; this one is the storage of the attachment that runs, which is what we need.
+#[allow(deprecated)]
+use aya_ebpf::maps::CgroupStorage;
 use boundary_common::*;
 
 mod dns;
@@ -57,13 +64,11 @@ static ALLOW_V6: LpmTrie<[u8; 20], Grants> = LpmTrie::with_max_entries(MAX_PREFI
 /// Per slot.
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(MAX_SESSIONS, 0);
-/// Session cgroups (by id) and their slots.
+/// Per attachment (cgroup and attach type): the slot of the session whose cgroup it is, + 1
+/// (0: not written yet).
+#[allow(deprecated)]
 #[map]
-static SESSIONS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SESSIONS, 0);
-/// Index 0: bit `l` is set when a session cgroup sits at level `l` of the hierarchy (where a
-/// process in a cgroup below a session's finds it).
-#[map]
-static LEVELS: Array<u32> = Array::with_max_entries(1, 0);
+static SLOT: CgroupStorage<u32> = CgroupStorage::new();
 /// Denials get their own ring buffer so that a flood of allowed connections can never
 /// crowd them out. Sizes are set by the loader (one set serves every session of an agent).
 #[map]
@@ -175,7 +180,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn sock_addr(rec: &Record) -> i32 {
-    let Some(slot) = current_slot() else {
+    let Some(slot) = session_slot() else {
         report(
             rec,
             Decision {
@@ -343,7 +348,7 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     if allowed {
         return ALLOW;
     }
-    let Some(slot) = current_slot() else {
+    let Some(slot) = session_slot() else {
         return refuse_unknown(&Record::empty(HOOK_LSM_SOCKET, REASON_SOCKET_KIND));
     };
     let s = settings(slot);
@@ -431,7 +436,7 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    let Some(slot) = packet_slot(&ctx) else {
+    let Some(slot) = session_slot() else {
         let rec = Record::empty(HOOK_EGRESS, REASON_POLICY);
         report(
             &rec,
@@ -758,69 +763,17 @@ fn settings(slot: u32) -> Settings {
     }
 }
 
-/// The session of the current task: its cgroup's, or (a cgroup below a session cgroup, as in
-/// whole-workspace mode) the nearest ancestor's that is one. None: no session owns it.
+/// The session whose cgroup this attachment belongs to. None: not written yet.
 #[inline(always)]
-fn current_slot() -> Option<u32> {
-    // SAFETY: plain helper.
-    let id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: read-only lookup of a plain value.
-    if let Some(slot) = unsafe { SESSIONS.get(&id) } {
-        return Some(*slot);
+fn session_slot() -> Option<u32> {
+    #[allow(deprecated)]
+    let ptr = SLOT.get_ptr_mut();
+    // SAFETY: bpf_get_local_storage never fails; the value lives as long as the attachment.
+    let stored = unsafe { *ptr };
+    if stored == 0 || stored > MAX_SESSIONS {
+        return None;
     }
-    let levels = levels();
-    let mut i = 0;
-    while i < MAX_CGROUP_LEVELS {
-        let level = MAX_CGROUP_LEVELS - 1 - i;
-        if levels & (1 << level) != 0 {
-            // SAFETY: plain helper; 0 when the task's cgroup is not that deep.
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-            if id != 0 {
-                // SAFETY: as above.
-                if let Some(slot) = unsafe { SESSIONS.get(&id) } {
-                    return Some(*slot);
-                }
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-/// As [`current_slot`], for the cgroup of a packet's socket.
-#[inline(always)]
-fn packet_slot(ctx: &SkBuffContext) -> Option<u32> {
-    // SAFETY: valid skb.
-    let id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    // SAFETY: read-only lookup of a plain value.
-    if let Some(slot) = unsafe { SESSIONS.get(&id) } {
-        return Some(*slot);
-    }
-    let levels = levels();
-    let mut i = 0;
-    while i < MAX_CGROUP_LEVELS {
-        let level = MAX_CGROUP_LEVELS - 1 - i;
-        if levels & (1 << level) != 0 {
-            // SAFETY: valid skb; 0 when the socket's cgroup is not that deep.
-            let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, level as i32) };
-            if id != 0 {
-                // SAFETY: as above.
-                if let Some(slot) = unsafe { SESSIONS.get(&id) } {
-                    return Some(*slot);
-                }
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-#[inline(always)]
-fn levels() -> u32 {
-    match LEVELS.get(0) {
-        Some(l) => *l,
-        None => 0,
-    }
+    Some(stored - 1)
 }
 
 #[inline(always)]
@@ -836,7 +789,7 @@ fn exempt_current(s: &Settings) -> bool {
 /// Denies (enforce) or reports a would-deny (audit) for a non-packet hook.
 #[inline(always)]
 fn refuse(rec: &Record) -> i32 {
-    match current_slot() {
+    match session_slot() {
         Some(slot) => refuse_with(slot, rec, &settings(slot)),
         None => refuse_unknown(rec),
     }

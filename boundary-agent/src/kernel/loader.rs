@@ -3,10 +3,12 @@
 //! existing one in whole-workspace mode).
 //!
 //! One [`ProgramSet`] (programs, maps, two event rings) serves every session of an agent: a
-//! session is a slot in it ([`Enforcer`]). The programs find the slot from the cgroup they
-//! run for (the `SESSIONS` map, cgroup id → slot); settings, counters and dedup state are
-//! indexed by it, and the allow tries' keys start with it, so one longest-prefix lookup never
-//! leaves the session's own entries. A cgroup that no session owns is denied everything.
+//! session is a slot in it ([`Enforcer`]). The programs are attached to each session's cgroup
+//! and find the slot in the cgroup local storage of their attachment (`SLOT`, written here
+//! right after attaching): the session is the one whose cgroup the socket or process is in
+//! (or below), whoever makes the call. Settings, counters and dedup state are indexed by the
+//! slot, and the allow tries' keys start with it, so one longest-prefix lookup never leaves
+//! the session's own entries. An attachment whose storage holds no slot denies everything.
 //! Starting a session costs a slot, its map entries and one bpf link per hook on its cgroup;
 //! the verifier runs once per agent.
 //!
@@ -45,14 +47,18 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
+// Deprecated in favour of BPF_MAP_TYPE_CGRP_STORAGE, which is keyed by cgroup alone; the
+// programs need the storage of the attachment that runs (see boundary-ebpf).
+#[allow(deprecated)]
+use aya::maps::cgroup_storage::{CgroupStorage, CgroupStorageKey};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup};
 use aya::{Btf, Ebpf, EbpfLoader};
 use boundary_common::{
-    Grants, PortGrant, Settings, LOST_ALLOW, LOST_DENY, LOST_SLOTS, MAX_CGROUP_LEVELS,
-    MAX_GRANTS, MAX_SESSIONS, SUPPRESSED_ALLOW, SUPPRESSED_EGRESS,
+    Grants, PortGrant, Settings, LOST_ALLOW, LOST_DENY, LOST_SLOTS, MAX_GRANTS, MAX_SESSIONS,
+    SUPPRESSED_ALLOW, SUPPRESSED_EGRESS,
 };
 
 use crate::error::{Error, Result};
@@ -83,10 +89,11 @@ pub const RING_BYTES_SHARED: u32 = 8 << 20;
 /// window and the egress rate limit, so no record of the old session can fold into the new.
 const SLOT_QUARANTINE: Duration = Duration::from_secs(2);
 
-/// How each program is loaded and attached.
+/// How each program is loaded and attached; the `u32` of each is its `enum bpf_attach_type`
+/// (uapi/linux/bpf.h), which keys its attachment's `SLOT` storage.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    SockAddr,
+    SockAddr(u32),
     Sock,
     Sockopt,
     Egress,
@@ -94,17 +101,32 @@ enum Kind {
     Lsm(&'static str),
 }
 
+impl Kind {
+    fn attach_type(self) -> u32 {
+        match self {
+            Kind::SockAddr(t) => t,
+            Kind::Sock => 2,
+            Kind::Sockopt => BPF_CGROUP_SETSOCKOPT,
+            Kind::Egress => 1,
+            Kind::Lsm(_) => 43,
+        }
+    }
+}
+
+/// `BPF_CGROUP_INET4_CONNECT`: the attachment whose storage `adopt` reads the slot from.
+const ATTACH_CONNECT4: u32 = 10;
+
 /// Every program, by its name in the object (the pin of its link has the same name).
 const PROGRAMS: [(&str, Kind); 14] = [
-    ("connect4", Kind::SockAddr),
-    ("connect6", Kind::SockAddr),
-    ("sendmsg4", Kind::SockAddr),
-    ("sendmsg6", Kind::SockAddr),
+    ("connect4", Kind::SockAddr(ATTACH_CONNECT4)),
+    ("connect6", Kind::SockAddr(11)),
+    ("sendmsg4", Kind::SockAddr(14)),
+    ("sendmsg6", Kind::SockAddr(15)),
     // DNS replies from the session's proxy, shown as coming from the nameserver asked.
-    ("recvmsg4", Kind::SockAddr),
-    ("recvmsg6", Kind::SockAddr),
-    ("getpeername4", Kind::SockAddr),
-    ("getpeername6", Kind::SockAddr),
+    ("recvmsg4", Kind::SockAddr(19)),
+    ("recvmsg6", Kind::SockAddr(20)),
+    ("getpeername4", Kind::SockAddr(29)),
+    ("getpeername6", Kind::SockAddr(30)),
     ("sock_create", Kind::Sock),
     ("setsockopt", Kind::Sockopt),
     ("egress", Kind::Egress),
@@ -114,12 +136,11 @@ const PROGRAMS: [(&str, Kind); 14] = [
 ];
 
 /// Every map of a set, pinned under each session's directory by its name in the object.
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 11] = [
     "ALLOW_V4",
     "ALLOW_V6",
     "SETTINGS",
-    "SESSIONS",
-    "LEVELS",
+    "SLOT",
     "DENY_EVENTS",
     "ALLOW_EVENTS",
     "LOST",
@@ -133,14 +154,15 @@ const MAPS: [&str; 12] = [
 type KeyV4 = [u8; 8];
 type KeyV6 = [u8; 20];
 
+#[allow(deprecated)]
 /// The maps a session's handle writes (behind one lock: sessions write them from their own
 /// tasks, each only its own slot's entries).
 struct SetMaps {
     allow_v4: LpmTrie<MapData, KeyV4, Grants>,
     allow_v6: LpmTrie<MapData, KeyV6, Grants>,
     settings: Array<MapData, Settings>,
-    sessions: HashMap<MapData, u64, u32>,
-    levels: Array<MapData, u32>,
+    /// Per attachment: slot + 1.
+    slot: CgroupStorage<MapData, u32>,
     lost: PerCpuArray<MapData, u64>,
     exempt: HashMap<MapData, u64, u8>,
 }
@@ -163,7 +185,7 @@ pub struct ProgramSet {
     map_handles: Vec<(&'static str, MapData)>,
     slots: Mutex<Slots>,
     lsm: bool,
-    /// The kernel's id of the set's `SESSIONS` map: names the set.
+    /// The kernel's id of the set's `SETTINGS` map: names the set.
     id: u32,
 }
 
@@ -175,8 +197,6 @@ static REOPENED: Mutex<Option<StdHashMap<u32, Weak<ProgramSet>>>> = Mutex::new(N
 pub struct Enforcer {
     set: Arc<ProgramSet>,
     slot: u32,
-    /// The cgroup registered for the slot (by `attach` or `adopt`).
-    cgroup_id: Option<u64>,
     /// What `SETTINGS[slot]` holds (with the loader's own `exempt` flag).
     current: Settings,
     installed_v4: BTreeMap<(Ipv4Addr, u8), Grants>,
@@ -209,7 +229,7 @@ impl ProgramSet {
             .map_err(|e| Error::Ebpf(format!("{e:#}")))?;
         for (name, kind) in PROGRAMS {
             let result = match kind {
-                Kind::SockAddr => program_mut::<CgroupSockAddr>(&mut ebpf, name)?.load(),
+                Kind::SockAddr(_) => program_mut::<CgroupSockAddr>(&mut ebpf, name)?.load(),
                 Kind::Sock => program_mut::<CgroupSock>(&mut ebpf, name)?.load(),
                 Kind::Sockopt => program_mut::<CgroupSockopt>(&mut ebpf, name)?.load(),
                 Kind::Egress => program_mut::<CgroupSkb>(&mut ebpf, name)?.load(),
@@ -231,16 +251,15 @@ impl ProgramSet {
             allow_v4: take_map(&mut ebpf, "ALLOW_V4")?,
             allow_v6: take_map(&mut ebpf, "ALLOW_V6")?,
             settings: take_map(&mut ebpf, "SETTINGS")?,
-            sessions: take_map(&mut ebpf, "SESSIONS")?,
-            levels: take_map(&mut ebpf, "LEVELS")?,
+            slot: take_map(&mut ebpf, "SLOT")?,
             lost: take_map(&mut ebpf, "LOST")?,
             exempt: take_map(&mut ebpf, "EXEMPT")?,
         };
         let id = map_handles
             .iter()
-            .find(|(name, _)| *name == "SESSIONS")
+            .find(|(name, _)| *name == "SETTINGS")
             .map(|(_, data)| map_id(data))
-            .expect("SESSIONS is in MAPS")?;
+            .expect("SETTINGS is in MAPS")?;
         let set = ProgramSet {
             ebpf: Mutex::new(Some(ebpf)),
             maps: Mutex::new(maps),
@@ -260,8 +279,8 @@ impl ProgramSet {
     /// process already has on it. The rings come with the first opening only: one reader per
     /// ring.
     fn reopen(dir: &Path) -> Result<(Arc<ProgramSet>, Option<Rings>)> {
-        let sessions_data = open_pinned(dir, "SESSIONS")?;
-        let id = map_id(&sessions_data)?;
+        let settings_data = open_pinned(dir, "SETTINGS")?;
+        let id = map_id(&settings_data)?;
         let mut reopened = REOPENED.lock().unwrap();
         let reopened = reopened.get_or_insert_with(StdHashMap::new);
         reopened.retain(|_, set| set.strong_count() > 0);
@@ -275,13 +294,12 @@ impl ProgramSet {
         let maps = SetMaps {
             allow_v4: typed(typed_pin("ALLOW_V4")?, "ALLOW_V4")?,
             allow_v6: typed(typed_pin("ALLOW_V6")?, "ALLOW_V6")?,
-            settings: typed(typed_pin("SETTINGS")?, "SETTINGS")?,
-            sessions: typed(
-                Map::from_map_data(sessions_data)
-                    .map_err(|e| Error::Ebpf(format!("map `SESSIONS`: {e}")))?,
-                "SESSIONS",
+            settings: typed(
+                Map::from_map_data(settings_data)
+                    .map_err(|e| Error::Ebpf(format!("map `SETTINGS`: {e}")))?,
+                "SETTINGS",
             )?,
-            levels: typed(typed_pin("LEVELS")?, "LEVELS")?,
+            slot: typed(typed_pin("SLOT")?, "SLOT")?,
             lost: typed(typed_pin("LOST")?, "LOST")?,
             exempt: typed(typed_pin("EXEMPT")?, "EXEMPT")?,
         };
@@ -314,7 +332,7 @@ impl ProgramSet {
         Ok((set, Some(rings)))
     }
 
-    /// The kernel's id of this set (of its `SESSIONS` map).
+    /// The kernel's id of this set (of its `SETTINGS` map).
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -330,7 +348,6 @@ impl ProgramSet {
         let mut enforcer = Enforcer {
             set: self.clone(),
             slot,
-            cgroup_id: None,
             current,
             installed_v4: BTreeMap::new(),
             installed_v6: BTreeMap::new(),
@@ -373,12 +390,6 @@ impl ProgramSet {
         if slots.owned {
             slots.released.push_back((slot, Instant::now()));
         }
-    }
-
-    /// Sessions registered in the set (cgroup id → slot), as the kernel sees them.
-    pub fn registered(&self) -> Vec<(u64, u32)> {
-        let maps = self.maps.lock().unwrap();
-        maps.sessions.iter().filter_map(|r| r.ok()).collect()
     }
 
     /// Memory the kernel accounts to the set's maps (`memlock` of their fdinfo), in bytes.
@@ -434,12 +445,22 @@ impl Enforcer {
         let (set, rings) = ProgramSet::reopen(&dir)?;
         let (slot, current, installed_v4, installed_v6, exempted) = {
             let maps = set.maps.lock().unwrap();
-            let slot = maps.sessions.get(&cgroup_id, 0).map_err(|e| {
-                Error::Ebpf(format!(
-                    "session {session}: its cgroup {} is not registered in its program set: {e}",
+            let stored = maps
+                .slot
+                .get(CgroupStorageKey::new(cgroup_id, ATTACH_CONNECT4), 0)
+                .map_err(|e| {
+                    Error::Ebpf(format!(
+                        "session {session}: no slot stored for its cgroup {}: {e}",
+                        cgroup.display()
+                    ))
+                })?;
+            if stored == 0 || stored > MAX_SESSIONS {
+                return Err(Error::Ebpf(format!(
+                    "session {session}: its cgroup {} holds no slot (it denies everything)",
                     cgroup.display()
-                ))
-            })?;
+                )));
+            }
+            let slot = stored - 1;
             let current = maps
                 .settings
                 .get(&slot, 0)
@@ -478,7 +499,6 @@ impl Enforcer {
         let enforcer = Enforcer {
             set,
             slot,
-            cgroup_id: Some(cgroup_id),
             current,
             installed_v4,
             installed_v6,
@@ -652,9 +672,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Registers `cgroup` as this session's (its processes, and those of cgroups below it,
-    /// find the slot), attaches every program to it and pins the links and the set's maps
-    /// under `PIN_ROOT/<session>`. `cgroup` may be a fresh session cgroup or an existing one
+    /// Attaches every program to `cgroup`, stores the slot in each attachment's storage (from
+    /// then on its processes, and those of cgroups below it, are this session's), and pins
+    /// the links and the set's maps under `PIN_ROOT/<session>`. `cgroup` may be a fresh session cgroup or an existing one
     /// (whole-workspace mode: see [`Enforcer::set_exempt`]).
     pub fn attach(&mut self, cgroup: &impl AsFd, session: &str) -> Result<()> {
         ensure_bpffs()?;
@@ -670,27 +690,7 @@ impl Enforcer {
             data.pin(&path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
         }
-        // Registered before the programs are attached: until then nothing runs for it, and
-        // after, every hook finds the slot.
-        let (id, level) = cgroup_identity(cgroup.as_fd())?;
-        {
-            let mut maps = self.set.maps.lock().unwrap();
-            maps.sessions
-                .insert(id, self.slot, 0)
-                .map_err(|e| Error::Ebpf(format!("registering the session cgroup: {e}")))?;
-            let levels = maps.levels.get(&0, 0).unwrap_or(0);
-            let bit = match level {
-                Some(l) if l < MAX_CGROUP_LEVELS => 1 << l,
-                // Unknown depth: search every level.
-                _ => u32::MAX >> (32 - MAX_CGROUP_LEVELS),
-            };
-            if levels & bit != bit {
-                maps.levels
-                    .set(0, levels | bit, 0)
-                    .map_err(|e| Error::Ebpf(format!("writing LEVELS: {e}")))?;
-            }
-        }
-        self.cgroup_id = Some(id);
+        let cgroup_id = fd_inode(cgroup.as_fd())?;
         let set = self.set.clone();
         let mut guard = set.ebpf.lock().unwrap();
         let Some(ebpf) = guard.as_mut() else {
@@ -704,7 +704,7 @@ impl Enforcer {
         for (name, kind) in PROGRAMS {
             let cg = cgroup.as_fd();
             let link: FdLink = match kind {
-                Kind::SockAddr => {
+                Kind::SockAddr(_) => {
                     let p: &mut CgroupSockAddr = program_mut(ebpf, name)?;
                     let id = p
                         .attach(cg, CgroupAttachMode::Single)
@@ -727,7 +727,7 @@ impl Enforcer {
                     let prog = p.fd().map_err(|e| attach_error(name, &e))?;
                     let link = bpf_link_create(prog.as_fd(), cg, BPF_CGROUP_SETSOCKOPT)
                         .map_err(|e| attach_error(name, &e))?;
-                    raw_links.push((name, link));
+                    raw_links.push((name, kind, link));
                     continue;
                 }
                 Kind::Egress => {
@@ -754,20 +754,32 @@ impl Enforcer {
                     }
                 }
             };
-            links.push((name, link));
+            links.push((name, kind, link));
         }
         drop(guard);
         if lsm_failed {
             self.lsm = false;
         }
-        for (name, link) in links {
+        // Each attachment has storage now (all zero: deny everything); the slot makes the
+        // cgroup this session's.
+        {
+            let mut maps = self.set.maps.lock().unwrap();
+            let kinds = links.iter().map(|l| l.1).chain(raw_links.iter().map(|l| l.1));
+            for kind in kinds {
+                let key = CgroupStorageKey::new(cgroup_id, kind.attach_type());
+                maps.slot.insert(key, self.slot + 1, 0).map_err(|e| {
+                    Error::Ebpf(format!("storing the session's slot in its cgroup: {e}"))
+                })?;
+            }
+        }
+        for (name, _, link) in links {
             let path = dir.join(name);
             let pinned = link
                 .pin(&path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
             self.pins.push(pinned);
         }
-        for (name, link) in raw_links {
+        for (name, _, link) in raw_links {
             let path = dir.join(name);
             bpf_obj_pin(link.as_fd(), &path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
@@ -830,10 +842,8 @@ impl Enforcer {
     fn clear(&mut self) -> Result<()> {
         let set = self.set.clone();
         {
+            // The attachments' storage went with the links.
             let mut maps = set.maps.lock().unwrap();
-            if let Some(id) = self.cgroup_id.take() {
-                let _ = maps.sessions.remove(&id);
-            }
             for &(addr, len) in self.installed_v4.keys() {
                 let _ = maps.allow_v4.remove(&self.key_v4(addr, len));
             }
@@ -895,25 +905,11 @@ pub fn memlock(fd: BorrowedFd) -> u64 {
         .unwrap_or(0)
 }
 
-/// A cgroup directory's id (its inode number) and its level in the hierarchy (the root is 0),
-/// when its path can be told.
-fn cgroup_identity(fd: BorrowedFd) -> Result<(u64, Option<u32>)> {
-    let file = fs::File::from(
-        fd.try_clone_to_owned()
-            .map_err(|e| Error::Ebpf(format!("duplicating a cgroup fd: {e}")))?,
-    );
-    let id = file
-        .metadata()
-        .map(|m| m.ino())
-        .map_err(|e| Error::Ebpf(format!("reading a cgroup's id: {e}")))?;
-    let level = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .ok()
-        .and_then(|path| {
-            let root = crate::cgroup::cgroup2_root().ok()?;
-            let rel = path.strip_prefix(&root).ok()?;
-            Some(rel.components().count() as u32)
-        });
-    Ok((id, level))
+/// A cgroup directory's id (its inode number), from an open fd on it.
+fn fd_inode(fd: BorrowedFd) -> Result<u64> {
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_ino)
+        .map_err(|e| Error::Ebpf(format!("reading a cgroup's id: {e}")))
 }
 
 /// The id the kernel gives a cgroup v2 directory (its inode number): what
@@ -1096,6 +1092,7 @@ fn second_handle(ebpf: &Ebpf, name: &str) -> Result<MapData> {
         | Map::LpmTrie(d)
         | Map::LruHashMap(d)
         | Map::PerCpuArray(d)
+        | Map::CgroupStorage(d)
         | Map::RingBuf(d) => d,
         _ => return Err(Error::Ebpf(format!("map `{name}` has an unexpected type"))),
     };
