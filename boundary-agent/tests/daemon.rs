@@ -993,3 +993,176 @@ fn a_confined_process_sees_only_its_own_session() {
     assert!(o.contains(&looking_id), "{}", text(&out));
     assert!(!o.contains(&other_id), "{}", text(&out));
 }
+
+/// A TCP listener that records what each connection sent (everything, until EOF).
+struct Recording {
+    port: u16,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recording {
+    fn start(ip: &str) -> Recording {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let sink = sink.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf);
+                    sink.lock().unwrap().extend_from_slice(&buf);
+                });
+            }
+        });
+        Recording { port, received }
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn fifty_concurrent_sessions_with_their_own_policies_never_cross_talk() {
+    const N: usize = 50;
+    let ip = |i: usize| format!("127.0.0.{}", 10 + i);
+    let listeners: Vec<Recording> = (0..N).map(|i| Recording::start(&ip(i))).collect();
+    // One named policy per session, each allowing its own listener's address only.
+    let policies = tempfile::tempdir().unwrap();
+    let mut extra = Vec::new();
+    for i in 0..N {
+        let path = policies.path().join(format!("s{i}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name: s{i}\nallow_loopback: false\nallowlist:\n  - \"ip={}\"\n",
+                ip(i)
+            ),
+        )
+        .unwrap();
+        extra.push(format!("--policy=s{i}={}", path.display()));
+    }
+    let agent = Agent::start_with(&policy(""), &refs(&extra));
+    let targets: Vec<(String, u16)> = (0..N).map(|i| (ip(i), listeners[i].port)).collect();
+    let go = agent.path("go");
+    // Every session starts, says it is ready, waits until all are, then tries every listener,
+    // sending its own tag to each one it reaches.
+    let children: Vec<Child> = (0..N)
+        .map(|i| {
+            let script = format!(
+                "import socket, os, time, errno\n\
+                 open({ready:?}, 'w').close()\n\
+                 while not os.path.exists({go:?}): time.sleep(0.02)\n\
+                 print('session', os.environ['BOUNDARY_SESSION_ID'])\n\
+                 for ip, port in {targets:?}:\n\
+                 \x20   try:\n\
+                 \x20       s = socket.create_connection((ip, port), timeout=5); s.sendall(b's{i:02}.'); s.close(); print(ip, 'ok')\n\
+                 \x20   except OSError as e:\n\
+                 \x20       print(ip, errno.errorcode.get(e.errno, e.errno))\n",
+                ready = agent.path(&format!("ready-{i}")).display().to_string(),
+                go = go.display().to_string(),
+            );
+            agent
+                .nobody_command(
+                    &["--policy", &format!("s{i}"), "--events", "-"],
+                    &refs(&python(&script)),
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..N {
+        while !agent.path(&format!("ready-{i}")).exists() {
+            assert!(Instant::now() < deadline, "session {i} did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // All fifty are running at once now.
+    std::fs::write(&go, "").unwrap();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+
+    let mut sessions = std::collections::HashMap::new();
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(out.status.code(), Some(0), "session {i}: {}", text(out));
+        let o = stdout(out);
+        let id = o
+            .lines()
+            .find_map(|l| l.strip_prefix("session "))
+            .unwrap_or_else(|| panic!("session {i}: {}", text(out)))
+            .to_string();
+        for (j, (target, _)) in targets.iter().enumerate() {
+            let want = if i == j { "ok" } else { "EPERM" };
+            assert!(
+                o.lines().any(|l| l == format!("{target} {want}")),
+                "session {i} to {target}: expected {want}\n{}",
+                text(out)
+            );
+        }
+        // The events streamed to this session's client are its own, and say what happened
+        // to it: one deny per other session's listener.
+        let streamed: Vec<Value> = o
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(streamed.iter().all(|e| e["session.id"] == id.as_str()));
+        let denied: std::collections::BTreeSet<String> = streamed
+            .iter()
+            .filter(|e| e["event.action"] == "deny")
+            .map(|e| e["destination.address"].as_str().unwrap().to_string())
+            .collect();
+        let others: std::collections::BTreeSet<String> = (0..N)
+            .filter(|&j| j != i)
+            .map(|j| ip(j))
+            .collect();
+        assert_eq!(denied, others, "session {i}: {}", text(out));
+        sessions.insert(id, i);
+    }
+    assert_eq!(sessions.len(), N, "session ids are distinct");
+    // Each listener heard from its own session only.
+    for (j, l) in listeners.iter().enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(&l.received()),
+            format!("s{j:02}."),
+            "listener {j}"
+        );
+    }
+    // The agent's own record: every decision carries the session it belongs to, and that
+    // session's policy decided it.
+    let decisions: Vec<Value> = agent
+        .events()
+        .into_iter()
+        .filter(|e| e["event.name"] == "boundary.decision")
+        .collect();
+    let mut denies = vec![0; N];
+    for d in &decisions {
+        let i = sessions[d["session.id"].as_str().unwrap()];
+        let dest = d["destination.address"].as_str().unwrap();
+        match d["event.action"].as_str().unwrap() {
+            "deny" => {
+                assert_ne!(dest, ip(i), "{d}");
+                denies[i] += 1;
+            }
+            "allow" => assert_eq!(dest, ip(i), "{d}"),
+            other => panic!("unexpected action {other}: {d}"),
+        }
+    }
+    assert!(denies.iter().all(|&n| n == N - 1), "{denies:?}");
+    assert!(
+        !agent
+            .events()
+            .iter()
+            .any(|e| e["event.name"] == "boundary.events_lost"),
+        "no event was lost"
+    );
+}
