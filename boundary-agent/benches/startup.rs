@@ -2,11 +2,20 @@
 //! (as an unprivileged user, the normal case), single-shot as root, and the bare command as the
 //! baseline, measured in one run with alternating rounds (figures go into BENCHMARKS.md).
 //!
-//! The daemon keeps a session prepared in advance (programs verified and attached), so what is
-//! left is the client, the policy in the maps, the move of the command into its cgroup and
-//! the exec. Moving a process into a new cgroup waits for an RCU grace period unless cgroup v2
-//! is mounted with `favordynmods` (kernel 6.0+): the agent rows are measured both ways (the
-//! mount option is switched for those rows and restored, even on panic). Needs root.
+//! The daemon loads the programs once and shares them between its sessions, so a session
+//! start is the client, a slot and the policy in the shared maps, a link per hook on a new
+//! cgroup, the move of the command into it and the exec. Moving a process into a new cgroup
+//! waits for an RCU grace period unless cgroup v2 is mounted with `favordynmods` (kernel
+//! 6.0+): the agent rows are measured both ways (the mount option is switched for those rows
+//! and restored, even on panic).
+//!
+//! Then the scale table: with 1, 50 and 200 sessions running in one agent (each a `sleep`
+//! as nobody, with its own cgroup and slot), the start of one more `boundary run -- true`,
+//! the kernel memory of the agent's programs and maps (the `memlock:` of every bpf map and
+//! program the agent holds, from /proc/PID/fdinfo, each object counted once by its id), the
+//! bpf links attached, and the agent's RSS; against a single-shot run's own set of programs
+//! and maps (what every session cost before they were shared), measured in the same run.
+//! Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,6 +105,7 @@ fn main() {
             favored.push(time((rows[1].1)()));
         }
     }
+    let scale = scale_rows(&agent, &config, &nobody);
     drop(agent);
 
     let base = median(&times[0]);
@@ -121,6 +131,209 @@ fn main() {
         "`boundary run -- true` as nobody, through the agent, cgroup2 `favordynmods`",
         &favored,
     );
+    print_scale(&scale);
+}
+
+/// Session counts of the scale table.
+const SCALE: [usize; 3] = [1, 50, 200];
+/// Starts measured at each count.
+const SCALE_RUNS: usize = 20;
+
+struct ScaleRow {
+    sessions: usize,
+    start_ms: Vec<f64>,
+    bpf_bytes: u64,
+    links: usize,
+    rss_kb: u64,
+}
+
+struct Scale {
+    rows: Vec<ScaleRow>,
+    /// What one single-shot run's own set holds (the cost of a session before sharing).
+    single_shot_bytes: u64,
+    single_shot_links: usize,
+}
+
+fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Scale {
+    let socket = agent.socket.clone();
+    let run_true = || {
+        let mut c = Command::new("setpriv");
+        nobody(&mut c);
+        c.arg(BOUNDARY)
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .args(["--", "/usr/bin/true"]);
+        c
+    };
+    let mut running: Vec<Child> = Vec::new();
+    let mut rows = Vec::new();
+    for &n in &SCALE {
+        // n sessions running: n - 1 background ones, and the one whose start is measured
+        // (it comes and goes), so the first row is "alone".
+        while running.len() < n - 1 {
+            let mut c = Command::new("setpriv");
+            nobody(&mut c);
+            let child = c
+                .arg(BOUNDARY)
+                .args(["run", "--socket"])
+                .arg(&socket)
+                .args(["--", "/usr/bin/sleep", "600"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            running.push(child);
+        }
+        agent.wait_sessions(n - 1);
+        // The memory with n sessions: the background ones plus one more held open.
+        let mut c = Command::new("setpriv");
+        nobody(&mut c);
+        let mut held = c
+            .arg(BOUNDARY)
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .args(["--", "/usr/bin/sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        agent.wait_sessions(n);
+        let (bpf_bytes, links) = bpf_memory(agent.pid());
+        let rss_kb = rss_kb(agent.pid());
+        let _ = held.kill();
+        let _ = held.wait();
+        agent.end_sessions_beyond(n - 1);
+        agent.wait_sessions(n - 1);
+        let mut start_ms = Vec::new();
+        for _ in 0..SCALE_RUNS {
+            std::thread::sleep(GAP);
+            start_ms.push(time(run_true()));
+        }
+        rows.push(ScaleRow {
+            sessions: n,
+            start_ms,
+            bpf_bytes,
+            links,
+            rss_kb,
+        });
+    }
+    for mut child in running {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    agent.end_sessions_beyond(0);
+
+    // A single-shot run holds a set of its own: its kernel memory is what every session cost
+    // when each loaded its own copy.
+    let ready = tempfile::tempdir().unwrap();
+    let marker = ready.path().join("ready");
+    let mut single = Command::new(BOUNDARY)
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--dns-server", "127.0.0.1:9", "--user", "nobody", "--"])
+        .args(["/bin/sh", "-c"])
+        .arg(format!("touch {}; exec sleep 600", marker.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the single-shot run did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (single_shot_bytes, single_shot_links) = bpf_memory(single.id());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(single.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = single.wait();
+    Scale {
+        rows,
+        single_shot_bytes,
+        single_shot_links,
+    }
+}
+
+fn print_scale(scale: &Scale) {
+    let one = &scale.rows[0];
+    let base_start = median(&one.start_ms);
+    println!(
+        "\nScale: sessions running in one agent, {SCALE_RUNS} starts of one more `boundary run -- true` per row, {} ms apart:\n",
+        GAP.as_millis()
+    );
+    println!("| sessions running | start median ms | p90 ms | vs 1 session | bpf maps+programs (memlock) KiB | per additional session KiB | bpf links | agent RSS MiB | RSS per additional session KiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &scale.rows {
+        let extra = (row.sessions - 1).max(1) as f64;
+        let (per_bpf, per_rss) = if row.sessions == 1 {
+            ("".to_string(), "".to_string())
+        } else {
+            (
+                format!("{:.1}", (row.bpf_bytes as f64 - one.bpf_bytes as f64) / extra / 1024.0),
+                format!("{:.1}", (row.rss_kb as f64 - one.rss_kb as f64) / extra),
+            )
+        };
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2}× | {:.0} | {per_bpf} | {} | {:.1} | {per_rss} |",
+            row.sessions,
+            median(&row.start_ms),
+            pct(&row.start_ms, 0.9),
+            median(&row.start_ms) / base_start,
+            row.bpf_bytes as f64 / 1024.0,
+            row.links,
+            row.rss_kb as f64 / 1024.0,
+        );
+    }
+    println!(
+        "\nA single-shot run's own set (one session, 1 MiB rings; what each session cost before sessions shared one set): {:.0} KiB of bpf maps and programs, {} links.",
+        scale.single_shot_bytes as f64 / 1024.0,
+        scale.single_shot_links
+    );
+}
+
+/// Sum of `memlock:` over the distinct bpf maps and programs process `pid` holds fds of, and
+/// the number of distinct bpf links (pinned links the agent reopened, one per hook and
+/// session).
+fn bpf_memory(pid: u32) -> (u64, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut links = std::collections::HashSet::new();
+    let mut total = 0;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    for fd in fds.flatten() {
+        let Ok(text) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if let Some(id) = field("link_id:") {
+            links.insert(id);
+            continue;
+        }
+        let id = match (field("map_id:"), field("prog_id:")) {
+            (Some(id), _) => format!("map {id}"),
+            (None, Some(id)) => format!("prog {id}"),
+            _ => continue,
+        };
+        if seen.insert(id) {
+            total += field("memlock:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    (total, links.len())
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn time(mut cmd: Command) -> f64 {
@@ -145,21 +358,83 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-struct Agent(Child);
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    /// The agent's own cgroup root: its sessions are `<root>/boundary/<id>`.
+    cgroup_root: PathBuf,
+}
+
+impl Agent {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sessions(&self) -> Vec<PathBuf> {
+        boundary_agent::cgroup::sessions(&self.cgroup_root)
+    }
+
+    /// Waits until exactly `n` session cgroups exist with a process in them.
+    fn wait_sessions(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all = self.sessions();
+            let live = all
+                .iter()
+                .filter(|p| boundary_agent::cgroup::session_populated(p))
+                .count();
+            if live == n && all.len() == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {n} sessions: {live} running, {} cgroups",
+                all.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ends the newest sessions (by cgroup creation) until `keep` are left.
+    fn end_sessions_beyond(&self, keep: usize) {
+        let mut all: Vec<(std::time::SystemTime, PathBuf)> = self
+            .sessions()
+            .into_iter()
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        all.sort();
+        for (_, path) in all.into_iter().skip(keep) {
+            let _ = boundary_agent::cgroup::kill_all(&path);
+        }
+    }
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        self.end_sessions_beyond(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.sessions().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let _ = self.0.wait();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(self.cgroup_root.join("boundary"));
+        let _ = std::fs::remove_dir(&self.cgroup_root);
     }
 }
 
 fn start_agent(config: &Path, socket: &Path) -> Agent {
+    let cgroup_root = boundary_agent::cgroup::cgroup2_root()
+        .unwrap()
+        .join(format!("boundary-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup_root).unwrap();
     let child = Command::new(BOUNDARY)
         .arg("agent")
+        .arg("--cgroup-root")
+        .arg(&cgroup_root)
         .arg("--config")
         .arg(config)
         .arg("--socket")
@@ -174,7 +449,11 @@ fn start_agent(config: &Path, socket: &Path) -> Agent {
         assert!(Instant::now() < deadline, "the agent did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Agent(child)
+    Agent {
+        child,
+        socket: socket.to_path_buf(),
+        cgroup_root,
+    }
 }
 
 /// Remounts the cgroup2 hierarchy with `favordynmods` and restores its flags on drop.

@@ -114,6 +114,7 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
             trusted_file(hosts)?;
         }
     }
+    raise_fd_limit();
     // The verifier runs here, once; a session start is then a slot, a few map updates and a
     // link per hook on its cgroup.
     let kernel = session::SharedKernel::load(crate::loader::RING_BYTES_SHARED)?;
@@ -194,6 +195,26 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
     // No destructors: they would detach the sessions. The kernel keeps the pinned links.
     std::process::exit(0);
+}
+
+/// Each session holds a few descriptors (its client's connection, its cgroup, its DNS proxy's
+/// sockets): the soft limit (often 1024) goes up to the hard one, so that hundreds of sessions
+/// fit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "raising the descriptor limit");
+            }
+        }
+    }
 }
 
 /// Whole-workspace mode: puts the agent itself in an exempt cgroup if it runs inside the one

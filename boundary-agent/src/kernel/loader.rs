@@ -203,7 +203,9 @@ pub struct Enforcer {
     installed_v6: BTreeMap<(Ipv6Addr, u8), Grants>,
     /// Cgroups this session exempts.
     exempted: BTreeSet<u64>,
-    pins: Vec<PinnedLink>,
+    /// Names of the session's pinned links. No fd is held on them while the session runs
+    /// (hundreds of sessions would mean thousands of fds): the pins keep them attached.
+    links: Vec<&'static str>,
     pin_dir: Option<PathBuf>,
     lsm: bool,
 }
@@ -352,7 +354,7 @@ impl ProgramSet {
             installed_v4: BTreeMap::new(),
             installed_v6: BTreeMap::new(),
             exempted: BTreeSet::new(),
-            pins: Vec::new(),
+            links: Vec::new(),
             pin_dir: None,
             lsm: self.lsm,
         };
@@ -417,7 +419,7 @@ impl Enforcer {
     pub fn adopt(session: &str, cgroup: &Path) -> Result<(Enforcer, Option<Rings>)> {
         let dir = Path::new(PIN_ROOT).join(session);
         let cgroup_id = cgroup_id(cgroup)?;
-        let mut pins = Vec::new();
+        let mut links = Vec::new();
         let mut lsm = false;
         for (name, kind) in PROGRAMS {
             let path = dir.join(name);
@@ -431,12 +433,10 @@ impl Enforcer {
                 );
                 continue;
             }
-            let link = PinnedLink::from_pin(&path)
-                .map_err(|e| Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e))))?;
             lsm |= matches!(kind, Kind::Lsm(_));
-            pins.push(link);
+            links.push(name);
         }
-        if pins.is_empty() {
+        if links.is_empty() {
             return Err(Error::Ebpf(format!(
                 "no pinned links in {} (nothing to adopt)",
                 dir.display()
@@ -503,7 +503,7 @@ impl Enforcer {
             installed_v4,
             installed_v6,
             exempted,
-            pins,
+            links,
             pin_dir: Some(dir),
             lsm,
         };
@@ -774,18 +774,16 @@ impl Enforcer {
         }
         for (name, _, link) in links {
             let path = dir.join(name);
-            let pinned = link
-                .pin(&path)
+            // The pin holds the link; our fd closes here.
+            link.pin(&path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
-            self.pins.push(pinned);
+            self.links.push(name);
         }
         for (name, _, link) in raw_links {
             let path = dir.join(name);
             bpf_obj_pin(link.as_fd(), &path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
-            let pinned = PinnedLink::from_pin(&path)
-                .map_err(|e| Error::Ebpf(format!("reopening {}: {}", path.display(), chain(&e))))?;
-            self.pins.push(pinned);
+            self.links.push(name);
         }
         Ok(())
     }
@@ -827,10 +825,18 @@ impl Enforcer {
     /// Unpins and detaches, then clears the session's entries from the set's maps and frees
     /// its slot. Call only once the session's processes are gone.
     pub fn detach(mut self) -> Result<()> {
-        for pinned in self.pins.drain(..) {
-            pinned
-                .unpin()
-                .map_err(|e| Error::Ebpf(format!("unpinning: {e}")))?;
+        if let Some(dir) = &self.pin_dir {
+            for name in self.links.drain(..) {
+                // Reopened, unpinned, then closed: closing the last reference detaches the
+                // link at once (a bare unlink of the pin would leave that to a kernel worker).
+                let path = dir.join(name);
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| {
+                    Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e)))
+                })?;
+                pinned
+                    .unpin()
+                    .map_err(|e| Error::Ebpf(format!("unpinning: {e}")))?;
+            }
         }
         if let Some(dir) = self.pin_dir.take() {
             remove_pin_dir(&dir);
