@@ -226,6 +226,12 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
     // A single-shot run holds a set of its own: its kernel memory is what every session cost
     // when each loaded its own copy.
     let ready = tempfile::tempdir().unwrap();
+    // The command runs as nobody.
+    std::fs::set_permissions(
+        ready.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let marker = ready.path().join("ready");
     let mut single = Command::new(BOUNDARY)
         .args(["run", "--config"])
