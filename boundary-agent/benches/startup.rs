@@ -10,12 +10,14 @@
 //! and restored, even on panic).
 //!
 //! Then the scale table: with 1, 50 and 200 sessions running in one agent (each a `sleep`
-//! as nobody, with its own cgroup and slot), the start of one more `boundary run -- true`,
+//! as nobody, with its own cgroup and slot), the start of one more `boundary run -- true`;
 //! the kernel memory of the agent's programs and maps (the `memlock:` of every bpf map and
-//! program the agent holds, from /proc/PID/fdinfo, each object counted once by its id), the
-//! bpf links attached, and the agent's RSS; against a single-shot run's own set of programs
-//! and maps (what every session cost before they were shared), measured in the same run.
-//! Needs root.
+//! program the agent holds, from /proc/PID/fdinfo, each object counted once by its id); all
+//! the kernel memory charged to the agent (it runs in a cgroup v1 memory cgroup of its own:
+//! `memory.kmem.usage_in_bytes`, which also holds its sessions' cgroups, pins, links, DNS
+//! proxy sockets); the bpf links pinned for its sessions; and its RSS. Against a single-shot
+//! run's own set of programs and maps (what every session cost before they were shared),
+//! measured in the same run. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -143,6 +145,7 @@ struct ScaleRow {
     sessions: usize,
     start_ms: Vec<f64>,
     bpf_bytes: u64,
+    kmem_bytes: Option<u64>,
     links: usize,
     rss_kb: u64,
 }
@@ -151,7 +154,9 @@ struct Scale {
     rows: Vec<ScaleRow>,
     /// What one single-shot run's own set holds (the cost of a session before sharing).
     single_shot_bytes: u64,
-    single_shot_links: usize,
+    /// All the kernel memory charged to it (its memory cgroup's kmem): programs, maps,
+    /// session cgroup, links, pins, DNS proxy sockets.
+    single_shot_kmem: Option<u64>,
 }
 
 fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Scale {
@@ -198,7 +203,9 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
             .spawn()
             .unwrap();
         agent.wait_sessions(n);
-        let (bpf_bytes, links) = bpf_memory(agent.pid());
+        let (bpf_bytes, _) = bpf_memory(agent.pid());
+        let kmem_bytes = agent.kmem();
+        let links = agent.pinned_links();
         let rss_kb = rss_kb(agent.pid());
         let _ = held.kill();
         let _ = held.wait();
@@ -213,6 +220,7 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
             sessions: n,
             start_ms,
             bpf_bytes,
+            kmem_bytes,
             links,
             rss_kb,
         });
@@ -233,7 +241,14 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
     )
     .unwrap();
     let marker = ready.path().join("ready");
-    let mut single = Command::new(BOUNDARY)
+    let memcg = Path::new("/sys/fs/cgroup/memory")
+        .join(format!("boundary-bench-single-{}", std::process::id()));
+    let memcg = std::fs::create_dir_all(&memcg).ok().map(|_| memcg);
+    let mut single = Command::new(BOUNDARY);
+    if let Some(memcg) = &memcg {
+        join_before_exec(&mut single, memcg);
+    }
+    let mut single = single
         .args(["run", "--config"])
         .arg(config)
         .args(["--dns-server", "127.0.0.1:9", "--user", "nobody", "--"])
@@ -248,16 +263,26 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
         assert!(Instant::now() < deadline, "the single-shot run did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (single_shot_bytes, single_shot_links) = bpf_memory(single.id());
+    let (single_shot_bytes, _) = bpf_memory(single.id());
+    let single_shot_kmem = memcg.as_ref().and_then(|m| {
+        std::fs::read_to_string(m.join("memory.kmem.usage_in_bytes"))
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(single.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = single.wait();
+    if let Some(memcg) = &memcg {
+        let _ = std::fs::remove_dir(memcg);
+    }
     Scale {
         rows,
         single_shot_bytes,
-        single_shot_links,
+        single_shot_kmem,
     }
 }
 
@@ -268,33 +293,49 @@ fn print_scale(scale: &Scale) {
         "\nScale: sessions running in one agent, {SCALE_RUNS} starts of one more `boundary run -- true` per row, {} ms apart:\n",
         GAP.as_millis()
     );
-    println!("| sessions running | start median ms | p90 ms | vs 1 session | bpf maps+programs (memlock) KiB | per additional session KiB | bpf links | agent RSS MiB | RSS per additional session KiB |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| sessions running | start median ms | p90 ms | vs 1 session | bpf maps+programs (memlock) KiB | per additional session KiB | agent kernel memory (kmem) KiB | per additional session KiB | bpf links pinned | agent RSS MiB | RSS per additional session KiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let kib = |b: f64| format!("{:.1}", b / 1024.0);
     for row in &scale.rows {
         let extra = (row.sessions - 1).max(1) as f64;
-        let (per_bpf, per_rss) = if row.sessions == 1 {
-            ("".to_string(), "".to_string())
-        } else {
-            (
-                format!("{:.1}", (row.bpf_bytes as f64 - one.bpf_bytes as f64) / extra / 1024.0),
-                format!("{:.1}", (row.rss_kb as f64 - one.rss_kb as f64) / extra),
-            )
+        let first = row.sessions == 1;
+        let per = |now: f64, then: f64| {
+            if first {
+                String::new()
+            } else {
+                kib((now - then) / extra)
+            }
         };
+        let kmem = row.kmem_bytes.map(|b| b as f64);
         println!(
-            "| {} | {:.1} | {:.1} | {:.2}× | {:.0} | {per_bpf} | {} | {:.1} | {per_rss} |",
+            "| {} | {:.1} | {:.1} | {:.2}× | {:.0} | {} | {} | {} | {} | {:.1} | {} |",
             row.sessions,
             median(&row.start_ms),
             pct(&row.start_ms, 0.9),
             median(&row.start_ms) / base_start,
             row.bpf_bytes as f64 / 1024.0,
+            per(row.bpf_bytes as f64, one.bpf_bytes as f64),
+            kmem.map(|b| format!("{:.0}", b / 1024.0)).unwrap_or_default(),
+            match (kmem, one.kmem_bytes) {
+                (Some(now), Some(then)) => per(now, then as f64),
+                _ => String::new(),
+            },
             row.links,
             row.rss_kb as f64 / 1024.0,
+            if first {
+                String::new()
+            } else {
+                format!("{:.1}", (row.rss_kb as f64 - one.rss_kb as f64) / extra)
+            },
         );
     }
     println!(
-        "\nA single-shot run's own set (one session, 1 MiB rings; what each session cost before sessions shared one set): {:.0} KiB of bpf maps and programs, {} links.",
+        "\nA single-shot run with its own set (one session, 1 MiB rings; what each session cost before sessions shared one set): {:.0} KiB of bpf maps and programs (memlock), {} KiB of kernel memory in all (kmem).",
         scale.single_shot_bytes as f64 / 1024.0,
-        scale.single_shot_links
+        scale
+            .single_shot_kmem
+            .map(|b| format!("{:.0}", b as f64 / 1024.0))
+            .unwrap_or_else(|| "?".into()),
     );
 }
 
@@ -369,9 +410,38 @@ struct Agent {
     socket: PathBuf,
     /// The agent's own cgroup root: its sessions are `<root>/boundary/<id>`.
     cgroup_root: PathBuf,
+    /// The cgroup v1 memory cgroup the agent runs in (where its kernel memory is charged).
+    memcg: Option<PathBuf>,
 }
 
 impl Agent {
+    /// Kernel memory charged to the agent's memory cgroup.
+    fn kmem(&self) -> Option<u64> {
+        std::fs::read_to_string(self.memcg.as_ref()?.join("memory.kmem.usage_in_bytes"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Links pinned for the agent's sessions (one per hook and session).
+    fn pinned_links(&self) -> usize {
+        self.sessions()
+            .iter()
+            .filter_map(|p| {
+                let id = p.file_name()?.to_owned();
+                std::fs::read_dir(Path::new(boundary_agent::loader::PIN_ROOT).join(id)).ok()
+            })
+            .flat_map(|dir| dir.flatten())
+            // Links are pinned under their program's name (lower case), maps under theirs.
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.chars().all(|c| !c.is_ascii_uppercase()))
+            })
+            .count()
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -429,6 +499,9 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(self.cgroup_root.join("boundary"));
         let _ = std::fs::remove_dir(&self.cgroup_root);
+        if let Some(memcg) = &self.memcg {
+            let _ = std::fs::remove_dir(memcg);
+        }
     }
 }
 
@@ -437,7 +510,17 @@ fn start_agent(config: &Path, socket: &Path) -> Agent {
         .unwrap()
         .join(format!("boundary-bench-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup_root).unwrap();
-    let child = Command::new(BOUNDARY)
+    // A memory cgroup of its own, joined before exec, so that everything the agent allocates in
+    // the kernel is charged there (cgroup v1 keeps a kmem counter; v2 here has no memory
+    // controller enabled).
+    let memcg = Path::new("/sys/fs/cgroup/memory")
+        .join(format!("boundary-bench-{}", std::process::id()));
+    let memcg = std::fs::create_dir_all(&memcg).ok().map(|_| memcg);
+    let mut command = Command::new(BOUNDARY);
+    if let Some(memcg) = &memcg {
+        join_before_exec(&mut command, memcg);
+    }
+    let child = command
         .arg("agent")
         .arg("--cgroup-root")
         .arg(&cgroup_root)
@@ -459,6 +542,7 @@ fn start_agent(config: &Path, socket: &Path) -> Agent {
         child,
         socket: socket.to_path_buf(),
         cgroup_root,
+        memcg,
     }
 }
 
@@ -495,4 +579,22 @@ fn remount(mount: &Path, favor: bool) {
         Some(if favor { "favordynmods" } else { "" }),
     )
     .unwrap_or_else(|e| panic!("remounting {}: {e}", mount.display()));
+}
+
+/// Makes the child join the cgroup at `dir` before it executes.
+fn join_before_exec(command: &mut Command, dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
 }

@@ -1166,3 +1166,119 @@ fn fifty_concurrent_sessions_with_their_own_policies_never_cross_talk() {
         "no event was lost"
     );
 }
+
+#[test]
+fn a_session_flooding_the_shared_rings_costs_another_session_no_event() {
+    let agent = Agent::start(&policy(""));
+    let go = agent.path("go-flood");
+    // The hostile session: two processes denied as fast as they can for three seconds, each
+    // counting its attempts.
+    let flood = format!(
+        "import socket, os, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         def flood():\n\
+         \x20   n = 0\n\
+         \x20   end = time.time() + 3\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   while time.time() < end:\n\
+         \x20       for _ in range(100):\n\
+         \x20           try: s.connect(('127.0.0.3', 9))\n\
+         \x20           except OSError: n += 1\n\
+         \x20   return n\n\
+         r, w = os.pipe()\n\
+         if os.fork() == 0:\n\
+         \x20   os.write(w, str(flood()).encode()); os._exit(0)\n\
+         mine = flood(); os.wait()\n\
+         print('attempts', mine + int(os.read(r, 64)))\n\
+         print('session', os.environ['BOUNDARY_SESSION_ID'])\n",
+        go = go.display().to_string()
+    );
+    // The quiet one: a hundred denials, spread over the flood.
+    let quiet = format!(
+        "import socket, os, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         time.sleep(0.5)\n\
+         for i in range(100):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   try: s.connect(('127.0.0.3', 10))\n\
+         \x20   except OSError: pass\n\
+         \x20   s.close(); time.sleep(0.02)\n\
+         print('session', os.environ['BOUNDARY_SESSION_ID'])\n",
+        go = go.display().to_string()
+    );
+    let hostile = agent
+        .nobody_command(&["--deny-events-only"], &refs(&python(&flood)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let calm = agent
+        .nobody_command(&[], &refs(&python(&quiet)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    std::fs::write(&go, "").unwrap();
+    let hostile = hostile.wait_with_output().unwrap();
+    let calm = calm.wait_with_output().unwrap();
+    assert_eq!(hostile.status.code(), Some(0), "{}", text(&hostile));
+    assert_eq!(calm.status.code(), Some(0), "{}", text(&calm));
+    let field = |out: &Output, name: &str| {
+        stdout(out)
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name}: {}", text(out)))
+    };
+    let attempts: u64 = field(&hostile, "attempts").parse().unwrap();
+    let (hostile_id, calm_id) = (field(&hostile, "session"), field(&calm, "session"));
+    // Each session's own log file (log_dir), complete once it holds the session's end.
+    let log = |id: &str| -> Vec<Value> {
+        let path = agent.path("logs").join(format!("boundary-{id}.jsonl"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events: Vec<Value> = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if events
+                .iter()
+                .any(|e| e["event.name"] == "boundary.session.end")
+            {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "session {id} did not end");
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let lost = |events: &[Value]| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["event.name"] == "boundary.events_lost")
+            .map(|e| {
+                e["boundary.events_lost.deny"].as_u64().unwrap_or(0)
+                    + e["boundary.events_lost.count"].as_u64().unwrap_or(0)
+            })
+            .sum()
+    };
+    let denials = |events: &[Value], port: u64| {
+        events
+            .iter()
+            .filter(|e| e["event.action"] == "deny" && e["destination.port"] == port)
+            .count() as u64
+    };
+    let hostile_log = log(&hostile_id);
+    let calm_log = log(&calm_id);
+    // The flood did overflow its share: some of its own events were lost, and counted.
+    let hostile_lost = lost(&hostile_log);
+    assert!(
+        hostile_lost > 0,
+        "the flood ({attempts} attempts, {} events) never filled the rings: the test proves nothing; {:#?}",
+        denials(&hostile_log, 9),
+        hostile_log.iter().filter(|e| e["event.name"] != "boundary.decision").collect::<Vec<_>>()
+    );
+    // Exact for the flooder: every attempt is an event or counted as lost.
+    assert_eq!(denials(&hostile_log, 9) + hostile_lost, attempts);
+    // The quiet session lost nothing.
+    assert_eq!(denials(&calm_log, 10), 100, "{calm_log:#?}");
+    assert_eq!(lost(&calm_log), 0);
+}

@@ -239,6 +239,22 @@ pub struct DedupSlot {
     pub _pad: u32,
 }
 
+/// A session's use of the event rings on one CPU (`RING_SHARE`, per slot): records written
+/// since `since_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingShare {
+    pub since_ns: u64,
+    pub written: u32,
+    pub _pad: u32,
+}
+
+/// While a ring is more than half full, each session may add at most this many records per
+/// CPU and [`RING_SHARE_WINDOW_NS`]; the rest of its records are counted lost (for it alone).
+/// A session that floods the rings thus cannot take the other half from the others.
+pub const RING_SHARE_RECORDS: u32 = 256;
+pub const RING_SHARE_WINDOW_NS: u64 = 100_000_000;
+
 /// Slots of the allow-event dedup cache, per CPU (a power of two; 48 KiB per CPU).
 pub const ALLOW_SEEN_SLOTS: u32 = 1024;
 
@@ -253,6 +269,7 @@ mod pod {
     unsafe impl aya::Pod for super::DedupValue {}
     unsafe impl aya::Pod for super::DedupSlot {}
     unsafe impl aya::Pod for super::DnsOrigin {}
+    unsafe impl aya::Pod for super::RingShare {}
 }
 
 const _: () = assert!(core::mem::size_of::<DedupKey>() == 32);

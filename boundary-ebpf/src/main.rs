@@ -79,6 +79,10 @@ static ALLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// [`SLOT_UNKNOWN`]), so that every session's own count stays exact.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries((MAX_SESSIONS + 1) * LOST_SLOTS, 0);
+/// Per slot (and one row for [`SLOT_UNKNOWN`]) and CPU: records written in the current window
+/// (the fair share of a nearly full ring, see [`over_share`]).
+#[map]
+static RING_SHARE: PerCpuArray<RingShare> = PerCpuArray::with_max_entries(MAX_SESSIONS + 1, 0);
 /// Cgroups (by id) whose processes pass untouched: a confined existing cgroup's own control
 /// processes (whole-workspace mode). Consulted only when `Settings::exempt` is set.
 #[map]
@@ -98,6 +102,7 @@ const DENY: i32 = 0;
 /// `bpf_ringbuf_submit` / `bpf_ringbuf_query` flags (uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 /// Pending bytes in ALLOW_EVENTS above which a submit wakes the agent.
 const ALLOW_WAKEUP_BYTES: u64 = 1 << 18;
 
@@ -988,6 +993,10 @@ fn report(rec: &Record, d: Decision, who: Who) {
     } = d;
     let allowed = action == ACTION_ALLOW;
     let ring = if allowed { &ALLOW_EVENTS } else { &DENY_EVENTS };
+    if over_share(ring, slot) {
+        count_slot(slot, if allowed { LOST_ALLOW } else { LOST_DENY });
+        return;
+    }
     let Some(mut entry) = ring.reserve::<Event>(0) else {
         count_slot(slot, if allowed { LOST_ALLOW } else { LOST_DENY });
         return;
@@ -1054,6 +1063,37 @@ fn report(rec: &Record, d: Decision, who: Who) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags);
+}
+
+/// Whether this session has had its share of a ring that is more than half full: then each
+/// session may add [`RING_SHARE_RECORDS`] records per CPU and window, so one that floods
+/// cannot fill the other half, which stays for the rest. Its own losses are counted for it.
+#[inline(always)]
+fn over_share(ring: &RingBuf, slot: u32) -> bool {
+    let row = if slot < MAX_SESSIONS {
+        slot
+    } else {
+        SLOT_UNKNOWN
+    };
+    let Some(share) = RING_SHARE.get_ptr_mut(row) else {
+        return false;
+    };
+    // SAFETY: this CPU's row; programs run with migration disabled.
+    let share = unsafe { &mut *share };
+    // Not the coarse clock: sockopt programs may not read it.
+    // SAFETY: plain helper.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(share.since_ns) >= RING_SHARE_WINDOW_NS {
+        share.since_ns = now;
+        share.written = 0;
+    }
+    if share.written >= RING_SHARE_RECORDS
+        && ring.query(BPF_RB_AVAIL_DATA) * 2 > ring.query(BPF_RB_RING_SIZE)
+    {
+        return true;
+    }
+    share.written += 1;
+    false
 }
 
 #[cfg(not(test))]
