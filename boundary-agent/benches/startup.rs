@@ -260,7 +260,10 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !marker.exists() {
-        assert!(Instant::now() < deadline, "the single-shot run did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the single-shot run did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let (single_shot_bytes, _) = bpf_memory(single.id());
@@ -315,7 +318,8 @@ fn print_scale(scale: &Scale) {
             median(&row.start_ms) / base_start,
             row.bpf_bytes as f64 / 1024.0,
             per(row.bpf_bytes as f64, one.bpf_bytes as f64),
-            kmem.map(|b| format!("{:.0}", b / 1024.0)).unwrap_or_default(),
+            kmem.map(|b| format!("{:.0}", b / 1024.0))
+                .unwrap_or_default(),
             match (kmem, one.kmem_bytes) {
                 (Some(now), Some(then)) => per(now, then as f64),
                 _ => String::new(),
@@ -368,7 +372,9 @@ fn bpf_memory(pid: u32) -> (u64, usize) {
             _ => continue,
         };
         if seen.insert(id) {
-            total += field("memlock:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += field("memlock:")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     (total, links.len())
@@ -513,8 +519,8 @@ fn start_agent(config: &Path, socket: &Path) -> Agent {
     // A memory cgroup of its own, joined before exec, so that everything the agent allocates in
     // the kernel is charged there (cgroup v1 keeps a kmem counter; v2 here has no memory
     // controller enabled).
-    let memcg = Path::new("/sys/fs/cgroup/memory")
-        .join(format!("boundary-bench-{}", std::process::id()));
+    let memcg =
+        Path::new("/sys/fs/cgroup/memory").join(format!("boundary-bench-{}", std::process::id()));
     let memcg = std::fs::create_dir_all(&memcg).ok().map(|_| memcg);
     let mut command = Command::new(BOUNDARY);
     if let Some(memcg) = &memcg {

@@ -187,7 +187,11 @@ fn drain(ring: &mut RingBuf<MapData>, routes: &Routes) {
         let route = routes.by_slot.lock().unwrap().get(&event.slot).cloned();
         let Some(route) = route else {
             routes.unrouted.fetch_add(1, Relaxed);
-            tracing::debug!(slot = event.slot, cgroup = event.cgroup_id, "an event of no running session");
+            tracing::debug!(
+                slot = event.slot,
+                cgroup = event.cgroup_id,
+                "an event of no running session"
+            );
             continue;
         };
         // Never waits: one session whose sink is behind must not hold up the others' events.

@@ -9,12 +9,12 @@
 //! step with DNS answers and with edits of config.yaml (a bad edit is reported and the last
 //! good policy stays in force).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
 use crate::loader::{self, Enforcer, ProgramSet, Rings};
 use crate::policy::AddressBook;
-use crate::rings::{Dropped, Router};
 use crate::policy::{self, Mode, Policy};
 use crate::resolver::{Resolver, ResolverConfig};
+use crate::rings::{Dropped, Router};
 
 /// Exit code when boundary itself fails (bad config, missing privilege, kernel refusal): the
 /// command did not run. 126/127 keep their shell meanings (not executable / not found).

@@ -1121,10 +1121,8 @@ fn fifty_concurrent_sessions_with_their_own_policies_never_cross_talk() {
             .filter(|e| e["event.action"] == "deny")
             .map(|e| e["destination.address"].as_str().unwrap().to_string())
             .collect();
-        let others: std::collections::BTreeSet<String> = (0..N)
-            .filter(|&j| j != i)
-            .map(|j| ip(j))
-            .collect();
+        let others: std::collections::BTreeSet<String> =
+            (0..N).filter(|&j| j != i).map(&ip).collect();
         assert_eq!(denied, others, "session {i}: {}", text(out));
         sessions.insert(id, i);
     }

@@ -764,7 +764,10 @@ impl Enforcer {
         // cgroup this session's.
         {
             let mut maps = self.set.maps.lock().unwrap();
-            let kinds = links.iter().map(|l| l.1).chain(raw_links.iter().map(|l| l.1));
+            let kinds = links
+                .iter()
+                .map(|l| l.1)
+                .chain(raw_links.iter().map(|l| l.1));
             for kind in kinds {
                 let key = CgroupStorageKey::new(cgroup_id, kind.attach_type());
                 maps.slot.insert(key, self.slot + 1, 0).map_err(|e| {
@@ -863,9 +866,7 @@ impl Enforcer {
             if let Ok(cpus) = aya::util::nr_cpus() {
                 for counter in 0..LOST_SLOTS {
                     if let Ok(zeros) = PerCpuValues::try_from(vec![0u64; cpus]) {
-                        let _ = maps
-                            .lost
-                            .set(self.slot * LOST_SLOTS + counter, zeros, 0);
+                        let _ = maps.lost.set(self.slot * LOST_SLOTS + counter, zeros, 0);
                     }
                 }
             }
