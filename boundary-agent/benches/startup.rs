@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 
 const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
 const RUNS: usize = 30;
-/// Between runs: sessions are started by people, not in a tight loop, and the agent refills
-/// its prepared session in the background.
+/// Between runs: sessions are started by people, not in a tight loop.
 const GAP: Duration = Duration::from_millis(150);
 
 fn main() {

@@ -701,8 +701,8 @@ fn write_spec(id: &str, spec: &SessionSpec) {
     }
 }
 
-/// Removes a session that has no process and no one to report for (a prepared session whose
-/// agent died before using it).
+/// Removes a session that has no process and no one to report for (one claimed by an agent
+/// or run that died before starting its command).
 pub fn remove_unused(root: &Path, id: &str) {
     let dir = root.join("boundary").join(id);
     if cgroup::session_populated(&dir) {
@@ -714,7 +714,7 @@ pub fn remove_unused(root: &Path, id: &str) {
     let _ = std::fs::remove_file(spec_path(id));
 }
 
-/// Whether a session was ever started (a prepared session has no spec yet).
+/// Whether a session was ever started (a claimed one has no spec until its policy is in).
 pub fn was_started(id: &str) -> bool {
     spec_path(id).exists()
 }

@@ -215,8 +215,8 @@ impl Drop for Agent {
         {
             thread::sleep(Duration::from_millis(20));
         }
-        // A session prepared in advance by an agent that was killed has no process: remove
-        // it as a restarted agent would.
+        // A session claimed by an agent that was killed before it started has no process:
+        // remove it as a restarted agent would.
         if let Ok(dirs) = std::fs::read_dir(&parent) {
             for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
                 let id = dir.file_name().to_string_lossy().into_owned();
@@ -864,8 +864,8 @@ fn whole_workspace_mode_confines_running_processes_except_exempt_cgroups() {
     let agent_pid = agent.id().to_string();
     agent.kill().unwrap();
     agent.wait().unwrap();
-    // The session it had prepared in advance (no process in it) is removed, as a restarted
-    // agent would.
+    // Any session it had claimed without a process in it is removed, as a restarted agent
+    // would.
     for dir in std::fs::read_dir(mount.join("boundary")).unwrap().flatten() {
         let id = dir.file_name().to_string_lossy().into_owned();
         let owner = std::fs::read_to_string(format!("/run/boundary/sessions/{id}"));

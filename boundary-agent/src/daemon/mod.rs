@@ -8,6 +8,11 @@
 //! own policy for another). Policy and hosts files must be root's and writable by nobody
 //! else, or the daemon refuses them.
 //!
+//! Scale: the daemon loads the eBPF programs once and all its sessions share them (one slot
+//! each in the shared maps, a link per hook on each session's cgroup; see
+//! [`crate::loader`]), so a session start never waits for the verifier and costs the kernel
+//! only its map entries, links and pins.
+//!
 //! Fail closed: stopping the daemon leaves every session attached (pinned links); the next
 //! daemon finds them through their owner files and pins.
 //!

@@ -393,14 +393,6 @@ impl ProgramSet {
             slots.released.push_back((slot, Instant::now()));
         }
     }
-
-    /// Memory the kernel accounts to the set's maps (`memlock` of their fdinfo), in bytes.
-    pub fn map_memory(&self) -> u64 {
-        self.map_handles
-            .iter()
-            .map(|(_, data)| memlock(data.fd().as_fd()))
-            .sum()
-    }
 }
 
 impl Enforcer {
@@ -898,18 +890,6 @@ fn map_id(data: &MapData) -> Result<u32> {
     data.info()
         .map(|info| info.id())
         .map_err(|e| Error::Ebpf(format!("reading a map's id: {e}")))
-}
-
-/// `memlock:` of a bpf fd's fdinfo: the memory the kernel accounts to the object.
-pub fn memlock(fd: BorrowedFd) -> u64 {
-    fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A cgroup directory's id (its inode number), from an open fd on it.
