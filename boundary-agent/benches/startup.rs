@@ -151,6 +151,9 @@ struct ScaleRow {
 
 struct Scale {
     rows: Vec<ScaleRow>,
+    /// Agent RSS once every session has ended, and with the largest count running again.
+    idle_rss_kb: u64,
+    again_rss_kb: u64,
     /// What one single-shot run's own set holds (the cost of a session before sharing).
     single_shot_bytes: u64,
     /// All the kernel memory charged to it (its memory cgroup's kmem): programs, maps,
@@ -224,6 +227,34 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
             rss_kb,
         });
     }
+    for mut child in running.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    agent.end_sessions_beyond(0);
+    agent.wait_sessions(0);
+
+    // The RSS above includes the allocator's first growth (memory freed after each start is
+    // kept for reuse). What a running session really holds: all ended, then the largest
+    // count again, against the agent's RSS with none.
+    let idle_rss_kb = rss_kb(agent.pid());
+    let most = SCALE[SCALE.len() - 1];
+    while running.len() < most {
+        let mut c = Command::new("setpriv");
+        nobody(&mut c);
+        let child = c
+            .arg(BOUNDARY)
+            .args(["run", "--socket"])
+            .arg(&socket)
+            .args(["--", "/usr/bin/sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        running.push(child);
+    }
+    agent.wait_sessions(most);
+    let again_rss_kb = rss_kb(agent.pid());
     for mut child in running {
         let _ = child.kill();
         let _ = child.wait();
@@ -283,6 +314,8 @@ fn scale_rows(agent: &Agent, config: &Path, nobody: &dyn Fn(&mut Command)) -> Sc
     }
     Scale {
         rows,
+        idle_rss_kb,
+        again_rss_kb,
         single_shot_bytes,
         single_shot_kmem,
     }
@@ -332,6 +365,13 @@ fn print_scale(scale: &Scale) {
             },
         );
     }
+    let most = SCALE[SCALE.len() - 1];
+    println!(
+        "\nAgent RSS after all {most} sessions ended: {:.1} MiB; with {most} running again: {:.1} MiB, {:.1} KiB per session (what a running session holds, the allocator's first growth excluded).",
+        scale.idle_rss_kb as f64 / 1024.0,
+        scale.again_rss_kb as f64 / 1024.0,
+        (scale.again_rss_kb as f64 - scale.idle_rss_kb as f64) / most as f64
+    );
     println!(
         "\nA single-shot run with its own set (one session, 1 MiB rings; what each session cost before sessions shared one set): {:.0} KiB of bpf maps and programs (memlock), {} KiB of kernel memory in all (kmem).",
         scale.single_shot_bytes as f64 / 1024.0,
