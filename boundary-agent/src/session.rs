@@ -519,31 +519,24 @@ pub struct SyscallSupervisor {
 }
 
 impl SyscallSupervisor {
-    /// Supervises the processes behind `listener` on a thread of its own until they are gone.
+    /// Supervises the processes behind `listener` until they are gone (a task of the
+    /// runtime, not a thread: an agent serves hundreds of sessions).
     pub fn spawn(&self, listener: std::os::fd::OwnedFd) {
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("boundary-seccomp".into())
-            .spawn(move || {
-                let result = loader::supervise(listener, |refusal| {
-                    let audit = me.enricher.policy.borrow().mode == Mode::Audit;
-                    if let Some(tx) = me.events.upgrade() {
-                        let event = me.enricher.refusal(&refusal, audit);
-                        if let Err(mpsc::error::TrySendError::Full(event)) = tx.try_send(event) {
-                            // Refusals are rare; waiting a moment for room beats losing one.
-                            let _ = tx.blocking_send(event);
-                        }
-                    }
-                    audit
-                });
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "supervising the syscall filter stopped");
+        tokio::spawn(async move {
+            let result = loader::supervise_async(listener, |refusal| {
+                let audit = me.enricher.policy.borrow().mode == Mode::Audit;
+                if let Some(tx) = me.events.upgrade() {
+                    // Never dropped: a full queue gets it a moment later.
+                    events::emit(&tx, me.enricher.refusal(&refusal, audit));
                 }
-            });
-        if let Err(e) = spawned {
-            // Without a supervisor the refused calls fail with ENOSYS: still refused.
-            tracing::error!(error = %e, "cannot start the syscall-filter supervisor");
-        }
+                audit
+            })
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "supervising the syscall filter stopped");
+            }
+        });
     }
 }
 

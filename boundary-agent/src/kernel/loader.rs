@@ -65,7 +65,7 @@ use crate::error::{Error, Result};
 use crate::policy::{CompiledPolicy, PrefixEntry};
 
 mod seccomp;
-pub use seccomp::{supervise, Refusal, SyscallFilter};
+pub use seccomp::{supervise, supervise_async, Refusal, SyscallFilter};
 
 /// The compiled eBPF object, built by build.rs from boundary-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/boundary.bpf.o"));
