@@ -103,12 +103,15 @@ enum Kind {
 
 impl Kind {
     fn attach_type(self) -> u32 {
+        const BPF_CGROUP_INET_EGRESS: u32 = 1;
+        const BPF_CGROUP_INET_SOCK_CREATE: u32 = 2;
+        const BPF_LSM_CGROUP: u32 = 43;
         match self {
             Kind::SockAddr(t) => t,
-            Kind::Sock => 2,
+            Kind::Sock => BPF_CGROUP_INET_SOCK_CREATE,
             Kind::Sockopt => BPF_CGROUP_SETSOCKOPT,
-            Kind::Egress => 1,
-            Kind::Lsm(_) => 43,
+            Kind::Egress => BPF_CGROUP_INET_EGRESS,
+            Kind::Lsm(_) => BPF_LSM_CGROUP,
         }
     }
 }
