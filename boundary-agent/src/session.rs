@@ -177,8 +177,8 @@ pub struct Session {
 
 impl Session {
     /// Loads the policy, fills the maps, creates the cgroup and attaches the programs: when
-    /// this returns, a process that joins [`Session::cgroup`] is confined.
-    /// A set of programs of its own is loaded for it (single-shot `boundary run`).
+    /// this returns, a process that joins [`Session::cgroup`] is confined. A set of programs
+    /// of its own is loaded for it (single-shot `boundary run`).
     pub async fn start(spec: SessionSpec, tap: Option<events::Tap>) -> Result<Session> {
         Session::start_in(None, spec, tap).await
     }
