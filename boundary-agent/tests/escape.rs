@@ -1643,6 +1643,36 @@ mod enforcer {
     }
 
     #[test]
+    fn a_reused_slot_carries_nothing_of_the_session_that_had_it() {
+        let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let a = TestCgroup::new("reuse-a");
+        let b = TestCgroup::new("reuse-b");
+        let (set, _rings) = loader::ProgramSet::load(loader::RING_BYTES_ONE_SESSION).unwrap();
+        let mut first = set.session(settings()).unwrap();
+        first.apply(&allowing(&[two])).unwrap();
+        first.attach(&a, &a.name).unwrap();
+        assert_eq!(connects(a.path(), &["127.0.0.2"]), ["ok"]);
+        let old = first.slot();
+        first.detach().unwrap();
+        // Not handed out again at once (records of the old session could still be folding).
+        let next = set.session(settings()).unwrap();
+        assert_ne!(next.slot(), old);
+        thread::sleep(Duration::from_millis(2100));
+        let mut reused = set.session(settings()).unwrap();
+        assert_eq!(
+            reused.slot(),
+            old,
+            "the slot is reused after its quarantine"
+        );
+        reused.attach(&b, &b.name).unwrap();
+        // The old session's grant went with it.
+        assert_eq!(connects(b.path(), &["127.0.0.2"]), ["EPERM"]);
+        assert_eq!(reused.lost(), (0, 0));
+        reused.detach().unwrap();
+        next.detach().unwrap();
+    }
+
+    #[test]
     fn an_existing_cgroup_is_confined_except_its_exempt_control_cgroup() {
         let t = TestCgroup::new("workspace");
         let top = t.path().to_path_buf();
