@@ -5,7 +5,8 @@
 //! slot in the kernel (`Enforcer::lost`), and records the reader could not hand to a session
 //! whose queue was full are counted per session here ([`Dropped`]); both are reported as that
 //! session's `boundary.events_lost`. A record whose slot no session claims (a cgroup nobody
-//! owns, a session that already ended) is counted in [`Router::unrouted`] and logged.
+//! owns, a session that already ended) is counted in [`Router::unrouted`] (`boundary status`
+//! shows it) and logged.
 //!
 //! A session that ends calls [`Router::flush`] once its processes are gone: every record
 //! already in the rings has then been routed, so its `boundary.session.end` comes last.
@@ -186,12 +187,14 @@ fn drain(ring: &mut RingBuf<MapData>, routes: &Routes) {
         drop(item);
         let route = routes.by_slot.lock().unwrap().get(&event.slot).cloned();
         let Some(route) = route else {
-            routes.unrouted.fetch_add(1, Relaxed);
-            tracing::debug!(
-                slot = event.slot,
-                cgroup = event.cgroup_id,
-                "an event of no running session"
-            );
+            // Counted (`boundary status`: events_unrouted); said once at warning level.
+            if routes.unrouted.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(
+                    slot = event.slot,
+                    cgroup = event.cgroup_id,
+                    "an event of no running session (counted in `boundary status`)"
+                );
+            }
             continue;
         };
         // Never waits: one session whose sink is behind must not hold up the others' events.

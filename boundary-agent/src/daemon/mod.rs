@@ -928,6 +928,9 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
         "policies": policies,
         "sessions": {"running": sessions.len(), "yours": mine},
         "events_lost": {"deny": lost_deny, "allow": lost_allow},
+        // Records of the shared rings no running session claimed (a decision in a cgroup
+        // whose attachment holds no slot yet, denied; or one read after its session ended).
+        "events_unrouted": agent.kernel.router.unrouted(),
         "landlock_abi": crate::confine::landlock_abi(),
     })
 }
