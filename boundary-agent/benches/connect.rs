@@ -90,7 +90,7 @@ fn main() {
                 None => Command::new(&me),
                 Some((path, extra)) => {
                     let mut c = Command::new(BOUNDARY);
-                    c.args(["run", "--config"])
+                    c.args(["run", "--root", "--config"])
                         .arg(path)
                         .arg("--hosts-file")
                         .arg(&hosts)
@@ -266,7 +266,7 @@ fn kernel_time(me: &Path, one: &Path, big: &Path, hosts: &Path, addr: SocketAddr
         let hold = std::env::temp_dir().join(format!("{session}.hold"));
         let _ = std::fs::remove_file(&hold);
         let mut child = Command::new(BOUNDARY)
-            .args(["run", "--config"])
+            .args(["run", "--root", "--config"])
             .arg(config)
             .arg("--hosts-file")
             .arg(hosts)
@@ -380,7 +380,7 @@ fn bulk_rounds(me: &Path, config: &Path, hosts: &Path) -> (Bulk, Bulk) {
         for boundary in [false, true] {
             let mut cmd = if boundary {
                 let mut c = Command::new(BOUNDARY);
-                c.args(["run", "--config"])
+                c.args(["run", "--root", "--config"])
                     .arg(config)
                     .arg("--hosts-file")
                     .arg(hosts)
@@ -472,7 +472,7 @@ fn startup_times(config: &Path, hosts: &Path) -> Vec<f64> {
         .map(|_| {
             let t = Instant::now();
             let status = Command::new(BOUNDARY)
-                .args(["run", "--config"])
+                .args(["run", "--root", "--config"])
                 .arg(config)
                 .arg("--hosts-file")
                 .arg(hosts)

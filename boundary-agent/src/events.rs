@@ -13,7 +13,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use aya::maps::{MapData, RingBuf};
 use boundary_common::{
     Event, ACTION_ALLOW, ACTION_DENY, ACTION_WOULD_DENY, AF_INET, AF_INET6, HOOK_CONNECT4,
     HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, HOOK_SOCK_CREATE, PROTO_TCP, PROTO_UDP, RULE_NONE,
@@ -21,7 +20,6 @@ use boundary_common::{
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
@@ -527,9 +525,6 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-/// How often the rings are drained without a wake-up from the kernel.
-const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Events on their way to the sink.
 pub type EventSender = mpsc::Sender<Map<String, Value>>;
 
@@ -550,79 +545,6 @@ pub fn emit(tx: &EventSender, event: Map<String, Value>) {
 /// Resolves once `stop` is true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Reads one ring until `stop` turns true, then drains what is left and returns.
-///
-/// Identical records are folded here, before enrichment (see [`summary::RecordFold`]): in a
-/// flood the reader must keep up with the kernel, or the ring overflows and drops records.
-pub async fn read_ring(
-    ring: RingBuf<MapData>,
-    enricher: Arc<Enricher>,
-    out: EventSender,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    // SAFETY: the RingBuf owns its map fd, which stays open (and is the same fd) for as long
-    // as the AsyncFd owns the RingBuf.
-    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
-    // Allow events are submitted without waking us (see the eBPF side): drain on a timer too.
-    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fold = summary::RecordFold::default();
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard.map_err(Error::Io)?;
-                drain(guard.get_inner_mut(), &enricher, &out, &mut fold).await;
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                drain(fd.get_mut(), &enricher, &out, &mut fold).await;
-                let due = fold.due(std::time::Instant::now());
-                send_folded(due, &enricher, &out).await;
-            }
-            _ = stopped(&mut stop) => {
-                drain(fd.get_mut(), &enricher, &out, &mut fold).await;
-                send_folded(fold.flush(), &enricher, &out).await;
-                return Ok(());
-            }
-        }
-    }
-}
-
-async fn send_folded(folded: Vec<summary::FoldedRecords>, enricher: &Enricher, out: &EventSender) {
-    for f in folded {
-        if out.send(enricher.folded(&f)).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn drain(
-    ring: &mut RingBuf<MapData>,
-    enricher: &Enricher,
-    out: &EventSender,
-    fold: &mut summary::RecordFold,
-) {
-    let interval = enricher.policy.borrow().log_summary_interval;
-    loop {
-        let event = match ring.next() {
-            Some(item) => decode(&item),
-            None => return,
-        };
-        let Some(event) = event else { continue };
-        let (ended, write) = fold.admit(&event, interval, std::time::Instant::now());
-        // Bounded: when the sink falls behind, the kernel ring fills and the loss is
-        // counted and reported, instead of the agent's memory growing without limit.
-        for f in ended {
-            if out.send(enricher.folded(&f)).await.is_err() {
-                return;
-            }
-        }
-        if write && out.send(enricher.decision(&event)).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// A fan-out of every event of a session (the agent daemon's live view: `boundary events

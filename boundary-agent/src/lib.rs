@@ -4,11 +4,12 @@
 //! - `cli/` (in the `boundary` binary): arguments, messages, exit codes;
 //! - [`daemon`] (`boundary agent`), with its [`protocol`] and the [`client`] side
 //!   (`boundary run` through the agent, `status`, `sessions`, `events`);
-//! - [`session`]: one policy, one cgroup, one copy of the programs, the event pipeline;
+//! - [`session`]: one policy, one cgroup, one slot in a shared program set, the event pipeline;
 //! - [`kernel`]: [`loader`] (programs, maps, pins, the syscall filter), [`cgroup`] (session
 //!   cgroups), [`confine`] (what the command gives up before exec); [`resolver`] (names to
 //!   addresses), [`dns`] (the per-session DNS proxy every query of a session goes through)
-//!   and [`events`] (enrichment, sinks);
+//!   [`events`] (enrichment, sinks) and [`rings`] (reading a program set's shared event
+//!   rings, routing each record to its session);
 //! - [`policy`]: the pure policy (parse with positions, validate, match, compile); no I/O;
 //! - [`error`]: the crate's one error type.
 
@@ -20,6 +21,7 @@ pub mod resolver;
 pub mod dns;
 pub mod events;
 pub mod kernel;
+pub mod rings;
 pub mod session;
 
 pub mod daemon;

@@ -1,5 +1,7 @@
-//! `boundary run`: one session = one policy, one cgroup, one copy of the eBPF programs, and the
-//! wrapped command with all its descendants.
+//! `boundary run`: one session = one policy, one cgroup, one slot in a shared set of eBPF
+//! programs and maps ([`SharedKernel`]), and the wrapped command with all its descendants.
+//! The agent loads one set for all its sessions; a single-shot `boundary run` loads a set of
+//! its own with one session in it, through the same code.
 //!
 //! Order matters for fail-closed behaviour: the maps are filled and the programs attached
 //! before the command starts, and the command joins the cgroup before it execs, so it never
@@ -7,12 +9,13 @@
 //! step with DNS answers and with edits of config.yaml (a bad edit is reported and the last
 //! good policy stays in force).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use boundary_common::{Settings, MODE_AUDIT, MODE_ENFORCE};
@@ -28,10 +31,11 @@ use crate::confine::{Confinement, RunAs};
 use crate::dns::{DnsProxy, Learned, LearnedNames, ProxyContext, RunningProxy};
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
-use crate::loader::{self, Enforcer};
+use crate::loader::{self, Enforcer, ProgramSet, Rings};
 use crate::policy::AddressBook;
 use crate::policy::{self, Mode, Policy};
 use crate::resolver::{Resolver, ResolverConfig};
+use crate::rings::{Dropped, Router};
 
 /// Exit code when boundary itself fails (bad config, missing privilege, kernel refusal): the
 /// command did not run. 126/127 keep their shell meanings (not executable / not found).
@@ -91,6 +95,65 @@ pub fn validate_session_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A program set and the reader of its rings: what the sessions in it share.
+pub struct SharedKernel {
+    pub set: Arc<ProgramSet>,
+    pub router: Arc<Router>,
+}
+
+/// Sets reopened from a dead agent's pins, by id: the sessions adopted from one set share its
+/// reader.
+static ADOPTED: Mutex<Option<HashMap<u32, Weak<SharedKernel>>>> = Mutex::new(None);
+
+impl SharedKernel {
+    /// Loads the programs (the verifier runs here, once) with event rings of `ring_bytes`
+    /// each, and starts reading them. Needs a tokio runtime.
+    pub fn load(ring_bytes: u32) -> Result<Arc<SharedKernel>> {
+        let (set, rings) = ProgramSet::load(ring_bytes)?;
+        Ok(Arc::new(SharedKernel {
+            set,
+            router: Router::start(rings, true),
+        }))
+    }
+
+    /// The shared kernel of an adopted session's set: new (its reader paused until
+    /// [`resume_adopted`]) when `rings` came with it, the one already open otherwise.
+    fn adopted(set: &Arc<ProgramSet>, rings: Option<Rings>) -> Result<Arc<SharedKernel>> {
+        let mut adopted = ADOPTED.lock().unwrap();
+        let adopted = adopted.get_or_insert_with(HashMap::new);
+        adopted.retain(|_, k| k.strong_count() > 0);
+        match rings {
+            Some(rings) => {
+                let kernel = Arc::new(SharedKernel {
+                    set: set.clone(),
+                    router: Router::start(rings, false),
+                });
+                adopted.insert(set.id(), Arc::downgrade(&kernel));
+                Ok(kernel)
+            }
+            None => adopted
+                .get(&set.id())
+                .and_then(Weak::upgrade)
+                .ok_or_else(|| {
+                    Error::Agent(format!(
+                        "program set {} is open but its event reader is gone",
+                        set.id()
+                    ))
+                }),
+        }
+    }
+}
+
+/// Lets the readers of the sets reopened by [`Session::adopt`] begin, once every session of
+/// theirs that can be adopted has its route (their unread records wait until then).
+pub fn resume_adopted() {
+    if let Some(adopted) = ADOPTED.lock().unwrap().as_ref() {
+        for kernel in adopted.values().filter_map(Weak::upgrade) {
+            kernel.router.resume();
+        }
+    }
+}
+
 /// A running session: the policy in the kernel, the cgroup with the programs attached, the
 /// event pipeline and the task that keeps the maps in step with DNS and config edits.
 pub struct Session {
@@ -103,7 +166,8 @@ pub struct Session {
     enricher: Arc<Enricher>,
     event_tx: events::EventSender,
     stop_tx: watch::Sender<bool>,
-    readers: Vec<tokio::task::JoinHandle<Result<()>>>,
+    kernel: Arc<SharedKernel>,
+    slot: u32,
     policy_task: tokio::task::JoinHandle<Enforcer>,
     refresh: tokio::task::JoinHandle<()>,
     sink_task: tokio::task::JoinHandle<()>,
@@ -113,17 +177,18 @@ pub struct Session {
 
 impl Session {
     /// Loads the policy, fills the maps, creates the cgroup and attaches the programs: when
-    /// this returns, a process that joins [`Session::cgroup`] is confined.
+    /// this returns, a process that joins [`Session::cgroup`] is confined. A set of programs
+    /// of its own is loaded for it (single-shot `boundary run`).
     pub async fn start(spec: SessionSpec, tap: Option<events::Tap>) -> Result<Session> {
-        Session::start_with(spec, tap, None).await
+        Session::start_in(None, spec, tap).await
     }
 
-    /// [`Session::start`] with programs loaded in advance (the agent keeps a spare copy, so
-    /// that a session starts without waiting for the verifier).
-    pub async fn start_with(
+    /// [`Session::start`] in `kernel`, the agent's shared set (a slot, map entries and a
+    /// link per hook on the new cgroup: no verifier), or in a set of its own when `None`.
+    pub async fn start_in(
+        kernel: Option<Arc<SharedKernel>>,
         spec: SessionSpec,
         tap: Option<events::Tap>,
-        prepared: Option<Prepared>,
     ) -> Result<Session> {
         let mut policy = policy::load(&spec.config)?;
         if let Some(mode) = spec.mode {
@@ -137,31 +202,47 @@ impl Session {
             Some(root) => root.clone(),
             None => cgroup::cgroup2_root()?,
         };
-        // A prepared session has its own (random) id; a chosen id needs a fresh one.
-        let prepared = match (prepared, &spec.session_id) {
-            (Some(p), None) => p,
-            (_, id) => {
-                let id = id
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                validate_session_id(&id)?;
-                Prepared::new(&root, id, settings(&policy, spec.deny_events_only))?
+        let session_id = spec
+            .session_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        validate_session_id(&session_id)?;
+        let kernel = match kernel {
+            Some(kernel) => kernel,
+            None => {
+                // Loaded before the policy is compiled: loading may parse the kernel's BTF
+                // (~20 MB, freed right after), and doing it while the compiled policy is not
+                // yet in memory keeps the peak RSS down.
+                let kernel = SharedKernel::load(loader::RING_BYTES_ONE_SESSION)?;
+                // The agent owns its sessions; a single-shot run cleans up after dead ones.
+                sweep_stale_sessions(&root);
+                kernel
             }
         };
-        let Prepared {
-            id: session_id,
-            mut enforcer,
-            rings,
-            guard,
-        } = prepared;
-        enforcer.set_settings(settings(&policy, spec.deny_events_only))?;
-        let proxy = start_dns_proxy(&mut enforcer)?;
-        let resolver_config =
-            ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
-        let mut resolver = Resolver::new(&policy, resolver_config);
-        let book = resolver.resolve_initial().await;
-        let compiled = policy::compile(&policy, &book, &proxy.listen_addrs())?;
-        enforcer.apply(&compiled)?;
+        let guard = claim(&root, &session_id)?;
+        let mut enforcer = kernel
+            .set
+            .session(settings(&policy, spec.deny_events_only))?;
+        let started = async {
+            let proxy = start_dns_proxy(&mut enforcer)?;
+            let resolver_config =
+                ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
+            let mut resolver = Resolver::new(&policy, resolver_config);
+            let book = resolver.resolve_initial().await;
+            let compiled = policy::compile(&policy, &book, &proxy.listen_addrs())?;
+            enforcer.apply(&compiled)?;
+            enforcer.attach(guard.cgroup(), &session_id)?;
+            Ok::<_, Error>((proxy, resolver, book))
+        }
+        .await;
+        let (proxy, resolver, book) = match started {
+            Ok(parts) => parts,
+            Err(e) => {
+                // The slot and its entries go back; the guard removes cgroup and pins.
+                let _ = enforcer.detach();
+                return Err(e);
+            }
+        };
         write_spec(&session_id, &spec);
 
         let mut start = json!({
@@ -179,7 +260,7 @@ impl Session {
             spec,
             policy,
             enforcer,
-            rings,
+            kernel,
             resolver,
             book,
             guard,
@@ -189,8 +270,8 @@ impl Session {
     }
 
     /// Takes over a session whose agent died (a restarted daemon): reopens its pinned maps
-    /// and links (it stays confined throughout), reads the events it could not write, and
-    /// keeps its policy up to date again.
+    /// and links (it stays confined throughout), reads the events it could not write (once
+    /// [`resume_adopted`] is called), and keeps its policy up to date again.
     pub async fn adopt(id: &str, root: &Path, tap: Option<events::Tap>) -> Result<Session> {
         validate_session_id(id)?;
         let spec: SessionSpec = std::fs::read(spec_path(id))
@@ -202,11 +283,13 @@ impl Session {
                     spec_path(id).display()
                 ))
             })?;
-        let (mut enforcer, rings) = Enforcer::adopt(id)?;
+        let cgroup_path = root.join("boundary").join(id);
+        let (mut enforcer, rings) = Enforcer::adopt(id, &cgroup_path)?;
+        let kernel = SharedKernel::adopted(enforcer.set(), rings)?;
         let session_file = Path::new(RUN_DIR).join(id);
         let _ = std::fs::write(&session_file, std::process::id().to_string());
         let guard = Cleanup {
-            cgroup: Some(Cgroup::open(&root.join("boundary").join(id))?),
+            cgroup: Some(Cgroup::open(&cgroup_path)?),
             session_file,
             pin_dir: Path::new(loader::PIN_ROOT).join(id),
             permanent: false,
@@ -236,7 +319,7 @@ impl Session {
             spec,
             policy,
             enforcer,
-            rings,
+            kernel,
             resolver,
             book,
             guard,
@@ -262,10 +345,17 @@ impl Session {
         }
         check_privileges()?;
         let pinned = Path::new(loader::PIN_ROOT).join(ID).is_dir();
-        let (mut enforcer, rings) = if pinned {
-            Enforcer::adopt(ID)?
+        // A set of its own: its exemptions and its permanence concern it alone.
+        let (mut enforcer, kernel) = if pinned {
+            let (enforcer, rings) = Enforcer::adopt(ID, cgroup)?;
+            let kernel = SharedKernel::adopted(enforcer.set(), rings)?;
+            (enforcer, kernel)
         } else {
-            Enforcer::load(settings(&policy, spec.deny_events_only))?
+            let kernel = SharedKernel::load(loader::RING_BYTES_ONE_SESSION)?;
+            let enforcer = kernel
+                .set
+                .session(settings(&policy, spec.deny_events_only))?;
+            (enforcer, kernel)
         };
         let mut ids = Vec::new();
         for path in exempt {
@@ -301,13 +391,13 @@ impl Session {
             spec,
             policy,
             enforcer,
-            rings,
+            kernel: kernel.clone(),
             resolver,
             book,
             guard,
             proxy,
         };
-        running.launch(
+        let session = running.launch(
             tap,
             if pinned {
                 "boundary.session.adopted"
@@ -315,7 +405,9 @@ impl Session {
                 "boundary.session.start"
             },
             fields,
-        )
+        )?;
+        kernel.router.resume();
+        Ok(session)
     }
 
     /// Records the session's first process (pid and command line) for its events, so that
@@ -372,7 +464,8 @@ impl Session {
             enricher,
             event_tx,
             stop_tx,
-            readers,
+            kernel,
+            slot,
             policy_task,
             refresh,
             sink_task,
@@ -380,19 +473,19 @@ impl Session {
             ..
         } = self;
         // The command is done: nothing else in its cgroup may outlive it.
-        let _ = stop_tx.send(true);
         refresh.abort();
         drop(dns);
         if let Some(cgroup) = guard.cgroup.as_ref() {
             let _ = cgroup::kill_all(cgroup.path());
-        }
-        for r in readers {
-            match r.await {
-                Ok(Err(e)) => tracing::error!(error = %e, "event reader failed"),
-                Err(e) => tracing::error!(error = %e, "event reader panicked"),
-                Ok(Ok(())) => {}
+            // Its last decisions are in the rings once its processes are gone.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while cgroup.populated() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        kernel.router.flush().await;
+        kernel.router.unregister(slot);
+        let _ = stop_tx.send(true);
         let enforcer = match policy_task.await {
             Ok(enforcer) => Some(enforcer),
             Err(e) => {
@@ -426,88 +519,54 @@ pub struct SyscallSupervisor {
 }
 
 impl SyscallSupervisor {
-    /// Supervises the processes behind `listener` on a thread of its own until they are gone.
+    /// Supervises the processes behind `listener` until they are gone (a task of the
+    /// runtime, not a thread: an agent serves hundreds of sessions).
     pub fn spawn(&self, listener: std::os::fd::OwnedFd) {
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("boundary-seccomp".into())
-            .spawn(move || {
-                let result = loader::supervise(listener, |refusal| {
-                    let audit = me.enricher.policy.borrow().mode == Mode::Audit;
-                    if let Some(tx) = me.events.upgrade() {
-                        let event = me.enricher.refusal(&refusal, audit);
-                        if let Err(mpsc::error::TrySendError::Full(event)) = tx.try_send(event) {
-                            // Refusals are rare; waiting a moment for room beats losing one.
-                            let _ = tx.blocking_send(event);
-                        }
-                    }
-                    audit
-                });
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "supervising the syscall filter stopped");
+        tokio::spawn(async move {
+            let result = loader::supervise_async(listener, |refusal| {
+                let audit = me.enricher.policy.borrow().mode == Mode::Audit;
+                if let Some(tx) = me.events.upgrade() {
+                    // Never dropped: a full queue gets it a moment later.
+                    events::emit(&tx, me.enricher.refusal(&refusal, audit));
                 }
-            });
-        if let Err(e) = spawned {
-            // Without a supervisor the refused calls fail with ENOSYS: still refused.
-            tracing::error!(error = %e, "cannot start the syscall-filter supervisor");
-        }
-    }
-}
-
-/// A session cgroup with the programs attached and empty maps (everything denied) and no
-/// process in it yet. The agent keeps one ready, because the kernel takes tens of milliseconds
-/// to verify and attach the programs and a session should not wait for that.
-pub struct Prepared {
-    id: String,
-    enforcer: Enforcer,
-    rings: loader::Rings,
-    guard: Cleanup,
-}
-
-impl Prepared {
-    /// Loads the programs, claims the id, creates the cgroup and attaches (blocking).
-    pub fn new(root: &Path, id: String, settings: Settings) -> Result<Prepared> {
-        let t0 = Instant::now();
-        // Loaded before the policy is compiled: loading may parse the kernel's BTF (~20 MB,
-        // freed right after), and doing it while the compiled policy is not yet in memory
-        // keeps the agent's peak RSS down.
-        let (mut enforcer, rings) = Enforcer::load(settings)?;
-        sweep_stale_sessions(root);
-        // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
-        // whose owner file is missing or names a dead agent.
-        let session_file = Path::new(RUN_DIR).join(&id);
-        let _ = std::fs::create_dir_all(RUN_DIR);
-        if owner_alive(&id) || root.join("boundary").join(&id).exists() {
-            return Err(Error::InvalidTarget {
-                target: id,
-                reason: "a session with this id is already running".into(),
-            });
-        }
-        let _ = std::fs::write(&session_file, std::process::id().to_string());
-        let cgroup = match Cgroup::create(root, &id) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_file(&session_file);
-                return Err(e);
+                audit
+            })
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "supervising the syscall filter stopped");
             }
-        };
-        let guard = Cleanup {
-            cgroup: Some(cgroup),
-            session_file,
-            pin_dir: Path::new(loader::PIN_ROOT).join(&id),
-            permanent: false,
-        };
-        // Maps are empty: until the policy is applied, the cgroup denies everything. On
-        // error the guard removes the cgroup and the pins.
-        enforcer.attach(guard.cgroup(), &id)?;
-        tracing::debug!(session = %id, ms = t0.elapsed().as_secs_f64() * 1e3, "session prepared");
-        Ok(Prepared {
-            id,
-            enforcer,
-            rings,
-            guard,
-        })
+        });
     }
+}
+
+/// Claims the session id (its owner file names this process) and creates its cgroup. The
+/// guard removes both (and the session's pins) however the session ends.
+fn claim(root: &Path, id: &str) -> Result<Cleanup> {
+    // Claim the session before its cgroup exists: a concurrent run's sweep removes cgroups
+    // whose owner file is missing or names a dead agent.
+    let session_file = Path::new(RUN_DIR).join(id);
+    let _ = std::fs::create_dir_all(RUN_DIR);
+    if owner_alive(id) || root.join("boundary").join(id).exists() {
+        return Err(Error::InvalidTarget {
+            target: id.to_string(),
+            reason: "a session with this id is already running".into(),
+        });
+    }
+    let _ = std::fs::write(&session_file, std::process::id().to_string());
+    let cgroup = match Cgroup::create(root, id) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&session_file);
+            return Err(e);
+        }
+    };
+    Ok(Cleanup {
+        cgroup: Some(cgroup),
+        session_file,
+        pin_dir: Path::new(loader::PIN_ROOT).join(id),
+        permanent: false,
+    })
 }
 
 /// A session whose programs are attached, not yet running its event pipeline and policy task.
@@ -516,7 +575,7 @@ struct Running {
     spec: SessionSpec,
     policy: Policy,
     enforcer: Enforcer,
-    rings: loader::Rings,
+    kernel: Arc<SharedKernel>,
     resolver: Resolver,
     book: AddressBook,
     guard: Cleanup,
@@ -538,7 +597,7 @@ impl Running {
             spec,
             policy,
             enforcer,
-            rings,
+            kernel,
             resolver,
             book,
             guard,
@@ -572,18 +631,12 @@ impl Running {
         let (event_tx, event_rx) = mpsc::channel(events::EVENT_QUEUE);
         let sink_task = tokio::spawn(sink.run(event_rx));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let readers = [rings.deny, rings.allow]
-            .map(|ring| {
-                tokio::spawn(events::read_ring(
-                    ring,
-                    enricher.clone(),
-                    event_tx.clone(),
-                    stop_rx.clone(),
-                ))
-            })
-            .into_iter()
-            .collect();
+        // The session's first event goes out before any of its decisions can be routed.
         events::emit(&event_tx, enricher.session(first, fields));
+        let slot = enforcer.slot();
+        let dropped = kernel
+            .router
+            .register(slot, enricher.clone(), event_tx.clone());
 
         let refresh = resolver.spawn_refresh(book_tx);
         let policy_name = policy.name.clone();
@@ -600,6 +653,7 @@ impl Running {
         })?;
         let policy_task = tokio::spawn(policy_loop(PolicyLoop {
             enforcer,
+            dropped,
             policy,
             spec: spec.clone(),
             dns_proxy,
@@ -622,7 +676,8 @@ impl Running {
             enricher,
             event_tx,
             stop_tx,
-            readers,
+            kernel,
+            slot,
             policy_task,
             refresh,
             sink_task,
@@ -642,8 +697,8 @@ fn write_spec(id: &str, spec: &SessionSpec) {
     }
 }
 
-/// Removes a session that has no process and no one to report for (a prepared session whose
-/// agent died before using it).
+/// Removes a session that has no process and no one to report for (one claimed by an agent
+/// or run that died before starting its command).
 pub fn remove_unused(root: &Path, id: &str) {
     let dir = root.join("boundary").join(id);
     if cgroup::session_populated(&dir) {
@@ -655,7 +710,7 @@ pub fn remove_unused(root: &Path, id: &str) {
     let _ = std::fs::remove_file(spec_path(id));
 }
 
-/// Whether a session was ever started (a prepared session has no spec yet).
+/// Whether a session was ever started (a claimed one has no spec until its policy is in).
 pub fn was_started(id: &str) -> bool {
     spec_path(id).exists()
 }
@@ -896,6 +951,8 @@ fn command_text(command: &[OsString]) -> String {
 
 struct PolicyLoop {
     enforcer: Enforcer,
+    /// This session's records the ring reader had no room for in its queue.
+    dropped: Arc<Dropped>,
     policy: Arc<Policy>,
     spec: SessionSpec,
     /// Where the DNS proxy listens (granted to the session's programs).
@@ -968,7 +1025,7 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                 if s.learned.expire(Instant::now(), s.policy.dns.grace_period) {
                     install(&mut s, "dns expiry");
                 }
-                let lost = s.enforcer.lost();
+                let lost = lost(&s);
                 if lost != lost_reported {
                     events::emit(&s.events, s.enricher.lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1));
                     lost_reported = lost;
@@ -1001,7 +1058,7 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     if let Some(handle) = extra_resolver {
         handle.abort();
     }
-    let lost = s.enforcer.lost();
+    let lost = lost(&s);
     if lost != lost_reported {
         events::emit(
             &s.events,
@@ -1010,6 +1067,14 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
         );
     }
     s.enforcer
+}
+
+/// The session's lost events so far, (deny, allow): the kernel's count for its slot (ring
+/// full) and the reader's (its queue full).
+fn lost(s: &PolicyLoop) -> (u64, u64) {
+    let kernel = s.enforcer.lost();
+    let reader = s.dropped.get();
+    (kernel.0 + reader.0, kernel.1 + reader.1)
 }
 
 fn install(s: &mut PolicyLoop, why: &str) {

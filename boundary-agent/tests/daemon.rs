@@ -215,8 +215,8 @@ impl Drop for Agent {
         {
             thread::sleep(Duration::from_millis(20));
         }
-        // A session prepared in advance by an agent that was killed has no process: remove
-        // it as a restarted agent would.
+        // A session claimed by an agent that was killed before it started has no process:
+        // remove it as a restarted agent would.
         if let Ok(dirs) = std::fs::read_dir(&parent) {
             for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
                 let id = dir.file_name().to_string_lossy().into_owned();
@@ -864,8 +864,8 @@ fn whole_workspace_mode_confines_running_processes_except_exempt_cgroups() {
     let agent_pid = agent.id().to_string();
     agent.kill().unwrap();
     agent.wait().unwrap();
-    // The session it had prepared in advance (no process in it) is removed, as a restarted
-    // agent would.
+    // Any session it had claimed without a process in it is removed, as a restarted agent
+    // would.
     for dir in std::fs::read_dir(mount.join("boundary")).unwrap().flatten() {
         let id = dir.file_name().to_string_lossy().into_owned();
         let owner = std::fs::read_to_string(format!("/run/boundary/sessions/{id}"));
@@ -992,4 +992,298 @@ fn a_confined_process_sees_only_its_own_session() {
     let o = stdout(&out);
     assert!(o.contains(&looking_id), "{}", text(&out));
     assert!(!o.contains(&other_id), "{}", text(&out));
+}
+
+/// A TCP listener that records what each connection sent (everything, until EOF).
+struct Recording {
+    port: u16,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recording {
+    fn start(ip: &str) -> Recording {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let sink = sink.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf);
+                    sink.lock().unwrap().extend_from_slice(&buf);
+                });
+            }
+        });
+        Recording { port, received }
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn fifty_concurrent_sessions_with_their_own_policies_never_cross_talk() {
+    const N: usize = 50;
+    let ip = |i: usize| format!("127.0.0.{}", 10 + i);
+    let listeners: Vec<Recording> = (0..N).map(|i| Recording::start(&ip(i))).collect();
+    // One named policy per session, each allowing its own listener's address only; each
+    // session also writes its own log (lossless, unlike the streams shared through the agent).
+    let policies = tempfile::tempdir().unwrap();
+    let logs = policies.path().join("logs");
+    let mut extra = Vec::new();
+    for i in 0..N {
+        let path = policies.path().join(format!("s{i}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name: s{i}\nallow_loopback: false\nlog_dir: {}\nallowlist:\n  - \"ip={}\"\n",
+                logs.display(),
+                ip(i)
+            ),
+        )
+        .unwrap();
+        extra.push(format!("--policy=s{i}={}", path.display()));
+    }
+    let agent = Agent::start_with(&policy(""), &refs(&extra));
+    let targets: Vec<(String, u16)> = (0..N).map(|i| (ip(i), listeners[i].port)).collect();
+    let go = agent.path("go");
+    // Every session starts, says it is ready, waits until all are, then tries every listener,
+    // sending its own tag to each one it reaches.
+    let children: Vec<Child> = (0..N)
+        .map(|i| {
+            let script = format!(
+                "import socket, os, time, errno\n\
+                 open({ready:?}, 'w').close()\n\
+                 while not os.path.exists({go:?}): time.sleep(0.02)\n\
+                 print('session', os.environ['BOUNDARY_SESSION_ID'])\n\
+                 for ip, port in {targets:?}:\n\
+                 \x20   try:\n\
+                 \x20       s = socket.create_connection((ip, port), timeout=5); s.sendall(b's{i:02}.'); s.close(); print(ip, 'ok')\n\
+                 \x20   except OSError as e:\n\
+                 \x20       print(ip, errno.errorcode.get(e.errno, e.errno))\n",
+                ready = agent.path(&format!("ready-{i}")).display().to_string(),
+                go = go.display().to_string(),
+            );
+            agent
+                .nobody_command(
+                    &["--policy", &format!("s{i}"), "--events", "-"],
+                    &refs(&python(&script)),
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..N {
+        while !agent.path(&format!("ready-{i}")).exists() {
+            assert!(Instant::now() < deadline, "session {i} did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // All fifty are running at once now.
+    std::fs::write(&go, "").unwrap();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+
+    let mut sessions = std::collections::HashMap::new();
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(out.status.code(), Some(0), "session {i}: {}", text(out));
+        let o = stdout(out);
+        let id = o
+            .lines()
+            .find_map(|l| l.strip_prefix("session "))
+            .unwrap_or_else(|| panic!("session {i}: {}", text(out)))
+            .to_string();
+        for (j, (target, _)) in targets.iter().enumerate() {
+            let want = if i == j { "ok" } else { "EPERM" };
+            assert!(
+                o.lines().any(|l| l == format!("{target} {want}")),
+                "session {i} to {target}: expected {want}\n{}",
+                text(out)
+            );
+        }
+        // The events streamed to this session's client are its own.
+        assert!(o
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .all(|e| e["session.id"] == id.as_str()));
+        // Its log says exactly what happened to it: one deny per other session's listener,
+        // one allow for its own, nothing lost.
+        let log = session_log(&logs, &id);
+        assert!(log.iter().all(|e| e["session.id"] == id.as_str()));
+        let decided = |action: &str| -> Vec<String> {
+            let mut v: Vec<String> = log
+                .iter()
+                .filter(|e| e["event.action"] == action)
+                .map(|e| e["destination.address"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut others: Vec<String> = (0..N).filter(|&j| j != i).map(&ip).collect();
+        others.sort();
+        assert_eq!(decided("deny"), others, "session {i}");
+        assert_eq!(decided("allow"), [ip(i)], "session {i}");
+        assert!(
+            !log.iter()
+                .any(|e| e["event.name"] == "boundary.events_lost"),
+            "session {i} lost events"
+        );
+        sessions.insert(id, i);
+    }
+    assert_eq!(sessions.len(), N, "session ids are distinct");
+    // Each listener heard from its own session only.
+    for (j, l) in listeners.iter().enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(&l.received()),
+            format!("s{j:02}."),
+            "listener {j}"
+        );
+    }
+    // The agent's own stream of every session's events: each decision carries the session
+    // it belongs to, and that session's policy decided it.
+    for d in agent
+        .events()
+        .iter()
+        .filter(|e| e["event.name"] == "boundary.decision")
+    {
+        let i = sessions[d["session.id"].as_str().unwrap()];
+        let dest = d["destination.address"].as_str().unwrap();
+        match d["event.action"].as_str().unwrap() {
+            "deny" => assert_ne!(dest, ip(i), "{d}"),
+            "allow" => assert_eq!(dest, ip(i), "{d}"),
+            other => panic!("unexpected action {other}: {d}"),
+        }
+    }
+}
+
+/// A session's own log file (its policy's `log_dir`), once it holds the session's end.
+fn session_log(dir: &Path, id: &str) -> Vec<Value> {
+    let path = dir.join(format!("boundary-{id}.jsonl"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events: Vec<Value> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if events
+            .iter()
+            .any(|e| e["event.name"] == "boundary.session.end")
+        {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "session {id} did not end");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_session_flooding_the_shared_rings_costs_another_session_no_event() {
+    // Summaries off: the flood must reach the rings record by record (folded, the reader
+    // keeps up and nothing overflows).
+    let agent = Agent::start(&policy("log_summary_interval: 0\n"));
+    let go = agent.path("go-flood");
+    // The hostile session: two processes denied as fast as they can for three seconds, each
+    // counting its attempts.
+    let flood = format!(
+        "import socket, os, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         def flood():\n\
+         \x20   n = 0\n\
+         \x20   end = time.time() + 3\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   while time.time() < end:\n\
+         \x20       for _ in range(100):\n\
+         \x20           try: s.connect(('127.0.0.3', 9))\n\
+         \x20           except OSError: n += 1\n\
+         \x20   return n\n\
+         r, w = os.pipe()\n\
+         if os.fork() == 0:\n\
+         \x20   os.write(w, str(flood()).encode()); os._exit(0)\n\
+         mine = flood(); os.wait()\n\
+         print('attempts', mine + int(os.read(r, 64)))\n\
+         print('session', os.environ['BOUNDARY_SESSION_ID'])\n",
+        go = go.display().to_string()
+    );
+    // The quiet one: a hundred denials, spread over the flood.
+    let quiet = format!(
+        "import socket, os, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         time.sleep(0.5)\n\
+         for i in range(100):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   try: s.connect(('127.0.0.3', 10))\n\
+         \x20   except OSError: pass\n\
+         \x20   s.close(); time.sleep(0.02)\n\
+         print('session', os.environ['BOUNDARY_SESSION_ID'])\n",
+        go = go.display().to_string()
+    );
+    let hostile = agent
+        .nobody_command(&["--deny-events-only"], &refs(&python(&flood)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let calm = agent
+        .nobody_command(&[], &refs(&python(&quiet)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    std::fs::write(&go, "").unwrap();
+    let hostile = hostile.wait_with_output().unwrap();
+    let calm = calm.wait_with_output().unwrap();
+    assert_eq!(hostile.status.code(), Some(0), "{}", text(&hostile));
+    assert_eq!(calm.status.code(), Some(0), "{}", text(&calm));
+    let field = |out: &Output, name: &str| {
+        stdout(out)
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name}: {}", text(out)))
+    };
+    let attempts: u64 = field(&hostile, "attempts").parse().unwrap();
+    let (hostile_id, calm_id) = (field(&hostile, "session"), field(&calm, "session"));
+    let log = |id: &str| session_log(&agent.path("logs"), id);
+    let lost = |events: &[Value]| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["event.name"] == "boundary.events_lost")
+            .map(|e| {
+                e["boundary.events_lost.deny"].as_u64().unwrap_or(0)
+                    + e["boundary.events_lost.count"].as_u64().unwrap_or(0)
+            })
+            .sum()
+    };
+    let denials = |events: &[Value], port: u64| {
+        events
+            .iter()
+            .filter(|e| e["event.action"] == "deny" && e["destination.port"] == port)
+            .map(|e| e["boundary.event.count"].as_u64().unwrap_or(1))
+            .sum::<u64>()
+    };
+    let hostile_log = log(&hostile_id);
+    let calm_log = log(&calm_id);
+    // The flood did overflow its share: some of its own events were lost, and counted.
+    let hostile_lost = lost(&hostile_log);
+    assert!(
+        hostile_lost > 0,
+        "the flood ({attempts} attempts, {} events) never filled the rings: the test proves nothing; {:#?}",
+        denials(&hostile_log, 9),
+        hostile_log.iter().filter(|e| e["event.name"] != "boundary.decision").collect::<Vec<_>>()
+    );
+    // Exact for the flooder: every attempt is an event or counted as lost.
+    assert_eq!(denials(&hostile_log, 9) + hostile_lost, attempts);
+    // The quiet session lost nothing.
+    assert_eq!(denials(&calm_log, 10), 100, "{calm_log:#?}");
+    assert_eq!(lost(&calm_log), 0);
 }

@@ -882,8 +882,8 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let parent = self.cgroup_root.join("boundary");
         for _ in 0..250 {
-            // Sessions end with their commands; the agent's spare (prepared, never used)
-            // session is removed here once the agent is gone.
+            // Sessions end with their commands; one the agent claimed but never started is
+            // removed here once the agent is gone.
             let sessions: Vec<String> = std::fs::read_dir(&parent)
                 .map(|d| {
                     d.flatten()

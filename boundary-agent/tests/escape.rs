@@ -1561,7 +1561,9 @@ mod enforcer {
         // Still confined with no agent at all.
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "EPERM"]);
 
-        let (mut enforcer, mut rings) = Enforcer::adopt(&t.name).unwrap();
+        let (mut enforcer, rings) = Enforcer::adopt(&t.name, &dir).unwrap();
+        // The first session adopted from a set brings its rings.
+        let mut rings = rings.expect("the set's rings");
         let events = drain(&mut rings);
         let denies = events
             .iter()
@@ -1580,6 +1582,94 @@ mod enforcer {
         enforcer.detach().unwrap();
         assert!(!Path::new(loader::PIN_ROOT).join(&t.name).exists());
         assert_eq!(connects(&dir, &["127.0.0.2", "127.0.0.3"]), ["ok", "ok"]);
+    }
+
+    #[test]
+    fn sessions_sharing_one_set_keep_their_own_policies_and_are_adopted_together() {
+        let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let three: Ipv4Addr = "127.0.0.3".parse().unwrap();
+        let a = TestCgroup::new("share-a");
+        let b = TestCgroup::new("share-b");
+        let (slot_a, slot_b) = {
+            let (set, _rings) = loader::ProgramSet::load(loader::RING_BYTES_ONE_SESSION).unwrap();
+            let mut ea = set.session(settings()).unwrap();
+            ea.apply(&allowing(&[two])).unwrap();
+            ea.attach(&a, &a.name).unwrap();
+            let mut eb = set.session(settings()).unwrap();
+            eb.apply(&allowing(&[three])).unwrap();
+            eb.attach(&b, &b.name).unwrap();
+            assert_ne!(ea.slot(), eb.slot());
+            assert_eq!(
+                connects(a.path(), &["127.0.0.2", "127.0.0.3"]),
+                ["ok", "EPERM"]
+            );
+            assert_eq!(
+                connects(b.path(), &["127.0.0.2", "127.0.0.3"]),
+                ["EPERM", "ok"]
+            );
+            // The agent dies: nothing is detached, nothing read.
+            (ea.slot(), eb.slot())
+        };
+        let (mut ea, rings) = Enforcer::adopt(&a.name, a.path()).unwrap();
+        let (eb, again) = Enforcer::adopt(&b.name, b.path()).unwrap();
+        assert_eq!((ea.slot(), eb.slot()), (slot_a, slot_b));
+        assert_eq!(ea.set().id(), eb.set().id(), "one set, reopened once");
+        assert!(again.is_none(), "one reader per ring: the rings come once");
+        // Every denial carries the slot of the session it belongs to.
+        let events = drain(&mut rings.expect("the set's rings"));
+        let denied = |slot: u32| -> Vec<Ipv4Addr> {
+            events
+                .iter()
+                .filter(|e| e.action == ACTION_DENY && e.slot == slot)
+                .map(addr)
+                .collect()
+        };
+        assert_eq!(denied(slot_a), [three], "{events:#?}");
+        assert_eq!(denied(slot_b), [two], "{events:#?}");
+        // A policy change of one session leaves the other's alone.
+        ea.apply(&allowing(&[])).unwrap();
+        assert_eq!(
+            connects(a.path(), &["127.0.0.2", "127.0.0.3"]),
+            ["EPERM", "EPERM"]
+        );
+        assert_eq!(
+            connects(b.path(), &["127.0.0.2", "127.0.0.3"]),
+            ["EPERM", "ok"]
+        );
+        ea.detach().unwrap();
+        assert_eq!(connects(a.path(), &["127.0.0.3"]), ["ok"]);
+        assert_eq!(connects(b.path(), &["127.0.0.2"]), ["EPERM"]);
+        eb.detach().unwrap();
+    }
+
+    #[test]
+    fn a_reused_slot_carries_nothing_of_the_session_that_had_it() {
+        let two: Ipv4Addr = "127.0.0.2".parse().unwrap();
+        let a = TestCgroup::new("reuse-a");
+        let b = TestCgroup::new("reuse-b");
+        let (set, _rings) = loader::ProgramSet::load(loader::RING_BYTES_ONE_SESSION).unwrap();
+        let mut first = set.session(settings()).unwrap();
+        first.apply(&allowing(&[two])).unwrap();
+        first.attach(&a, &a.name).unwrap();
+        assert_eq!(connects(a.path(), &["127.0.0.2"]), ["ok"]);
+        let old = first.slot();
+        first.detach().unwrap();
+        // Not handed out again at once (records of the old session could still be folding).
+        let next = set.session(settings()).unwrap();
+        assert_ne!(next.slot(), old);
+        thread::sleep(Duration::from_millis(2100));
+        let mut reused = set.session(settings()).unwrap();
+        assert_eq!(
+            reused.slot(),
+            old,
+            "the slot is reused after its quarantine"
+        );
+        reused.attach(&b, &b.name).unwrap();
+        // The old session's grant went with it.
+        assert_eq!(connects(b.path(), &["127.0.0.2"]), ["EPERM"]);
+        assert_eq!(reused.lost(), (0, 0));
+        reused.detach().unwrap();
+        next.detach().unwrap();
     }
 
     #[test]

@@ -68,7 +68,15 @@ pub const REASON_FORBIDDEN: u8 = 7;
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 
-/// Indexes of the `LOST` per-CPU counters.
+/// Sessions one program set serves at once: every per-session map is indexed (or its keys
+/// prefixed) by a slot below this.
+pub const MAX_SESSIONS: u32 = 1024;
+/// `Event::slot` of a decision in a cgroup no session owns (denied: fail closed). Its `LOST`
+/// counters sit at this index too.
+pub const SLOT_UNKNOWN: u32 = MAX_SESSIONS;
+
+/// Indexes of the `LOST` per-CPU counters, per slot: counter `i` of slot `s` is at
+/// `s * LOST_SLOTS + i`.
 pub const LOST_DENY: u32 = 0;
 pub const LOST_ALLOW: u32 = 1;
 /// Allow events folded into an earlier one by the in-kernel dedup (not lost: counted in the
@@ -116,7 +124,7 @@ impl Default for Grants {
     }
 }
 
-/// Per-session settings, index 0 of the `SETTINGS` array.
+/// Per-session settings: the `SETTINGS` array, indexed by the session's slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -184,6 +192,10 @@ pub struct Event {
     pub count: u32,
     /// Hook-specific: setsockopt option name, bpf() command; 0 otherwise.
     pub detail: u32,
+    /// The session (slot) the decision belongs to, or [`SLOT_UNKNOWN`]: the agent routes the
+    /// record to that session's sinks.
+    pub slot: u32,
+    pub _pad: u32,
 }
 
 /// Key of the allow-event dedup LRU map and of the egress deny rate limit.
@@ -198,9 +210,9 @@ pub struct DedupKey {
     pub hook: u8,
     pub _pad: [u8; 3],
     pub addr: [u8; 16],
-    /// Keeps the key 32 bytes with no implicit padding: the kernel side compares and hashes
-    /// it as four u64 words.
-    pub _pad2: u32,
+    /// The session's slot: sessions never share a record (the key stays 32 bytes with no
+    /// implicit padding: the kernel side compares and hashes it as four u64 words).
+    pub slot: u32,
 }
 
 /// Value of the dedup maps: when the last event of the key was written, and how many were
@@ -227,6 +239,22 @@ pub struct DedupSlot {
     pub _pad: u32,
 }
 
+/// A session's use of the event rings on one CPU (`RING_SHARE`, per slot): records written
+/// since `since_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingShare {
+    pub since_ns: u64,
+    pub written: u32,
+    pub _pad: u32,
+}
+
+/// While a ring is more than half full, each session may add at most this many records per
+/// CPU and [`RING_SHARE_WINDOW_NS`]; the rest of its records are counted lost (for it alone).
+/// A session that floods the rings thus cannot take the other half from the others.
+pub const RING_SHARE_RECORDS: u32 = 256;
+pub const RING_SHARE_WINDOW_NS: u64 = 100_000_000;
+
 /// Slots of the allow-event dedup cache, per CPU (a power of two; 48 KiB per CPU).
 pub const ALLOW_SEEN_SLOTS: u32 = 1024;
 
@@ -241,7 +269,8 @@ mod pod {
     unsafe impl aya::Pod for super::DedupValue {}
     unsafe impl aya::Pod for super::DedupSlot {}
     unsafe impl aya::Pod for super::DnsOrigin {}
+    unsafe impl aya::Pod for super::RingShare {}
 }
 
 const _: () = assert!(core::mem::size_of::<DedupKey>() == 32);
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 96);

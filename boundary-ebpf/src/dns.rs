@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use boundary_common::{DnsOrigin, Settings, AF_INET, AF_INET6};
 
-use crate::{exempt_current, settings, ALLOW};
+use crate::{exempt_current, session_slot, settings, ALLOW};
 
 /// One entry per socket that asked a nameserver recently (least recently used ones go).
 #[map]
@@ -43,9 +43,11 @@ fn remember(ctx: &SockAddrContext, origin: &DnsOrigin) {
     let _ = DNS_ORIGIN.insert(&cookie, origin, 0);
 }
 
+/// The session's settings when it has a DNS proxy (and the caller is not exempt). A cgroup no
+/// session owns gets no redirect: its connect is then denied like any other.
 #[inline(always)]
 fn proxy_settings() -> Option<Settings> {
-    let s = settings();
+    let s = settings(session_slot()?);
     if s.dns_port4 == 0 || exempt_current(&s) {
         return None;
     }
@@ -89,7 +91,12 @@ pub fn redirect6(ctx: &SockAddrContext) -> bool {
         return false;
     };
     // Four 32-bit accesses: the only width the kernel allows on user_ip6.
-    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     remember(
         ctx,
         &DnsOrigin {
@@ -118,7 +125,10 @@ pub fn redirect6(ctx: &SockAddrContext) -> bool {
 /// recvmsg4 / getpeername4: the proxy's address back to the nameserver the program asked.
 #[inline(always)]
 fn restore4(ctx: &SockAddrContext) {
-    let s = settings();
+    let Some(slot) = session_slot() else {
+        return;
+    };
+    let s = settings(slot);
     if s.dns_port4 == 0 {
         return;
     }
@@ -141,13 +151,21 @@ fn restore4(ctx: &SockAddrContext) {
 /// recvmsg6 / getpeername6: as [`restore4`], for the proxy on ::1 or ::ffff:127.0.0.1.
 #[inline(always)]
 fn restore6(ctx: &SockAddrContext) {
-    let s = settings();
+    let Some(slot) = session_slot() else {
+        return;
+    };
+    let s = settings(slot);
     if s.dns_port4 == 0 {
         return;
     }
     // SAFETY: as above.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let port = sa.user_port;
     let from_v4_proxy = words[0] == 0
         && words[1] == 0

@@ -14,6 +14,16 @@
 //! - port 53 (TCP and UDP, any address) is redirected to the session's DNS proxy, and its
 //!   replies made to look like they came from the nameserver asked ([`dns`]).
 //!
+//! One loaded set of programs and maps serves every session of an agent: the programs are
+//! attached to each session's cgroup, and find the session in the cgroup local storage of
+//! that attachment (`SLOT`: the session's slot + 1, written by the agent right after it
+//! attaches). The attachment, not the calling task, names the session: a socket's programs
+//! are its cgroup's, whoever calls (a kernel worker opening an MPTCP subflow, a process that
+//! received the socket), and a cgroup below a session's runs the session's programs with the
+//! session's storage. Every per-session map is indexed by the slot or has it in its keys (the
+//! allow tries' keys start with it). Storage that holds no slot yet is denied everything
+//! (fail closed).
+//!
 //! Every decision is reported through ring buffers: denials always (egress ones rate-limited
 //! per destination, with the suppressed ones counted), allows deduplicated per (process,
 //! destination) and time window. Entry points only translate the context into a [`Record`]
@@ -34,27 +44,45 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
+// Deprecated in favour of BPF_MAP_TYPE_CGRP_STORAGE, which is keyed by a cgroup the program
+// must name; this one is the storage of the attachment that runs, which is what we need.
+#[allow(deprecated)]
+use aya_ebpf::maps::CgroupStorage;
 use boundary_common::*;
 
 mod dns;
 
-const MAX_PREFIXES: u32 = 65_536;
+/// Prefixes of all sessions together (entries are allocated as they are inserted).
+const MAX_PREFIXES: u32 = 1 << 20;
 
+/// Keys: the session's slot (big-endian, 32 bits of prefix) then the address, so one
+/// longest-prefix lookup stays inside the session's own entries.
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], Grants> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static ALLOW_V4: LpmTrie<[u8; 8], Grants> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], Grants> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static ALLOW_V6: LpmTrie<[u8; 20], Grants> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+/// Per slot.
 #[map]
-static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+static SETTINGS: Array<Settings> = Array::with_max_entries(MAX_SESSIONS, 0);
+/// Per attachment (cgroup and attach type): the slot of the session whose cgroup it is, + 1
+/// (0: not written yet).
+#[allow(deprecated)]
+#[map]
+static SLOT: CgroupStorage<u32> = CgroupStorage::new();
 /// Denials get their own ring buffer so that a flood of allowed connections can never
-/// crowd them out.
+/// crowd them out. Sizes are set by the loader (one set serves every session of an agent).
 #[map]
 static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static ALLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-/// `LOST_*` and `SUPPRESSED_*` counters (boundary-common).
+/// `LOST_*` and `SUPPRESSED_*` counters (boundary-common), per slot (and one row for
+/// [`SLOT_UNKNOWN`]), so that every session's own count stays exact.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries((MAX_SESSIONS + 1) * LOST_SLOTS, 0);
+/// Per slot (and one row for [`SLOT_UNKNOWN`]) and CPU: records written in the current window
+/// (the fair share of a nearly full ring, see [`over_share`]).
+#[map]
+static RING_SHARE: PerCpuArray<RingShare> = PerCpuArray::with_max_entries(MAX_SESSIONS + 1, 0);
 /// Cgroups (by id) whose processes pass untouched: a confined existing cgroup's own control
 /// processes (whole-workspace mode). Consulted only when `Settings::exempt` is set.
 #[map]
@@ -74,7 +102,8 @@ const DENY: i32 = 0;
 /// `bpf_ringbuf_submit` / `bpf_ringbuf_query` flags (uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// A quarter of ALLOW_EVENTS.
+const BPF_RB_RING_SIZE: u64 = 1;
+/// Pending bytes in ALLOW_EVENTS above which a submit wakes the agent.
 const ALLOW_WAKEUP_BYTES: u64 = 1 << 18;
 
 const AF_UNIX: u32 = 1;
@@ -156,11 +185,24 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn sock_addr(rec: &Record) -> i32 {
-    let s = settings();
+    let Some(slot) = session_slot() else {
+        report(
+            rec,
+            Decision {
+                slot: SLOT_UNKNOWN,
+                action: ACTION_DENY,
+                rule_id: RULE_NONE,
+                count: 1,
+            },
+            Who::Current,
+        );
+        return DENY;
+    };
+    let s = settings(slot);
     if exempt_current(&s) {
         return ALLOW;
     }
-    let rule = lookup(rec);
+    let rule = lookup(slot, rec);
     let action = if rule != RULE_NONE {
         ACTION_ALLOW
     } else if s.mode == MODE_AUDIT {
@@ -170,12 +212,30 @@ fn sock_addr(rec: &Record) -> i32 {
     };
     if action == ACTION_ALLOW {
         if s.report_allows != 0 {
-            if let Some(count) = allow_dedup(rec, &s) {
-                report(rec, action, rule, count, Who::Current);
+            if let Some(count) = allow_dedup(slot, rec, &s) {
+                report(
+                    rec,
+                    Decision {
+                        slot: slot,
+                        action: action,
+                        rule_id: rule,
+                        count: count,
+                    },
+                    Who::Current,
+                );
             }
         }
     } else {
-        report(rec, action, rule, 1, Who::Current);
+        report(
+            rec,
+            Decision {
+                slot: slot,
+                action: action,
+                rule_id: rule,
+                count: 1,
+            },
+            Who::Current,
+        );
     }
     verdict(action != ACTION_DENY)
 }
@@ -211,7 +271,12 @@ fn record_v6(ctx: &SockAddrContext, hook: u8) -> Record {
     // SAFETY: as above.
     let sa = unsafe { &*ctx.sock_addr };
     // Four 32-bit loads: the only access width the kernel allows on user_ip6.
-    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let (protocol, ip_protocol) = transport(sa);
     let mut rec = Record::empty(hook, REASON_POLICY);
     rec.port = u16::from_be(sa.user_port as u16);
@@ -288,7 +353,10 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     if allowed {
         return ALLOW;
     }
-    let s = settings();
+    let Some(slot) = session_slot() else {
+        return refuse_unknown(&Record::empty(HOOK_LSM_SOCKET, REASON_SOCKET_KIND));
+    };
+    let s = settings(slot);
     // In audit mode the inet socket is created and cgroup sock_create reports it; one event.
     if (family == 2 || family == 10) && s.mode == MODE_AUDIT {
         return ALLOW;
@@ -297,7 +365,7 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     rec.family = family as u8;
     rec.sock_type = (sock_type & SOCK_TYPE_MASK) as u8;
     rec.ip_protocol = protocol;
-    refuse_with(&rec, &s)
+    refuse_with(slot, &rec, &s)
 }
 
 /// No bpf() from inside: no loading, attaching, detaching or reading pinned objects. Only the
@@ -373,7 +441,21 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    let s = settings();
+    let Some(slot) = session_slot() else {
+        let rec = Record::empty(HOOK_EGRESS, REASON_POLICY);
+        report(
+            &rec,
+            Decision {
+                slot: SLOT_UNKNOWN,
+                action: ACTION_DENY,
+                rule_id: RULE_NONE,
+                count: 1,
+            },
+            Who::Packet(&ctx),
+        );
+        return DENY;
+    };
+    let s = settings(slot);
     if s.exempt != 0 {
         // SAFETY: valid skb.
         let id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
@@ -400,13 +482,13 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
     match check {
         Check::Pass => ALLOW,
         Check::Destination => {
-            if lookup(&rec) != RULE_NONE {
+            if lookup(slot, &rec) != RULE_NONE {
                 ALLOW
             } else {
-                egress_refuse(&ctx, &rec, &s)
+                egress_refuse(&ctx, slot, &rec, &s)
             }
         }
-        Check::Refuse => egress_refuse(&ctx, &rec, &s),
+        Check::Refuse => egress_refuse(&ctx, slot, &rec, &s),
     }
 }
 
@@ -609,9 +691,13 @@ fn transport_check(ctx: &SkBuffContext, rec: &mut Record, offset: u32) -> Check 
 
 /// Drops (enforce) or passes (audit) a packet, with a deny event at most once per
 /// destination and second; the others are counted, never silently dropped.
-fn egress_refuse(ctx: &SkBuffContext, rec: &Record, s: &Settings) -> i32 {
+fn egress_refuse(ctx: &SkBuffContext, slot: u32, rec: &Record, s: &Settings) -> i32 {
     let audit = s.mode == MODE_AUDIT;
-    let action = if audit { ACTION_WOULD_DENY } else { ACTION_DENY };
+    let action = if audit {
+        ACTION_WOULD_DENY
+    } else {
+        ACTION_DENY
+    };
     // SAFETY: plain helper.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = DedupKey {
@@ -622,7 +708,7 @@ fn egress_refuse(ctx: &SkBuffContext, rec: &Record, s: &Settings) -> i32 {
         hook: HOOK_EGRESS,
         _pad: [rec.reason, 0, 0],
         addr: rec.addr,
-        _pad2: 0,
+        slot,
     };
     let count = match EGRESS_SEEN.get_ptr_mut(&key) {
         Some(v) => {
@@ -630,7 +716,7 @@ fn egress_refuse(ctx: &SkBuffContext, rec: &Record, s: &Settings) -> i32 {
             let v = unsafe { &mut *v };
             if now.wrapping_sub(v.last_ns) < EGRESS_EVENT_INTERVAL_NS {
                 atomic_add_u32(&mut v.suppressed);
-                count_slot(SUPPRESSED_EGRESS);
+                count_slot(slot, SUPPRESSED_EGRESS);
                 return verdict(audit);
             }
             let n = v.suppressed;
@@ -651,7 +737,16 @@ fn egress_refuse(ctx: &SkBuffContext, rec: &Record, s: &Settings) -> i32 {
             1
         }
     };
-    report(rec, action, RULE_NONE, count, Who::Packet(ctx));
+    report(
+        rec,
+        Decision {
+            slot: slot,
+            action: action,
+            rule_id: RULE_NONE,
+            count: count,
+        },
+        Who::Packet(ctx),
+    );
     verdict(audit)
 }
 
@@ -666,11 +761,24 @@ fn verdict(allow: bool) -> i32 {
 }
 
 #[inline(always)]
-fn settings() -> Settings {
-    match SETTINGS.get(0) {
+fn settings(slot: u32) -> Settings {
+    match SETTINGS.get(slot) {
         Some(s) => *s,
         None => Settings::default(),
     }
+}
+
+/// The session whose cgroup this attachment belongs to. None: not written yet.
+#[inline(always)]
+fn session_slot() -> Option<u32> {
+    #[allow(deprecated)]
+    let ptr = SLOT.get_ptr_mut();
+    // SAFETY: bpf_get_local_storage never fails; the value lives as long as the attachment.
+    let stored = unsafe { *ptr };
+    if stored == 0 || stored > MAX_SESSIONS {
+        return None;
+    }
+    Some(stored - 1)
 }
 
 #[inline(always)]
@@ -686,16 +794,48 @@ fn exempt_current(s: &Settings) -> bool {
 /// Denies (enforce) or reports a would-deny (audit) for a non-packet hook.
 #[inline(always)]
 fn refuse(rec: &Record) -> i32 {
-    refuse_with(rec, &settings())
+    match session_slot() {
+        Some(slot) => refuse_with(slot, rec, &settings(slot)),
+        None => refuse_unknown(rec),
+    }
 }
 
-fn refuse_with(rec: &Record, s: &Settings) -> i32 {
+/// A cgroup no session owns: denied, whatever the mode.
+#[inline(always)]
+fn refuse_unknown(rec: &Record) -> i32 {
+    report(
+        rec,
+        Decision {
+            slot: SLOT_UNKNOWN,
+            action: ACTION_DENY,
+            rule_id: RULE_NONE,
+            count: 1,
+        },
+        Who::Current,
+    );
+    DENY
+}
+
+fn refuse_with(slot: u32, rec: &Record, s: &Settings) -> i32 {
     if exempt_current(s) {
         return ALLOW;
     }
     let audit = s.mode == MODE_AUDIT;
-    let action = if audit { ACTION_WOULD_DENY } else { ACTION_DENY };
-    report(rec, action, RULE_NONE, 1, Who::Current);
+    let action = if audit {
+        ACTION_WOULD_DENY
+    } else {
+        ACTION_DENY
+    };
+    report(
+        rec,
+        Decision {
+            slot: slot,
+            action: action,
+            rule_id: RULE_NONE,
+            count: 1,
+        },
+        Who::Current,
+    );
     if audit {
         ALLOW
     } else {
@@ -705,12 +845,32 @@ fn refuse_with(rec: &Record, s: &Settings) -> i32 {
 
 /// The rule granting `rec`'s destination, port and protocol, or RULE_NONE.
 #[inline(always)]
-fn lookup(rec: &Record) -> u32 {
+fn lookup(slot: u32, rec: &Record) -> u32 {
+    let s = slot.to_be_bytes();
     let grants = if rec.family == AF_INET {
-        let ip = [rec.addr[0], rec.addr[1], rec.addr[2], rec.addr[3]];
-        ALLOW_V4.get(Key::new(32, ip))
+        let key = [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            rec.addr[0],
+            rec.addr[1],
+            rec.addr[2],
+            rec.addr[3],
+        ];
+        ALLOW_V4.get(Key::new(64, key))
     } else {
-        ALLOW_V6.get(Key::new(128, rec.addr))
+        let mut key = [0u8; 20];
+        key[0] = s[0];
+        key[1] = s[1];
+        key[2] = s[2];
+        key[3] = s[3];
+        let mut i = 0;
+        while i < 16 {
+            key[4 + i] = rec.addr[i];
+            i += 1;
+        }
+        ALLOW_V6.get(Key::new(160, key))
     };
     match grants {
         Some(g) => matching_rule(g, rec.port, rec.protocol),
@@ -737,7 +897,7 @@ fn matching_rule(grants: &Grants, port: u16, protocol: u8) -> u32 {
 /// Some(count) when an allow event is due (count = 1 + the ones folded into it), None when
 /// an event for the same process and destination was written on this CPU within the window.
 #[inline(always)]
-fn allow_dedup(rec: &Record, s: &Settings) -> Option<u32> {
+fn allow_dedup(slot: u32, rec: &Record, s: &Settings) -> Option<u32> {
     let window_ms = if s.allow_window_ms == 0 {
         DEFAULT_ALLOW_WINDOW_MS
     } else {
@@ -754,29 +914,29 @@ fn allow_dedup(rec: &Record, s: &Settings) -> Option<u32> {
         hook: rec.hook,
         _pad: [0; 3],
         addr: rec.addr,
-        _pad2: 0,
+        slot,
     };
     // The key as four words: a branch-free hash and compare (cheap to run and to verify).
     let w = key_words(&key);
     let mut h = w[0] ^ w[1].rotate_left(17) ^ w[2].rotate_left(31) ^ w[3].rotate_left(47);
     h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h ^= h >> 29;
-    let Some(slot) = ALLOW_SEEN.get_ptr_mut((h as u32) & (ALLOW_SEEN_SLOTS - 1)) else {
+    let Some(cell) = ALLOW_SEEN.get_ptr_mut((h as u32) & (ALLOW_SEEN_SLOTS - 1)) else {
         return Some(1);
     };
     // SAFETY: this CPU's slot; programs run with migration disabled.
-    let slot = unsafe { &mut *slot };
-    let held = key_words(&slot.key);
+    let cell = unsafe { &mut *cell };
+    let held = key_words(&cell.key);
     let same = ((held[0] ^ w[0]) | (held[1] ^ w[1]) | (held[2] ^ w[2]) | (held[3] ^ w[3])) == 0;
-    if same && now.wrapping_sub(slot.last_ns) < window_ms as u64 * 1_000_000 {
-        slot.suppressed += 1;
-        count_slot(SUPPRESSED_ALLOW);
+    if same && now.wrapping_sub(cell.last_ns) < window_ms as u64 * 1_000_000 {
+        cell.suppressed += 1;
+        count_slot(slot, SUPPRESSED_ALLOW);
         return None;
     }
-    let count = if same { slot.suppressed + 1 } else { 1 };
-    slot.key = key;
-    slot.last_ns = now;
-    slot.suppressed = 0;
+    let count = if same { cell.suppressed + 1 } else { 1 };
+    cell.key = key;
+    cell.last_ns = now;
+    cell.suppressed = 0;
     Some(count)
 }
 
@@ -795,8 +955,13 @@ fn atomic_add_u32(v: &mut u32) {
 }
 
 #[inline(always)]
-fn count_slot(slot: u32) {
-    if let Some(c) = LOST.get_ptr_mut(slot) {
+fn count_slot(slot: u32, counter: u32) {
+    let slot = if slot < MAX_SESSIONS {
+        slot
+    } else {
+        SLOT_UNKNOWN
+    };
+    if let Some(c) = LOST.get_ptr_mut(slot * LOST_SLOTS + counter) {
         // SAFETY: per-CPU slot, and BPF programs run with migration disabled.
         unsafe { *c += 1 };
     }
@@ -811,11 +976,29 @@ enum Who<'a> {
     Packet(&'a SkBuffContext),
 }
 
-fn report(rec: &Record, action: u8, rule_id: u32, count: u32, who: Who) {
+/// The outcome an event records (BPF functions take at most five arguments).
+struct Decision {
+    slot: u32,
+    action: u8,
+    rule_id: u32,
+    count: u32,
+}
+
+fn report(rec: &Record, d: Decision, who: Who) {
+    let Decision {
+        slot,
+        action,
+        rule_id,
+        count,
+    } = d;
     let allowed = action == ACTION_ALLOW;
     let ring = if allowed { &ALLOW_EVENTS } else { &DENY_EVENTS };
+    if over_share(ring, slot) {
+        count_slot(slot, if allowed { LOST_ALLOW } else { LOST_DENY });
+        return;
+    }
     let Some(mut entry) = ring.reserve::<Event>(0) else {
-        count_slot(if allowed { LOST_ALLOW } else { LOST_DENY });
+        count_slot(slot, if allowed { LOST_ALLOW } else { LOST_DENY });
         return;
     };
     // SAFETY: helpers allowed in these program types on our kernels (TOOLCHAIN.md).
@@ -829,8 +1012,12 @@ fn report(rec: &Record, action: u8, rule_id: u32, count: u32, who: Who) {
         ),
         Who::Packet(ctx) => {
             // SAFETY: valid skb.
-            let (sock_cgroup, uid) =
-                unsafe { (bpf_skb_cgroup_id(ctx.skb.skb), bpf_get_socket_uid(ctx.skb.skb)) };
+            let (sock_cgroup, uid) = unsafe {
+                (
+                    bpf_skb_cgroup_id(ctx.skb.skb),
+                    bpf_get_socket_uid(ctx.skb.skb),
+                )
+            };
             if sock_cgroup == current_cgroup {
                 (
                     sock_cgroup,
@@ -861,6 +1048,8 @@ fn report(rec: &Record, action: u8, rule_id: u32, count: u32, who: Who) {
         comm,
         count,
         detail: rec.detail,
+        slot,
+        _pad: 0,
     });
     // Waking the agent costs the connecting thread an irq_work and a wake-up. Denials wake
     // it at once (they are rare and wanted promptly); allow events are collected by the
@@ -874,6 +1063,37 @@ fn report(rec: &Record, action: u8, rule_id: u32, count: u32, who: Who) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags);
+}
+
+/// Whether this session has had its share of a ring that is more than half full: then each
+/// session may add [`RING_SHARE_RECORDS`] records per CPU and window, so one that floods
+/// cannot fill the other half, which stays for the rest. Its own losses are counted for it.
+#[inline(always)]
+fn over_share(ring: &RingBuf, slot: u32) -> bool {
+    let row = if slot < MAX_SESSIONS {
+        slot
+    } else {
+        SLOT_UNKNOWN
+    };
+    let Some(share) = RING_SHARE.get_ptr_mut(row) else {
+        return false;
+    };
+    // SAFETY: this CPU's row; programs run with migration disabled.
+    let share = unsafe { &mut *share };
+    // Not the coarse clock: sockopt programs may not read it.
+    // SAFETY: plain helper.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(share.since_ns) >= RING_SHARE_WINDOW_NS {
+        share.since_ns = now;
+        share.written = 0;
+    }
+    if share.written >= RING_SHARE_RECORDS
+        && ring.query(BPF_RB_AVAIL_DATA) * 2 > ring.query(BPF_RB_RING_SIZE)
+    {
+        return true;
+    }
+    share.written += 1;
+    false
 }
 
 #[cfg(not(test))]

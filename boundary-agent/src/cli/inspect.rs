@@ -92,8 +92,8 @@ pub fn status(args: StatusArgs) -> i32 {
                 v["sessions"]["running"], v["sessions"]["yours"]
             );
             println!(
-                "events     lost so far: {} deny, {} allow",
-                v["events_lost"]["deny"], v["events_lost"]["allow"]
+                "events     lost so far: {} deny, {} allow; {} of no running session",
+                v["events_lost"]["deny"], v["events_lost"]["allow"], v["events_unrouted"]
             );
             println!("landlock   ABI {}", v["landlock_abi"]);
             0

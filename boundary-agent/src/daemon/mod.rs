@@ -8,6 +8,11 @@
 //! own policy for another). Policy and hosts files must be root's and writable by nobody
 //! else, or the daemon refuses them.
 //!
+//! Scale: the daemon loads the eBPF programs once and all its sessions share them (one slot
+//! each in the shared maps, a link per hook on each session's cgroup; see
+//! [`crate::loader`]), so a session start never waits for the verifier and costs the kernel
+//! only its map entries, links and pins.
+//!
 //! Fail closed: stopping the daemon leaves every session attached (pinned links); the next
 //! daemon finds them through their owner files and pins.
 //!
@@ -78,12 +83,8 @@ struct Agent {
     follow: Tap,
     lost: Mutex<(u64, u64)>,
     started: SystemTime,
-    /// A session prepared in advance (programs verified and attached), for the next start.
-    spare: Mutex<Option<session::Prepared>>,
-    /// Set when the agent stops: no new session is prepared after that.
-    stopping: std::sync::atomic::AtomicBool,
-    /// A session is being prepared right now.
-    preparing: std::sync::atomic::AtomicBool,
+    /// The programs and maps every session of this agent shares (loaded once, at start).
+    kernel: Arc<session::SharedKernel>,
 }
 
 /// What the daemon knows of a live session besides the [`Session`] its connection task owns.
@@ -118,6 +119,10 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
             trusted_file(hosts)?;
         }
     }
+    raise_fd_limit();
+    // The verifier runs here, once; a session start is then a slot, a few map updates and a
+    // link per hook on its cgroup.
+    let kernel = session::SharedKernel::load(crate::loader::RING_BYTES_SHARED)?;
     let (tap, _) = broadcast::channel(4096);
     let (follow, _) = broadcast::channel(4096);
     let agent = Arc::new(Agent {
@@ -129,11 +134,8 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         follow,
         lost: Mutex::new((0, 0)),
         started: SystemTime::now(),
-        spare: Mutex::new(None),
-        stopping: std::sync::atomic::AtomicBool::new(false),
-        preparing: std::sync::atomic::AtomicBool::new(false),
+        kernel,
     });
-    refill_spare(&agent);
     tokio::spawn(collect_recent(agent.clone()));
     if let Some(path) = agent.opts.events.clone() {
         tokio::spawn(write_all_events(agent.clone(), path));
@@ -179,15 +181,6 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&agent.opts.socket);
-    // The spare session has no process: remove it (its destructor does), after making sure
-    // none is being prepared that would be left behind.
-    agent
-        .stopping
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    while agent.preparing.load(std::sync::atomic::Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    drop(agent.spare.lock().unwrap().take());
     // Sessions whose processes are gone are being ended (events written, programs detached):
     // let them finish. Sessions with processes stay attached for the next agent.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -209,41 +202,24 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     std::process::exit(0);
 }
 
-/// Prepares the next session in the background (the kernel takes tens of milliseconds to
-/// verify and attach the programs; a session should not wait for that).
-fn refill_spare(agent: &Arc<Agent>) {
-    let agent = agent.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::sync::atomic::Ordering::SeqCst;
-        if agent.spare.lock().unwrap().is_some() || agent.preparing.swap(true, SeqCst) {
-            return;
-        }
-        // Cleared however this ends; checked again after `preparing` is visible, so that a
-        // stopping agent either sees us preparing or we see it stopping.
-        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+/// Each session holds a few descriptors (its client's connection, its cgroup, its DNS proxy's
+/// sockets): the soft limit (often 1024) goes up to the hard one, so that hundreds of sessions
+/// fit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "raising the descriptor limit");
             }
         }
-        let _done = Done(&agent.preparing);
-        if agent.stopping.load(SeqCst) {
-            return;
-        }
-        let Ok(root) = session_root(&agent.opts) else {
-            return;
-        };
-        let id = uuid::Uuid::new_v4().to_string();
-        match session::Prepared::new(&root, id, boundary_common::Settings::default()) {
-            Ok(prepared) => {
-                let mut spare = agent.spare.lock().unwrap();
-                if spare.is_none() {
-                    *spare = Some(prepared);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "preparing a session in advance failed"),
-        }
-    });
+    }
 }
 
 /// Whole-workspace mode: puts the agent itself in an exempt cgroup if it runs inside the one
@@ -315,7 +291,7 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
     };
     for id in session::orphaned_sessions(&root) {
         if !session::was_started(&id) {
-            // Prepared in advance by a dead agent and never used: nothing ran in it.
+            // Claimed by a dead agent that never started it: nothing ran in it.
             session::remove_unused(&root, &id);
             continue;
         }
@@ -362,6 +338,8 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
             agent.sessions.lock().unwrap().remove(&id);
         });
     }
+    // Every session that could be adopted has its route: the unread records can flow.
+    session::resume_adopted();
 }
 
 /// Binds the socket: its directory root's and 0755, the socket itself 0666 (anyone may ask;
@@ -684,9 +662,8 @@ where
             deny_events_only: start.deny_events_only,
             owner_uid: Some(peer.uid),
         };
-        let spare = agent.spare.lock().unwrap().take();
-        refill_spare(&agent);
-        let session = Session::start_with(spec, Some(agent.tap.clone()), spare).await?;
+        let session =
+            Session::start_in(Some(agent.kernel.clone()), spec, Some(agent.tap.clone())).await?;
         Ok::<_, Error>((policy_name, session))
     }
     .await;
@@ -951,6 +928,9 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
         "policies": policies,
         "sessions": {"running": sessions.len(), "yours": mine},
         "events_lost": {"deny": lost_deny, "allow": lost_allow},
+        // Records of the shared rings no running session claimed (a decision in a cgroup
+        // whose attachment holds no slot yet, denied; or one read after its session ended).
+        "events_unrouted": agent.kernel.router.unrouted(),
         "landlock_abi": crate::confine::landlock_abi(),
     })
 }

@@ -165,10 +165,17 @@ impl Via {
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65_535];
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
+        // The 64 KiB a datagram may need is allocated once one is waiting, not held by every
+        // idle session (an agent serves hundreds).
+        if let Err(e) = sock.readable().await {
+            tracing::debug!(error = %e, "DNS proxy: waiting for a query");
+            continue;
+        }
+        let mut buf = vec![0u8; 65_535];
+        let (n, peer) = match sock.try_recv_from(&mut buf) {
             Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "DNS proxy: receiving");
                 continue;

@@ -1,12 +1,27 @@
-//! Loads the eBPF programs, keeps their maps in step with the compiled policy, and attaches
-//! them to a session cgroup (a fresh one, or an existing one in whole-workspace mode).
+//! Loads the eBPF programs once per agent, keeps each session's share of their maps in step
+//! with its compiled policy, and attaches them to each session's cgroup (a fresh one, or an
+//! existing one in whole-workspace mode).
+//!
+//! One [`ProgramSet`] (programs, maps, two event rings) serves every session of an agent: a
+//! session is a slot in it ([`Enforcer`]). The programs are attached to each session's cgroup
+//! and find the slot in the cgroup local storage of their attachment (`SLOT`, written here
+//! right after attaching): the session is the one whose cgroup the socket or process is in
+//! (or below), whoever makes the call. Settings, counters and dedup state are indexed by the
+//! slot, and the allow tries' keys start with it, so one longest-prefix lookup never leaves
+//! the session's own entries. An attachment whose storage holds no slot denies everything.
+//! Starting a session costs a slot, its map entries and one bpf link per hook on its cgroup;
+//! the verifier runs once per agent.
 //!
 //! Fail closed: the attachments are bpf links pinned on bpffs, so they outlive the agent. If
 //! the agent is killed, the wrapped processes stay confined by the last policy it installed;
 //! only an explicit [`Enforcer::detach`] (after the session's processes are gone) removes them.
-//! The session's maps are pinned beside its links, so a restarted agent reopens them with
+//! Each session's directory `PIN_ROOT/<session>` holds its links and a pin of every map of
+//! its set, so a restarted agent reopens the set from any of its sessions with
 //! [`Enforcer::adopt`] (policy, settings, exemptions and unread events included) without a
-//! moment in which the session is unconfined.
+//! moment in which the session is unconfined; sessions adopted from one set share one
+//! reopened handle (and one reader of its rings). A slot is reused only after its session's
+//! entries are removed, its cgroup id unregistered, and a quarantine longer than any dedup
+//! window has passed.
 //!
 //! The programs (boundary-ebpf): sock_addr hooks (connect4/6, sendmsg4/6), sock_create (inet
 //! allowlist), setsockopt (routing options), cgroup_skb egress (every packet's real
@@ -20,7 +35,7 @@
 //! [`SyscallFilter`] (seccomp, installed by the command itself before exec) holds the same
 //! lines for socket families, bpf() and user namespaces, without events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, VecDeque};
 use std::fs;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -28,23 +43,29 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+// Deprecated in favour of BPF_MAP_TYPE_CGRP_STORAGE, which is keyed by cgroup alone; the
+// programs need the storage of the attachment that runs (see boundary-ebpf).
+#[allow(deprecated)]
+use aya::maps::cgroup_storage::{CgroupStorage, CgroupStorageKey};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup};
 use aya::{Btf, Ebpf, EbpfLoader};
 use boundary_common::{
-    Grants, PortGrant, Settings, LOST_ALLOW, LOST_DENY, MAX_GRANTS, SUPPRESSED_ALLOW,
-    SUPPRESSED_EGRESS,
+    Grants, PortGrant, Settings, LOST_ALLOW, LOST_DENY, LOST_SLOTS, MAX_GRANTS, MAX_SESSIONS,
+    SUPPRESSED_ALLOW, SUPPRESSED_EGRESS,
 };
 
 use crate::error::{Error, Result};
 use crate::policy::{CompiledPolicy, PrefixEntry};
 
 mod seccomp;
-pub use seccomp::{supervise, Refusal, SyscallFilter};
+pub use seccomp::{supervise, supervise_async, Refusal, SyscallFilter};
 
 /// The compiled eBPF object, built by build.rs from boundary-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/boundary.bpf.o"));
@@ -59,10 +80,20 @@ const SECURITYFS: &str = "/sys/kernel/security";
 /// Set to `1` to run without the BPF LSM programs even where the kernel accepts them.
 pub const ENV_WITHOUT_LSM: &str = "BOUNDARY_WITHOUT_LSM";
 
-/// How each program is loaded and attached.
+/// Each event ring of a set that serves one session (single-shot `boundary run`).
+pub const RING_BYTES_ONE_SESSION: u32 = 1 << 20;
+/// Each event ring of an agent's set, shared by all its sessions.
+pub const RING_BYTES_SHARED: u32 = 8 << 20;
+
+/// How long a released slot rests before it is handed out again: longer than the allow dedup
+/// window and the egress rate limit, so no record of the old session can fold into the new.
+const SLOT_QUARANTINE: Duration = Duration::from_secs(2);
+
+/// How each program is loaded and attached; the `u32` of each is its `enum bpf_attach_type`
+/// (uapi/linux/bpf.h), which keys its attachment's `SLOT` storage.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    SockAddr,
+    SockAddr(u32),
     Sock,
     Sockopt,
     Egress,
@@ -70,17 +101,35 @@ enum Kind {
     Lsm(&'static str),
 }
 
+impl Kind {
+    fn attach_type(self) -> u32 {
+        const BPF_CGROUP_INET_EGRESS: u32 = 1;
+        const BPF_CGROUP_INET_SOCK_CREATE: u32 = 2;
+        const BPF_LSM_CGROUP: u32 = 43;
+        match self {
+            Kind::SockAddr(t) => t,
+            Kind::Sock => BPF_CGROUP_INET_SOCK_CREATE,
+            Kind::Sockopt => BPF_CGROUP_SETSOCKOPT,
+            Kind::Egress => BPF_CGROUP_INET_EGRESS,
+            Kind::Lsm(_) => BPF_LSM_CGROUP,
+        }
+    }
+}
+
+/// `BPF_CGROUP_INET4_CONNECT`: the attachment whose storage `adopt` reads the slot from.
+const ATTACH_CONNECT4: u32 = 10;
+
 /// Every program, by its name in the object (the pin of its link has the same name).
 const PROGRAMS: [(&str, Kind); 14] = [
-    ("connect4", Kind::SockAddr),
-    ("connect6", Kind::SockAddr),
-    ("sendmsg4", Kind::SockAddr),
-    ("sendmsg6", Kind::SockAddr),
+    ("connect4", Kind::SockAddr(ATTACH_CONNECT4)),
+    ("connect6", Kind::SockAddr(11)),
+    ("sendmsg4", Kind::SockAddr(14)),
+    ("sendmsg6", Kind::SockAddr(15)),
     // DNS replies from the session's proxy, shown as coming from the nameserver asked.
-    ("recvmsg4", Kind::SockAddr),
-    ("recvmsg6", Kind::SockAddr),
-    ("getpeername4", Kind::SockAddr),
-    ("getpeername6", Kind::SockAddr),
+    ("recvmsg4", Kind::SockAddr(19)),
+    ("recvmsg6", Kind::SockAddr(20)),
+    ("getpeername4", Kind::SockAddr(29)),
+    ("getpeername6", Kind::SockAddr(30)),
     ("sock_create", Kind::Sock),
     ("setsockopt", Kind::Sockopt),
     ("egress", Kind::Egress),
@@ -89,59 +138,103 @@ const PROGRAMS: [(&str, Kind); 14] = [
     ("lsm_userns_create", Kind::Lsm("userns_create")),
 ];
 
-/// Every map, pinned under the session's directory by its name in the object.
-const MAPS: [&str; 9] = [
+/// Every map of a set, pinned under each session's directory by its name in the object.
+const MAPS: [&str; 11] = [
     "ALLOW_V4",
     "ALLOW_V6",
     "SETTINGS",
+    "SLOT",
     "DENY_EVENTS",
     "ALLOW_EVENTS",
     "LOST",
     "EXEMPT",
     "ALLOW_SEEN",
     "EGRESS_SEEN",
+    "DNS_ORIGIN",
 ];
 
-/// One loaded copy of the programs with its own maps: one per session, so that sessions
-/// with different policies never share state.
-pub struct Enforcer {
-    /// The loaded object; `None` for an adopted session (its programs live on in its links).
-    ebpf: Option<Ebpf>,
-    allow_v4: LpmTrie<MapData, [u8; 4], Grants>,
-    allow_v6: LpmTrie<MapData, [u8; 16], Grants>,
-    lost: PerCpuArray<MapData, u64>,
+/// Keys of the allow tries: the slot (32 bits of prefix), then the address.
+type KeyV4 = [u8; 8];
+type KeyV6 = [u8; 20];
+
+#[allow(deprecated)]
+/// The maps a session's handle writes (behind one lock: sessions write them from their own
+/// tasks, each only its own slot's entries).
+struct SetMaps {
+    allow_v4: LpmTrie<MapData, KeyV4, Grants>,
+    allow_v6: LpmTrie<MapData, KeyV6, Grants>,
     settings: Array<MapData, Settings>,
+    /// Per attachment: slot + 1.
+    slot: CgroupStorage<MapData, u32>,
+    lost: PerCpuArray<MapData, u64>,
     exempt: HashMap<MapData, u64, u8>,
-    /// What `SETTINGS` holds (with the loader's own `exempt` flag).
-    current: Settings,
-    /// A second handle on each map, pinned by `attach`.
+}
+
+/// Which slots are free. Only the process that loaded a set hands out its slots; a set
+/// reopened from pins serves only the sessions it already has.
+struct Slots {
+    owned: bool,
+    next: u32,
+    released: VecDeque<(u32, Instant)>,
+}
+
+/// One loaded copy of the programs and their maps, shared by the sessions of an agent.
+pub struct ProgramSet {
+    /// The loaded object, to attach its programs to new sessions; `None` for a set reopened
+    /// from pins (its programs live on in its sessions' links).
+    ebpf: Mutex<Option<Ebpf>>,
+    maps: Mutex<SetMaps>,
+    /// A second handle on each map, pinned into every session's directory.
     map_handles: Vec<(&'static str, MapData)>,
+    slots: Mutex<Slots>,
+    lsm: bool,
+    /// The kernel's id of the set's `SETTINGS` map: names the set.
+    id: u32,
+}
+
+/// Sets reopened from pins in this process, by id: sessions adopted from one set share it.
+static REOPENED: Mutex<Option<StdHashMap<u32, Weak<ProgramSet>>>> = Mutex::new(None);
+
+/// One session's share of a [`ProgramSet`]: its slot, its cgroup's links, and what it
+/// installed in the maps.
+pub struct Enforcer {
+    set: Arc<ProgramSet>,
+    slot: u32,
+    /// What `SETTINGS[slot]` holds (with the loader's own `exempt` flag).
+    current: Settings,
     installed_v4: BTreeMap<(Ipv4Addr, u8), Grants>,
     installed_v6: BTreeMap<(Ipv6Addr, u8), Grants>,
-    pins: Vec<PinnedLink>,
+    /// Cgroups this session exempts.
+    exempted: BTreeSet<u64>,
+    /// Names of the session's pinned links. No fd is held on them while the session runs
+    /// (hundreds of sessions would mean thousands of fds): the pins keep them attached.
+    links: Vec<&'static str>,
     pin_dir: Option<PathBuf>,
     lsm: bool,
 }
 
-/// The two event rings, handed to the event reader.
+/// The two event rings of a set, handed to the event reader. Every record names its slot.
 pub struct Rings {
     pub deny: RingBuf<MapData>,
     pub allow: RingBuf<MapData>,
 }
 
-impl Enforcer {
-    /// Loads and verifies the programs. Nothing is attached yet.
-    pub fn load(settings: Settings) -> Result<(Enforcer, Rings)> {
+impl ProgramSet {
+    /// Loads and verifies the programs, with event rings of `ring_bytes` each (a power of
+    /// two, at least a page). Nothing is attached yet.
+    pub fn load(ring_bytes: u32) -> Result<(Arc<ProgramSet>, Rings)> {
         // No CO-RE relocations are needed (the programs only touch stable program contexts
         // and LSM hook arguments), so the object is loaded without the kernel's BTF; only the
         // LSM programs need it, for the ids of their hooks, and it is dropped right after.
         let mut ebpf = EbpfLoader::new()
             .btf(None)
+            .map_max_entries("DENY_EVENTS", ring_bytes)
+            .map_max_entries("ALLOW_EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| Error::Ebpf(format!("{e:#}")))?;
         for (name, kind) in PROGRAMS {
             let result = match kind {
-                Kind::SockAddr => program_mut::<CgroupSockAddr>(&mut ebpf, name)?.load(),
+                Kind::SockAddr(_) => program_mut::<CgroupSockAddr>(&mut ebpf, name)?.load(),
                 Kind::Sock => program_mut::<CgroupSock>(&mut ebpf, name)?.load(),
                 Kind::Sockopt => program_mut::<CgroupSockopt>(&mut ebpf, name)?.load(),
                 Kind::Egress => program_mut::<CgroupSkb>(&mut ebpf, name)?.load(),
@@ -155,62 +248,173 @@ impl Enforcer {
         for name in MAPS {
             map_handles.push((name, second_handle(&ebpf, name)?));
         }
-        let mut settings_map: Array<MapData, Settings> = take_map(&mut ebpf, "SETTINGS")?;
-        let current = Settings {
-            exempt: 0,
-            ..settings
-        };
-        settings_map
-            .set(0, current, 0)
-            .map_err(|e| Error::Ebpf(format!("writing SETTINGS: {e}")))?;
         let rings = Rings {
             deny: take_map(&mut ebpf, "DENY_EVENTS")?,
             allow: take_map(&mut ebpf, "ALLOW_EVENTS")?,
         };
-        let enforcer = Enforcer {
+        let maps = SetMaps {
             allow_v4: take_map(&mut ebpf, "ALLOW_V4")?,
             allow_v6: take_map(&mut ebpf, "ALLOW_V6")?,
+            settings: take_map(&mut ebpf, "SETTINGS")?,
+            slot: take_map(&mut ebpf, "SLOT")?,
             lost: take_map(&mut ebpf, "LOST")?,
             exempt: take_map(&mut ebpf, "EXEMPT")?,
-            settings: settings_map,
-            current,
-            map_handles,
-            installed_v4: BTreeMap::new(),
-            installed_v6: BTreeMap::new(),
-            pins: Vec::new(),
-            pin_dir: None,
-            lsm,
-            ebpf: Some(ebpf),
         };
-        Ok((enforcer, rings))
+        let id = map_handles
+            .iter()
+            .find(|(name, _)| *name == "SETTINGS")
+            .map(|(_, data)| map_id(data))
+            .expect("SETTINGS is in MAPS")?;
+        let set = ProgramSet {
+            ebpf: Mutex::new(Some(ebpf)),
+            maps: Mutex::new(maps),
+            map_handles,
+            slots: Mutex::new(Slots {
+                owned: true,
+                next: 0,
+                released: VecDeque::new(),
+            }),
+            lsm,
+            id,
+        };
+        Ok((Arc::new(set), rings))
     }
 
-    /// Reopens a running session from its pins under `PIN_ROOT/<session>`: its links stay
-    /// attached throughout (the session is never unconfined), its maps are the live ones, and
-    /// the returned rings hold whatever events were not read yet. `apply` then diffs against
-    /// what the maps hold.
-    pub fn adopt(session: &str) -> Result<(Enforcer, Rings)> {
-        let dir = Path::new(PIN_ROOT).join(session);
-        if !dir.is_dir() {
-            return Err(Error::Ebpf(format!(
-                "no pinned session at {} (nothing to adopt)",
-                dir.display()
-            )));
+    /// Reopens the set pinned in a session's directory (maps only), or the handle this
+    /// process already has on it. The rings come with the first opening only: one reader per
+    /// ring.
+    fn reopen(dir: &Path) -> Result<(Arc<ProgramSet>, Option<Rings>)> {
+        let settings_data = open_pinned(dir, "SETTINGS")?;
+        let id = map_id(&settings_data)?;
+        let mut reopened = REOPENED.lock().unwrap();
+        let reopened = reopened.get_or_insert_with(StdHashMap::new);
+        reopened.retain(|_, set| set.strong_count() > 0);
+        if let Some(set) = reopened.get(&id).and_then(Weak::upgrade) {
+            return Ok((set, None));
         }
-        let open = |name: &str| -> Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path)
-                .map_err(|e| Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e))))?;
-            Map::from_map_data(data).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
+        let typed_pin = |name: &str| -> Result<Map> {
+            Map::from_map_data(open_pinned(dir, name)?)
+                .map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
         };
-        fn typed<M>(map: Map, name: &str) -> Result<M>
-        where
-            M: TryFrom<Map>,
-            M::Error: std::fmt::Display,
-        {
-            M::try_from(map).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
+        let maps = SetMaps {
+            allow_v4: typed(typed_pin("ALLOW_V4")?, "ALLOW_V4")?,
+            allow_v6: typed(typed_pin("ALLOW_V6")?, "ALLOW_V6")?,
+            settings: typed(
+                Map::from_map_data(settings_data)
+                    .map_err(|e| Error::Ebpf(format!("map `SETTINGS`: {e}")))?,
+                "SETTINGS",
+            )?,
+            slot: typed(typed_pin("SLOT")?, "SLOT")?,
+            lost: typed(typed_pin("LOST")?, "LOST")?,
+            exempt: typed(typed_pin("EXEMPT")?, "EXEMPT")?,
+        };
+        let rings = Rings {
+            deny: typed(typed_pin("DENY_EVENTS")?, "DENY_EVENTS")?,
+            allow: typed(typed_pin("ALLOW_EVENTS")?, "ALLOW_EVENTS")?,
+        };
+        let mut map_handles = Vec::with_capacity(MAPS.len());
+        for name in MAPS {
+            if let Ok(data) = open_pinned(dir, name) {
+                map_handles.push((name, data));
+            }
         }
-        let mut pins = Vec::new();
+        let lsm = PROGRAMS
+            .iter()
+            .any(|(name, kind)| matches!(kind, Kind::Lsm(_)) && dir.join(name).exists());
+        let set = Arc::new(ProgramSet {
+            ebpf: Mutex::new(None),
+            maps: Mutex::new(maps),
+            map_handles,
+            slots: Mutex::new(Slots {
+                owned: false,
+                next: MAX_SESSIONS,
+                released: VecDeque::new(),
+            }),
+            lsm,
+            id,
+        });
+        reopened.insert(id, Arc::downgrade(&set));
+        Ok((set, Some(rings)))
+    }
+
+    /// The kernel's id of this set (of its `SETTINGS` map).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// A new session in this set: a free slot with `settings` and no grant (everything
+    /// denied). Nothing is attached yet.
+    pub fn session(self: &Arc<Self>, settings: Settings) -> Result<Enforcer> {
+        let slot = self.take_slot()?;
+        let current = Settings {
+            exempt: 0,
+            ..settings
+        };
+        let mut enforcer = Enforcer {
+            set: self.clone(),
+            slot,
+            current,
+            installed_v4: BTreeMap::new(),
+            installed_v6: BTreeMap::new(),
+            exempted: BTreeSet::new(),
+            links: Vec::new(),
+            pin_dir: None,
+            lsm: self.lsm,
+        };
+        if let Err(e) = enforcer.write_settings(current) {
+            self.release_slot(slot);
+            return Err(e);
+        }
+        Ok(enforcer)
+    }
+
+    fn take_slot(&self) -> Result<u32> {
+        let mut slots = self.slots.lock().unwrap();
+        if !slots.owned {
+            return Err(Error::Ebpf(
+                "a program set reopened from pins takes no new session".into(),
+            ));
+        }
+        if let Some(&(slot, since)) = slots.released.front() {
+            if since.elapsed() >= SLOT_QUARANTINE {
+                slots.released.pop_front();
+                return Ok(slot);
+            }
+        }
+        if slots.next < MAX_SESSIONS {
+            slots.next += 1;
+            return Ok(slots.next - 1);
+        }
+        Err(Error::Ebpf(format!(
+            "{MAX_SESSIONS} sessions are running (or just ended): no free slot"
+        )))
+    }
+
+    fn release_slot(&self, slot: u32) {
+        let mut slots = self.slots.lock().unwrap();
+        if slots.owned {
+            slots.released.push_back((slot, Instant::now()));
+        }
+    }
+}
+
+impl Enforcer {
+    /// A set of its own with one session in it (single-shot `boundary run`, tests): loads and
+    /// verifies the programs. Nothing is attached yet.
+    pub fn load(settings: Settings) -> Result<(Enforcer, Rings)> {
+        let (set, rings) = ProgramSet::load(RING_BYTES_ONE_SESSION)?;
+        Ok((set.session(settings)?, rings))
+    }
+
+    /// Reopens a running session from its pins under `PIN_ROOT/<session>` (its cgroup is
+    /// `cgroup`): its links stay attached throughout (the session is never unconfined), its
+    /// maps are the live ones. The rings (with whatever events were not read yet) come with
+    /// the first session adopted from a set, `None` with the others of the same set. `apply`
+    /// then diffs against what the maps hold.
+    pub fn adopt(session: &str, cgroup: &Path) -> Result<(Enforcer, Option<Rings>)> {
+        let dir = Path::new(PIN_ROOT).join(session);
+        let cgroup_id = cgroup_id(cgroup)?;
+        let mut links = Vec::new();
         let mut lsm = false;
         for (name, kind) in PROGRAMS {
             let path = dir.join(name);
@@ -224,60 +428,91 @@ impl Enforcer {
                 );
                 continue;
             }
-            let link = PinnedLink::from_pin(&path)
-                .map_err(|e| Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e))))?;
             lsm |= matches!(kind, Kind::Lsm(_));
-            pins.push(link);
+            links.push(name);
         }
-        if pins.is_empty() {
+        if links.is_empty() {
             return Err(Error::Ebpf(format!(
                 "no pinned links in {} (nothing to adopt)",
                 dir.display()
             )));
         }
-        let mut map_handles = Vec::with_capacity(MAPS.len());
-        for name in MAPS {
-            let path = dir.join(name);
-            if let Ok(data) = MapData::from_pin(&path) {
-                map_handles.push((name, data));
+        let (set, rings) = ProgramSet::reopen(&dir)?;
+        let (slot, current, installed_v4, installed_v6, exempted) = {
+            let maps = set.maps.lock().unwrap();
+            let stored = maps
+                .slot
+                .get(CgroupStorageKey::new(cgroup_id, ATTACH_CONNECT4), 0)
+                .map_err(|e| {
+                    Error::Ebpf(format!(
+                        "session {session}: no slot stored for its cgroup {}: {e}",
+                        cgroup.display()
+                    ))
+                })?;
+            if stored == 0 || stored > MAX_SESSIONS {
+                return Err(Error::Ebpf(format!(
+                    "session {session}: its cgroup {} holds no slot (it denies everything)",
+                    cgroup.display()
+                )));
             }
-        }
-        let allow_v4: LpmTrie<MapData, [u8; 4], Grants> = typed(open("ALLOW_V4")?, "ALLOW_V4")?;
-        let allow_v6: LpmTrie<MapData, [u8; 16], Grants> = typed(open("ALLOW_V6")?, "ALLOW_V6")?;
-        let settings: Array<MapData, Settings> = typed(open("SETTINGS")?, "SETTINGS")?;
-        let current = settings
-            .get(&0, 0)
-            .map_err(|e| Error::Ebpf(format!("reading SETTINGS: {e}")))?;
-        let mut installed_v4 = BTreeMap::new();
-        for item in allow_v4.iter() {
-            let (key, grants) = item.map_err(|e| Error::Ebpf(format!("reading ALLOW_V4: {e}")))?;
-            installed_v4.insert((Ipv4Addr::from(key.data()), key.prefix_len() as u8), grants);
-        }
-        let mut installed_v6 = BTreeMap::new();
-        for item in allow_v6.iter() {
-            let (key, grants) = item.map_err(|e| Error::Ebpf(format!("reading ALLOW_V6: {e}")))?;
-            installed_v6.insert((Ipv6Addr::from(key.data()), key.prefix_len() as u8), grants);
-        }
-        let rings = Rings {
-            deny: typed(open("DENY_EVENTS")?, "DENY_EVENTS")?,
-            allow: typed(open("ALLOW_EVENTS")?, "ALLOW_EVENTS")?,
+            let slot = stored - 1;
+            let current = maps
+                .settings
+                .get(&slot, 0)
+                .map_err(|e| Error::Ebpf(format!("reading SETTINGS: {e}")))?;
+            let prefix = slot.to_be_bytes();
+            let mut installed_v4 = BTreeMap::new();
+            for item in maps.allow_v4.iter() {
+                let (key, grants) =
+                    item.map_err(|e| Error::Ebpf(format!("reading ALLOW_V4: {e}")))?;
+                let data = key.data();
+                if data[..4] == prefix && key.prefix_len() >= 32 {
+                    let addr: [u8; 4] = data[4..].try_into().expect("4 bytes");
+                    installed_v4.insert(
+                        (Ipv4Addr::from(addr), (key.prefix_len() - 32) as u8),
+                        grants,
+                    );
+                }
+            }
+            let mut installed_v6 = BTreeMap::new();
+            for item in maps.allow_v6.iter() {
+                let (key, grants) =
+                    item.map_err(|e| Error::Ebpf(format!("reading ALLOW_V6: {e}")))?;
+                let data = key.data();
+                if data[..4] == prefix && key.prefix_len() >= 32 {
+                    let addr: [u8; 16] = data[4..].try_into().expect("16 bytes");
+                    installed_v6.insert(
+                        (Ipv6Addr::from(addr), (key.prefix_len() - 32) as u8),
+                        grants,
+                    );
+                }
+            }
+            // Exemptions belong to the whole-workspace session, which has a set of its own.
+            let exempted = maps.exempt.keys().filter_map(|k| k.ok()).collect();
+            (slot, current, installed_v4, installed_v6, exempted)
         };
         let enforcer = Enforcer {
-            ebpf: None,
-            allow_v4,
-            allow_v6,
-            lost: typed(open("LOST")?, "LOST")?,
-            exempt: typed(open("EXEMPT")?, "EXEMPT")?,
-            settings,
+            set,
+            slot,
             current,
-            map_handles,
             installed_v4,
             installed_v6,
-            pins,
+            exempted,
+            links,
             pin_dir: Some(dir),
             lsm,
         };
         Ok((enforcer, rings))
+    }
+
+    /// The set this session belongs to.
+    pub fn set(&self) -> &Arc<ProgramSet> {
+        &self.set
+    }
+
+    /// The session's slot in its set (what its events carry).
+    pub fn slot(&self) -> u32 {
+        self.slot
     }
 
     /// Switches mode (enforce/audit) or event reporting; takes effect at the next connect.
@@ -303,8 +538,12 @@ impl Enforcer {
     }
 
     fn write_settings(&mut self, settings: Settings) -> Result<()> {
-        self.settings
-            .set(0, settings, 0)
+        self.set
+            .maps
+            .lock()
+            .unwrap()
+            .settings
+            .set(self.slot, settings, 0)
             .map_err(|e| Error::Ebpf(format!("writing SETTINGS: {e}")))?;
         self.current = settings;
         Ok(())
@@ -316,11 +555,16 @@ impl Enforcer {
     /// process (or a packet's socket) is in, not its ancestors.
     pub fn set_exempt(&mut self, cgroup_ids: &[u64]) -> Result<()> {
         let want: BTreeSet<u64> = cgroup_ids.iter().copied().collect();
-        let have: BTreeSet<u64> = self.exempt.keys().filter_map(|k| k.ok()).collect();
+        let have = self.exempted.clone();
         for id in want.difference(&have) {
-            self.exempt
+            self.set
+                .maps
+                .lock()
+                .unwrap()
+                .exempt
                 .insert(id, 1, 0)
                 .map_err(|e| Error::Ebpf(format!("exempting cgroup {id}: {e}")))?;
+            self.exempted.insert(*id);
         }
         // The flag goes up after the first insert and down before the last removal, so the
         // programs never consult a half-written set with the wrong flag.
@@ -332,43 +576,64 @@ impl Enforcer {
             })?;
         }
         for id in have.difference(&want) {
-            self.exempt
+            self.set
+                .maps
+                .lock()
+                .unwrap()
+                .exempt
                 .remove(id)
                 .map_err(|e| Error::Ebpf(format!("removing exemption of cgroup {id}: {e}")))?;
+            self.exempted.remove(id);
         }
         Ok(())
     }
 
-    /// Makes the kernel tries equal `compiled`: adds and changes first, then removes, so an
-    /// address that stays allowed is never briefly denied.
+    fn key_v4(&self, addr: Ipv4Addr, len: u8) -> Key<KeyV4> {
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&self.slot.to_be_bytes());
+        data[4..].copy_from_slice(&addr.octets());
+        Key::new(32 + u32::from(len), data)
+    }
+
+    fn key_v6(&self, addr: Ipv6Addr, len: u8) -> Key<KeyV6> {
+        let mut data = [0u8; 20];
+        data[..4].copy_from_slice(&self.slot.to_be_bytes());
+        data[4..].copy_from_slice(&addr.octets());
+        Key::new(32 + u32::from(len), data)
+    }
+
+    /// Makes the session's entries in the kernel tries equal `compiled`: adds and changes
+    /// first, then removes, so an address that stays allowed is never briefly denied.
     pub fn apply(&mut self, compiled: &CompiledPolicy) -> Result<()> {
         let want_v4 = to_map(&compiled.v4)?;
         let want_v6 = to_map(&compiled.v6)?;
+        let set = self.set.clone();
+        let mut maps = set.maps.lock().unwrap();
         for (&(addr, len), grants) in &want_v4 {
             if self.installed_v4.get(&(addr, len)) != Some(grants) {
-                self.allow_v4
-                    .insert(&Key::new(u32::from(len), addr.octets()), grants, 0)
+                maps.allow_v4
+                    .insert(&self.key_v4(addr, len), grants, 0)
                     .map_err(|e| Error::Compile(format!("inserting {addr}/{len}: {e}")))?;
             }
         }
         for (&(addr, len), grants) in &want_v6 {
             if self.installed_v6.get(&(addr, len)) != Some(grants) {
-                self.allow_v6
-                    .insert(&Key::new(u32::from(len), addr.octets()), grants, 0)
+                maps.allow_v6
+                    .insert(&self.key_v6(addr, len), grants, 0)
                     .map_err(|e| Error::Compile(format!("inserting {addr}/{len}: {e}")))?;
             }
         }
         for &(addr, len) in self.installed_v4.keys() {
             if !want_v4.contains_key(&(addr, len)) {
-                self.allow_v4
-                    .remove(&Key::new(u32::from(len), addr.octets()))
+                maps.allow_v4
+                    .remove(&self.key_v4(addr, len))
                     .map_err(|e| Error::Compile(format!("removing {addr}/{len}: {e}")))?;
             }
         }
         for &(addr, len) in self.installed_v6.keys() {
             if !want_v6.contains_key(&(addr, len)) {
-                self.allow_v6
-                    .remove(&Key::new(u32::from(len), addr.octets()))
+                maps.allow_v6
+                    .remove(&self.key_v6(addr, len))
                     .map_err(|e| Error::Compile(format!("removing {addr}/{len}: {e}")))?;
             }
         }
@@ -381,18 +646,20 @@ impl Enforcer {
     /// entries of addresses the DNS proxy just learned (`policy::compile_hosts`). The next
     /// [`Enforcer::apply`] reconciles everything.
     pub fn upsert(&mut self, entries: &CompiledPolicy) -> Result<()> {
+        let set = self.set.clone();
+        let mut maps = set.maps.lock().unwrap();
         for ((addr, len), grants) in to_map(&entries.v4)? {
             if self.installed_v4.get(&(addr, len)) != Some(&grants) {
-                self.allow_v4
-                    .insert(&Key::new(u32::from(len), addr.octets()), grants, 0)
+                maps.allow_v4
+                    .insert(&self.key_v4(addr, len), grants, 0)
                     .map_err(|e| Error::Compile(format!("inserting {addr}/{len}: {e}")))?;
                 self.installed_v4.insert((addr, len), grants);
             }
         }
         for ((addr, len), grants) in to_map(&entries.v6)? {
             if self.installed_v6.get(&(addr, len)) != Some(&grants) {
-                self.allow_v6
-                    .insert(&Key::new(u32::from(len), addr.octets()), grants, 0)
+                maps.allow_v6
+                    .insert(&self.key_v6(addr, len), grants, 0)
                     .map_err(|e| Error::Compile(format!("inserting {addr}/{len}: {e}")))?;
                 self.installed_v6.insert((addr, len), grants);
             }
@@ -400,10 +667,10 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Attaches every program to `cgroup` and pins the links and maps under
-    /// `PIN_ROOT/<session>`. `cgroup` may be a fresh session cgroup or an existing one
-    /// (whole-workspace mode: see [`Enforcer::set_exempt`]); the programs apply to it and
-    /// every cgroup below it.
+    /// Attaches every program to `cgroup`, stores the slot in each attachment's storage (from
+    /// then on its processes, and those of cgroups below it, are this session's), and pins
+    /// the links and the set's maps under `PIN_ROOT/<session>`. `cgroup` may be a fresh session cgroup or an existing one
+    /// (whole-workspace mode: see [`Enforcer::set_exempt`]).
     pub fn attach(&mut self, cgroup: &impl AsFd, session: &str) -> Result<()> {
         ensure_bpffs()?;
         let dir = Path::new(PIN_ROOT).join(session);
@@ -413,12 +680,15 @@ impl Enforcer {
         })?;
         self.pin_dir = Some(dir.clone());
         // Maps first: whoever finds the links pinned can also find the maps.
-        for (name, data) in &self.map_handles {
+        for (name, data) in &self.set.map_handles {
             let path = dir.join(name);
             data.pin(&path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
         }
-        let Some(ebpf) = self.ebpf.as_mut() else {
+        let cgroup_id = fd_inode(cgroup.as_fd())?;
+        let set = self.set.clone();
+        let mut guard = set.ebpf.lock().unwrap();
+        let Some(ebpf) = guard.as_mut() else {
             return Err(Error::Ebpf(
                 "an adopted session is already attached; it cannot be attached again".into(),
             ));
@@ -429,7 +699,7 @@ impl Enforcer {
         for (name, kind) in PROGRAMS {
             let cg = cgroup.as_fd();
             let link: FdLink = match kind {
-                Kind::SockAddr => {
+                Kind::SockAddr(_) => {
                     let p: &mut CgroupSockAddr = program_mut(ebpf, name)?;
                     let id = p
                         .attach(cg, CgroupAttachMode::Single)
@@ -452,7 +722,7 @@ impl Enforcer {
                     let prog = p.fd().map_err(|e| attach_error(name, &e))?;
                     let link = bpf_link_create(prog.as_fd(), cg, BPF_CGROUP_SETSOCKOPT)
                         .map_err(|e| attach_error(name, &e))?;
-                    raw_links.push((name, link));
+                    raw_links.push((name, kind, link));
                     continue;
                 }
                 Kind::Egress => {
@@ -479,30 +749,45 @@ impl Enforcer {
                     }
                 }
             };
-            links.push((name, link));
+            links.push((name, kind, link));
         }
+        drop(guard);
         if lsm_failed {
             self.lsm = false;
         }
-        for (name, link) in links {
-            let path = dir.join(name);
-            let pinned = link
-                .pin(&path)
-                .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
-            self.pins.push(pinned);
+        // Each attachment has storage now (all zero: deny everything); the slot makes the
+        // cgroup this session's.
+        {
+            let mut maps = self.set.maps.lock().unwrap();
+            let kinds = links
+                .iter()
+                .map(|l| l.1)
+                .chain(raw_links.iter().map(|l| l.1));
+            for kind in kinds {
+                let key = CgroupStorageKey::new(cgroup_id, kind.attach_type());
+                maps.slot.insert(key, self.slot + 1, 0).map_err(|e| {
+                    Error::Ebpf(format!("storing the session's slot in its cgroup: {e}"))
+                })?;
+            }
         }
-        for (name, link) in raw_links {
+        for (name, _, link) in links {
+            let path = dir.join(name);
+            // The pin holds the link; our fd closes here.
+            link.pin(&path)
+                .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
+            self.links.push(name);
+        }
+        for (name, _, link) in raw_links {
             let path = dir.join(name);
             bpf_obj_pin(link.as_fd(), &path)
                 .map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
-            let pinned = PinnedLink::from_pin(&path)
-                .map_err(|e| Error::Ebpf(format!("reopening {}: {}", path.display(), chain(&e))))?;
-            self.pins.push(pinned);
+            self.links.push(name);
         }
         Ok(())
     }
 
-    /// Events the kernel could not queue because a ring was full: (deny, allow), summed over CPUs.
+    /// Events of this session the kernel could not queue because a ring was full: (deny,
+    /// allow), summed over CPUs.
     pub fn lost(&self) -> (u64, u64) {
         (self.counter(LOST_DENY), self.counter(LOST_ALLOW))
     }
@@ -518,9 +803,13 @@ impl Enforcer {
         )
     }
 
-    fn counter(&self, slot: u32) -> u64 {
-        self.lost
-            .get(&slot, 0)
+    fn counter(&self, counter: u32) -> u64 {
+        self.set
+            .maps
+            .lock()
+            .unwrap()
+            .lost
+            .get(&(self.slot * LOST_SLOTS + counter), 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
     }
@@ -531,18 +820,86 @@ impl Enforcer {
         self.lsm
     }
 
-    /// Unpins and detaches. Call only once the session's processes are gone.
+    /// Unpins and detaches, then clears the session's entries from the set's maps and frees
+    /// its slot. Call only once the session's processes are gone.
     pub fn detach(mut self) -> Result<()> {
-        for pinned in self.pins.drain(..) {
-            pinned
-                .unpin()
-                .map_err(|e| Error::Ebpf(format!("unpinning: {e}")))?;
+        if let Some(dir) = &self.pin_dir {
+            for name in self.links.drain(..) {
+                // Reopened, unpinned, then closed: closing the last reference detaches the
+                // link at once (a bare unlink of the pin would leave that to a kernel worker).
+                let path = dir.join(name);
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| {
+                    Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e)))
+                })?;
+                pinned
+                    .unpin()
+                    .map_err(|e| Error::Ebpf(format!("unpinning: {e}")))?;
+            }
         }
         if let Some(dir) = self.pin_dir.take() {
             remove_pin_dir(&dir);
         }
+        self.clear()
+    }
+
+    /// Removes everything the session put in the set's maps and frees its slot.
+    fn clear(&mut self) -> Result<()> {
+        let set = self.set.clone();
+        {
+            // The attachments' storage went with the links.
+            let mut maps = set.maps.lock().unwrap();
+            for &(addr, len) in self.installed_v4.keys() {
+                let _ = maps.allow_v4.remove(&self.key_v4(addr, len));
+            }
+            for &(addr, len) in self.installed_v6.keys() {
+                let _ = maps.allow_v6.remove(&self.key_v6(addr, len));
+            }
+            for id in &self.exempted {
+                let _ = maps.exempt.remove(id);
+            }
+            let _ = maps.settings.set(self.slot, Settings::default(), 0);
+            if let Ok(cpus) = aya::util::nr_cpus() {
+                for counter in 0..LOST_SLOTS {
+                    if let Ok(zeros) = PerCpuValues::try_from(vec![0u64; cpus]) {
+                        let _ = maps.lost.set(self.slot * LOST_SLOTS + counter, zeros, 0);
+                    }
+                }
+            }
+        }
+        self.installed_v4.clear();
+        self.installed_v6.clear();
+        self.exempted.clear();
+        set.release_slot(self.slot);
         Ok(())
     }
+}
+
+/// A pinned map of a session's directory.
+fn open_pinned(dir: &Path, name: &str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path)
+        .map_err(|e| Error::Ebpf(format!("opening {}: {}", path.display(), chain(&e))))
+}
+
+fn typed<M>(map: Map, name: &str) -> Result<M>
+where
+    M: TryFrom<Map>,
+    M::Error: std::fmt::Display,
+{
+    M::try_from(map).map_err(|e| Error::Ebpf(format!("map `{name}`: {e}")))
+}
+
+fn map_id(data: &MapData) -> Result<u32> {
+    data.info()
+        .map(|info| info.id())
+        .map_err(|e| Error::Ebpf(format!("reading a map's id: {e}")))
+}
+
+/// A cgroup directory's id (its inode number), from an open fd on it.
+fn fd_inode(fd: BorrowedFd) -> Result<u64> {
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_ino)
+        .map_err(|e| Error::Ebpf(format!("reading a cgroup's id: {e}")))
 }
 
 /// The id the kernel gives a cgroup v2 directory (its inode number): what
@@ -725,6 +1082,7 @@ fn second_handle(ebpf: &Ebpf, name: &str) -> Result<MapData> {
         | Map::LpmTrie(d)
         | Map::LruHashMap(d)
         | Map::PerCpuArray(d)
+        | Map::CgroupStorage(d)
         | Map::RingBuf(d) => d,
         _ => return Err(Error::Ebpf(format!("map `{name}` has an unexpected type"))),
     };

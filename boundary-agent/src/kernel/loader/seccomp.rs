@@ -19,7 +19,7 @@
 //! descendant and cannot be removed. It applies to root inside the session too.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
@@ -138,84 +138,137 @@ impl SyscallFilter {
 /// when every process under the filter is gone.
 pub fn supervise(listener: OwnedFd, mut report: impl FnMut(Refusal) -> bool) -> io::Result<()> {
     loop {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(err);
-        }
-        if pfd.revents & libc::POLLIN == 0 {
-            // POLLHUP: no process is left under the filter.
-            return Ok(());
-        }
-        // SAFETY: zeroed is a valid seccomp_notif (the kernel requires it zeroed).
-        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-        // SAFETY: valid listener fd and struct.
-        let rc = unsafe {
-            libc::ioctl(
-                listener.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_RECV,
-                &mut req,
-            )
-        };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // The target went away between notification and receipt: next one.
-                Some(libc::EINTR) | Some(libc::ENOENT) => continue,
-                _ => return Err(err),
-            }
-        }
-        let nr = req.data.nr as libc::c_long;
-        let syscall = match nr {
-            libc::SYS_socket => "socket",
-            libc::SYS_socketpair => "socketpair",
-            libc::SYS_bpf => "bpf",
-            libc::SYS_io_uring_setup => "io_uring_setup",
-            libc::SYS_unshare => "unshare",
-            libc::SYS_clone => "clone",
-            _ => "unknown",
-        };
-        let allow = report(Refusal {
-            pid: req.pid,
-            syscall,
-            args: [req.data.args[0], req.data.args[1], req.data.args[2]],
-        });
-        // CONTINUE lets the kernel run the call as if no filter had stopped it; it is only
-        // used for audit mode, where nothing is refused.
-        let mut resp = libc::seccomp_notif_resp {
-            id: req.id,
-            val: 0,
-            error: if allow { 0 } else { -libc::EPERM },
-            flags: if allow {
-                libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
-            } else {
-                0
-            },
-        };
-        // SAFETY: valid listener fd and struct.
-        let rc = unsafe {
-            libc::ioctl(
-                listener.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_SEND,
-                &mut resp,
-            )
-        };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            // ENOENT: the caller was interrupted meanwhile; it retries and is asked again.
-            if err.raw_os_error() != Some(libc::ENOENT) {
-                return Err(err);
-            }
+        match pending(listener.as_fd(), -1)? {
+            Pending::Refusal => answer(listener.as_fd(), &mut report)?,
+            Pending::Nothing => {}
+            Pending::Gone => return Ok(()),
         }
     }
+}
+
+/// [`supervise`] as a task of the tokio runtime, with no thread of its own: an agent serves
+/// hundreds of sessions.
+pub async fn supervise_async(
+    listener: OwnedFd,
+    mut report: impl FnMut(Refusal) -> bool,
+) -> io::Result<()> {
+    // SAFETY: the AsyncFd owns the listener, which stays open (and the same fd) as long as
+    // it is registered.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+    }?;
+    loop {
+        let mut guard = fd.readable().await?;
+        // Readiness is edge-triggered: answer everything pending before waiting again (the
+        // receive itself would block if nothing were).
+        loop {
+            match pending(fd.get_ref().as_fd(), 0)? {
+                Pending::Refusal => answer(fd.get_ref().as_fd(), &mut report)?,
+                Pending::Nothing => break,
+                Pending::Gone => return Ok(()),
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+enum Pending {
+    /// A refused call waits for its answer.
+    Refusal,
+    Nothing,
+    /// No process is left under the filter.
+    Gone,
+}
+
+/// Polls the listener (`timeout_ms` as poll(2): -1 waits).
+fn pending(listener: BorrowedFd, timeout_ms: i32) -> io::Result<Pending> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINTR) {
+            return Ok(Pending::Nothing);
+        }
+        return Err(err);
+    }
+    if n == 0 {
+        return Ok(Pending::Nothing);
+    }
+    if pfd.revents & libc::POLLIN != 0 {
+        return Ok(Pending::Refusal);
+    }
+    // POLLHUP: no process is left under the filter.
+    Ok(Pending::Gone)
+}
+
+/// Receives one pending refusal, reports it and answers it.
+fn answer(listener: BorrowedFd, report: &mut impl FnMut(Refusal) -> bool) -> io::Result<()> {
+    // SAFETY: zeroed is a valid seccomp_notif (the kernel requires it zeroed).
+    let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: valid listener fd and struct.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &mut req,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // The target went away between notification and receipt: next one.
+            Some(libc::EINTR) | Some(libc::ENOENT) => return Ok(()),
+            _ => return Err(err),
+        }
+    }
+    let nr = req.data.nr as libc::c_long;
+    let syscall = match nr {
+        libc::SYS_socket => "socket",
+        libc::SYS_socketpair => "socketpair",
+        libc::SYS_bpf => "bpf",
+        libc::SYS_io_uring_setup => "io_uring_setup",
+        libc::SYS_unshare => "unshare",
+        libc::SYS_clone => "clone",
+        _ => "unknown",
+    };
+    let allow = report(Refusal {
+        pid: req.pid,
+        syscall,
+        args: [req.data.args[0], req.data.args[1], req.data.args[2]],
+    });
+    // CONTINUE lets the kernel run the call as if no filter had stopped it; it is only
+    // used for audit mode, where nothing is refused.
+    let mut resp = libc::seccomp_notif_resp {
+        id: req.id,
+        val: 0,
+        error: if allow { 0 } else { -libc::EPERM },
+        flags: if allow {
+            libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+        } else {
+            0
+        },
+    };
+    // SAFETY: valid listener fd and struct.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &mut resp,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        // ENOENT: the caller was interrupted meanwhile; it retries and is asked again.
+        if err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 fn install(program: &[libc::sock_filter], flags: libc::c_ulong) -> io::Result<libc::c_long> {
