@@ -469,11 +469,23 @@ fn the_session_cgroup_and_pins_are_removed_and_leftovers_killed() {
         assert!(Instant::now() < deadline, "the command did not start");
         thread::sleep(Duration::from_millis(20));
     }
-    let session = case.events()[0]["session.id"].as_str().unwrap().to_string();
-    let cgroup = case.events()[0]["boundary.cgroup.path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // The start event is written by the sink's own thread: it may trail `ready` a little.
+    let start = loop {
+        let found = case
+            .events()
+            .into_iter()
+            .find(|e| e["boundary.cgroup.path"].is_string() && e["session.id"].is_string());
+        if let Some(e) = found {
+            break e;
+        }
+        if Instant::now() > deadline {
+            std::fs::write(&go, "").unwrap(); // let the command end before failing
+            panic!("no session start event: {:?}", case.events());
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let session = start["session.id"].as_str().unwrap().to_string();
+    let cgroup = start["boundary.cgroup.path"].as_str().unwrap().to_string();
     let pins = Path::new("/sys/fs/bpf/boundary").join(&session);
     assert!(
         Path::new(&cgroup).is_dir(),
