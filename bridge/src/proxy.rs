@@ -51,6 +51,7 @@ use crate::auth::{bridge_token, Authenticate};
 use crate::governance::{Admission, Decision, Governance, Requester};
 use crate::keys::Identity;
 use crate::providers::anthropic::Anthropic;
+use crate::providers::gemini::{self, Gemini};
 use crate::providers::openai_chat::OpenAiChat;
 use crate::providers::openai_responses::OpenAiResponses;
 use crate::providers::{
@@ -787,6 +788,7 @@ struct Route {
 static ANTHROPIC: Anthropic = Anthropic;
 static OPENAI_CHAT: OpenAiChat = OpenAiChat;
 static OPENAI_RESPONSES: OpenAiResponses = OpenAiResponses;
+static GEMINI: Gemini = Gemini;
 
 /// Maps the gateway's public path to a route; `None` for paths it does not serve.
 fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn ProviderAdapter>> {
@@ -817,8 +819,18 @@ fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn Provi
         (&Method::GET, "/openai/v1/models") => {
             r(Provider::Openai, &OPENAI_CHAT, "/v1/models", false)
         }
+        (&Method::POST, _) if path.starts_with("/gemini/") => {
+            match gemini::endpoint_of(&path["/gemini".len()..]) {
+                Some((endpoint, _model)) => r(Provider::Gemini, &GEMINI, endpoint, true),
+                None => Some(Err(&GEMINI)),
+            }
+        }
+        (&Method::GET, "/gemini/v1beta/models") => {
+            r(Provider::Gemini, &GEMINI, gemini::MODELS, false)
+        }
         _ if path.starts_with("/anthropic/") => Some(Err(&ANTHROPIC)),
         _ if path.starts_with("/openai/") => Some(Err(&OPENAI_CHAT)),
+        _ if path.starts_with("/gemini/") => Some(Err(&GEMINI)),
         _ => None,
     }
 }
@@ -844,6 +856,8 @@ fn is_forwarded_request_header(name: &HeaderName) -> bool {
             | "openai-beta"
             | "idempotency-key"
             | "x-request-id"
+            // Google's SDKs name themselves and their version here.
+            | "x-goog-api-client"
     ) || n.starts_with("x-stainless-")
 }
 
@@ -903,6 +917,8 @@ struct GatewayInner {
     client: HttpsClient,
     anthropic: Option<Upstream>,
     openai: Option<Upstream>,
+    /// Set by [`Gateway::serve_gemini`].
+    gemini: std::sync::OnceLock<Upstream>,
     auth: Arc<dyn Authenticate>,
     sink: Arc<dyn RecordSink>,
     limits: Limits,
@@ -989,6 +1005,7 @@ impl Gateway {
                 client,
                 anthropic,
                 openai,
+                gemini: std::sync::OnceLock::new(),
                 auth,
                 sink,
                 limits,
@@ -998,9 +1015,15 @@ impl Gateway {
         }
     }
 
+    /// Serves the Gemini routes through `upstream` from now on (set once, at start; until
+    /// then they answer 503 like any provider not configured).
+    pub fn serve_gemini(&self, upstream: Upstream) {
+        let _ = self.inner.gemini.set(upstream);
+    }
+
     /// Whether this gateway serves the request's path (provider routes only).
     pub fn serves(path: &str) -> bool {
-        path.starts_with("/anthropic/") || path.starts_with("/openai/")
+        path.starts_with("/anthropic/") || path.starts_with("/openai/") || path.starts_with("/gemini/")
     }
 
     /// Reads a request body within the size, time and shared-memory bounds. The permit holds
@@ -1093,8 +1116,8 @@ impl Gateway {
         let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
 
         // 1. Who is calling (before looking at the body, so strangers learn nothing).
-        let Some(token) = bridge_token(req.headers()) else {
-            let msg = "missing bridge token: send it as `x-api-key` or `Authorization: Bearer`";
+        let Some(token) = bridge_token(req.headers(), gemini_query(route, req.uri())) else {
+            let msg = "missing bridge token: send it as `x-api-key`, `Authorization: Bearer` or (Gemini) `x-goog-api-key`";
             return self.auth_failure(
                 &req,
                 route,
@@ -1137,6 +1160,7 @@ impl Gateway {
         let upstream = match route.provider {
             Provider::Anthropic => g.anthropic.as_ref(),
             Provider::Openai => g.openai.as_ref(),
+            Provider::Gemini => g.gemini.get(),
         };
         let Some(upstream) = upstream else {
             let msg = format!(
@@ -1198,7 +1222,11 @@ impl Gateway {
         let mut forward_body = body.clone();
         let mut withhold_usage_chunk = false;
         if route.has_body {
-            match adapter.parse_request(route.endpoint, &body) {
+            // The path below the provider prefix: the route's endpoint, except where a path
+            // names the model (Gemini), which the adapter reads from it.
+            let path = parts.uri.path();
+            let endpoint = path[path[1..].find('/').map_or(path.len(), |i| i + 1)..].to_owned();
+            match adapter.parse_request(&endpoint, &body) {
                 Ok(info) => {
                     rec.model = info.model;
                     rec.streaming = info.streaming;
@@ -1232,7 +1260,7 @@ impl Gateway {
             if let Some(model) = rec.model.clone() {
                 match gov.decide(&who, &model) {
                     Decision::Allow { model: target } if target != model => {
-                        match with_model(&forward_body, &target) {
+                        match adapter.with_model(&forward_body, &target) {
                             Some(b) => forward_body = b,
                             None => {
                                 let msg = "request body could not be rewritten for a model alias";
@@ -1259,7 +1287,7 @@ impl Gateway {
                 // (Anthropic's billing_error, OpenAI's insufficient_quota).
                 let status = match route.provider {
                     Provider::Anthropic => StatusCode::PAYMENT_REQUIRED,
-                    Provider::Openai => StatusCode::TOO_MANY_REQUESTS,
+                    Provider::Openai | Provider::Gemini => StatusCode::TOO_MANY_REQUESTS,
                 };
                 return self.reject_as(
                     rec,
@@ -1292,7 +1320,7 @@ impl Gateway {
 
         let span = tracing::info_span!(
             "gen_ai.request",
-            otel.name = %format!("{} {}", if route.endpoint.contains("models") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
+            otel.name = %format!("{} {}", if route.endpoint.ends_with("/models") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
             gen_ai.system = route.provider.as_str(),
             gen_ai.operation.name = route.endpoint,
             gen_ai.request.model = rec.model.as_deref().unwrap_or(""),
@@ -1308,10 +1336,14 @@ impl Gateway {
 
         // 4. Build the upstream request: same method, suffix and query; server-side key and
         //    headers; the client's headers only from the allowlist.
-        let pq = parts.uri.path_and_query().and_then(|pq| pq.query());
-        let url = match pq {
-            Some(q) => format!("{}{}?{}", upstream.base_url, route.endpoint, q),
-            None => format!("{}{}", upstream.base_url, route.endpoint),
+        let Some(endpoint) = adapter.upstream_path(route.endpoint, rec.model.as_deref()) else {
+            let msg = "the model cannot be named in the request path";
+            return self.reject(rec, adapter, StatusCode::BAD_REQUEST, msg, started);
+        };
+        let pq = forwarded_query(route, &parts.uri);
+        let url = match pq.as_deref() {
+            Some(q) => format!("{}{}?{}", upstream.base_url, endpoint, q),
+            None => format!("{}{}", upstream.base_url, endpoint),
         };
         let uri: Uri = match url.parse() {
             Ok(u) => u,
@@ -1466,11 +1498,25 @@ impl Gateway {
     }
 }
 
-/// `body` (a JSON object) asking for `model` instead.
-fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    *v.as_object_mut()?.get_mut("model")? = serde_json::Value::String(model.to_string());
-    serde_json::to_vec(&v).ok().map(Bytes::from)
+/// The query of a Gemini request, where Google's clients may put their key (`?key=`), read as
+/// the bridge token; `None` for the other providers, whose clients never send it there.
+fn gemini_query(route: Route, uri: &Uri) -> Option<&str> {
+    (route.provider == Provider::Gemini)
+        .then(|| uri.query())
+        .flatten()
+}
+
+/// The client's query as forwarded upstream: a Gemini `key=` (the bridge token) never leaves.
+fn forwarded_query(route: Route, uri: &Uri) -> Option<String> {
+    let q = uri.query()?;
+    if route.provider != Provider::Gemini {
+        return Some(q.to_owned());
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some("key"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 /// A record as known when a request arrives.
@@ -1788,7 +1834,8 @@ pub fn error_response(
     kind: GatewayError,
     message: &str,
 ) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(adapter.error_body(kind, message)));
+    let body = adapter.error_body_for(status.as_u16(), kind, message);
+    let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
