@@ -825,8 +825,11 @@ fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn Provi
                 None => Some(Err(&GEMINI)),
             }
         }
-        (&Method::GET, "/gemini/v1beta/models") => {
-            r(Provider::Gemini, &GEMINI, gemini::MODELS, false)
+        (&Method::GET, _) if path.starts_with("/gemini/") => {
+            match gemini::models_list(&path["/gemini".len()..]) {
+                Some(endpoint) => r(Provider::Gemini, &GEMINI, endpoint, false),
+                None => Some(Err(&GEMINI)),
+            }
         }
         _ if path.starts_with("/anthropic/") => Some(Err(&ANTHROPIC)),
         _ if path.starts_with("/openai/") => Some(Err(&OPENAI_CHAT)),

@@ -562,7 +562,7 @@ fn provider_root(method: &Method, path: &str) -> Option<&'static str> {
     match path.trim_end_matches('/') {
         "/anthropic" | "/anthropic/v1" => Some("anthropic"),
         "/openai" | "/openai/v1" => Some("openai"),
-        "/gemini" | "/gemini/v1beta" => Some("gemini"),
+        "/gemini" | "/gemini/v1beta" | "/gemini/v1" => Some("gemini"),
         _ => None,
     }
 }

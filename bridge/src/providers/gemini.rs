@@ -1,5 +1,6 @@
 //! Google Gemini API (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
-//! `:countTokens`, and the models list `/v1beta/models`).
+//! `:countTokens`, and the models list `/v1beta/models`), under each API version Google serves
+//! (`v1beta`, which most clients use; `v1`, the google-genai SDK's default; `v1alpha`).
 //!
 //! Unlike the other APIs the model is named in the *path*, not the body, so the gateway routes
 //! on a path pattern and builds the upstream path from the model it decided on (after policy
@@ -27,26 +28,79 @@ use crate::record::{Provider, ToolCall, ToolResult, Usage, MAX_TOOL_RESULTS};
 
 pub struct Gemini;
 
-/// The public route endpoints (as the record names them); `{model}` is filled from the path.
-pub const GENERATE: &str = "/v1beta/models/{model}:generateContent";
-pub const STREAM: &str = "/v1beta/models/{model}:streamGenerateContent";
-pub const COUNT_TOKENS: &str = "/v1beta/models/{model}:countTokens";
-pub const MODELS: &str = "/v1beta/models";
+/// The route endpoints (as records name them) per API version: generateContent,
+/// streamGenerateContent, countTokens, models list. `{model}` is filled from the path.
+const ENDPOINTS: [(&str, [&str; 4]); 3] = [
+    (
+        "v1beta",
+        [
+            "/v1beta/models/{model}:generateContent",
+            "/v1beta/models/{model}:streamGenerateContent",
+            "/v1beta/models/{model}:countTokens",
+            "/v1beta/models",
+        ],
+    ),
+    (
+        "v1",
+        [
+            "/v1/models/{model}:generateContent",
+            "/v1/models/{model}:streamGenerateContent",
+            "/v1/models/{model}:countTokens",
+            "/v1/models",
+        ],
+    ),
+    (
+        "v1alpha",
+        [
+            "/v1alpha/models/{model}:generateContent",
+            "/v1alpha/models/{model}:streamGenerateContent",
+            "/v1alpha/models/{model}:countTokens",
+            "/v1alpha/models",
+        ],
+    ),
+];
+
+/// What a Gemini endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Generate,
+    Stream,
+    CountTokens,
+    Models,
+}
+
+fn method_of(endpoint: &str) -> Method {
+    match endpoint.rsplit_once(':').map(|(_, m)| m) {
+        Some("generateContent") => Method::Generate,
+        Some("streamGenerateContent") => Method::Stream,
+        Some("countTokens") => Method::CountTokens,
+        _ => Method::Models,
+    }
+}
 
 /// The endpoint pattern and model for a path below the provider prefix
 /// (`/v1beta/models/gemini-2.5-flash:generateContent`), or `None` if it is not one of them.
 /// The model is limited to the characters of Gemini's model ids, because it is put back into
 /// the upstream URL.
 pub fn endpoint_of(path: &str) -> Option<(&'static str, &str)> {
-    let rest = path.strip_prefix("/v1beta/models/")?;
+    let (version, rest) = path.strip_prefix('/')?.split_once("/models/")?;
+    let (_, endpoints) = ENDPOINTS.iter().find(|(v, _)| *v == version)?;
     let (model, method) = rest.split_once(':')?;
     let endpoint = match method {
-        "generateContent" => GENERATE,
-        "streamGenerateContent" => STREAM,
-        "countTokens" => COUNT_TOKENS,
+        "generateContent" => endpoints[0],
+        "streamGenerateContent" => endpoints[1],
+        "countTokens" => endpoints[2],
         _ => return None,
     };
     is_model_id(model).then_some((endpoint, model))
+}
+
+/// The models-list endpoint for a path below the provider prefix (`/v1beta/models`).
+pub fn models_list(path: &str) -> Option<&'static str> {
+    ENDPOINTS
+        .iter()
+        .map(|(_, e)| e[3])
+        .find(|e| *e == path)
 }
 
 /// Whether `m` is a plain model id, safe to put in a URL path segment.
@@ -122,16 +176,17 @@ impl ProviderAdapter for Gemini {
         let Some((pattern, model)) = endpoint_of(endpoint) else {
             return Err(BadRequest(format!("no Gemini method at {endpoint}")));
         };
+        let method = method_of(pattern);
         let whole = Value::Object(parse_json_object(body)?);
         // countTokens takes either `contents` or a whole `generateContentRequest`.
         let request = match whole.get("generateContentRequest") {
-            Some(r) if pattern == COUNT_TOKENS && r.is_object() => r,
+            Some(r) if method == Method::CountTokens && r.is_object() => r,
             _ => &whole,
         };
         let contents = match request.get("contents") {
             Some(Value::Array(c)) => c.as_slice(),
             Some(_) => return Err(BadRequest("`contents` must be a list".into())),
-            None if pattern == COUNT_TOKENS => &[],
+            None if method == Method::CountTokens => &[],
             None => return Err(BadRequest("missing required field `contents`".into())),
         };
         let prompt = contents
@@ -168,7 +223,7 @@ impl ProviderAdapter for Gemini {
             .collect();
         Ok(RequestInfo {
             model: Some(model.to_owned()),
-            streaming: pattern == STREAM,
+            streaming: method == Method::Stream,
             prompt,
             tools_offered,
             tool_results,
@@ -228,12 +283,14 @@ impl ProviderAdapter for Gemini {
         streaming: bool,
         limits: ObserveLimits,
     ) -> Box<dyn ResponseObserver> {
-        match (endpoint, streaming) {
-            (GENERATE | STREAM, true) => Box::new(StreamObserver {
+        match (method_of(endpoint), streaming) {
+            (Method::Generate | Method::Stream, true) => Box::new(StreamObserver {
                 sse: SseParser::with_max_line(limits.max_sse_line),
                 obs: Observation::default(),
             }),
-            (GENERATE | STREAM, false) => Box::new(JsonBodyObserver::new(observe_json, limits)),
+            (Method::Generate | Method::Stream, false) => {
+                Box::new(JsonBodyObserver::new(observe_json, limits))
+            }
             _ => Box::new(NullObserver),
         }
     }
@@ -343,6 +400,11 @@ impl ResponseObserver for StreamObserver {
 mod tests {
     use super::*;
 
+    const GENERATE: &str = ENDPOINTS[0].1[0];
+    const STREAM: &str = ENDPOINTS[0].1[1];
+    const COUNT_TOKENS: &str = ENDPOINTS[0].1[2];
+    const MODELS: &str = ENDPOINTS[0].1[3];
+
     fn parse(endpoint: &str, body: Value) -> Result<RequestInfo, BadRequest> {
         Gemini.parse_request(endpoint, &Bytes::from(body.to_string()))
     }
@@ -361,6 +423,12 @@ mod tests {
             endpoint_of("/v1beta/models/m:countTokens"),
             Some((COUNT_TOKENS, "m"))
         );
+        assert_eq!(
+            endpoint_of("/v1/models/m:streamGenerateContent"),
+            Some(("/v1/models/{model}:streamGenerateContent", "m"))
+        );
+        assert_eq!(models_list("/v1/models"), Some("/v1/models"));
+        assert_eq!(models_list("/v2/models"), None);
         for bad in [
             "/v1beta/models/:generateContent",
             "/v1beta/models/a/b:generateContent",
@@ -368,7 +436,8 @@ mod tests {
             "/v1beta/models/a%2Fb:generateContent",
             "/v1beta/models/m:embedContent",
             "/v1beta/models/m",
-            "/v1/models/m:generateContent",
+            "/v2/models/m:generateContent",
+            "/x/v1/models/m:generateContent",
         ] {
             assert_eq!(endpoint_of(bad), None, "{bad}");
         }
