@@ -159,7 +159,10 @@ mod tests {
         let h = headers(&[("x-goog-api-key", "brg_g")]);
         assert_eq!(bridge_token(&h, None), Some("brg_g"));
         let none = HeaderMap::new();
-        assert_eq!(bridge_token(&none, Some("alt=sse&key=brg_q")), Some("brg_q"));
+        assert_eq!(
+            bridge_token(&none, Some("alt=sse&key=brg_q")),
+            Some("brg_q")
+        );
         assert_eq!(bridge_token(&none, Some("alt=sse&key=")), None);
         assert_eq!(bridge_token(&none, Some("monkey=brg_x")), None);
         // A header wins over the query.

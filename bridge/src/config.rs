@@ -624,9 +624,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only the openai provider"), "{e}");
-        let e = parse("providers:\n  gemini:\n    api_key: k\n    forward_headers: [x-goog-api-key]\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            parse("providers:\n  gemini:\n    api_key: k\n    forward_headers: [x-goog-api-key]\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("providers.gemini.forward_headers"), "{e}");
     }
 

@@ -1026,7 +1026,9 @@ impl Gateway {
 
     /// Whether this gateway serves the request's path (provider routes only).
     pub fn serves(path: &str) -> bool {
-        path.starts_with("/anthropic/") || path.starts_with("/openai/") || path.starts_with("/gemini/")
+        path.starts_with("/anthropic/")
+            || path.starts_with("/openai/")
+            || path.starts_with("/gemini/")
     }
 
     /// Reads a request body within the size, time and shared-memory bounds. The permit holds
@@ -1882,6 +1884,45 @@ mod tests {
             .unwrap()
             .is_err());
         assert!(route(&Method::GET, "/elsewhere").is_none());
+    }
+
+    #[test]
+    fn gemini_routes_carry_the_model_in_the_path_and_the_key_parameter_stays_behind() {
+        let r = route(
+            &Method::POST,
+            "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+        assert_eq!(r.provider, Provider::Gemini);
+        assert_eq!(r.endpoint, "/v1beta/models/{model}:streamGenerateContent");
+        let r = route(&Method::GET, "/gemini/v1/models")
+            .unwrap()
+            .ok()
+            .unwrap();
+        assert_eq!((r.endpoint, r.has_body), ("/v1/models", false));
+        for bad in [
+            "/gemini/v1beta/models/a%2F..:generateContent",
+            "/gemini/v1beta/models/m:embedContent",
+            "/gemini/v2/models/m:generateContent",
+        ] {
+            assert!(route(&Method::POST, bad).unwrap().is_err(), "{bad}");
+        }
+        let uri: Uri = "/gemini/v1beta/models/m:streamGenerateContent?key=brg_x&alt=sse"
+            .parse()
+            .unwrap();
+        let g = route(&Method::POST, uri.path()).unwrap().ok().unwrap();
+        assert_eq!(forwarded_query(g, &uri).as_deref(), Some("alt=sse"));
+        assert_eq!(gemini_query(g, &uri), uri.query());
+        let only_key: Uri = "/gemini/v1/models?key=brg_x".parse().unwrap();
+        let g = route(&Method::GET, only_key.path()).unwrap().ok().unwrap();
+        assert_eq!(forwarded_query(g, &only_key), None);
+        // Other providers' queries pass as they are, and are never read for a token.
+        let o: Uri = "/openai/v1/models?key=k".parse().unwrap();
+        let r = route(&Method::GET, o.path()).unwrap().ok().unwrap();
+        assert_eq!(forwarded_query(r, &o).as_deref(), Some("key=k"));
+        assert_eq!(gemini_query(r, &o), None);
     }
 
     #[test]

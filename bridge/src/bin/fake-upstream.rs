@@ -29,7 +29,8 @@
 //!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
-//! `x-fake-received-path`, the path it was asked for (to test upstream chaining). Routes match
+//! `x-fake-received-path` and `x-fake-received-query`, the path and query it was asked for (to
+//! test upstream chaining and what the bridge keeps out of URLs). Routes match
 //! by suffix (`.../v1/messages`), so it also stands in for a gateway mounted under a prefix.
 //!
 //! With `--tls-cert` and `--tls-key` (PEM files) it speaks HTTPS instead of plain HTTP, as the
@@ -372,6 +373,9 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     }
     if let Ok(v) = HeaderValue::from_str(&path) {
         resp.headers_mut().insert("x-fake-received-path", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&query) {
+        resp.headers_mut().insert("x-fake-received-query", v);
     }
     resp
 }
@@ -1159,7 +1163,9 @@ fn gemini(
         })
         .collect();
     let mut r = sse_response(events, steering, "x-goog-request-id");
-    r.headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json; charset=UTF-8"));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
     r
 }

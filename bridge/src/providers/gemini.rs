@@ -20,9 +20,9 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
 use super::{
-    parse_json_object, since_last_model_turn, str_at, u64_at, user_typed, BadRequest,
-    GatewayError, JsonBodyObserver, NullObserver, Observation, ObserveLimits, ProviderAdapter,
-    RequestInfo, ResponseObserver, SseEvent, SseParser,
+    parse_json_object, since_last_model_turn, str_at, u64_at, user_typed, BadRequest, GatewayError,
+    JsonBodyObserver, NullObserver, Observation, ObserveLimits, ProviderAdapter, RequestInfo,
+    ResponseObserver, SseEvent, SseParser,
 };
 use crate::record::{Provider, ToolCall, ToolResult, Usage, MAX_TOOL_RESULTS};
 
@@ -97,10 +97,7 @@ pub fn endpoint_of(path: &str) -> Option<(&'static str, &str)> {
 
 /// The models-list endpoint for a path below the provider prefix (`/v1beta/models`).
 pub fn models_list(path: &str) -> Option<&'static str> {
-    ENDPOINTS
-        .iter()
-        .map(|(_, e)| e[3])
-        .find(|e| *e == path)
+    ENDPOINTS.iter().map(|(_, e)| e[3]).find(|e| *e == path)
 }
 
 /// Whether `m` is a plain model id, safe to put in a URL path segment.
@@ -159,7 +156,10 @@ fn content_text(content: &Value) -> Option<String> {
 
 /// A `Content`'s role; Gemini reads a missing role as the user's.
 fn role(content: &Value) -> &str {
-    content.get("role").and_then(Value::as_str).unwrap_or("user")
+    content
+        .get("role")
+        .and_then(Value::as_str)
+        .unwrap_or("user")
 }
 
 /// A field by its JSON (camelCase) name, or the proto (snake_case) name the API also accepts.
@@ -478,7 +478,10 @@ mod tests {
             .collect();
         assert_eq!(
             results,
-            [("get_weather", r#"{"temp":21}"#), ("fc_7", r#"{"ok":true}"#)]
+            [
+                ("get_weather", r#"{"temp":21}"#),
+                ("fc_7", r#"{"ok":true}"#)
+            ]
         );
     }
 
@@ -576,7 +579,9 @@ mod tests {
         assert_eq!(o.finish().usage.output_tokens, 12);
 
         let mut o = Gemini.observer(GENERATE, false, ObserveLimits::default());
-        o.feed(br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#);
+        o.feed(
+            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#,
+        );
         assert_eq!(
             o.finish().error.as_deref(),
             Some("RESOURCE_EXHAUSTED: Quota exceeded")
@@ -603,7 +608,10 @@ mod tests {
             assert_eq!(v["error"]["status"], name, "{kind:?}");
             assert_eq!(v["error"]["message"], "why");
             let v: Value = serde_json::from_slice(&Gemini.error_body(kind, "why")).unwrap();
-            assert_eq!(v["error"]["status"], status_name(default_status(kind), kind));
+            assert_eq!(
+                v["error"]["status"],
+                status_name(default_status(kind), kind)
+            );
         }
     }
 }

@@ -168,6 +168,7 @@ def test_token_in_the_key_parameter_works_and_is_not_forwarded(bridge, session_i
     assert r.text.startswith("data: ")
     # The fake upstream checks its own key; the bridge token stayed behind.
     assert "x-goog-api-key" in r.headers["x-fake-received-headers"].split(",")
+    assert r.headers["x-fake-received-query"] == "alt=sse"
     rec = bridge.wait_record(by_session(session_id))
     assert rec["outcome"] == "ok" and rec["usage"]["output_tokens"] > 0
     assert bridge.token not in (bridge.log_path.read_text())
@@ -250,3 +251,43 @@ def test_an_alias_is_sent_upstream_in_the_path(bridge):
         return r
 
     eventually(aliased)
+
+
+def test_a_used_up_budget_gets_resource_exhausted(bridge):
+    user = f"gbud-{uuid.uuid4().hex[:8]}"
+    token = bridge.create_key(user)
+    bridge.cli("limits", "set", "--user", user, "--budget", "day=0.00001")
+    c = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=f"{bridge.url}/gemini"))
+    served, deadline = 0, time.time() + 15
+    while True:
+        try:
+            c.models.generate_content(model="gemini-2.5-flash", contents="spend a little")
+            served += 1
+        except errors.ClientError as e:
+            refused = e
+            break
+        assert time.time() < deadline, f"{served} requests and still not refused"
+    assert served >= 1
+    assert refused.code == 429 and refused.status == "RESOURCE_EXHAUSTED"
+    assert f"day budget of user {user}" in refused.message and "is used up" in refused.message
+    rec = bridge.wait_record(lambda r: r["user"] == user and r["status"] == 429)
+    assert rec["outcome"] == "rejected" and rec["provider"] == "gemini"
+
+
+def test_requests_per_minute_get_resource_exhausted_with_retry_after(bridge):
+    user = f"grate-{uuid.uuid4().hex[:8]}"
+    token = bridge.create_key(user)
+    bridge.cli("limits", "set", "--user", user, "--requests-per-minute", "2")
+    c = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=f"{bridge.url}/gemini"))
+    served, deadline = 0, time.time() + 15
+    while True:
+        try:
+            c.models.generate_content(model="gemini-2.5-flash", contents="x")
+            served += 1
+        except errors.ClientError as e:
+            refused = e
+            break
+        assert time.time() < deadline, f"{served} requests and still not limited"
+    assert refused.code == 429 and refused.status == "RESOURCE_EXHAUSTED"
+    assert "requests_per_minute 2" in refused.message
+    assert 1 <= int(refused.response.headers["retry-after"]) <= 60
