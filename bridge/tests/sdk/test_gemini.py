@@ -291,3 +291,14 @@ def test_requests_per_minute_get_resource_exhausted_with_retry_after(bridge):
     assert refused.code == 429 and refused.status == "RESOURCE_EXHAUSTED"
     assert "requests_per_minute 2" in refused.message
     assert 1 <= int(refused.response.headers["retry-after"]) <= 60
+
+
+def test_the_sdk_configured_by_environment_variables_reaches_bridge(bridge, session_id, monkeypatch):
+    """What the README tells users: GOOGLE_GEMINI_BASE_URL and GEMINI_API_KEY, no code change."""
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"{bridge.url}/gemini")
+    monkeypatch.setenv("GEMINI_API_KEY", bridge.token)
+    c = genai.Client(http_options=types.HttpOptions(headers={"x-bridge-session": session_id}))
+    assert c.models.generate_content(model="gemini-2.5-flash", contents="from env").text
+    rec = bridge.wait_record(by_session(session_id))
+    assert rec["provider"] == "gemini" and rec["prompt"] == "from env"
