@@ -415,12 +415,14 @@ pub(crate) fn content_text(content: &serde_json::Value, text_types: &[&str]) -> 
 }
 
 /// Tags of blocks that coding agents add to user messages themselves: Claude Code's
-/// `<system-reminder>`, Codex's `<environment_context>` and `<user_instructions>`. Recording
-/// them as "the prompt" hides what the user asked behind boilerplate.
+/// `<system-reminder>`, Codex's `<environment_context>` and `<user_instructions>`, Gemini
+/// CLI's `<session_context>` (its date, OS and directory tree before the first prompt).
+/// Recording them as "the prompt" hides what the user asked behind boilerplate.
 const CLIENT_BLOCKS: &[&str] = &[
     "system-reminder",
     "environment_context",
     "user_instructions",
+    "session_context",
 ];
 
 /// `text` without the client-injected blocks that open or close it, trimmed; `None` when only
@@ -701,6 +703,14 @@ mod tests {
         assert_eq!(
             content_text(&codex, &["text"]).as_deref(),
             Some("rename foo")
+        );
+        // What Gemini CLI 0.61 sends as the first user turn (as Gemini text parts).
+        let gemini_cli = serde_json::json!(
+            "<session_context>\nThis is the Gemini CLI.\n├───src/\n</session_context>\nsay hello"
+        );
+        assert_eq!(
+            content_text(&gemini_cli, &["text"]).as_deref(),
+            Some("say hello")
         );
         // Only reminders: nothing the user typed.
         let only =

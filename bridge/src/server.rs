@@ -218,6 +218,7 @@ pub async fn serve(
         store = store.describe(),
         anthropic_base_url = %format!("{scheme}://{listen}/anthropic"),
         openai_base_url = %format!("{scheme}://{listen}/openai/v1"),
+        gemini_base_url = %format!("{scheme}://{listen}/gemini"),
         "bridge serving"
     );
     let reloader = tls

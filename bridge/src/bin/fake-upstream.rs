@@ -1094,7 +1094,14 @@ fn gemini(
         .flatten()
         .filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned))
         .collect();
-    let tool = wants_tool(&prompt, &tools);
+    // A turn that answers function calls gets text, as from a model, so agents that run the
+    // tool and send its result back end their loop.
+    let answers_calls = contents.last().is_some_and(|c| {
+        c.get("parts")
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()))
+    });
+    let tool = wants_tool(&prompt, &tools).filter(|_| !answers_calls);
     let (text, pieces) = reply_for(&prompt);
     let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
     let usage = |candidates: u64| {
