@@ -141,7 +141,11 @@ pub async fn serve(
             &config.providers.anthropic,
         ),
         ("openai", "OPENAI_API_KEY", &config.providers.openai),
-        ("gemini", "GEMINI_API_KEY", &config.providers.gemini),
+        (
+            "gemini",
+            "GEMINI_API_KEY (or GOOGLE_API_KEY)",
+            &config.providers.gemini,
+        ),
     ] {
         match (up, &config.source) {
             (Some(u), _) => {
