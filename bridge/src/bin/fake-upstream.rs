@@ -58,7 +58,7 @@ use tokio::sync::mpsc;
 #[derive(Debug, Parser)]
 #[command(
     name = "fake-upstream",
-    about = "Local fake of the Anthropic and OpenAI APIs"
+    about = "Local fake of the Anthropic, OpenAI and Gemini APIs"
 )]
 struct Args {
     /// Address to listen on (loopback only is sensible).

@@ -302,3 +302,10 @@ def test_the_sdk_configured_by_environment_variables_reaches_bridge(bridge, sess
     assert c.models.generate_content(model="gemini-2.5-flash", contents="from env").text
     rec = bridge.wait_record(by_session(session_id))
     assert rec["provider"] == "gemini" and rec["prompt"] == "from env"
+
+
+def test_the_provider_root_answers_probes(bridge):
+    for path in ("/gemini", "/gemini/v1beta", "/gemini/v1/"):
+        assert httpx.head(f"{bridge.url}{path}").status_code == 200, path
+    r = httpx.get(f"{bridge.url}/gemini")
+    assert r.json()["provider"] == "gemini"
