@@ -330,7 +330,12 @@ fn observe_chunk(obs: &mut Observation, v: &Value) {
         obs.model = str_at(v, &["modelVersion"]).map(str::to_owned);
     }
     if let Some(u) = v.get("usageMetadata").filter(|u| u.is_object()) {
-        obs.usage = gemini_usage(u);
+        // Counts are running totals; a later chunk that leaves a count out (a last chunk with
+        // only the prompt count, say) must not erase it.
+        let (old, new) = (&mut obs.usage, gemini_usage(u));
+        old.input_tokens = old.input_tokens.max(new.input_tokens);
+        old.output_tokens = old.output_tokens.max(new.output_tokens);
+        old.cache_read_tokens = old.cache_read_tokens.max(new.cache_read_tokens);
     }
     let parts = v
         .get("candidates")
@@ -575,8 +580,14 @@ mod tests {
 
         // `:streamGenerateContent` without `alt=sse`: a JSON array of chunks.
         let mut o = Gemini.observer(STREAM, false, ObserveLimits::default());
-        o.feed(format!(r#"[{{"modelVersion":"m"}},{{"usageMetadata":{USAGE}}}]"#).as_bytes());
-        assert_eq!(o.finish().usage.output_tokens, 12);
+        o.feed(
+            format!(
+                r#"[{{"modelVersion":"m"}},{{"usageMetadata":{USAGE}}},{{"usageMetadata":{{"promptTokenCount":40}}}}]"#
+            )
+            .as_bytes(),
+        );
+        let usage = o.finish().usage;
+        assert_eq!((usage.input_tokens, usage.output_tokens), (40, 12));
 
         let mut o = Gemini.observer(GENERATE, false, ObserveLimits::default());
         o.feed(
