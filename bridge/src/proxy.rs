@@ -826,9 +826,13 @@ fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn Provi
             }
         }
         (&Method::GET, _) if path.starts_with("/gemini/") => {
-            match gemini::models_list(&path["/gemini".len()..]) {
-                Some(endpoint) => r(Provider::Gemini, &GEMINI, endpoint, false),
-                None => Some(Err(&GEMINI)),
+            let path = &path["/gemini".len()..];
+            match (gemini::models_list(path), gemini::model_info(path)) {
+                (Some(endpoint), _) => r(Provider::Gemini, &GEMINI, endpoint, false),
+                // Its (empty) body is "parsed" for the model in the path, so that model policy
+                // and aliases apply as to the other requests naming a model.
+                (None, Some((endpoint, _))) => r(Provider::Gemini, &GEMINI, endpoint, true),
+                (None, None) => Some(Err(&GEMINI)),
             }
         }
         _ if path.starts_with("/anthropic/") => Some(Err(&ANTHROPIC)),
@@ -1325,7 +1329,7 @@ impl Gateway {
 
         let span = tracing::info_span!(
             "gen_ai.request",
-            otel.name = %format!("{} {}", if route.endpoint.ends_with("/models") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
+            otel.name = %format!("{} {}", if route.endpoint.ends_with("/models") || route.endpoint.ends_with("/{model}") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
             gen_ai.system = route.provider.as_str(),
             gen_ai.operation.name = route.endpoint,
             gen_ai.request.model = rec.model.as_deref().unwrap_or(""),

@@ -1030,16 +1030,25 @@ fn gemini(
         }
         _ => {}
     }
+    let describe = |id: &str| {
+        json!({"name": format!("models/{id}"), "version": "001", "displayName": id,
+               "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+               "supportedGenerationMethods": ["generateContent", "countTokens"]})
+    };
     if method == Method::GET && path.ends_with("/models") {
         let models: Vec<Value> = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"]
             .iter()
-            .map(|id| {
-                json!({"name": format!("models/{id}"), "version": "001", "displayName": id,
-                       "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
-                       "supportedGenerationMethods": ["generateContent", "countTokens"]})
-            })
+            .map(|id| describe(id))
             .collect();
         return json_response(200, json!({"models": models}), "x-goog-request-id");
+    }
+    if method == Method::GET {
+        if let Some((_, id)) = path
+            .rsplit_once("/models/")
+            .filter(|(_, id)| !id.contains(':'))
+        {
+            return json_response(200, describe(id), "x-goog-request-id");
+        }
     }
     let Some((model, call)) = path
         .rsplit_once("/models/")

@@ -29,8 +29,9 @@ use crate::record::{Provider, ToolCall, ToolResult, Usage, MAX_TOOL_RESULTS};
 pub struct Gemini;
 
 /// The route endpoints (as records name them) per API version: generateContent,
-/// streamGenerateContent, countTokens, models list. `{model}` is filled from the path.
-const ENDPOINTS: [(&str, [&str; 4]); 3] = [
+/// streamGenerateContent, countTokens, models list, one model. `{model}` is filled from the
+/// path.
+const ENDPOINTS: [(&str, [&str; 5]); 3] = [
     (
         "v1beta",
         [
@@ -38,6 +39,7 @@ const ENDPOINTS: [(&str, [&str; 4]); 3] = [
             "/v1beta/models/{model}:streamGenerateContent",
             "/v1beta/models/{model}:countTokens",
             "/v1beta/models",
+            "/v1beta/models/{model}",
         ],
     ),
     (
@@ -47,6 +49,7 @@ const ENDPOINTS: [(&str, [&str; 4]); 3] = [
             "/v1/models/{model}:streamGenerateContent",
             "/v1/models/{model}:countTokens",
             "/v1/models",
+            "/v1/models/{model}",
         ],
     ),
     (
@@ -56,6 +59,7 @@ const ENDPOINTS: [(&str, [&str; 4]); 3] = [
             "/v1alpha/models/{model}:streamGenerateContent",
             "/v1alpha/models/{model}:countTokens",
             "/v1alpha/models",
+            "/v1alpha/models/{model}",
         ],
     ),
 ];
@@ -67,6 +71,8 @@ enum Method {
     Stream,
     CountTokens,
     Models,
+    /// `GET .../models/{model}`: one model's description.
+    Model,
 }
 
 fn method_of(endpoint: &str) -> Method {
@@ -74,6 +80,7 @@ fn method_of(endpoint: &str) -> Method {
         Some("generateContent") => Method::Generate,
         Some("streamGenerateContent") => Method::Stream,
         Some("countTokens") => Method::CountTokens,
+        _ if endpoint.ends_with("/{model}") => Method::Model,
         _ => Method::Models,
     }
 }
@@ -98,6 +105,14 @@ pub fn endpoint_of(path: &str) -> Option<(&'static str, &str)> {
 /// The models-list endpoint for a path below the provider prefix (`/v1beta/models`).
 pub fn models_list(path: &str) -> Option<&'static str> {
     ENDPOINTS.iter().map(|(_, e)| e[3]).find(|e| *e == path)
+}
+
+/// The one-model endpoint and model for a path below the provider prefix
+/// (`/v1beta/models/gemini-2.5-flash`, what `client.models.get` asks for).
+pub fn model_info(path: &str) -> Option<(&'static str, &str)> {
+    let (version, model) = path.strip_prefix('/')?.split_once("/models/")?;
+    let (_, endpoints) = ENDPOINTS.iter().find(|(v, _)| *v == version)?;
+    is_model_id(model).then_some((endpoints[4], model))
 }
 
 /// Whether `m` is a plain model id, safe to put in a URL path segment.
@@ -173,10 +188,17 @@ impl ProviderAdapter for Gemini {
     }
 
     fn parse_request(&self, endpoint: &str, body: &Bytes) -> Result<RequestInfo, BadRequest> {
-        let Some((pattern, model)) = endpoint_of(endpoint) else {
+        let Some((pattern, model)) = endpoint_of(endpoint).or_else(|| model_info(endpoint)) else {
             return Err(BadRequest(format!("no Gemini method at {endpoint}")));
         };
         let method = method_of(pattern);
+        if method == Method::Model {
+            // A GET: no body, only the model, so that policy and aliases apply to it too.
+            return Ok(RequestInfo {
+                model: Some(model.to_owned()),
+                ..RequestInfo::default()
+            });
+        }
         let whole = Value::Object(parse_json_object(body)?);
         // countTokens takes either `contents` or a whole `generateContentRequest`.
         let request = match whole.get("generateContentRequest") {
@@ -433,6 +455,19 @@ mod tests {
             Some(("/v1/models/{model}:streamGenerateContent", "m"))
         );
         assert_eq!(models_list("/v1/models"), Some("/v1/models"));
+        assert_eq!(
+            model_info("/v1beta/models/gemini-2.5-pro"),
+            Some(("/v1beta/models/{model}", "gemini-2.5-pro"))
+        );
+        assert_eq!(model_info("/v1beta/models/a/b"), None);
+        let info = Gemini
+            .parse_request("/v1/models/gemini-2.5-pro", &Bytes::new())
+            .unwrap();
+        assert_eq!(info.model.as_deref(), Some("gemini-2.5-pro"));
+        assert_eq!(
+            Gemini.upstream_path("/v1/models/{model}", Some("gemini-2.5-pro")),
+            Some("/v1/models/gemini-2.5-pro".into())
+        );
         assert_eq!(models_list("/v2/models"), None);
         for bad in [
             "/v1beta/models/:generateContent",

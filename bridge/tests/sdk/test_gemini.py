@@ -149,6 +149,14 @@ def test_models_list_is_proxied(bridge, session_id):
         assert rec["endpoint"] == f"/{version}/models"
 
 
+def test_one_model_is_described_and_recorded_with_its_model(bridge, session_id):
+    c = client(bridge, session_id, api_version="v1beta")
+    m = c.models.get(model="gemini-2.5-pro")
+    assert m.name == "models/gemini-2.5-pro" and m.input_token_limit > 0
+    rec = bridge.wait_record(by_session(session_id))
+    assert rec["endpoint"] == "/v1beta/models/{model}" and rec["model"] == "gemini-2.5-pro"
+
+
 def test_unknown_token_raises_the_sdks_client_error_in_googles_format(bridge, session_id):
     c = client(bridge, session_id, token="not-a-bridge-token")
     with pytest.raises(errors.ClientError) as e:
