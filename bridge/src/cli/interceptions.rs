@@ -285,7 +285,7 @@ fn thread(records: &[InterceptionRecord]) -> String {
         .collect();
     let (mut cost, mut unpriced) = (0.0, 0);
     let mut out = String::new();
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
         let _ = writeln!(
             out,
             "{}  {}  {} {}  in {} out {}  {}  {}",
@@ -315,7 +315,13 @@ fn thread(records: &[InterceptionRecord]) -> String {
                 terminal_safe(&c.name),
                 terminal_safe(&c.arguments.chars().take(160).collect::<String>())
             );
-            match c.id.as_deref().and_then(|id| results.get(id)) {
+            let result = match c.id.as_deref() {
+                Some(id) => results.get(id).copied(),
+                None => records
+                    .get(i + 1)
+                    .and_then(|next| answer_by_name(next, &c.name)),
+            };
+            match result {
                 Some(t) => {
                     let _ = writeln!(out, "       <- {}", result_line(t));
                 }
@@ -336,6 +342,26 @@ fn thread(records: &[InterceptionRecord]) -> String {
         }
     );
     out
+}
+
+/// The result that `next` (the request after a call's) sends back for a call without id:
+/// Gemini names no calls, and clients answer them by the function's name, as the SDKs do
+/// (`functionResponse.name`, recorded as the result's id), or with an id that Gemini CLI makes
+/// of the name and numbers of its own (`get_weather_1795686218459_0`).
+fn answer_by_name<'a>(next: &'a InterceptionRecord, name: &str) -> Option<&'a ToolResult> {
+    let numbered = |id: &str| {
+        id.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|rest| {
+                rest.split('_')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    let results = &next.tool_results;
+    results
+        .iter()
+        .find(|t| t.id == name)
+        .or_else(|| results.iter().find(|t| numbered(&t.id)))
 }
 
 /// Shortest prefix length (at least [`MIN_PREFIX`], like git) that tells every shown id apart

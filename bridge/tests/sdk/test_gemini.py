@@ -89,7 +89,7 @@ def test_streamed_content_arrives_in_chunks_and_usage_is_recorded(bridge, sessio
 
 
 def test_function_calls_are_recorded_and_their_results_linked_in_the_next_request(bridge, session_id):
-    c = client(bridge, session_id)
+    c = client(bridge, session_id, **{"x-client-session-id": session_id})
     config = types.GenerateContentConfig(
         tools=[WEATHER],
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
@@ -113,6 +113,10 @@ def test_function_calls_are_recorded_and_their_results_linked_in_the_next_reques
     rec2 = bridge.wait_record(lambda x: by_session(session_id)(x) and x["id"] != rec["id"])
     assert [(t["id"], json.loads(t["content"])) for t in rec2["tool_results"]] == \
         [("get_weather", {"temp_c": 21})]
+    # The thread shows the result under the call it answers (matched by the function's name).
+    thread = bridge.cli("interceptions", "thread", session_id)
+    assert '-> get_weather({"city":"Paris"})' in thread, thread
+    assert '<- get_weather (13 bytes): {"temp_c":21}' in thread, thread
 
 
 def test_streamed_function_call_is_recorded(bridge, session_id):
