@@ -13,6 +13,8 @@ pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
@@ -125,9 +127,9 @@ pub trait ProviderAdapter: Send + Sync + 'static {
     /// The upstream path for a route `endpoint` once the gateway decided on `model` (after
     /// policy and aliases); `None` if no valid path can be made. Most APIs name the model in
     /// the body and keep the path as is; Gemini names it in the path.
-    fn upstream_path(&self, endpoint: &str, model: Option<&str>) -> Option<String> {
+    fn upstream_path<'a>(&self, endpoint: &'a str, model: Option<&str>) -> Option<Cow<'a, str>> {
         let _ = model;
-        Some(endpoint.to_owned())
+        Some(Cow::Borrowed(endpoint))
     }
     /// The request `body` asking for `model` instead (a model alias); `None` if it cannot be
     /// rewritten.

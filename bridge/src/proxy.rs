@@ -1234,8 +1234,8 @@ impl Gateway {
             // The path below the provider prefix: the route's endpoint, except where a path
             // names the model (Gemini), which the adapter reads from it.
             let path = parts.uri.path();
-            let endpoint = path[path[1..].find('/').map_or(path.len(), |i| i + 1)..].to_owned();
-            match adapter.parse_request(&endpoint, &body) {
+            let endpoint = &path[path[1..].find('/').map_or(path.len(), |i| i + 1)..];
+            match adapter.parse_request(endpoint, &body) {
                 Ok(info) => {
                     rec.model = info.model;
                     rec.streaming = info.streaming;
@@ -1516,16 +1516,16 @@ fn gemini_query(route: Route, uri: &Uri) -> Option<&str> {
 }
 
 /// The client's query as forwarded upstream: a Gemini `key=` (the bridge token) never leaves.
-fn forwarded_query(route: Route, uri: &Uri) -> Option<String> {
+fn forwarded_query(route: Route, uri: &Uri) -> Option<std::borrow::Cow<'_, str>> {
     let q = uri.query()?;
     if route.provider != Provider::Gemini {
-        return Some(q.to_owned());
+        return Some(q.into());
     }
     let kept: Vec<&str> = q
         .split('&')
         .filter(|p| !p.is_empty() && p.split('=').next() != Some("key"))
         .collect();
-    (!kept.is_empty()).then(|| kept.join("&"))
+    (!kept.is_empty()).then(|| kept.join("&").into())
 }
 
 /// A record as known when a request arrives.

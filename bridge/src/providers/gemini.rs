@@ -15,6 +15,8 @@
 //! counts do (the pricing table knows this per provider); thinking tokens
 //! (`thoughtsTokenCount`) are billed as output and recorded as such.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
@@ -272,13 +274,13 @@ impl ProviderAdapter for Gemini {
         )
     }
 
-    fn upstream_path(&self, endpoint: &str, model: Option<&str>) -> Option<String> {
+    fn upstream_path<'a>(&self, endpoint: &'a str, model: Option<&str>) -> Option<Cow<'a, str>> {
         match model {
             Some(m) if endpoint.contains("{model}") && is_model_id(m) => {
-                Some(endpoint.replace("{model}", m))
+                Some(Cow::Owned(endpoint.replace("{model}", m)))
             }
             _ if endpoint.contains("{model}") => None,
-            _ => Some(endpoint.to_owned()),
+            _ => Some(Cow::Borrowed(endpoint)),
         }
     }
 
@@ -466,7 +468,7 @@ mod tests {
         assert_eq!(info.model.as_deref(), Some("gemini-2.5-pro"));
         assert_eq!(
             Gemini.upstream_path("/v1/models/{model}", Some("gemini-2.5-pro")),
-            Some("/v1/models/gemini-2.5-pro".into())
+            Some(Cow::Borrowed("/v1/models/gemini-2.5-pro"))
         );
         assert_eq!(models_list("/v2/models"), None);
         for bad in [
@@ -483,10 +485,15 @@ mod tests {
         }
         assert_eq!(
             Gemini.upstream_path(STREAM, Some("gemini-2.5-pro")),
-            Some("/v1beta/models/gemini-2.5-pro:streamGenerateContent".into())
+            Some(Cow::Borrowed(
+                "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+            ))
         );
         assert_eq!(Gemini.upstream_path(STREAM, Some("a/../b")), None);
-        assert_eq!(Gemini.upstream_path(MODELS, None), Some(MODELS.into()));
+        assert_eq!(
+            Gemini.upstream_path(MODELS, None),
+            Some(Cow::Borrowed(MODELS))
+        );
     }
 
     #[test]
