@@ -104,19 +104,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The bridge token of a request: `x-api-key`, else `Authorization: Bearer <token>`.
-/// Empty values count as absent.
-pub fn bridge_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        if !v.is_empty() {
-            return Some(v);
+/// The bridge token of a request: `x-api-key`, else `x-goog-api-key` (Google's SDKs), else
+/// `Authorization: Bearer <token>`, else the `key` parameter of `query` (Google's REST
+/// examples; the gateway passes the query only on Gemini routes and strips `key` before
+/// forwarding). Empty values count as absent.
+pub fn bridge_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    for name in ["x-api-key", "x-goog-api-key"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            if !v.is_empty() {
+                return Some(v);
+            }
         }
     }
-    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let from_query = || {
+        query?
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, v)| *k == "key" && !v.is_empty())
+            .map(|(_, v)| v)
+    };
+    let Some(auth) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return from_query();
+    };
+    let bearer = auth
+        .trim()
+        .split_once(' ')
+        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
+        .map(|(_, t)| t.trim());
+    bearer.or_else(from_query)
 }
 
 #[cfg(test)]
@@ -131,18 +150,39 @@ mod tests {
         h
     }
 
+    fn bridge_token_of(h: &HeaderMap) -> Option<&str> {
+        bridge_token(h, None)
+    }
+
+    #[test]
+    fn gemini_clients_send_the_token_as_x_goog_api_key_or_the_key_parameter() {
+        let h = headers(&[("x-goog-api-key", "brg_g")]);
+        assert_eq!(bridge_token(&h, None), Some("brg_g"));
+        let none = HeaderMap::new();
+        assert_eq!(
+            bridge_token(&none, Some("alt=sse&key=brg_q")),
+            Some("brg_q")
+        );
+        assert_eq!(bridge_token(&none, Some("alt=sse&key=")), None);
+        assert_eq!(bridge_token(&none, Some("monkey=brg_x")), None);
+        // A header wins over the query.
+        assert_eq!(bridge_token(&h, Some("key=brg_q")), Some("brg_g"));
+        let bad_auth = headers(&[("authorization", "Basic abc")]);
+        assert_eq!(bridge_token(&bad_auth, Some("key=brg_q")), Some("brg_q"));
+    }
+
     #[test]
     fn token_is_taken_from_x_api_key_or_bearer_authorization() {
         assert_eq!(
-            bridge_token(&headers(&[("x-api-key", "brk_a")])),
+            bridge_token_of(&headers(&[("x-api-key", "brk_a")])),
             Some("brk_a")
         );
         assert_eq!(
-            bridge_token(&headers(&[("authorization", "Bearer brk_b")])),
+            bridge_token_of(&headers(&[("authorization", "Bearer brk_b")])),
             Some("brk_b")
         );
         assert_eq!(
-            bridge_token(&headers(&[("authorization", "bearer  brk_c ")])),
+            bridge_token_of(&headers(&[("authorization", "bearer  brk_c ")])),
             Some("brk_c")
         );
     }
@@ -161,14 +201,14 @@ mod tests {
 
     #[test]
     fn missing_empty_or_non_bearer_credentials_yield_no_token() {
-        assert_eq!(bridge_token(&headers(&[])), None);
-        assert_eq!(bridge_token(&headers(&[("x-api-key", " ")])), None);
+        assert_eq!(bridge_token_of(&headers(&[])), None);
+        assert_eq!(bridge_token_of(&headers(&[("x-api-key", " ")])), None);
         assert_eq!(
-            bridge_token(&headers(&[("authorization", "Basic abc")])),
+            bridge_token_of(&headers(&[("authorization", "Basic abc")])),
             None
         );
         assert_eq!(
-            bridge_token(&headers(&[("authorization", "Bearer ")])),
+            bridge_token_of(&headers(&[("authorization", "Bearer ")])),
             None
         );
     }

@@ -11,6 +11,9 @@
 //!   openai:
 //!     base_url: https://api.openai.com
 //!     api_key_env: OPENAI_API_KEY
+//!   gemini:
+//!     base_url: https://generativelanguage.googleapis.com
+//!     api_key_env: GEMINI_API_KEY
 //! price_list: /etc/llm-bridge/prices.json   # optional: replaces the shipped price list
 //! pricing:                        # USD per million tokens; overrides single models
 //!   my-finetune: { input: 1.0, output: 2.0 }
@@ -57,6 +60,7 @@ pub const DEFAULT_STORE: &str = "bridge.db";
 pub const DEFAULT_SPOOL_DIR: &str = "bridge-spool";
 const DEFAULT_ANTHROPIC_URL: &str = "https://api.anthropic.com";
 const DEFAULT_OPENAI_URL: &str = "https://api.openai.com";
+const DEFAULT_GEMINI_URL: &str = "https://generativelanguage.googleapis.com";
 
 /// The validated configuration of a bridge.
 #[derive(Debug, Clone)]
@@ -126,6 +130,7 @@ pub struct MetricsSettings {
 pub struct Providers {
     pub anthropic: Option<Upstream>,
     pub openai: Option<Upstream>,
+    pub gemini: Option<Upstream>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +225,7 @@ struct RawLimits {
 struct RawProviders {
     anthropic: Option<RawProvider>,
     openai: Option<RawProvider>,
+    gemini: Option<RawProvider>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +284,9 @@ impl BridgeConfig {
             providers: Providers {
                 anthropic: from_env("ANTHROPIC_API_KEY", DEFAULT_ANTHROPIC_URL),
                 openai: from_env("OPENAI_API_KEY", DEFAULT_OPENAI_URL),
+                // Google's SDKs read GEMINI_API_KEY, then GOOGLE_API_KEY.
+                gemini: from_env("GEMINI_API_KEY", DEFAULT_GEMINI_URL)
+                    .or_else(|| from_env("GOOGLE_API_KEY", DEFAULT_GEMINI_URL)),
             },
             pricing: PricingTable::default(),
             limits: Limits::default(),
@@ -401,7 +410,12 @@ impl BridgeConfig {
                 let bare = header.strip_suffix('*').unwrap_or(&header);
                 let credential = matches!(
                     bare,
-                    "authorization" | "x-api-key" | "proxy-authorization" | "cookie" | "host"
+                    "authorization"
+                        | "x-api-key"
+                        | "x-goog-api-key"
+                        | "proxy-authorization"
+                        | "cookie"
+                        | "host"
                 ) || bare.is_empty()
                     || bare.starts_with("x-bridge-");
                 if credential || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
@@ -438,6 +452,7 @@ impl BridgeConfig {
         let providers = Providers {
             anthropic: provider("anthropic", raw.providers.anthropic, DEFAULT_ANTHROPIC_URL)?,
             openai: provider("openai", raw.providers.openai, DEFAULT_OPENAI_URL)?,
+            gemini: provider("gemini", raw.providers.gemini, DEFAULT_GEMINI_URL)?,
         };
         let price_list = match &raw.price_list {
             Some(file) => PriceList::load(file)
@@ -678,6 +693,24 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.store, DEFAULT_STORE);
         assert!(c.providers.anthropic.is_none());
+        assert!(c.providers.gemini.is_none());
+    }
+
+    #[test]
+    fn gemini_defaults_to_googles_endpoint_and_refuses_openai_only_fields() {
+        let c = parse("providers:\n  gemini:\n    api_key: AIza-test\n").unwrap();
+        let g = c.providers.gemini.unwrap();
+        assert_eq!(g.base_url, DEFAULT_GEMINI_URL);
+        assert!(g.keys.key(0).value.is_sensitive());
+        let e = parse("providers:\n  gemini:\n    api_key: k\n    project: p\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the openai provider"), "{e}");
+        let e =
+            parse("providers:\n  gemini:\n    api_key: k\n    forward_headers: [x-goog-api-key]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("providers.gemini.forward_headers"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Provider adapters: what the gateway must know about each provider API it fronts.
 //!
-//! One adapter per API family (Anthropic Messages, OpenAI Chat Completions, OpenAI Responses),
+//! One adapter per API family (Anthropic Messages, OpenAI Chat Completions, OpenAI Responses,
+//! Google Gemini),
 //! each in its own file behind [`ProviderAdapter`]. An adapter parses the client's request
 //! (model, stream flag, last user prompt, tools offered), puts the server-side key where the
 //! provider expects it, renders errors in the provider's own JSON format, and builds a
@@ -8,8 +9,11 @@
 //! usage, tool calls and error events. Adding a provider is adding one file here.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -114,6 +118,24 @@ pub trait ProviderAdapter: Send + Sync + 'static {
     fn set_upstream_auth(&self, headers: &mut HeaderMap, key: &HeaderValue);
     /// Renders an error in the provider's own JSON error format.
     fn error_body(&self, kind: GatewayError, message: &str) -> Bytes;
+    /// [`ProviderAdapter::error_body`] for an answer with HTTP `status`, for formats that
+    /// repeat the status in the body (Gemini's `error.code`).
+    fn error_body_for(&self, status: u16, kind: GatewayError, message: &str) -> Bytes {
+        let _ = status;
+        self.error_body(kind, message)
+    }
+    /// The upstream path for a route `endpoint` once the gateway decided on `model` (after
+    /// policy and aliases); `None` if no valid path can be made. Most APIs name the model in
+    /// the body and keep the path as is; Gemini names it in the path.
+    fn upstream_path<'a>(&self, endpoint: &'a str, model: Option<&str>) -> Option<Cow<'a, str>> {
+        let _ = model;
+        Some(Cow::Borrowed(endpoint))
+    }
+    /// The request `body` asking for `model` instead (a model alias); `None` if it cannot be
+    /// rewritten.
+    fn with_model(&self, body: &Bytes, model: &str) -> Option<Bytes> {
+        body_with_model(body, model)
+    }
     /// An observer for the response to a request to `endpoint`.
     fn observer(
         &self,
@@ -121,6 +143,13 @@ pub trait ProviderAdapter: Send + Sync + 'static {
         streaming: bool,
         limits: ObserveLimits,
     ) -> Box<dyn ResponseObserver>;
+}
+
+/// `body` (a JSON object with a `model` member) asking for `model` instead.
+pub(crate) fn body_with_model(body: &Bytes, model: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    *v.as_object_mut()?.get_mut("model")? = serde_json::Value::String(model.to_string());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 /// Builds a bearer `Authorization` value from a key, as both OpenAI and chained gateways expect.
@@ -388,18 +417,20 @@ pub(crate) fn content_text(content: &serde_json::Value, text_types: &[&str]) -> 
 }
 
 /// Tags of blocks that coding agents add to user messages themselves: Claude Code's
-/// `<system-reminder>`, Codex's `<environment_context>` and `<user_instructions>`. Recording
-/// them as "the prompt" hides what the user asked behind boilerplate.
+/// `<system-reminder>`, Codex's `<environment_context>` and `<user_instructions>`, Gemini
+/// CLI's `<session_context>` (its date, OS and directory tree before the first prompt).
+/// Recording them as "the prompt" hides what the user asked behind boilerplate.
 const CLIENT_BLOCKS: &[&str] = &[
     "system-reminder",
     "environment_context",
     "user_instructions",
+    "session_context",
 ];
 
 /// `text` without the client-injected blocks that open or close it, trimmed; `None` when only
 /// such blocks (or whitespace) remain. Blocks in the middle of the user's own text are kept:
 /// the user may have typed or pasted them.
-fn user_typed(text: &str) -> Option<String> {
+pub(crate) fn user_typed(text: &str) -> Option<String> {
     let mut rest = text.trim();
     loop {
         let before = rest.len();
@@ -674,6 +705,14 @@ mod tests {
         assert_eq!(
             content_text(&codex, &["text"]).as_deref(),
             Some("rename foo")
+        );
+        // What Gemini CLI 0.61 sends as the first user turn (as Gemini text parts).
+        let gemini_cli = serde_json::json!(
+            "<session_context>\nThis is the Gemini CLI.\n├───src/\n</session_context>\nsay hello"
+        );
+        assert_eq!(
+            content_text(&gemini_cli, &["text"]).as_deref(),
+            Some("say hello")
         );
         // Only reminders: nothing the user typed.
         let only =

@@ -52,6 +52,7 @@ use crate::governance::{Admission, Decision, Governance, Requester};
 use crate::keypool::{Attempt, BreakerState, KeyPool};
 use crate::keys::Identity;
 use crate::providers::anthropic::Anthropic;
+use crate::providers::gemini::{self, Gemini};
 use crate::providers::openai_chat::OpenAiChat;
 use crate::providers::openai_responses::OpenAiResponses;
 use crate::providers::{
@@ -803,6 +804,7 @@ struct Route {
 static ANTHROPIC: Anthropic = Anthropic;
 static OPENAI_CHAT: OpenAiChat = OpenAiChat;
 static OPENAI_RESPONSES: OpenAiResponses = OpenAiResponses;
+static GEMINI: Gemini = Gemini;
 
 /// Maps the gateway's public path to a route; `None` for paths it does not serve.
 fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn ProviderAdapter>> {
@@ -833,8 +835,25 @@ fn route(method: &Method, path: &str) -> Option<Result<Route, &'static dyn Provi
         (&Method::GET, "/openai/v1/models") => {
             r(Provider::Openai, &OPENAI_CHAT, "/v1/models", false)
         }
+        (&Method::POST, _) if path.starts_with("/gemini/") => {
+            match gemini::endpoint_of(&path["/gemini".len()..]) {
+                Some((endpoint, _model)) => r(Provider::Gemini, &GEMINI, endpoint, true),
+                None => Some(Err(&GEMINI)),
+            }
+        }
+        (&Method::GET, _) if path.starts_with("/gemini/") => {
+            let path = &path["/gemini".len()..];
+            match (gemini::models_list(path), gemini::model_info(path)) {
+                (Some(endpoint), _) => r(Provider::Gemini, &GEMINI, endpoint, false),
+                // Its (empty) body is "parsed" for the model in the path, so that model policy
+                // and aliases apply as to the other requests naming a model.
+                (None, Some((endpoint, _))) => r(Provider::Gemini, &GEMINI, endpoint, true),
+                (None, None) => Some(Err(&GEMINI)),
+            }
+        }
         _ if path.starts_with("/anthropic/") => Some(Err(&ANTHROPIC)),
         _ if path.starts_with("/openai/") => Some(Err(&OPENAI_CHAT)),
+        _ if path.starts_with("/gemini/") => Some(Err(&GEMINI)),
         _ => None,
     }
 }
@@ -860,6 +879,8 @@ fn is_forwarded_request_header(name: &HeaderName) -> bool {
             | "openai-beta"
             | "idempotency-key"
             | "x-request-id"
+            // Google's SDKs name themselves and their version here.
+            | "x-goog-api-client"
     ) || n.starts_with("x-stainless-")
 }
 
@@ -919,6 +940,8 @@ struct GatewayInner {
     client: HttpsClient,
     anthropic: Option<Upstream>,
     openai: Option<Upstream>,
+    /// Set by [`Gateway::serve_gemini`].
+    gemini: std::sync::OnceLock<Upstream>,
     auth: Arc<dyn Authenticate>,
     sink: Arc<dyn RecordSink>,
     limits: Limits,
@@ -1005,6 +1028,7 @@ impl Gateway {
                 client,
                 anthropic,
                 openai,
+                gemini: std::sync::OnceLock::new(),
                 auth,
                 sink,
                 limits,
@@ -1014,9 +1038,17 @@ impl Gateway {
         }
     }
 
+    /// Serves the Gemini routes through `upstream` from now on (set once, at start; until
+    /// then they answer 503 like any provider not configured).
+    pub fn serve_gemini(&self, upstream: Upstream) {
+        let _ = self.inner.gemini.set(upstream);
+    }
+
     /// Whether this gateway serves the request's path (provider routes only).
     pub fn serves(path: &str) -> bool {
-        path.starts_with("/anthropic/") || path.starts_with("/openai/")
+        path.starts_with("/anthropic/")
+            || path.starts_with("/openai/")
+            || path.starts_with("/gemini/")
     }
 
     /// Reads a request body within the size, time and shared-memory bounds. The permit holds
@@ -1109,8 +1141,8 @@ impl Gateway {
         let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
 
         // 1. Who is calling (before looking at the body, so strangers learn nothing).
-        let Some(token) = bridge_token(req.headers()) else {
-            let msg = "missing bridge token: send it as `x-api-key` or `Authorization: Bearer`";
+        let Some(token) = bridge_token(req.headers(), gemini_query(route, req.uri())) else {
+            let msg = "missing bridge token: send it as `x-api-key`, `Authorization: Bearer` or (Gemini) `x-goog-api-key`";
             return self.auth_failure(
                 &req,
                 route,
@@ -1153,6 +1185,7 @@ impl Gateway {
         let upstream = match route.provider {
             Provider::Anthropic => g.anthropic.as_ref(),
             Provider::Openai => g.openai.as_ref(),
+            Provider::Gemini => g.gemini.get(),
         };
         let Some(upstream) = upstream else {
             let msg = format!(
@@ -1214,7 +1247,11 @@ impl Gateway {
         let mut forward_body = body.clone();
         let mut withhold_usage_chunk = false;
         if route.has_body {
-            match adapter.parse_request(route.endpoint, &body) {
+            // The path below the provider prefix: the route's endpoint, except where a path
+            // names the model (Gemini), which the adapter reads from it.
+            let path = parts.uri.path();
+            let endpoint = &path[path[1..].find('/').map_or(path.len(), |i| i + 1)..];
+            match adapter.parse_request(endpoint, &body) {
                 Ok(info) => {
                     rec.model = info.model;
                     rec.streaming = info.streaming;
@@ -1248,7 +1285,7 @@ impl Gateway {
             if let Some(model) = rec.model.clone() {
                 match gov.decide(&who, &model) {
                     Decision::Allow { model: target } if target != model => {
-                        match with_model(&forward_body, &target) {
+                        match adapter.with_model(&forward_body, &target) {
                             Some(b) => forward_body = b,
                             None => {
                                 let msg = "request body could not be rewritten for a model alias";
@@ -1275,7 +1312,7 @@ impl Gateway {
                 // (Anthropic's billing_error, OpenAI's insufficient_quota).
                 let status = match route.provider {
                     Provider::Anthropic => StatusCode::PAYMENT_REQUIRED,
-                    Provider::Openai => StatusCode::TOO_MANY_REQUESTS,
+                    Provider::Openai | Provider::Gemini => StatusCode::TOO_MANY_REQUESTS,
                 };
                 return self.reject_as(
                     rec,
@@ -1308,7 +1345,7 @@ impl Gateway {
 
         let span = tracing::info_span!(
             "gen_ai.request",
-            otel.name = %format!("{} {}", if route.endpoint.contains("models") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
+            otel.name = %format!("{} {}", if route.endpoint.ends_with("/models") || route.endpoint.ends_with("/{model}") { "list_models" } else { "chat" }, rec.model.as_deref().unwrap_or("")),
             gen_ai.system = route.provider.as_str(),
             gen_ai.operation.name = route.endpoint,
             gen_ai.request.model = rec.model.as_deref().unwrap_or(""),
@@ -1324,10 +1361,14 @@ impl Gateway {
 
         // 4. Build the upstream request: same method, suffix and query; server-side key and
         //    headers; the client's headers only from the allowlist.
-        let pq = parts.uri.path_and_query().and_then(|pq| pq.query());
-        let url = match pq {
-            Some(q) => format!("{}{}?{}", upstream.base_url, route.endpoint, q),
-            None => format!("{}{}", upstream.base_url, route.endpoint),
+        let Some(endpoint) = adapter.upstream_path(route.endpoint, rec.model.as_deref()) else {
+            let msg = "the model cannot be named in the request path";
+            return self.reject(rec, adapter, StatusCode::BAD_REQUEST, msg, started);
+        };
+        let pq = forwarded_query(route, &parts.uri);
+        let url = match pq.as_deref() {
+            Some(q) => format!("{}{}?{}", upstream.base_url, endpoint, q),
+            None => format!("{}{}", upstream.base_url, endpoint),
         };
         let uri: Uri = match url.parse() {
             Ok(u) => u,
@@ -1488,11 +1529,25 @@ impl Gateway {
     }
 }
 
-/// `body` (a JSON object) asking for `model` instead.
-fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    *v.as_object_mut()?.get_mut("model")? = serde_json::Value::String(model.to_string());
-    serde_json::to_vec(&v).ok().map(Bytes::from)
+/// The query of a Gemini request, where Google's clients may put their key (`?key=`), read as
+/// the bridge token; `None` for the other providers, whose clients never send it there.
+fn gemini_query(route: Route, uri: &Uri) -> Option<&str> {
+    (route.provider == Provider::Gemini)
+        .then(|| uri.query())
+        .flatten()
+}
+
+/// The client's query as forwarded upstream: a Gemini `key=` (the bridge token) never leaves.
+fn forwarded_query(route: Route, uri: &Uri) -> Option<std::borrow::Cow<'_, str>> {
+    let q = uri.query()?;
+    if route.provider != Provider::Gemini {
+        return Some(q.into());
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some("key"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&").into())
 }
 
 /// A record as known when a request arrives.
@@ -1863,7 +1918,8 @@ pub fn error_response(
     kind: GatewayError,
     message: &str,
 ) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(adapter.error_body(kind, message)));
+    let body = adapter.error_body_for(status.as_u16(), kind, message);
+    let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1907,6 +1963,45 @@ mod tests {
             .unwrap()
             .is_err());
         assert!(route(&Method::GET, "/elsewhere").is_none());
+    }
+
+    #[test]
+    fn gemini_routes_carry_the_model_in_the_path_and_the_key_parameter_stays_behind() {
+        let r = route(
+            &Method::POST,
+            "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+        assert_eq!(r.provider, Provider::Gemini);
+        assert_eq!(r.endpoint, "/v1beta/models/{model}:streamGenerateContent");
+        let r = route(&Method::GET, "/gemini/v1/models")
+            .unwrap()
+            .ok()
+            .unwrap();
+        assert_eq!((r.endpoint, r.has_body), ("/v1/models", false));
+        for bad in [
+            "/gemini/v1beta/models/a%2F..:generateContent",
+            "/gemini/v1beta/models/m:embedContent",
+            "/gemini/v2/models/m:generateContent",
+        ] {
+            assert!(route(&Method::POST, bad).unwrap().is_err(), "{bad}");
+        }
+        let uri: Uri = "/gemini/v1beta/models/m:streamGenerateContent?key=brg_x&alt=sse"
+            .parse()
+            .unwrap();
+        let g = route(&Method::POST, uri.path()).unwrap().ok().unwrap();
+        assert_eq!(forwarded_query(g, &uri).as_deref(), Some("alt=sse"));
+        assert_eq!(gemini_query(g, &uri), uri.query());
+        let only_key: Uri = "/gemini/v1/models?key=brg_x".parse().unwrap();
+        let g = route(&Method::GET, only_key.path()).unwrap().ok().unwrap();
+        assert_eq!(forwarded_query(g, &only_key), None);
+        // Other providers' queries pass as they are, and are never read for a token.
+        let o: Uri = "/openai/v1/models?key=k".parse().unwrap();
+        let r = route(&Method::GET, o.path()).unwrap().ok().unwrap();
+        assert_eq!(forwarded_query(r, &o).as_deref(), Some("key=k"));
+        assert_eq!(gemini_query(r, &o), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use uuid::Uuid;
 pub enum Provider {
     Anthropic,
     Openai,
+    Gemini,
 }
 
 impl Provider {
@@ -21,6 +22,7 @@ impl Provider {
         match self {
             Provider::Anthropic => "anthropic",
             Provider::Openai => "openai",
+            Provider::Gemini => "gemini",
         }
     }
 }

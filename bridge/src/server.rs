@@ -1,6 +1,6 @@
 //! The HTTP server: binds, routes, serves until shutdown, then flushes the recorder.
 //!
-//! Provider routes (`/anthropic/...`, `/openai/...`) go to [`Gateway`]; the server itself
+//! Provider routes (`/anthropic/...`, `/openai/...`, `/gemini/...`) go to [`Gateway`]; the server itself
 //! answers `/healthz` (process alive), `/readyz` (store writable, or records spooling to
 //! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]). HTTP/1.1 with
 //! keep-alive, which is what every provider SDK speaks; over TLS when `tls:` is configured
@@ -202,6 +202,11 @@ pub async fn serve(
             &config.providers.anthropic,
         ),
         ("openai", "OPENAI_API_KEY", &config.providers.openai),
+        (
+            "gemini",
+            "GEMINI_API_KEY (or GOOGLE_API_KEY)",
+            &config.providers.gemini,
+        ),
     ] {
         match (up, &config.source) {
             (Some(u), _) => {
@@ -253,6 +258,9 @@ pub async fn serve(
         &config.upstream_trust,
     );
     gateway.govern(governance);
+    if let Some(gemini) = config.providers.gemini.clone() {
+        gateway.serve_gemini(gemini);
+    }
     let admin = Admin {
         store: store.clone(),
         recorder: recorder.clone(),
@@ -283,6 +291,7 @@ pub async fn serve(
         store = store.describe(),
         anthropic_base_url = %format!("{scheme}://{listen}/anthropic"),
         openai_base_url = %format!("{scheme}://{listen}/openai/v1"),
+        gemini_base_url = %format!("{scheme}://{listen}/gemini"),
         "bridge serving"
     );
     let reloader = tls
@@ -627,6 +636,7 @@ fn provider_root(method: &Method, path: &str) -> Option<&'static str> {
     match path.trim_end_matches('/') {
         "/anthropic" | "/anthropic/v1" => Some("anthropic"),
         "/openai" | "/openai/v1" => Some("openai"),
+        "/gemini" | "/gemini/v1beta" | "/gemini/v1" => Some("gemini"),
         _ => None,
     }
 }
@@ -638,7 +648,8 @@ fn provider_root_answer(method: &Method, provider: &str) -> Response<ProxyBody> 
         serde_json::json!({
             "service": "llm-bridge",
             "provider": provider,
-            "message": format!("point the {provider} SDK here; requests go to /{provider}/v1/..."),
+            "message": format!("point the {provider} SDK here; requests go to /{provider}/{}/...",
+                if provider == "gemini" { "v1beta" } else { "v1" }),
         })
         .to_string()
     };

@@ -10,6 +10,7 @@ fn the_example_configuration_is_valid_and_its_limits_are_the_defaults_it_says_th
     // The example names its keys' variables (api_key_env); the loader insists they are set.
     std::env::set_var("ANTHROPIC_API_KEY", "sk-ant-example");
     std::env::set_var("OPENAI_API_KEY", "sk-openai-example");
+    std::env::set_var("GEMINI_API_KEY", "gemini-example");
     let c = bridge::config::BridgeConfig::load(Some(&example))
         .unwrap_or_else(|e| panic!("examples/bridge.yaml does not load: {e}"));
     assert_eq!(c.listen.to_string(), "127.0.0.1:8787");
@@ -20,6 +21,8 @@ fn the_example_configuration_is_valid_and_its_limits_are_the_defaults_it_says_th
     assert_eq!(a.keys.key(0).value, "sk-ant-example");
     let o = c.providers.openai.expect("openai configured");
     assert_eq!(o.base_url, "https://api.openai.com");
+    let g = c.providers.gemini.expect("gemini configured");
+    assert_eq!(g.base_url, "https://generativelanguage.googleapis.com");
     assert!(c.pricing.price("my-fine-tuned-model").is_some());
     // "Every field is optional; these are the defaults."
     assert_eq!(c.limits, bridge::proxy::Limits::default());

@@ -84,6 +84,8 @@ fn bridge_cmd(cwd: &Path) -> Command {
     c.current_dir(cwd)
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("OPENAI_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env_remove("GOOGLE_API_KEY")
         .env_remove("BRIDGE_STORE")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("RUST_LOG", "info");
@@ -215,11 +217,13 @@ async fn serve_without_a_config_uses_loopback_and_sqlite_in_the_working_director
             )
         })
         .collect();
-    assert_eq!(unconfigured.len(), 2, "{lines:?}");
+    assert_eq!(unconfigured.len(), 3, "{lines:?}");
     assert_eq!(unconfigured[0].0, "anthropic");
     assert!(unconfigured[0].1.contains("set ANTHROPIC_API_KEY"));
     assert_eq!(unconfigured[1].0, "openai");
     assert!(unconfigured[1].1.contains("set OPENAI_API_KEY"));
+    assert_eq!(unconfigured[2].0, "gemini");
+    assert!(unconfigured[2].1.contains("set GEMINI_API_KEY"));
     assert!(lines.iter().all(|l| l["level"] != "WARN"
         || l["message"] == "authentication failed"
         || l["message"]

@@ -173,8 +173,10 @@ fn python_venv() -> Result<()> {
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
     let requirements = root.join("bridge/tests/sdk/requirements.txt");
-    let ready =
-        output(Command::new(&python).args(["-c", "import anthropic, openai, pytest"])).is_some();
+    let ready = output(
+        Command::new(&python).args(["-c", "import anthropic, openai, google.genai, pytest"]),
+    )
+    .is_some();
     let stamp = venv.join(".requirements");
     let wanted = std::fs::read_to_string(&requirements).unwrap_or_default();
     if ready && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {

@@ -1,6 +1,9 @@
-//! `fake-upstream`: a local stand-in for api.anthropic.com and api.openai.com, for tests,
-//! benchmarks and demos. It speaks the real wire formats (JSON and SSE) of Anthropic Messages
-//! (+ count_tokens), OpenAI Chat Completions, OpenAI Responses and the models list, so the
+//! `fake-upstream`: a local stand-in for api.anthropic.com, api.openai.com and
+//! generativelanguage.googleapis.com, for tests, benchmarks and demos. It speaks the real wire
+//! formats (JSON and SSE) of Anthropic Messages (+ count_tokens), OpenAI Chat Completions,
+//! OpenAI Responses and the models list, and Gemini's `generateContent`,
+//! `streamGenerateContent` (SSE with `?alt=sse`, else a JSON array), `countTokens` and models
+//! list, so the
 //! official SDKs parse its answers, and it only answers requests carrying the server-side key
 //! it was given, which proves the bridge swapped the user's token for the provider key.
 //!
@@ -9,7 +12,8 @@
 //!   arguments `{"city": "Paris"}` to the first tool offered;
 //! - `x-fake-delay-ms: N` → N ms between stream events;
 //! - `x-fake-hold-ms: N` → N ms pause after the first stream event;
-//! - `x-fake-error: overloaded` (Anthropic 529 `overloaded_error`, OpenAI 503), `x-fake-error:
+//! - `x-fake-error: overloaded` (Anthropic 529 `overloaded_error`, OpenAI and Gemini 503),
+//!   `x-fake-error:
 //!   <status>` (that status), `x-fake-error: mid-stream` (an error event after the first text),
 //!   `x-fake-error: disconnect` (a stream whose connection is cut after half of its events);
 //! - `x-fake-cached-tokens: READ[,WRITE]` → usage reports READ prompt-cache hits (and, for
@@ -25,7 +29,8 @@
 //!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
-//! `x-fake-received-path`, the path it was asked for (to test upstream chaining). Routes match
+//! `x-fake-received-path` and `x-fake-received-query`, the path and query it was asked for (to
+//! test upstream chaining and what the bridge keeps out of URLs). Routes match
 //! by suffix (`.../v1/messages`), so it also stands in for a gateway mounted under a prefix.
 //!
 //! With `--tls-cert` and `--tls-key` (PEM files) it speaks HTTPS instead of plain HTTP, as the
@@ -53,7 +58,7 @@ use tokio::sync::mpsc;
 #[derive(Debug, Parser)]
 #[command(
     name = "fake-upstream",
-    about = "Local fake of the Anthropic and OpenAI APIs"
+    about = "Local fake of the Anthropic, OpenAI and Gemini APIs"
 )]
 struct Args {
     /// Address to listen on (loopback only is sensible).
@@ -78,6 +83,13 @@ struct Args {
     /// (for testing key pools); repeatable.
     #[arg(long)]
     throttled_key: Vec<String>,
+    /// The only `x-goog-api-key` (or `?key=`) accepted on Gemini routes.
+    #[arg(
+        long,
+        env = "FAKE_GEMINI_KEY",
+        default_value = "fake-gemini-upstream-key"
+    )]
+    gemini_key: String,
     /// PEM certificate chain: serve HTTPS with it (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -113,6 +125,7 @@ struct Keys {
     anthropic: String,
     openai: String,
     throttled: Vec<String>,
+    gemini: String,
 }
 
 static IDS: AtomicU64 = AtomicU64::new(1);
@@ -205,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
         anthropic: args.anthropic_key,
         openai: args.openai_key,
         throttled: args.throttled_key,
+        gemini: args.gemini_key,
     }));
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
@@ -383,6 +397,7 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     }
     let steering = Steering::from(req.headers());
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let method = req.method().clone();
     let headers = req.headers().clone();
     let body = match req.into_body().collect().await {
@@ -391,6 +406,8 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     };
     let mut resp = if path.starts_with("/v1/messages") || path.contains("/anthropic/") {
         anthropic(&method, &path, &headers, &body, keys, &steering)
+    } else if is_gemini(&path, &query, &headers) {
+        gemini(&method, &path, &query, &headers, &body, keys, &steering)
     } else {
         openai(&method, &path, &headers, &body, keys, &steering)
     };
@@ -399,6 +416,9 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     }
     if let Ok(v) = HeaderValue::from_str(&path) {
         resp.headers_mut().insert("x-fake-received-path", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&query) {
+        resp.headers_mut().insert("x-fake-received-query", v);
     }
     resp
 }
@@ -983,4 +1003,228 @@ fn responses(req: &Value, body: &Bytes, steering: &Steering) -> Response<FakeBod
         json!({"response": response("completed", json!([final_item]), usage)}),
     );
     sse_response(ev, steering, "x-request-id")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemini
+
+/// Gemini's routes share `/v1/models` with OpenAI's: a Google key, a Gemini-only API version
+/// or a `model:method` path tells them apart.
+fn is_gemini(path: &str, query: &str, headers: &HeaderMap) -> bool {
+    path.contains("/gemini/")
+        || path.contains("/v1beta/")
+        || path.contains("/v1alpha/")
+        || path.contains(':')
+        || headers.contains_key("x-goog-api-key")
+        || query.split('&').any(|p| p.starts_with("key="))
+}
+
+fn gemini_error(status: u16, state: &str, message: &str) -> Response<FakeBody> {
+    json_response(
+        status,
+        json!({"error": {"code": status, "message": message, "status": state}}),
+        "x-goog-request-id",
+    )
+}
+
+/// SSE framing as Google sends it: `data:` lines ended by CRLF pairs.
+fn gemini_sse(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\r\n\r\n"))
+}
+
+fn gemini(
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    keys: &Keys,
+    steering: &Steering,
+) -> Response<FakeBody> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let key = headers
+        .get("x-goog-api-key")
+        .map(|v| v.as_bytes())
+        .or_else(|| param("key").map(str::as_bytes));
+    if key != Some(keys.gemini.as_bytes()) {
+        // What Google answers for a wrong key.
+        return gemini_error(
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key. (fake upstream)",
+        );
+    }
+    match steering.error.as_deref() {
+        Some("overloaded") => {
+            return gemini_error(
+                503,
+                "UNAVAILABLE",
+                "The model is overloaded. Please try again later.",
+            )
+        }
+        Some(s) if s.parse::<u16>().is_ok() => {
+            return gemini_error(s.parse().unwrap_or(500), "INTERNAL", "fake upstream error")
+        }
+        _ => {}
+    }
+    let describe = |id: &str| {
+        json!({"name": format!("models/{id}"), "version": "001", "displayName": id,
+               "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+               "supportedGenerationMethods": ["generateContent", "countTokens"]})
+    };
+    if method == Method::GET && path.ends_with("/models") {
+        let models: Vec<Value> = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"]
+            .iter()
+            .map(|id| describe(id))
+            .collect();
+        return json_response(200, json!({"models": models}), "x-goog-request-id");
+    }
+    if method == Method::GET {
+        if let Some((_, id)) = path
+            .rsplit_once("/models/")
+            .filter(|(_, id)| !id.contains(':'))
+        {
+            return json_response(200, describe(id), "x-goog-request-id");
+        }
+    }
+    let Some((model, call)) = path
+        .rsplit_once("/models/")
+        .and_then(|(_, rest)| rest.split_once(':'))
+    else {
+        return gemini_error(404, "NOT_FOUND", "unknown path");
+    };
+    if method != Method::POST {
+        return gemini_error(404, "NOT_FOUND", "method not allowed");
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return gemini_error(400, "INVALID_ARGUMENT", "body is not JSON");
+    };
+    let cached = steering.cached.0;
+    let input = input_tokens(body) + cached;
+    if call == "countTokens" {
+        return json_response(
+            200,
+            json!({"totalTokens": input,
+                   "promptTokensDetails": [{"modality": "TEXT", "tokenCount": input}]}),
+            "x-goog-request-id",
+        );
+    }
+    let (stream, sse_framed) = match call {
+        "generateContent" => (false, false),
+        "streamGenerateContent" => (true, param("alt") == Some("sse")),
+        _ => return gemini_error(404, "NOT_FOUND", "unknown method"),
+    };
+    let Some(contents) = req.get("contents").and_then(Value::as_array) else {
+        return gemini_error(400, "INVALID_ARGUMENT", "contents is not specified");
+    };
+    let prompt = contents
+        .iter()
+        .rev()
+        .filter(|c| c.get("role").and_then(Value::as_str).unwrap_or("user") == "user")
+        .find_map(|c| {
+            let t: Vec<&str> = c
+                .get("parts")
+                .and_then(Value::as_array)?
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            (!t.is_empty()).then(|| t.join("\n"))
+        })
+        .unwrap_or_default();
+    let tools: Vec<String> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("functionDeclarations").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    // A turn that answers function calls gets text, as from a model, so agents that run the
+    // tool and send its result back end their loop.
+    let answers_calls = contents.last().is_some_and(|c| {
+        c.get("parts")
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()))
+    });
+    let tool = wants_tool(&prompt, &tools).filter(|_| !answers_calls);
+    let (text, pieces) = reply_for(&prompt);
+    let output = pieces.len() as u64 + if tool.is_some() { 12 } else { 0 };
+    let usage = |candidates: u64| {
+        let mut u = json!({"promptTokenCount": input, "candidatesTokenCount": candidates,
+                           "totalTokenCount": input + candidates,
+                           "promptTokensDetails": [{"modality": "TEXT", "tokenCount": input}]});
+        if cached > 0 {
+            u["cachedContentTokenCount"] = json!(cached);
+        }
+        u
+    };
+    let response_id = next_id("resp-");
+    let chunk = |parts: Value, finish: Option<&str>, usage: Value| {
+        let mut candidate = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+        if let Some(f) = finish {
+            candidate["finishReason"] = json!(f);
+        }
+        json!({"candidates": [candidate], "usageMetadata": usage,
+               "modelVersion": model, "responseId": response_id})
+    };
+    let call_part = tool.as_ref().map(|name| {
+        let args: Value = serde_json::from_str(TOOL_ARGS).unwrap_or(Value::Null);
+        json!({"functionCall": {"name": name, "args": args}})
+    });
+    if !stream {
+        let parts = match &call_part {
+            Some(p) => json!([p]),
+            None => json!([{"text": text}]),
+        };
+        return json_response(
+            200,
+            chunk(parts, Some("STOP"), usage(output)),
+            "x-goog-request-id",
+        );
+    }
+    let mut chunks = Vec::new();
+    match &call_part {
+        Some(p) => chunks.push(chunk(json!([p]), Some("STOP"), usage(output))),
+        None => {
+            for (i, p) in pieces.iter().enumerate() {
+                let last = i + 1 == pieces.len();
+                let counted = if last { output } else { i as u64 + 1 };
+                let finish = last.then_some("STOP");
+                chunks.push(chunk(json!([{"text": p}]), finish, usage(counted)));
+                if i == 0 && steering.error.as_deref() == Some("mid-stream") {
+                    chunks.push(json!({"error": {"code": 503, "status": "UNAVAILABLE",
+                        "message": "The model is overloaded. Please try again later."}}));
+                    break;
+                }
+            }
+        }
+    }
+    if sse_framed {
+        let events = chunks.iter().map(gemini_sse).collect();
+        return sse_response(events, steering, "x-goog-request-id");
+    }
+    // Without `alt=sse` the stream is one JSON array, sent as it is produced.
+    let n = chunks.len();
+    let events = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let open = if i == 0 { "[" } else { "" };
+            let close = if i + 1 == n { "]" } else { ",\r\n" };
+            Bytes::from(format!("{open}{c}{close}"))
+        })
+        .collect();
+    let mut r = sse_response(events, steering, "x-goog-request-id");
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
 }

@@ -285,7 +285,7 @@ fn thread(records: &[InterceptionRecord]) -> String {
         .collect();
     let (mut cost, mut unpriced) = (0.0, 0);
     let mut out = String::new();
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
         let _ = writeln!(
             out,
             "{}  {}  {} {}  in {} out {}  {}  {}",
@@ -315,7 +315,13 @@ fn thread(records: &[InterceptionRecord]) -> String {
                 terminal_safe(&c.name),
                 terminal_safe(&c.arguments.chars().take(160).collect::<String>())
             );
-            match c.id.as_deref().and_then(|id| results.get(id)) {
+            let result = match c.id.as_deref() {
+                Some(id) => results.get(id).copied(),
+                None => records
+                    .get(i + 1)
+                    .and_then(|next| answer_by_name(&next.tool_results, &c.name)),
+            };
+            match result {
                 Some(t) => {
                     let _ = writeln!(out, "       <- {}", result_line(t));
                 }
@@ -336,6 +342,25 @@ fn thread(records: &[InterceptionRecord]) -> String {
         }
     );
     out
+}
+
+/// The result among `results` (those of the request after a call's) that answers a call without id:
+/// Gemini names no calls, and clients answer them by the function's name, as the SDKs do
+/// (`functionResponse.name`, recorded as the result's id), or with an id that Gemini CLI makes
+/// of the name and numbers of its own (`get_weather_1795686218459_0`).
+fn answer_by_name<'a>(results: &'a [ToolResult], name: &str) -> Option<&'a ToolResult> {
+    let numbered = |id: &str| {
+        id.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|rest| {
+                rest.split('_')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    results
+        .iter()
+        .find(|t| t.id == name)
+        .or_else(|| results.iter().find(|t| numbered(&t.id)))
 }
 
 /// Shortest prefix length (at least [`MIN_PREFIX`], like git) that tells every shown id apart
@@ -431,7 +456,27 @@ fn records_csv(records: &[InterceptionRecord]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::unique_prefix_len;
+    use super::{answer_by_name, unique_prefix_len};
+    use bridge::record::ToolResult;
+
+    #[test]
+    fn a_call_without_id_is_answered_by_its_functions_name_or_gemini_clis_numbered_id() {
+        let r = |id: &str| ToolResult::new(id.into(), "x", false);
+        let found =
+            |results: &[ToolResult], name| answer_by_name(results, name).map(|t| t.id.clone());
+        let sdk = [r("get"), r("get_weather")];
+        assert_eq!(found(&sdk, "get_weather").as_deref(), Some("get_weather"));
+        assert_eq!(found(&sdk, "get").as_deref(), Some("get"));
+        let cli = [r("get_weather_1795686635090_0"), r("get_1795686635090_1")];
+        assert_eq!(found(&cli, "get").as_deref(), Some("get_1795686635090_1"));
+        assert_eq!(
+            found(&cli, "get_weather").as_deref(),
+            Some("get_weather_1795686635090_0")
+        );
+        assert_eq!(found(&cli, "weather"), None);
+        assert_eq!(found(&[r("get_weather_x")], "get"), None);
+        assert_eq!(found(&[r("get_")], "get"), None);
+    }
 
     #[test]
     fn a_prefix_goes_one_past_the_common_part() {

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use bridge::store::Store;
 
-/// Bridge: a governed LLM gateway. Agents send their Anthropic and OpenAI API calls to Bridge
+/// Bridge: a governed LLM gateway. Agents send their Anthropic, OpenAI and Gemini API calls to Bridge
 /// with a personal bridge token; Bridge forwards them with the real provider key and records
 /// who used which model, prompt, tools, tokens and cost.
 #[derive(Debug, Parser)]
@@ -27,7 +27,8 @@ use bridge::store::Store;
     after_help = "Start with `llm-bridge keys create --user alice`, then `llm-bridge serve`.\n\
 Point clients at Bridge, with their bridge token as the API key:\n  \
 Claude Code, Anthropic SDKs: ANTHROPIC_BASE_URL=http://HOST:PORT/anthropic\n  \
-Codex, OpenAI SDKs:          OPENAI_BASE_URL=http://HOST:PORT/openai/v1"
+Codex, OpenAI SDKs:          OPENAI_BASE_URL=http://HOST:PORT/openai/v1\n  \
+Gemini CLI, google-genai:    GOOGLE_GEMINI_BASE_URL=http://HOST:PORT/gemini"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -17,7 +17,8 @@ pub struct ServeArgs {
     /// Gateway config (bridge.yaml: listen, store, spool_dir, providers, pricing, tls,
     /// metrics). Without it,
     /// Bridge listens on 127.0.0.1:8787 with the SQLite store bridge.db in this directory, and
-    /// configures a provider only if ANTHROPIC_API_KEY / OPENAI_API_KEY is set.
+    /// configures a provider only if ANTHROPIC_API_KEY / OPENAI_API_KEY / GEMINI_API_KEY
+    /// (or GOOGLE_API_KEY) is set.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Address to listen on (IP:PORT), overriding the config's `listen:`. Port 0 picks a free

@@ -32,6 +32,7 @@ FAKE_BIN = os.environ.get("FAKE_UPSTREAM_BIN", str(REPO / "target" / "debug" / "
 
 ANTHROPIC_KEY = "sk-ant-server-side-key-for-tests"
 OPENAI_KEY = "sk-openai-server-side-key-for-tests"
+GEMINI_KEY = "gemini-server-side-key-for-tests"
 
 
 def free_port() -> int:
@@ -70,6 +71,7 @@ class Bridge:
         upstream = f"http://127.0.0.1:{self.upstream_port}"
         anthropic_url = f"{upstream}{upstream_prefix}/anthropic" if upstream_prefix else upstream
         openai_url = f"{upstream}{upstream_prefix}/openai" if upstream_prefix else upstream
+        gemini_url = f"{upstream}{upstream_prefix}/gemini" if upstream_prefix else upstream
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"store: {self.store}\n"
@@ -84,6 +86,10 @@ class Bridge:
             f"    base_url: {openai_url}\n"
             f"    api_key: {OPENAI_KEY}\n"
             "    forward_headers: [x-fake-*]\n"
+            "  gemini:\n"
+            f"    base_url: {gemini_url}\n"
+            f"    api_key: {GEMINI_KEY}\n"
+            "    forward_headers: [x-fake-*]\n"
         )
         self.procs = []
 
@@ -93,7 +99,8 @@ class Bridge:
         self.fake_log = open(self.tmp / "fake.log", "w")
         fake = subprocess.Popen(
             [FAKE_BIN, "--listen", f"127.0.0.1:{self.upstream_port}",
-             "--anthropic-key", ANTHROPIC_KEY, "--openai-key", OPENAI_KEY],
+             "--anthropic-key", ANTHROPIC_KEY, "--openai-key", OPENAI_KEY,
+             "--gemini-key", GEMINI_KEY],
             stdout=self.fake_log, stderr=subprocess.STDOUT,
         )
         self.procs.append(fake)

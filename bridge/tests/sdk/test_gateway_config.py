@@ -5,6 +5,7 @@ import subprocess
 import time
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -109,5 +110,12 @@ def test_base_url_may_point_at_an_upstream_gateway_under_a_path_prefix(tmp_path)
             model="gpt-4o", messages=[{"role": "user", "content": "chained?"}])
         assert raw.headers["x-fake-received-path"] == "/gateway/v2/openai/v1/chat/completions"
         assert raw.parse().choices[0].message.content
+        # Gemini names the model in the path: the prefix is kept before it as well.
+        r = httpx.post(f"{b.url}/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                       headers={"x-goog-api-key": b.token},
+                       json={"contents": [{"parts": [{"text": "chained?"}]}]})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-fake-received-path"] == \
+            "/gateway/v2/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"
     finally:
         b.stop()

@@ -50,6 +50,7 @@ pub fn record(
         endpoint: match provider {
             Provider::Anthropic => "/v1/messages".into(),
             Provider::Openai => "/v1/chat/completions".into(),
+            Provider::Gemini => "/v1beta/models/{model}:streamGenerateContent".into(),
         },
         model: Some(model.into()),
         client: Some("test-client/1.0".into()),
