@@ -478,7 +478,7 @@ fn bridge_serves(root: &Path, release_dir: &Path, started: &mut Started) -> Resu
     started.spawn("llm-bridge", unit.command(root, "ExecStart")?, &log)?;
     wait_for("llm-bridge /healthz", || {
         started.alive("llm-bridge", &log)?;
-        Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")]).as_deref() == Ok("200"))
+        Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")]).is_ok_and(|s| s == "200"))
     })?;
     let unconfigured = http(&[
         "-o",
@@ -537,7 +537,7 @@ fn bridge_serves(root: &Path, release_dir: &Path, started: &mut Started) -> Resu
     started.spawn("llm-bridge", unit.command(root, "ExecStart")?, &log)?;
     wait_for("llm-bridge /healthz after the edit", || {
         started.alive("llm-bridge", &log)?;
-        Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")]).as_deref() == Ok("200"))
+        Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")]).is_ok_and(|s| s == "200"))
     })?;
     let body = root.join("tmp/answer.json");
     let status = http(&[
