@@ -4,10 +4,11 @@
 # AI agents with `boundary run -- claude` (no privileges needed).
 #
 # The container needs: cgroup v2 (a writable /sys/fs/cgroup, i.e. a private cgroup namespace
-# with delegation, or --privileged), bpffs (mounted by the agent if missing), and CAP_BPF,
-# CAP_NET_ADMIN and CAP_SYS_ADMIN for the agent. See the README, "Deploying the agent".
+# with delegation, or --privileged), bpffs (mounted by the agent if missing), and the agent's
+# capabilities. See the README, "A workspace image". The `boundary` package installs this
+# script as /usr/sbin/boundary-entrypoint:
 #
-#   ENTRYPOINT ["/usr/local/bin/boundary-entrypoint"]
+#   ENTRYPOINT ["/usr/sbin/boundary-entrypoint"]
 #   CMD ["sleep", "infinity"]
 #
 # Environment: BOUNDARY_CONFIG (default /etc/boundary/config.yaml), WORKSPACE_USER (default
