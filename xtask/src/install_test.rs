@@ -77,7 +77,9 @@ pub fn inside(release_dir: &Path, packages: &[PathBuf]) -> Result<()> {
             chroot(root)
                 .args(["dpkg", "-i"])
                 .args(&in_root)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                // dpkg wants ldconfig and start-stop-daemon on the PATH.
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         )
     };
     dpkg(&root)?;
@@ -210,7 +212,7 @@ fn check_files(root: &Path) -> Result<()> {
         ensure!(conffiles.contains(c), "{c} is not a conffile:\n{conffiles}");
     }
     for bin in ["usr/bin/boundary", "usr/bin/llm-bridge"] {
-        let sections = capture(Command::new("objdump").arg("-h").arg(root.join(bin)))?;
+        let sections = capture(Command::new("readelf").args(["-S", "-W"]).arg(root.join(bin)))?;
         ensure!(
             !sections.contains(".debug_info"),
             "/{bin} still has debug info"
@@ -473,28 +475,69 @@ fn bridge_serves(root: &Path, release_dir: &Path, started: &mut Started) -> Resu
     unit.make_directories(root)?;
     let log = root.join("tmp/llm-bridge.log");
     let listen = "127.0.0.1:8787";
+    // An admin command as the README says to run it: as the service's user, in its directory,
+    // with its umask, on the installed config.
+    let admin = |args: &[&str]| -> Result<String> {
+        let service = unit.command(root, "ExecStart")?;
+        let mut argv: Vec<String> = service
+            .get_args()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        let at = argv
+            .iter()
+            .position(|a| a == "/usr/bin/llm-bridge")
+            .context("ExecStart runs /usr/bin/llm-bridge")?;
+        argv.truncate(at + 1);
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.extend(["--config".into(), "/etc/llm-bridge/bridge.yaml".into()]);
+        capture(
+            Command::new("chroot")
+                .args(&argv)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        )
+    };
+    let token = admin(&["keys", "create", "--user", "alice"])?
+        .trim()
+        .to_string();
+    ensure!(token.starts_with("brg_"), "keys create printed {token:?}");
+    let healthy = |started: &mut Started| -> Result<()> {
+        wait_for("llm-bridge /healthz", || {
+            started.alive("llm-bridge", &log)?;
+            Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")])
+                .is_ok_and(|s| s == "200"))
+        })
+    };
+    let body = root.join("tmp/answer.json");
+    let ask = || {
+        http(&[
+            "-o",
+            &body.to_string_lossy(),
+            &format!("http://{listen}/anthropic/v1/messages"),
+            "-H",
+            &format!("x-api-key: {token}"),
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+        ])
+    };
 
     // First with the installed config as it is: it serves, and no provider is configured yet.
     started.spawn("llm-bridge", unit.command(root, "ExecStart")?, &log)?;
-    wait_for("llm-bridge /healthz", || {
-        started.alive("llm-bridge", &log)?;
-        Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")]).is_ok_and(|s| s == "200"))
-    })?;
-    let unconfigured = http(&[
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        &format!("http://{listen}/anthropic/v1/messages"),
-    ])?;
+    healthy(started)?;
+    let unconfigured = ask()?;
     ensure!(
         unconfigured == "503",
-        "an unconfigured provider answered {unconfigured}"
+        "with the shipped config (no provider), a request got {unconfigured}: {}",
+        std::fs::read_to_string(&body).unwrap_or_default()
     );
     started.stop_one("llm-bridge");
-    eprintln!("llm-bridge: serves with the installed config (/healthz 200, providers 503)");
+    eprintln!("llm-bridge: serves with the installed config (/healthz 200, no provider: 503)");
 
-    // Then as an admin would: the fake upstream as Anthropic, a key for alice, a request.
+    // Then as an admin would: the fake upstream as Anthropic, restart, a request.
     let upstream_log = root.join("tmp/fake-upstream.log");
     let mut upstream = Command::new(release_dir.join("fake-upstream"));
     upstream.args(["--listen", "127.0.0.1:9900"]);
@@ -513,46 +556,9 @@ fn bridge_serves(root: &Path, release_dir: &Path, started: &mut Started) -> Resu
         .truncate(true)
         .open(&config)?
         .write_all(edited.as_bytes())?;
-    let admin = |args: &[&str]| -> Result<String> {
-        let mut c = unit.command(root, "ExecStart")?;
-        // Same user, directory and umask as the service: replace `serve ...` by the command.
-        let mut argv: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into()).collect();
-        let at = argv
-            .iter()
-            .position(|a| a == "/usr/bin/llm-bridge")
-            .context("ExecStart runs /usr/bin/llm-bridge")?;
-        argv.truncate(at + 1);
-        argv.extend(args.iter().map(|a| a.to_string()));
-        argv.extend(["--config".into(), "/etc/llm-bridge/bridge.yaml".into()]);
-        c = Command::new("chroot");
-        c.args(&argv[..])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        capture(&mut c)
-    };
-    let token = admin(&["keys", "create", "--user", "alice"])?
-        .trim()
-        .to_string();
-    ensure!(token.starts_with("brg_"), "keys create printed {token:?}");
     started.spawn("llm-bridge", unit.command(root, "ExecStart")?, &log)?;
-    wait_for("llm-bridge /healthz after the edit", || {
-        started.alive("llm-bridge", &log)?;
-        Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")]).is_ok_and(|s| s == "200"))
-    })?;
-    let body = root.join("tmp/answer.json");
-    let status = http(&[
-        "-o",
-        &body.to_string_lossy(),
-        &format!("http://{listen}/anthropic/v1/messages"),
-        "-H",
-        &format!("x-api-key: {token}"),
-        "-H",
-        "anthropic-version: 2023-06-01",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
-    ])?;
+    healthy(started)?;
+    let status = ask()?;
     let answer = std::fs::read_to_string(&body).unwrap_or_default();
     ensure!(
         status == "200" && answer.contains("\"content\""),
