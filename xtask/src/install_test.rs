@@ -10,8 +10,14 @@
 //! unit and starts its ExecStart as the unit would: its User/Group, WorkingDirectory, UMask,
 //! and the directories the unit asks systemd for.
 //!
+//! The agent sees what it would see in a container: a cgroup namespace rooted at a fresh
+//! cgroup of its own (with its own cgroup2 mount), a bpffs of its own and an empty /run. It
+//! must not see the host's sessions: an agent adopts or sweeps every session it finds under
+//! its cgroup root whose owner it cannot see, and those would be other agents' sessions.
+//!
 //! The outer half (`run`) re-executes xtask inside the namespaces (`inside`); when that
-//! process, pid 1 of its namespace, exits, everything it started dies with it.
+//! process, pid 1 of its namespace, exits, everything it started dies with it. The outer
+//! half then removes the cgroup it made.
 
 use crate::dist::Dist;
 use crate::shell::{self, capture, step};
@@ -35,22 +41,73 @@ const NOBODY: &str = "65534";
 pub fn run(dist: &Dist) -> Result<()> {
     step("install test: dpkg -i both packages in a private copy of this machine, start both services")?;
     let exe = std::env::current_exe().context("finding xtask's own executable")?;
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--net",
-        "--pid",
-        "--fork",
-        "--propagation",
-        "private",
-        "--",
-    ])
-    .arg(exe)
-    .arg("install-test-inside")
-    .arg("--release-dir")
-    .arg(&dist.release_dir)
-    .args(&dist.packages);
-    shell::run(&mut cmd).context("the install test failed")
+    // The root of the test's cgroup namespace: a fresh cgroup, so that the agent inside sees
+    // its own sessions and nobody else's.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let cgroup = cgroup2_mount()?.join(format!("boundary-install-test-{stamp}"));
+    std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    let mut cmd = Command::new("sh");
+    // Into the fresh cgroup first: a cgroup namespace is rooted where its creator is.
+    cmd.arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && shift && exec \"$@\"")
+        .arg(&cgroup)
+        .arg("--")
+        .args([
+            "unshare",
+            "--cgroup",
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .arg(exe)
+        .arg("install-test-inside")
+        .arg("--release-dir")
+        .arg(&dist.release_dir)
+        .args(&dist.packages);
+    let result = shell::run(&mut cmd).context("the install test failed");
+    remove_cgroup_tree(&cgroup);
+    if cgroup.exists() {
+        eprintln!("warning: could not remove {}", cgroup.display());
+    }
+    result
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+/// hybrid host).
+fn cgroup2_mount() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .context("no cgroup2 file system is mounted")
+}
+
+/// Removes a cgroup and its descendants (empty by now: every process of the namespace is gone).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    // Processes of a killed namespace may take a moment to leave their cgroup.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs as pid 1 of fresh mount, network and pid namespaces.
@@ -116,6 +173,19 @@ fn assemble_root() -> Result<PathBuf> {
     mount(&["-t", "proc", "proc", &at("proc")])?;
     mount(&["--rbind", "/dev", &at("dev")])?;
     mount(&["--rbind", "/sys", &at("sys")])?;
+    // The cgroup namespace's own view (its root is the fresh cgroup `run` made), with this
+    // process moved below the root, as a container's init would be: the agent puts its
+    // sessions beside it. And a bpffs of its own: pins and sessions of the host stay unseen.
+    let cgroup2 = cgroup2_mount()?;
+    let cgroup2 = cgroup2.strip_prefix("/")?;
+    let cgroup2_at = at(&cgroup2.to_string_lossy());
+    capture(Command::new("umount").arg(&cgroup2_at))?;
+    mount(&["-t", "cgroup2", "boundary-test-cgroup2", &cgroup2_at])?;
+    let init = root.join(cgroup2).join("init");
+    std::fs::create_dir(&init)?;
+    std::fs::write(init.join("cgroup.procs"), std::process::id().to_string())
+        .context("moving the test into its cgroup namespace's init cgroup")?;
+    mount(&["-t", "bpf", "bpf", &at("sys/fs/bpf")])?;
     // A fresh /run (no systemd, no other agent's socket) and /tmp.
     mount(&["-t", "tmpfs", "-o", "mode=0755", "tmpfs", &at("run")])?;
     mount(&["-t", "tmpfs", "-o", "mode=1777", "tmpfs", &at("tmp")])?;
@@ -212,7 +282,11 @@ fn check_files(root: &Path) -> Result<()> {
         ensure!(conffiles.contains(c), "{c} is not a conffile:\n{conffiles}");
     }
     for bin in ["usr/bin/boundary", "usr/bin/llm-bridge"] {
-        let sections = capture(Command::new("readelf").args(["-S", "-W"]).arg(root.join(bin)))?;
+        let sections = capture(
+            Command::new("readelf")
+                .args(["-S", "-W"])
+                .arg(root.join(bin)),
+        )?;
         ensure!(
             !sections.contains(".debug_info"),
             "/{bin} still has debug info"
@@ -467,6 +541,25 @@ fn agent_allows_and_denies(root: &Path, started: &mut Started) -> Result<()> {
         Ok(false)
     })?;
     started.stop_one("boundary agent");
+    // Both sessions ended with their commands: nothing of theirs is left pinned in the
+    // (host's) bpffs.
+    let mut sessions = Vec::new();
+    for entry in std::fs::read_dir(&logs)? {
+        let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        for line in text.lines() {
+            let event: serde_json::Value = serde_json::from_str(line)?;
+            if let Some(id) = event["session.id"].as_str() {
+                if !sessions.iter().any(|s| s == id) {
+                    sessions.push(id.to_string());
+                }
+            }
+        }
+    }
+    ensure!(sessions.len() >= 2, "sessions in the events: {sessions:?}");
+    for id in &sessions {
+        let pins = root.join("sys/fs/bpf/boundary").join(id);
+        ensure!(!pins.exists(), "{} was left behind", pins.display());
+    }
     Ok(())
 }
 
@@ -504,8 +597,10 @@ fn bridge_serves(root: &Path, release_dir: &Path, started: &mut Started) -> Resu
     let healthy = |started: &mut Started| -> Result<()> {
         wait_for("llm-bridge /healthz", || {
             started.alive("llm-bridge", &log)?;
-            Ok(http(&["-o", "/dev/null", &format!("http://{listen}/healthz")])
-                .is_ok_and(|s| s == "200"))
+            Ok(
+                http(&["-o", "/dev/null", &format!("http://{listen}/healthz")])
+                    .is_ok_and(|s| s == "200"),
+            )
         })
     };
     let body = root.join("tmp/answer.json");
