@@ -4,8 +4,9 @@
 # AI agents with `boundary run -- claude` (no privileges needed).
 #
 # The container needs: cgroup v2 (a writable /sys/fs/cgroup, i.e. a private cgroup namespace
-# with delegation, or --privileged), bpffs (mounted by the agent if missing), and the agent's
-# capabilities. See the README, "A workspace image". The `boundary` package installs this
+# with delegation, or --privileged), bpffs (mounted by the agent if missing), and for the
+# agent CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_KILL, CAP_SYS_PTRACE and CAP_SYS_ADMIN. See the
+# README, "A workspace image". The `boundary` package installs this
 # script as /usr/sbin/boundary-entrypoint:
 #
 #   ENTRYPOINT ["/usr/sbin/boundary-entrypoint"]
