@@ -281,6 +281,23 @@ fn check_files(root: &Path) -> Result<()> {
     for c in ["/etc/boundary/config.yaml", "/etc/llm-bridge/bridge.yaml"] {
         ensure!(conffiles.contains(c), "{c} is not a conffile:\n{conffiles}");
     }
+    // The units as systemd reads them: an unknown or misspelt directive is only a warning
+    // there, and a hardening line silently lost; here it fails.
+    if root.join("usr/bin/systemd-analyze").exists() {
+        for unit in ["boundary-agent.service", "llm-bridge.service"] {
+            let out = chroot(root)
+                .args(["systemd-analyze", "verify"])
+                .arg(format!("/lib/systemd/system/{unit}"))
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.success() && text.trim().is_empty(),
+                "systemd-analyze verify {unit}: {}\n{text}",
+                out.status
+            );
+        }
+    }
     for bin in ["usr/bin/boundary", "usr/bin/llm-bridge"] {
         let sections = capture(
             Command::new("readelf")
