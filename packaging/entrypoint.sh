@@ -28,6 +28,9 @@ fi
 # Refuse to start the workspace unconfined: a bad policy is an error, not a silent bypass.
 boundary validate "$config"
 
+# A socket left by an earlier start (a restarted container keeps /run) would pass the wait
+# below before the new agent listens.
+rm -f "$socket"
 boundary agent --config "$config" --socket "$socket" &
 agent=$!
 

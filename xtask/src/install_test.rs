@@ -482,7 +482,43 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
 
 fn use_services(root: &Path, release_dir: &Path, started: &mut Started) -> Result<()> {
     agent_allows_and_denies(root, started)?;
+    entrypoint_confines_the_workspace_user(root)?;
     bridge_serves(root, release_dir, started)
+}
+
+/// The container pattern: /usr/sbin/boundary-entrypoint as pid 1 of a workspace starts the
+/// agent, then the workspace's command as the workspace user, whose `boundary run` is confined.
+fn entrypoint_confines_the_workspace_user(root: &Path) -> Result<()> {
+    capture(chroot(root).args(["useradd", "--create-home", "coder"]))?;
+    let port = serve_on_both(Ipv4Addr::LOCALHOST, DENIED_IP)?;
+    let script = format!(
+        "id -un; \
+         boundary run -- curl -sS -o /dev/null --max-time 5 http://127.0.0.1:{port}/; \
+         echo \"loopback $?\"; \
+         boundary run -- curl -sS -o /dev/null --max-time 5 http://{DENIED_IP}:{port}/; \
+         echo \"denied $?\""
+    );
+    // Files, not pipes: the agent the entrypoint starts keeps them open after the command ends.
+    let stdout_file = root.join("tmp/entrypoint.out");
+    let stderr_file = root.join("tmp/entrypoint.err");
+    let status = chroot(root)
+        .args(["/usr/sbin/boundary-entrypoint", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("WORKSPACE_USER", "coder")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_file)?)
+        .stderr(std::fs::File::create(&stderr_file)?)
+        .status()?;
+    let stdout = std::fs::read_to_string(&stdout_file)?;
+    ensure!(
+        status.success() && stdout.ends_with("\ncoder\nloopback 0\ndenied 7\n"),
+        "boundary-entrypoint sh -c '...': {status}\n{stdout}{}",
+        std::fs::read_to_string(&stderr_file).unwrap_or_default()
+    );
+    // The agent it started keeps running, as in a container, until this namespace ends.
+    eprintln!("boundary-entrypoint: agent started, command run as coder, 127.0.0.1 allowed, {DENIED_IP} refused");
+    Ok(())
 }
 
 fn agent_allows_and_denies(root: &Path, started: &mut Started) -> Result<()> {
