@@ -1013,7 +1013,7 @@ fn check_and_validate() {
 fn check_names_the_rule_that_names_a_domain_on_another_port() {
     let case = Case::new(
         "allow_loopback: false\nallowlist:\n  - \"domain=allowed.test proto=tcp port=443\"\n  \
-         - \"domain=allowed.test proto=udp port=8000-8100\"\n",
+         - \"domain=allowed.test proto=udp port=8000-8100\"\n  - \"ip=127.0.0.2 port=8081\"\n",
     );
     let check = |args: &[&str]| {
         let out = Command::new(BOUNDARY)
@@ -1060,6 +1060,18 @@ fn check_names_the_rule_that_names_a_domain_on_another_port() {
     assert_eq!(status, 1, "{all}");
     assert!(
         stdout.contains(&format!("{rule1} names it for port 443 tcp only")),
+        "{all}"
+    );
+
+    // Allowed by address, while the name's own rules name other ports: the DNS proxy still
+    // answers the name (a rule names it), and check says which rule limits it.
+    let (status, stdout, all) = check(&["allowed.test:8081"]);
+    assert_eq!(status, 0, "{all}");
+    assert!(
+        stdout.contains(&format!(
+            "rule 3 `ip=127.0.0.2 port=8081` ({config}:5); by address only: boundary's DNS \
+             proxy answers this name ({rule1} names it for port 443 only"
+        )),
         "{all}"
     );
 
