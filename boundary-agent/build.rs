@@ -1,10 +1,12 @@
-//! Builds the eBPF programs (boundary-ebpf) with the nightly toolchain and bpf-linker, and
-//! hands the object to the agent, which embeds it with `include_bytes!`.
+//! Builds the eBPF programs (boundary-ebpf) with the pinned nightly toolchain and bpf-linker,
+//! and hands the object to the agent, which embeds it with `include_bytes!`.
 //!
 //! The eBPF crate is its own workspace (target `bpfel-unknown-none`, `build-std`), so it is
-//! built by a nested `rustup run nightly cargo build` with the outer cargo's environment
-//! removed: flags meant for the host (RUSTFLAGS, clippy's wrapper, the target dir) must not
-//! leak into it. `BOUNDARY_EBPF_OBJECT=/path/to/object` skips the build and uses that file.
+//! built by a nested `rustup run <pinned nightly> cargo build` (the channel of
+//! boundary-ebpf/rust-toolchain.toml) with the outer cargo's environment removed: flags meant
+//! for the host (RUSTFLAGS, clippy's wrapper) must not leak into it. Its target dir is `bpf/`
+//! inside the outer one (CARGO_TARGET_DIR respected). `BOUNDARY_EBPF_OBJECT=/path/to/object`
+//! skips the build and uses that file.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -42,11 +44,16 @@ fn build_ebpf() -> Result<PathBuf> {
         root.join("boundary-common/src").display()
     );
 
-    let target_dir = root.join("target/bpf");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"))
+        .join("bpf");
+    let channel = pinned_channel(&ebpf.join("rust-toolchain.toml"))?;
     let mut cmd = Command::new("rustup");
     cmd.args([
         "run",
-        "nightly",
+        &channel,
         "cargo",
         "build",
         "--release",
@@ -82,13 +89,25 @@ fn build_ebpf() -> Result<PathBuf> {
     }
     let status = cmd
         .status()
-        .context("running `rustup run nightly cargo build` for boundary-ebpf")?;
+        .with_context(|| format!("running `rustup run {channel} cargo build` for boundary-ebpf"))?;
     if !status.success() {
         bail!(
-            "building the eBPF programs failed ({status}); install what they need with \
-             `cargo xtask setup` (nightly rust-src and bpf-linker), or point \
-             BOUNDARY_EBPF_OBJECT at a prebuilt object"
+            "building the eBPF programs with {channel} failed ({status}); install what they \
+             need with `cargo xtask setup` (the pinned nightly, its rust-src, bpf-linker), or \
+             point BOUNDARY_EBPF_OBJECT at a prebuilt object"
         );
     }
     Ok(target_dir.join("bpfel-unknown-none/release/boundary"))
+}
+
+/// `channel = "..."` of the eBPF crate's rust-toolchain.toml.
+fn pinned_channel(file: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .find(|v| !v.is_empty())
+        .with_context(|| format!("{}: no `channel = \"...\"`", file.display()))
 }

@@ -4,10 +4,12 @@
 # AI agents with `boundary run -- claude` (no privileges needed).
 #
 # The container needs: cgroup v2 (a writable /sys/fs/cgroup, i.e. a private cgroup namespace
-# with delegation, or --privileged), bpffs (mounted by the agent if missing), and CAP_BPF,
-# CAP_NET_ADMIN and CAP_SYS_ADMIN for the agent. See the README, "Deploying the agent".
+# with delegation, or --privileged), bpffs (mounted by the agent if missing), and for the
+# agent CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_KILL, CAP_SYS_PTRACE and CAP_SYS_ADMIN. See the
+# README, "A workspace image". The `boundary` package installs this
+# script as /usr/sbin/boundary-entrypoint:
 #
-#   ENTRYPOINT ["/usr/local/bin/boundary-entrypoint"]
+#   ENTRYPOINT ["/usr/sbin/boundary-entrypoint"]
 #   CMD ["sleep", "infinity"]
 #
 # Environment: BOUNDARY_CONFIG (default /etc/boundary/config.yaml), WORKSPACE_USER (default
@@ -26,6 +28,9 @@ fi
 # Refuse to start the workspace unconfined: a bad policy is an error, not a silent bypass.
 boundary validate "$config"
 
+# A socket left by an earlier start (a restarted container keeps /run) would pass the wait
+# below before the new agent listens.
+rm -f "$socket"
 boundary agent --config "$config" --socket "$socket" &
 agent=$!
 

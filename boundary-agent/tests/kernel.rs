@@ -1019,6 +1019,84 @@ fn check_and_validate() {
     );
 }
 
+/// A domain named by a rule for another port or protocol: `check` names that rule, its line
+/// and why it does not apply, instead of claiming no rule names the domain.
+#[test]
+fn check_names_the_rule_that_names_a_domain_on_another_port() {
+    let case = Case::new(
+        "allow_loopback: false\nallowlist:\n  - \"domain=allowed.test proto=tcp port=443\"\n  \
+         - \"domain=allowed.test proto=udp port=8000-8100\"\n  - \"ip=127.0.0.2 port=8081\"\n",
+    );
+    let check = |args: &[&str]| {
+        let out = Command::new(BOUNDARY)
+            .args(["check", "--config"])
+            .arg(case.path("config.yaml"))
+            .arg("--hosts-file")
+            .arg(case.path("hosts"))
+            .args(["--dns-server", "127.0.0.1:9"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            code(&out),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            text(&out),
+        )
+    };
+    let config = case.path("config.yaml").display().to_string();
+    let rule1 = format!("rule 1 `domain=allowed.test proto=tcp port=443` ({config}:3)");
+    let rule2 = format!("rule 2 `domain=allowed.test proto=udp port=8000-8100` ({config}:4)");
+
+    let (status, stdout, all) = check(&["allowed.test:8080"]);
+    assert_eq!(status, 1, "{all}");
+    assert!(!stdout.contains("no rule names it"), "{all}");
+    assert!(
+        stdout.contains(&format!("{rule1} names it for port 443 only")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("{rule2} names it for udp only")),
+        "{all}"
+    );
+    let (status, stdout, all) = check(&["--udp", "allowed.test:443"]);
+    assert_eq!(status, 1, "{all}");
+    assert!(
+        stdout.contains(&format!("{rule1} names it for tcp only")),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(&format!("{rule2} names it for ports 8000-8100 only")),
+        "{all}"
+    );
+    let (status, stdout, all) = check(&["--udp", "allowed.test:9000"]);
+    assert_eq!(status, 1, "{all}");
+    assert!(
+        stdout.contains(&format!("{rule1} names it for port 443 tcp only")),
+        "{all}"
+    );
+
+    // Allowed by address, while the name's own rules name other ports: the DNS proxy still
+    // answers the name (a rule names it), and check says which rule limits it.
+    let (status, stdout, all) = check(&["allowed.test:8081"]);
+    assert_eq!(status, 0, "{all}");
+    assert!(
+        stdout.contains(&format!(
+            "rule 3 `ip=127.0.0.2 port=8081` ({config}:5); by address only: boundary's DNS \
+             proxy answers this name ({rule1} names it for port 443 only"
+        )),
+        "{all}"
+    );
+
+    // Each rule on its own terms: allowed.
+    assert_eq!(check(&["allowed.test:443"]).0, 0);
+    assert_eq!(check(&["--udp", "allowed.test:8050"]).0, 0);
+
+    // A name no rule names still says so.
+    let (status, stdout, all) = check(&["other.test:443"]);
+    assert_eq!(status, 1, "{all}");
+    assert!(stdout.contains("no rule names it"), "{all}");
+}
+
 #[test]
 fn a_stalled_events_reader_never_holds_the_command_or_the_exit() {
     let port = udp_echo();

@@ -1,8 +1,8 @@
 # Coder template snippet: start the Boundary agent when the workspace starts, and make the AI
 # CLIs run inside a boundary. Paste into your template beside the coder_agent resource; the
-# workspace image must contain /usr/local/bin/boundary and /etc/boundary/config.yaml (see
-# examples/), and the container must allow the agent its capabilities (README, "Deploying
-# the agent").
+# workspace image must have the `boundary` package (`cargo xtask dist`) and your policy in
+# /etc/boundary/config.yaml (see examples/), and the container must give the agent its
+# capabilities and a writable cgroup v2 hierarchy (README, "A workspace image").
 
 resource "coder_script" "boundary_agent" {
   agent_id     = coder_agent.main.id
@@ -14,8 +14,12 @@ resource "coder_script" "boundary_agent" {
   script = <<-EOT
     set -eu
     sudo boundary validate /etc/boundary/config.yaml
-    sudo systemctl start boundary-agent 2>/dev/null || \
-      (sudo nohup boundary agent --config /etc/boundary/config.yaml >/tmp/boundary-agent.log 2>&1 &)
+    # Already running when the image's entrypoint is /usr/sbin/boundary-entrypoint.
+    if [ ! -S /run/boundary/agent.sock ]; then
+      sudo systemctl start boundary-agent 2>/dev/null || \
+        (sudo sh -c 'nohup boundary agent --config /etc/boundary/config.yaml \
+          >>/var/log/boundary/agent.log 2>&1 &')
+    fi
     for i in $(seq 1 100); do [ -S /run/boundary/agent.sock ] && break; sleep 0.1; done
     boundary status
   EOT

@@ -18,7 +18,7 @@ pub fn run() -> Result<()> {
     setup::run(Scope::Demo)?;
     step("build boundary (release)")?;
     shell::cargo(&["build", "--release", "-p", "boundary-agent"])?;
-    let boundary = shell::workspace_root().join("target/release/boundary");
+    let boundary = shell::target_dir()?.join("release/boundary");
 
     let port = serve_on_both(Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3))?;
     let dir = std::env::temp_dir().join(format!("boundary-demo-{}", std::process::id()));

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use boundary_agent::error::{Error, Result};
-use boundary_agent::policy::{self, Policy};
+use boundary_agent::policy::{self, Policy, Rule, Target};
 use boundary_agent::resolver::{self, Resolver, ResolverConfig};
 use boundary_common::{PROTO_TCP, PROTO_UDP, RULE_DNS, RULE_LOOPBACK};
 
@@ -137,23 +137,30 @@ async fn check(args: &Args) -> Result<(bool, String)> {
     }
     match host {
         Host::Name(name) => {
-            if let Some(rule) = policy
-                .match_domain(&name, port)
-                .filter(|r| r.protocols & protocol != 0)
+            let naming: Vec<&Rule> = policy
+                .rules
+                .iter()
+                .filter(|r| matches!(&r.target, Target::Domain(p) if p.matches(&name)))
+                .collect();
+            if let Some(rule) = naming
+                .iter()
+                .find(|r| r.allows_port(port) && r.protocols & protocol != 0)
             {
                 return Ok((
                     true,
                     format!("{}: {}", shown(&name), describe(&policy, rule.id)),
                 ));
             }
-            // Not named by a rule: the kernel judges its addresses, so do the same.
+            // Rules that name it but do not apply here, or "no rule names it".
+            let why = not_applying(&policy, &naming, port, protocol);
+            // Not allowed by name: the kernel judges its addresses, so do the same.
             let ips = match resolver::resolve(&resolver_config, &name).await {
                 Ok((ips, _)) => ips,
                 Err(e) => {
                     return Ok((
                         false,
                         format!(
-                            "{}: no rule names it, and it could not be resolved ({e})",
+                            "{}: {why}, and it could not be resolved ({e})",
                             shown(&name)
                         ),
                     ))
@@ -162,17 +169,22 @@ async fn check(args: &Args) -> Result<(bool, String)> {
             if ips.is_empty() {
                 return Ok((
                     false,
-                    format!("{}: no rule names it and it does not resolve", shown(&name)),
+                    format!("{}: {why}, and it does not resolve", shown(&name)),
                 ));
             }
             let compiled = compile_all(&policy, &resolver_config).await?;
             for ip in &ips {
                 if let Some(id) = allowed(&compiled, *ip, port, protocol) {
+                    let dns = if naming.is_empty() {
+                        "boundary's DNS proxy does not answer this name (no domain rule names it)"
+                            .to_string()
+                    } else {
+                        format!("boundary's DNS proxy answers this name ({why})")
+                    };
                     return Ok((
                         true,
                         format!(
-                            "{} ({ip}): {}; by address only: boundary's DNS proxy does not \
-                             answer this name (no domain rule names it)",
+                            "{} ({ip}): {}; by address only: {dns}",
                             shown(&name),
                             describe(&policy, id)
                         ),
@@ -180,9 +192,14 @@ async fn check(args: &Args) -> Result<(bool, String)> {
                 }
             }
             let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+            let text = if naming.is_empty() {
+                "no rule allows it".to_string()
+            } else {
+                format!("no rule allows it: {why}")
+            };
             Ok((
                 false,
-                format!("{} ({}): no rule allows it", shown(&name), list.join(", ")),
+                format!("{} ({}): {text}", shown(&name), list.join(", ")),
             ))
         }
         Host::Ip(ip) => {
@@ -236,6 +253,60 @@ fn allowed(
                 .find_map(|p| policy::lookup(compiled, ip, p, protocol))
         }
     }
+}
+
+/// Why the rules that name a domain do not allow it on this port and protocol, e.g. "rule 2
+/// `domain=github.com port=443` (config.yaml:5) names it for port 443 only"; "no rule names
+/// it" when none does.
+fn not_applying(policy: &Policy, naming: &[&Rule], port: Option<u16>, protocol: u8) -> String {
+    if naming.is_empty() {
+        return "no rule names it".into();
+    }
+    let reasons: Vec<String> = naming
+        .iter()
+        .map(|r| {
+            let mut limits = Vec::new();
+            if !r.allows_port(port) {
+                let ports: Vec<String> = r
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        if p.lo == p.hi {
+                            p.lo.to_string()
+                        } else {
+                            format!("{}-{}", p.lo, p.hi)
+                        }
+                    })
+                    .collect();
+                let noun = if ports.len() == 1 && !ports[0].contains('-') {
+                    "port"
+                } else {
+                    "ports"
+                };
+                limits.push(format!("{noun} {}", ports.join(",")));
+            }
+            if r.protocols & protocol == 0 {
+                limits.push(protocol_names(r.protocols));
+            }
+            format!(
+                "{} names it for {} only",
+                describe(policy, r.id),
+                limits.join(" ")
+            )
+        })
+        .collect();
+    reasons.join("; ")
+}
+
+fn protocol_names(bits: u8) -> String {
+    let mut names = Vec::new();
+    if bits & PROTO_TCP != 0 {
+        names.push("tcp");
+    }
+    if bits & PROTO_UDP != 0 {
+        names.push("udp");
+    }
+    names.join("/")
 }
 
 fn describe(policy: &Policy, id: u32) -> String {

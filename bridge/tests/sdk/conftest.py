@@ -1,8 +1,9 @@
 """Fixtures for Bridge's end-to-end tests with the official Python SDKs.
 
 Builds nothing: `cargo xtask test` (or `cargo build -p bridge --bins`) builds first. The
-binaries come from BRIDGE_BIN / FAKE_UPSTREAM_BIN, defaulting to target/debug/. Everything
-listens on 127.0.0.1 on free ports; the store is a temp SQLite file; nothing leaves loopback.
+binaries come from BRIDGE_BIN / FAKE_UPSTREAM_BIN, defaulting to debug/ in cargo's target dir
+(CARGO_TARGET_DIR and build.target-dir respected). Everything listens on 127.0.0.1 on free
+ports; the store is a temp SQLite file; nothing leaves loopback.
 """
 
 import json
@@ -27,8 +28,27 @@ except ImportError:
 REMOTE_PROTOCOL_ERRORS = tuple(m.RemoteProtocolError for m in (httpx, httpx2) if m is not None)
 
 REPO = Path(__file__).resolve().parents[3]
-BRIDGE_BIN = os.environ.get("BRIDGE_BIN", str(REPO / "target" / "debug" / "llm-bridge"))
-FAKE_BIN = os.environ.get("FAKE_UPSTREAM_BIN", str(REPO / "target" / "debug" / "fake-upstream"))
+
+
+def cargo_target_dir() -> Path:
+    """Where cargo builds (CARGO_TARGET_DIR, build.target-dir or ./target), as cargo says."""
+    try:
+        out = subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=REPO, capture_output=True, check=True, text=True,
+        )
+        return Path(json.loads(out.stdout)["target_directory"])
+    except (OSError, subprocess.CalledProcessError, KeyError, ValueError):
+        return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+
+
+if "BRIDGE_BIN" in os.environ and "FAKE_UPSTREAM_BIN" in os.environ:
+    BRIDGE_BIN = os.environ["BRIDGE_BIN"]
+    FAKE_BIN = os.environ["FAKE_UPSTREAM_BIN"]
+else:
+    _DEBUG = cargo_target_dir() / "debug"
+    BRIDGE_BIN = os.environ.get("BRIDGE_BIN", str(_DEBUG / "llm-bridge"))
+    FAKE_BIN = os.environ.get("FAKE_UPSTREAM_BIN", str(_DEBUG / "fake-upstream"))
 
 ANTHROPIC_KEY = "sk-ant-server-side-key-for-tests"
 OPENAI_KEY = "sk-openai-server-side-key-for-tests"
