@@ -5,11 +5,11 @@
 //! never show a key's value.
 
 mod http_support;
+mod proc_support;
 mod store_support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use proc_support::{free_port, wait_listening, Proc};
+use std::process::{Command, Stdio};
 
 use http::Method;
 use http_support::{client, request, send, HttpClient};
@@ -18,40 +18,6 @@ use store_support::TempDir;
 
 const GOOD_KEY: &str = "sk-ant-pool-good-key";
 const HOT_KEY: &str = "sk-ant-pool-throttled-key";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16, child: &mut Proc, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "exited early ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listening on {port}");
-}
 
 async fn ask(c: &HttpClient, url: &str, token: &str) -> u16 {
     let (s, _, _) = send(
@@ -95,7 +61,7 @@ async fn a_throttled_key_fails_over_to_the_next_and_rests_for_its_retry_after() 
             .spawn()
             .unwrap(),
     );
-    wait_listening(up, &mut fake, &fake_log);
+    wait_listening(up, &mut fake.0, &fake_log);
     let port = free_port();
     let store = cwd.join("bridge.db").display().to_string();
     let config = cwd.join("bridge.yaml");
@@ -136,7 +102,7 @@ async fn a_throttled_key_fails_over_to_the_next_and_rests_for_its_retry_after() 
             .spawn()
             .unwrap(),
     );
-    wait_listening(port, &mut serve, &log);
+    wait_listening(port, &mut serve.0, &log);
     let c = client();
     let url = format!("http://127.0.0.1:{port}");
     for i in 0..8 {

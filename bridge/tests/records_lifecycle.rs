@@ -13,11 +13,13 @@
 //!   the journal and the log hold no secret.
 
 mod http_support;
+mod proc_support;
 mod store_support;
 
+use proc_support::{free_port, wait_listening, Proc};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge::record::Provider;
@@ -28,41 +30,6 @@ use store_support::{record, wait_until, Postgres, TempDir};
 
 const ANTHROPIC_KEY: &str = "sk-ant-fake-upstream-key";
 const OPENAI_KEY: &str = "sk-openai-fake-upstream-key";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child on drop so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(port: u16, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "exited early ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listening on 127.0.0.1:{port}");
-}
 
 /// `llm-bridge ARGS` in `cwd` with a clean environment.
 fn bridge(cwd: &Path, args: &[&str]) -> Output {

@@ -9,10 +9,12 @@
 //!   `metrics.token_file`, 401 without the bearer token; `/healthz` and `/readyz` stay open.
 
 mod http_support;
+mod proc_support;
 mod store_support;
 
+use proc_support::{free_port, wait_listening, Proc};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge::store::Store;
@@ -26,44 +28,6 @@ const OPENAI_KEY: &str = "sk-openai-replica-test-server-key";
 /// `keys::CACHE_TTL`: how long a replica may keep accepting a revoked key (README: "within 5
 /// seconds").
 const REVOCATION_WINDOW: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child on drop so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(port: u16, child: &mut Proc, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "exited early ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "nothing listening on 127.0.0.1:{port}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
 
 /// `llm-bridge` with a clean environment.
 fn bridge_cmd(cwd: &Path) -> Command {
@@ -98,7 +62,7 @@ fn fake_upstream(cwd: &Path) -> (Proc, u16) {
             .spawn()
             .unwrap(),
     );
-    wait_listening(port, &mut fake, &log);
+    wait_listening(port, &mut fake.0, &log);
     (fake, port)
 }
 
@@ -202,8 +166,8 @@ async fn two_replicas_on_one_postgres_migrate_together_share_keys_record_once_an
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = spawn_bridge(cwd, "a", port_a, &store, up, "");
     let mut b = spawn_bridge(cwd, "b", port_b, &store, up, "");
-    wait_listening(port_a, &mut a, &cwd.join("a.log"));
-    wait_listening(port_b, &mut b, &cwd.join("b.log"));
+    wait_listening(port_a, &mut a.0, &cwd.join("a.log"));
+    wait_listening(port_b, &mut b.0, &cwd.join("b.log"));
     let db = pg_client(&store).await;
     let versions: Vec<i64> = db
         .query(
@@ -376,8 +340,8 @@ async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_heal
         up,
         &format!("metrics:\n  listen: 127.0.0.1:{mport}\n  token_file: {token_file}\n"),
     );
-    wait_listening(port, &mut p, &cwd.join("own.log"));
-    wait_listening(mport, &mut p, &cwd.join("own.log"));
+    wait_listening(port, &mut p.0, &cwd.join("own.log"));
+    wait_listening(mport, &mut p.0, &cwd.join("own.log"));
     let main = format!("http://127.0.0.1:{port}");
     let side = format!("http://127.0.0.1:{mport}");
     assert_eq!(get(&c, &format!("{main}/metrics"), &[]).await.0, 404);
@@ -425,7 +389,7 @@ async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_heal
         up,
         &format!("metrics:\n  token_file: {token_file}\n"),
     );
-    wait_listening(port, &mut p, &cwd.join("token.log"));
+    wait_listening(port, &mut p.0, &cwd.join("token.log"));
     let main = format!("http://127.0.0.1:{port}");
     assert_eq!(get(&c, &format!("{main}/metrics"), &[]).await.0, 401);
     let (s, _, body) = get(
@@ -492,8 +456,8 @@ async fn two_replicas_share_one_budget_spent_through_either() {
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = spawn_bridge(cwd, "a", port_a, &store, up, "");
     let mut b = spawn_bridge(cwd, "b", port_b, &store, up, "");
-    wait_listening(port_a, &mut a, &cwd.join("a.log"));
-    wait_listening(port_b, &mut b, &cwd.join("b.log"));
+    wait_listening(port_a, &mut a.0, &cwd.join("a.log"));
+    wait_listening(port_b, &mut b.0, &cwd.join("b.log"));
     let c = client();
     let (url_a, url_b) = (
         format!("http://127.0.0.1:{port_a}"),

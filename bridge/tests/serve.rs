@@ -10,10 +10,12 @@
 
 mod http_support;
 mod otlp_support;
+mod proc_support;
 mod store_support;
 
+use proc_support::{free_port, wait_listening, Proc};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge::store::Store;
@@ -25,58 +27,6 @@ use store_support::{wait_until, Postgres, TempDir};
 
 const ANTHROPIC_KEY: &str = "sk-ant-serve-test-server-key";
 const OPENAI_KEY: &str = "sk-openai-serve-test-server-key";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "exited early ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listening on 127.0.0.1:{port}");
-}
-
-/// Kills the child on drop so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    /// SIGTERM, then the exit status (what systemd and container runtimes do).
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "bridge did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// `bridge` with a clean environment: no provider keys, store or OTLP settings inherited.
 fn bridge_cmd(cwd: &Path) -> Command {
@@ -201,7 +151,8 @@ async fn serve_without_a_config_uses_loopback_and_sqlite_in_the_working_director
         "ok"
     );
 
-    assert!(serve.terminate().success());
+    serve.terminate();
+    assert!(serve.wait_exit().success());
     let lines = log_lines(&log);
     let unconfigured: Vec<(&str, &str)> = lines
         .iter()
@@ -286,7 +237,8 @@ async fn serve_without_a_config_uses_loopback_and_sqlite_in_the_working_director
         &log,
     );
     wait_listening(port, &mut serve.0, &log);
-    assert!(serve.terminate().success());
+    serve.terminate();
+    assert!(serve.wait_exit().success());
     let lines = log_lines(&log);
     let configured = lines
         .iter()
@@ -503,7 +455,8 @@ async fn serve_on_postgres_keeps_answering_through_a_database_outage_and_loses_n
 
     // 4. SIGTERM right after a burst: shutdown flushes the records still in memory.
     exercise(&c, &url, &token, 3).await;
-    assert!(serve.terminate().success());
+    serve.terminate();
+    assert!(serve.wait_exit().success());
     assert_eq!(reader.count_interceptions().await.unwrap(), 12);
 
     let all = reader
@@ -583,7 +536,8 @@ async fn serve_exports_genai_spans_and_metrics_over_otlp_when_the_endpoint_is_se
     wait_listening(port, &mut serve.0, &log);
     let c = client();
     exercise(&c, &format!("http://127.0.0.1:{port}"), &token, 3).await;
-    assert!(serve.terminate().success()); // flushes the exporter
+    serve.terminate();
+    assert!(serve.wait_exit().success()); // flushes the exporter
 
     let got = received.lock().unwrap().clone();
     let traces: Vec<&Value> = got

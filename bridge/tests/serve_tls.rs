@@ -7,34 +7,19 @@
 //!   handshake), not garbage in plain text.
 //! - Plain HTTP sent to the TLS port gets no HTTP answer.
 
+mod proc_support;
 mod store_support;
 
+use proc_support::{free_port, Proc};
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use store_support::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA and a server certificate for 127.0.0.1 signed by it; returns the CA's DER.
 fn make_pki(dir: &Path) -> CertificateDer<'static> {
