@@ -1,7 +1,6 @@
 //! The crate's one error type. User-facing problems carry enough context (file, line, field,
 //! missing privilege) to be fixed without reading the source.
 
-use std::fmt;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,37 +44,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Every problem found in one config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub problems: Vec<Problem>,
-}
+pub use boundary_policy::{ConfigError, Problem};
 
-/// One problem, located.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub line: usize,
-    pub col: usize,
-    /// Dotted path of the field, e.g. `allowlist[2].ports` or `mode`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(
-                f,
-                "{}:{}:{}: {}: {}",
-                self.file, p.line, p.col, p.field, p.message
-            )?;
-        }
-        Ok(())
+impl From<boundary_policy::CompileError> for Error {
+    fn from(e: boundary_policy::CompileError) -> Error {
+        Error::Compile(e.0)
     }
 }
-
-impl std::error::Error for ConfigError {}

@@ -15,7 +15,8 @@
 
 pub mod error;
 
-pub mod policy;
+/// The policy language lives in its own crate (Bridge's control plane validates with it too).
+pub use boundary_policy as policy;
 pub mod resolver;
 
 pub mod dns;

@@ -1012,6 +1012,7 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                     ips.dedup();
                     let books = [&*s.resolver_book, s.learned.book()];
                     let added = policy::compile_hosts(&s.policy, &books, &s.dns_proxy, &ips)
+                        .map_err(crate::error::Error::from)
                         .and_then(|entries| s.enforcer.upsert(&entries));
                     if added.is_err() {
                         install(&mut s, "dns proxy");
@@ -1080,6 +1081,7 @@ fn lost(s: &PolicyLoop) -> (u64, u64) {
 fn install(s: &mut PolicyLoop, why: &str) {
     let books = [&*s.resolver_book, s.learned.book()];
     let result = policy::compile_books(&s.policy, &books, &s.dns_proxy)
+        .map_err(crate::error::Error::from)
         .and_then(|compiled| s.enforcer.apply(&compiled));
     if let Err(e) = result {
         tracing::error!(error = %e, trigger = why, "updating the kernel policy failed; the previous one stays in force");

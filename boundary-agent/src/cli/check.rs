@@ -222,7 +222,7 @@ async fn compile_all(policy: &Policy, config: &ResolverConfig) -> Result<policy:
     let mut resolver = Resolver::new(policy, config.clone());
     let book = resolver.resolve_initial().await;
     // The DNS proxy's own address is the session's, not known here; port 53 is handled above.
-    policy::compile(policy, &book, &[])
+    Ok(policy::compile(policy, &book, &[])?)
 }
 
 /// The rule allowing `ip` on `port` (or on any port when `None`).

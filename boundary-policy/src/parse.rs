@@ -686,7 +686,7 @@ fn split_list(value: Option<&str>) -> Vec<String> {
 }
 
 /// `443`, `8000-8100`, `80,443,8000-8100`.
-pub(crate) fn parse_ports(text: &str) -> Result<Vec<PortRange>, String> {
+pub fn parse_ports(text: &str) -> Result<Vec<PortRange>, String> {
     let mut ranges = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = match part.split_once('-') {
@@ -741,7 +741,7 @@ const MIN_LOG_FILE_SIZE: u64 = 4 << 10;
 const MAX_LOG_FILES: u32 = 1000;
 
 /// `1048576`, `500KB` (decimal), `64MiB` (binary), `1GiB`; units are case-insensitive.
-pub(crate) fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -770,7 +770,7 @@ fn parse_interval(text: &str) -> Option<Duration> {
 }
 
 /// `30`, `30s`, `5m`, `1h`.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => (&text[..i], &text[i..]),

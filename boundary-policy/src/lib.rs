@@ -17,7 +17,10 @@ use std::time::Duration;
 use boundary_common::{MAX_GRANTS, PROTO_TCP, PROTO_UDP, RULE_DNS, RULE_LOOPBACK};
 use ipnet::IpNet;
 
-use crate::error::{Error, Result};
+mod error;
+pub use error::{CompileError, ConfigError, Problem};
+
+type Result<T, E = CompileError> = std::result::Result<T, E>;
 
 mod addresses;
 pub mod parse;
@@ -467,7 +470,7 @@ fn entries(
             continue;
         }
         let grants = merge(grants).map_err(|n| {
-            Error::Compile(format!(
+            CompileError(format!(
                 "{net} would need {n} port grants (at most {MAX_GRANTS}); merge its rules' ports"
             ))
         })?;
@@ -592,7 +595,7 @@ pub fn lookup(compiled: &CompiledPolicy, ip: IpAddr, port: u16, protocol: u8) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse;
+    use crate::parse;
     use proptest::prelude::*;
 
     fn policy(yaml: &str) -> Policy {
