@@ -233,6 +233,7 @@ fn cpu_time(pid: u32) -> Duration {
         .unwrap_or_default()
 }
 
+#[derive(Clone)]
 struct ClosedLoop {
     req_per_s: f64,
     /// CPU µs per request used by each process: (load generator, fake upstream, bridge).
@@ -377,8 +378,12 @@ fn start_bridge(
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n{provider_extra}",
-            dir.join(format!("{name}-spool")).display()
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\n{}providers:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n{provider_extra}",
+            dir.join(format!("{name}-spool")).display(),
+            // Extra top-level settings for an experiment, e.g. "limits: {record_wait_ms: 0}".
+            std::env::var("BENCH_BRIDGE_CONFIG")
+                .map(|c| format!("{c}\n"))
+                .unwrap_or_default()
         ),
     )
     .expect("write bridge.yaml");
@@ -493,6 +498,78 @@ fn main() {
     if let Some((child, _, _)) = baseline {
         procs.0.push(child);
     }
+    // Optionally (BENCH_GOVERNANCE=1) the same build with governance configured, to measure
+    // what limits cost per request: "policy" has a model allow list, a deny list and a
+    // monthly budget; "rates" adds a requests-per-minute limit (one store upsert per request).
+    let governed: Vec<(&str, Child, Target, u32)> =
+        if std::env::var_os("BENCH_GOVERNANCE").is_some() {
+            let mut out = Vec::new();
+            for (name, rates) in [("policy", false), ("rates", true)] {
+                let port = free_port();
+                let store = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+                let cli = |args: &[&str]| {
+                    let out = Command::new(bin("llm-bridge"))
+                        .args(args)
+                        .args(["--store", &store])
+                        .stderr(Stdio::null())
+                        .output()
+                        .expect("llm-bridge");
+                    assert!(out.status.success(), "llm-bridge {args:?}");
+                    String::from_utf8_lossy(&out.stdout).trim().to_string()
+                };
+                let token = cli(&["keys", "create", "--user", "bench"]);
+                cli(&[
+                    "limits",
+                    "set",
+                    "--global",
+                    "--allow-models",
+                    "claude-*",
+                    "--deny-models",
+                    "claude-opus-*",
+                ]);
+                cli(&[
+                    "limits",
+                    "set",
+                    "--user",
+                    "bench",
+                    "--budget",
+                    "month=1000000",
+                ]);
+                if rates {
+                    cli(&[
+                        "limits",
+                        "set",
+                        "--user",
+                        "bench",
+                        "--requests-per-minute",
+                        "100000000",
+                    ]);
+                }
+                let (child, token) =
+                    start_bridge(&bin("llm-bridge"), &dir, name, up_port, port, token, "");
+                let pid = child.id();
+                out.push((
+                    name,
+                    child,
+                    Target {
+                        url: format!("http://127.0.0.1:{port}/anthropic/v1/messages"),
+                        key: token,
+                    },
+                    pid,
+                ));
+                wait_listening(port);
+            }
+            out
+        } else {
+            Vec::new()
+        };
+    let governed_targets: Vec<(&str, Target, u32)> = governed
+        .iter()
+        .map(|(n, _, t, pid)| (*n, t.clone(), *pid))
+        .collect();
+    for (_, child, _, _) in governed {
+        procs.0.push(child);
+    }
     wait_listening(up_port);
     wait_listening(br_port);
     if let Some((_, _, port)) = &baseline_target {
@@ -515,6 +592,9 @@ fn main() {
         // Warm up connection pools, the token cache and the SQLite file.
         let mut targets = vec![&direct, &via];
         if let Some((t, _, _)) = &baseline_target {
+            targets.push(t);
+        }
+        for (_, t, _) in &governed_targets {
             targets.push(t);
         }
         for t in targets {
@@ -552,6 +632,21 @@ fn main() {
                 vs_baseline.push((stream, d.req_per_s, mean(&base_runs), mean(&this_runs)));
             }
             tput.push((stream, d, b));
+        }
+        // Governance against none, same build: alternate short rounds so all see one load.
+        let mut governance = Vec::new();
+        if !governed_targets.is_empty() {
+            for stream in [false, true] {
+                let mut plain = Vec::new();
+                let mut each: Vec<Vec<ClosedLoop>> = vec![Vec::new(); governed_targets.len()];
+                for _round in 0..6 {
+                    plain.push(closed_loop(&client, &via, stream, 64, 2, pids).await);
+                    for (i, (_, t, pid)) in governed_targets.iter().enumerate() {
+                        each[i].push(closed_loop(&client, t, stream, 64, 2, (pids.0, pids.1, *pid)).await);
+                    }
+                }
+                governance.push((stream, mean(&plain), each.iter().map(|r| mean(r)).collect::<Vec<_>>()));
+            }
         }
         let idle_rss = rss_kib(bridge_pid, "VmRSS:");
         let (rss, open) = concurrent_streams(&via, streams, bridge_pid).await;
@@ -591,6 +686,22 @@ fn main() {
                     d, base.req_per_s, this.req_per_s, this.req_per_s / base.req_per_s,
                     base.req_per_s / d, this.req_per_s / d,
                     base.cpu_us_per_req.2, this.cpu_us_per_req.2
+                );
+            }
+        }
+        if !governance.is_empty() {
+            println!("\nGovernance (BENCH_GOVERNANCE): the same build without limits, with a model policy and a budget (\"policy\"), and with a requests-per-minute limit too (\"rates\"); closed loop, 64 clients, six alternating rounds of 2 s each (means):\n");
+            println!("| mode | no limits req/s | bridge CPU µs/req | {} |", governed_targets.iter().map(|(n, _, _)| format!("{n}: req/s, CPU µs/req, CPU vs none")).collect::<Vec<_>>().join(" | "));
+            println!("|---|---|---|{}", "---|".repeat(governed_targets.len()));
+            for (stream, plain, each) in &governance {
+                let cells: Vec<String> = each
+                    .iter()
+                    .map(|g| format!("{:.0}, {:.1}, {:.3}×", g.req_per_s, g.cpu_us_per_req.2, g.cpu_us_per_req.2 / plain.cpu_us_per_req.2))
+                    .collect();
+                println!(
+                    "| {} | {:.0} | {:.1} | {} |",
+                    if *stream { "streaming (SSE)" } else { "non-streaming" },
+                    plain.req_per_s, plain.cpu_us_per_req.2, cells.join(" | ")
                 );
             }
         }

@@ -939,7 +939,7 @@ mod tests {
     #[test]
     fn data_settings_come_from_the_config_and_bad_ones_name_their_line() {
         let c = parse(
-            "prompt_recording: redacted\nretention:\n  interceptions: 400d\n  prompts: 30d\nlimits:\n  record_wait_ms: 0\n",
+            "prompt_recording: redacted\nretention:\n  interceptions: 400d\n  prompts: 30d\nlimits:\n  record_wait_ms: 2500\n",
         )
         .unwrap();
         assert_eq!(c.prompt_recording, PromptRecording::Redacted);
@@ -949,11 +949,11 @@ mod tests {
             c.retention.purge_interval,
             crate::retention::DEFAULT_PURGE_INTERVAL
         );
-        assert_eq!(c.limits.record_wait, Duration::ZERO);
+        assert_eq!(c.limits.record_wait, Duration::from_millis(2500));
         let d = parse("").unwrap();
         assert_eq!(d.prompt_recording, PromptRecording::Full);
         assert!(!d.retention.is_set());
-        assert_eq!(d.limits.record_wait, crate::proxy::RECORD_WAIT);
+        assert_eq!(d.limits.record_wait, Duration::ZERO);
         let e = parse("retention:\n  interceptions: 30d\n  prompts: 90d\n")
             .unwrap_err()
             .to_string();

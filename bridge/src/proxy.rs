@@ -20,11 +20,12 @@
 //! so the record gets the usage the provider reports at the end of its answer.
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
 //! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
-//! and the very end of the response: its last bytes (known length), a stream's terminal event
-//! (where SDKs stop reading) or the end of a chunked body are held until the final record is
-//! durable ([`Hold`], at most `limits.record_wait_ms`), so a command run right after a
-//! request sees it, on whichever replica served it. Group commit in the recorder makes that
-//! one short transaction shared by all requests ending at once.
+//! and, with `limits.record_wait_ms` set (read-after-write; off by default), the very end of
+//! the response: its last bytes (known length), a stream's terminal event (where SDKs stop
+//! reading) or the end of a chunked body are held until the final record is durable
+//! ([`Hold`]), so a command run right after a request sees it, on whichever replica served
+//! it. Group commit in the recorder makes that one short transaction shared by all requests
+//! ending at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,8 +62,10 @@ use crate::providers::{
 };
 use crate::record::{InterceptionRecord, Outcome, Provider, Usage, WorkspaceContext};
 
-/// Default of [`Limits::record_wait`]: long enough for SQLite's busy timeout and the spool's
-/// fsync when the store is down; a response is never failed.
+/// A sensible [`Limits::record_wait`] for read-after-write (`limits.record_wait_ms: 5000`):
+/// long enough for SQLite's busy timeout and the spool's fsync when the store is down; a
+/// response is never failed. Off by default: waiting for the commit costs every request CPU
+/// and milliseconds of tail latency (BENCHMARKS.md).
 pub const RECORD_WAIT: Duration = Duration::from_secs(5);
 
 /// Error type of the bodies the gateway sends.
@@ -136,7 +139,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(60),
             drain_max_bytes: 16 * 1024 * 1024,
             max_recorded_prompt_bytes: 64 * 1024,
-            record_wait: RECORD_WAIT,
+            record_wait: Duration::ZERO,
             observe: ObserveLimits::default(),
         }
     }

@@ -99,7 +99,8 @@ fn start_bridge(cwd: &Path, name: &str, up_port: u16, extra: &str) -> Running {
     std::fs::write(
         cwd.join(&config),
         format!(
-            "listen: 127.0.0.1:{port}\nproviders:\n  anthropic: {{ base_url: \"http://127.0.0.1:{up_port}\", api_key: {ANTHROPIC_KEY} }}\n  openai:    {{ base_url: \"http://127.0.0.1:{up_port}\", api_key: {OPENAI_KEY} }}\n{extra}"
+            // Read-after-write on: these tests prove a record is stored before its response ends.
+            "listen: 127.0.0.1:{port}\nlimits: {{ record_wait_ms: 5000 }}\nproviders:\n  anthropic: {{ base_url: \"http://127.0.0.1:{up_port}\", api_key: {ANTHROPIC_KEY} }}\n  openai:    {{ base_url: \"http://127.0.0.1:{up_port}\", api_key: {OPENAI_KEY} }}\n{extra}"
         ),
     )
     .unwrap();

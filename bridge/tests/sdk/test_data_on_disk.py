@@ -28,8 +28,9 @@ def secret_prompt() -> str:
 
 
 def start(tmp_path, mode):
+    # Read-after-write on: the tests read the store right after each call.
     b = Bridge(tmp_path)
-    b.config.write_text(b.config.read_text() + f"prompt_recording: {mode}\n")
+    b.config.write_text(b.config.read_text() + f"prompt_recording: {mode}\nlimits: {{ record_wait_ms: 5000 }}\n")
     return b.start()
 
 
@@ -63,8 +64,11 @@ def everything_on_disk(b) -> str:
 def test_a_report_right_after_an_sdk_call_counts_it(tmp_path):
     """Each SDK call, streaming or not, is in the store when it returns. Streaming SDKs stop
     reading at the terminal event (`message_stop`, `[DONE]`, `response.completed`), before the
-    HTTP body ends: the bridge holds that event until the record is stored."""
-    b = Bridge(tmp_path).start()
+    HTTP body ends: with `limits.record_wait_ms` the bridge holds that event until the record
+    is stored."""
+    b = Bridge(tmp_path)
+    b.config.write_text(b.config.read_text() + "limits: { record_wait_ms: 5000 }\n")
+    b.start()
     try:
         a = anthropic.Anthropic(base_url=f"{b.url}/anthropic", api_key=b.token, max_retries=0)
         o = openai.OpenAI(base_url=f"{b.url}/openai/v1", api_key=b.token, max_retries=0)
