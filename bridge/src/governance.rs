@@ -593,6 +593,11 @@ impl Governance {
         let _ = self.notices.set((thresholds, notify));
     }
 
+    /// Whether any scope has a budget (else no spend needs counting).
+    pub fn has_budgets(&self) -> bool {
+        self.current().has_budgets
+    }
+
     /// `Some(reason)` when a budget that applies to `who` is used up.
     pub fn over_budget(&self, who: &Requester) -> Option<String> {
         let snap = self.current();

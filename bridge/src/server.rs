@@ -54,23 +54,22 @@ struct RecorderSink {
 }
 
 impl RecorderSink {
-    /// Budgets count a finished request's cost on this replica right away.
+    /// Budgets and rate limits count a finished request's cost and tokens on this replica
+    /// right away (the recorder prices it again for the record; only when a budget exists).
     fn count_spend(&self, rec: &InterceptionRecord) {
-        if let Some(model) = &rec.model {
-            if let Some(cost) = self.pricing.cost(model, &rec.usage) {
-                let who = Requester {
-                    user: &rec.user,
-                    key_id: rec.key_id.as_deref(),
-                    template: rec.context.template.as_deref(),
-                };
-                self.governance.add_spend(&who, cost);
-            }
-        }
         let who = Requester {
             user: &rec.user,
             key_id: rec.key_id.as_deref(),
             template: rec.context.template.as_deref(),
         };
+        let cost = || {
+            rec.model
+                .as_ref()
+                .and_then(|m| self.pricing.cost(m, &rec.usage))
+        };
+        if let Some(cost) = self.governance.has_budgets().then(cost).flatten() {
+            self.governance.add_spend(&who, cost);
+        }
         self.governance
             .add_tokens(&who, rec.usage.input_tokens, rec.usage.output_tokens);
     }

@@ -144,8 +144,7 @@ fn spool_dir_from_config(path: &Path) -> Option<PathBuf> {
     struct OnlySpool {
         spool_dir: Option<PathBuf>,
     }
-    let text = std::fs::read_to_string(path).ok()?;
-    let parsed: OnlySpool = bridge::yaml::from_str(&text).ok()?;
+    let parsed: OnlySpool = config_part(path).ok()?;
     Some(
         parsed
             .spool_dir
@@ -158,11 +157,16 @@ fn store_from_config(path: &Path) -> anyhow::Result<String> {
     struct OnlyStore {
         store: Option<String>,
     }
+    let parsed: OnlyStore = config_part(path)?;
+    Ok(parsed.store.unwrap_or_else(|| "bridge.db".into()))
+}
+
+/// The part of a bridge.yaml a command needs (`T` ignores the other keys), without what
+/// `serve` needs besides (provider keys in the environment); errors name the file and line.
+pub fn config_part<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    let parsed: OnlyStore =
-        bridge::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
-    Ok(parsed.store.unwrap_or_else(|| "bridge.db".into()))
+    bridge::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
 }
 
 /// Output format of listings and reports.

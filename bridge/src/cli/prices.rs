@@ -155,17 +155,14 @@ fn describe(how: &Match) -> String {
     }
 }
 
-/// The pricing part of a bridge.yaml, without what `serve` needs besides (provider keys).
+/// The pricing part of a bridge.yaml.
 fn table_from_config(path: &Path) -> anyhow::Result<PricingTable> {
     #[derive(serde::Deserialize)]
     struct OnlyPricing {
         price_list: Option<PathBuf>,
         pricing: Option<BTreeMap<String, ModelPrice>>,
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    let parsed: OnlyPricing =
-        bridge::yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
+    let parsed: OnlyPricing = super::config_part(path)?;
     let list = match &parsed.price_list {
         Some(file) => PriceList::load(file).map_err(|e| {
             anyhow::anyhow!("{}: price_list {}: {e}", path.display(), file.display())
