@@ -758,6 +758,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     };
     let mut env: Vec<(&str, String)> = session.env().to_vec();
     env.extend(confinement.user_env());
+    let signals = ForwardedSignals::install();
     let spawned = spawn(&opts.command, &env, confinement);
     drop(child_end);
     let child = match spawned {
@@ -776,7 +777,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
         }
     }
     let child_pid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
-    let status = wait_forwarding_signals(child, child_pid).await;
+    let status = wait_forwarding_signals(child, child_pid, signals).await;
     let code = exit_code(&status);
     session
         .finish(end_fields(code, status.signal(), None))
@@ -879,33 +880,48 @@ pub fn spawn(
     })
 }
 
+/// The signals a supervisor forwards, caught from the moment this exists. Installed before the
+/// command is spawned: a signal that arrived between the spawn and the first wait would
+/// otherwise take its default action on boundary itself (SIGQUIT dumps core) instead of
+/// reaching the command.
+pub struct ForwardedSignals(mpsc::UnboundedReceiver<Signal>);
+
+impl ForwardedSignals {
+    pub fn install() -> ForwardedSignals {
+        let kinds = [
+            (SignalKind::terminate(), Signal::SIGTERM),
+            (SignalKind::interrupt(), Signal::SIGINT),
+            (SignalKind::hangup(), Signal::SIGHUP),
+            (SignalKind::quit(), Signal::SIGQUIT),
+            (SignalKind::user_defined1(), Signal::SIGUSR1),
+            (SignalKind::user_defined2(), Signal::SIGUSR2),
+            (SignalKind::window_change(), Signal::SIGWINCH),
+        ];
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (kind, sig) in kinds {
+            // Registration happens here, synchronously: from now on the signal is caught.
+            if let Ok(mut stream) = signal(kind) {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(sig).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        ForwardedSignals(rx)
+    }
+}
+
 /// Waits for the child, forwarding the signals a supervisor is expected to forward.
 pub async fn wait_forwarding_signals(
     mut child: tokio::process::Child,
     pid: Pid,
+    signals: ForwardedSignals,
 ) -> std::process::ExitStatus {
-    let kinds = [
-        (SignalKind::terminate(), Signal::SIGTERM),
-        (SignalKind::interrupt(), Signal::SIGINT),
-        (SignalKind::hangup(), Signal::SIGHUP),
-        (SignalKind::quit(), Signal::SIGQUIT),
-        (SignalKind::user_defined1(), Signal::SIGUSR1),
-        (SignalKind::user_defined2(), Signal::SIGUSR2),
-        (SignalKind::window_change(), Signal::SIGWINCH),
-    ];
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    for (kind, sig) in kinds {
-        if let Ok(mut stream) = signal(kind) {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while stream.recv().await.is_some() {
-                    if tx.send(sig).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    }
+    let mut rx = signals.0;
     loop {
         tokio::select! {
             status = child.wait() => {

@@ -115,10 +115,11 @@ pub async fn run(opts: ClientRun) -> Result<i32> {
         }
     });
 
+    let signals = session::ForwardedSignals::install();
     let (code, signal) = match session::spawn(&opts.command, &env, confinement) {
         Ok(child) => {
             let pid = Pid::from_raw(child.id().map(|p| p as i32).unwrap_or(0));
-            let status = session::wait_forwarding_signals(child, pid).await;
+            let status = session::wait_forwarding_signals(child, pid, signals).await;
             (session::exit_code(&status), status.signal())
         }
         Err((code, message)) => {

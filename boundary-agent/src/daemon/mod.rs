@@ -247,7 +247,7 @@ async fn confine_workspace(agent: &Arc<Agent>, path: &Path) -> Result<Session> {
         )
         .map_err(|e| {
             Error::Agent(format!(
-                "the agent runs inside {} and could not move itself to {}: {e}; start it in                  an --exempt-cgroup",
+                "the agent runs inside {} and could not move itself to {}: {e}; start it in an --exempt-cgroup",
                 path.display(),
                 own_cgroup.display()
             ))
