@@ -1148,3 +1148,116 @@ async fn require_session_refuses_requests_without_a_credential_and_disabling_the
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_long_poll_is_answered_304_at_once_when_the_bridge_stops() {
+    let dir = TempDir::new("cp-stop");
+    let cwd = dir.path();
+    let store = cwd.join("bridge.db").display().to_string();
+    let (_, token) = create_agent(cwd, &store, &["--template", "t1"]);
+    assert!(push(cwd, &store, "t1", GOOD_POLICY, &[]).status.success());
+    let (mut bridge, url) = serve(cwd, "bridge", &store, None, "");
+    let c = client();
+    let poll_url = format!("{url}/boundary/v1/policy?wait=60");
+    let poller = tokio::spawn(async move {
+        let r = agent_call(
+            &c,
+            Method::GET,
+            &poll_url,
+            &token,
+            &[("if-none-match", "\"t1:1\"")],
+            "",
+        )
+        .await;
+        (r, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!poller.is_finished());
+    bridge.terminate();
+    let stopped = Instant::now();
+    let ((s, h, _), answered) = poller.await.unwrap();
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    assert_eq!(h["etag"], "\"t1:1\"");
+    assert!(
+        answered - stopped < Duration::from_secs(2),
+        "{:?}",
+        answered - stopped
+    );
+    assert!(bridge.wait_exit().success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
+#[test]
+fn concurrent_pushes_to_one_template_on_postgres_get_distinct_versions() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("cp-concurrent");
+    let cwd = dir.path();
+    let store = pg.url();
+    // The store exists (migrated) before the pushes race.
+    cli(cwd, &store, &["policy", "list"]);
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let file = cwd.join(format!("p{i}.yaml"));
+            std::fs::write(
+                &file,
+                format!("{GOOD_POLICY}  - domain=host{i}.example.org\n"),
+            )
+            .unwrap();
+            bridge_cmd(cwd)
+                .args([
+                    "policy",
+                    "push",
+                    "--template",
+                    "shared",
+                    file.to_str().unwrap(),
+                    "--store",
+                    &store,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let history: Value = serde_json::from_str(&cli(
+        cwd,
+        &store,
+        &[
+            "policy",
+            "history",
+            "--template",
+            "shared",
+            "--format",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let versions: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    let mut shas: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["sha256"].as_str().unwrap())
+        .collect();
+    shas.sort();
+    shas.dedup();
+    assert_eq!(shas.len(), 4, "each push stored once: {history}");
+}
