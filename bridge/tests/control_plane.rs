@@ -1261,3 +1261,69 @@ fn concurrent_pushes_to_one_template_on_postgres_get_distinct_versions() {
     shas.dedup();
     assert_eq!(shas.len(), 4, "each push stored once: {history}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_down_a_credential_seen_before_keeps_working_and_an_unseen_one_is_refused_503(
+) {
+    let pg = Postgres::start();
+    let dir = TempDir::new("cp-outage");
+    let cwd = dir.path();
+    let store = pg.url();
+    let (_fake, up) = fake_upstream(cwd);
+    let (_, token) = create_agent(cwd, &store, &["--template", "python-dev"]);
+    let key = cli(cwd, &store, &["keys", "create", "--user", "erin"])
+        .trim()
+        .to_string();
+    // No read-after-write: with the store down, records go to the spool.
+    let port = free_port();
+    let config = cwd.join("b.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up}\n    api_key: {ANTHROPIC_KEY}\n",
+            cwd.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = cwd.join("b.log");
+    let mut bridge = Proc(
+        bridge_cmd(cwd)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, &mut bridge.0, &log);
+    let url = format!("http://127.0.0.1:{port}");
+    let c = client();
+    let seen = register_session(&c, &url, &token, "seen").await;
+    let unseen = register_session(&c, &url, &token, "unseen").await;
+    let (s, body) = message(&c, &url, &key, &[("x-bridge-session-token", &seen)]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    pg.stop();
+    // Past the cache's 5 s: the check goes to the store, which is down.
+    tokio::time::sleep(SESSION_CACHE_TTL + Duration::from_millis(200)).await;
+    let (s, body) = message(&c, &url, &key, &[("x-bridge-session-token", &seen)]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = message(&c, &url, &key, &[("x-bridge-session-token", &unseen)]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("cannot verify session credentials"), "{body}");
+    // The agent API says the store is unavailable.
+    let (s, _, body) = agent_call(
+        &c,
+        Method::GET,
+        &format!("{url}/boundary/v1/policy"),
+        &token,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        error_of(&body).starts_with("control plane store unavailable"),
+        "{body}"
+    );
+    pg.restart();
+}
