@@ -1101,6 +1101,30 @@ async fn session_credentials_attribute_requests_to_the_enrolment_and_bad_or_miss
         "credential in the log"
     );
 
+    // A session registered late (its agent could not reach the control plane at first): its
+    // credential is refused until the registration lands, then accepted within a second.
+    let late = format!("bnd_sess_late_{}", "Q".repeat(43));
+    let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &late)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(register_session(&c, &url, &token, "late").await, late);
+    let registered = Instant::now();
+    loop {
+        let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &late)]).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(
+            registered.elapsed() < Duration::from_secs(2),
+            "late registration not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "late registration: accepted after {:?}",
+        registered.elapsed()
+    );
+
     // Ending the session: its credential is refused within the cache's 5 s.
     let cred2 = register_session(&c, &url, &token, "sess-2").await;
     let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &cred2)]).await;

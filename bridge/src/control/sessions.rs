@@ -11,7 +11,8 @@
 //!
 //! Verified credentials are cached in memory for [`CACHE_TTL`] (like user keys), so the hot
 //! path costs no query per request: a revoked agent or an ended session stops being accepted
-//! within those 5 seconds.
+//! within those 5 seconds. Unknown credentials are remembered for [`NEGATIVE_CACHE_TTL`]
+//! only, so a session registered late is accepted within a second of its registration.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,10 @@ use crate::store::{Store, Value};
 
 /// How long a credential check is trusted before asking the store again.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long an unknown credential stays refused without asking again: short, because an
+/// agent whose control plane was unreachable registers its session late (the session starts
+/// anyway), and its credential must work soon after the registration lands.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Beyond this many cached credentials, expired entries are evicted.
 const CACHE_MAX: usize = 10_000;
 
@@ -248,8 +253,16 @@ impl SessionGate {
         let now = Instant::now();
         let stale = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = |e: &CacheEntry| {
+                let ttl = if e.found.is_some() {
+                    self.ttl
+                } else {
+                    self.ttl.min(NEGATIVE_CACHE_TTL)
+                };
+                now.duration_since(e.fetched) < ttl
+            };
             match cache.get(&hash) {
-                Some(e) if now.duration_since(e.fetched) < self.ttl => return Ok(e.found.clone()),
+                Some(e) if fresh(e) => return Ok(e.found.clone()),
                 Some(e) => Some(e.found.clone()),
                 None => None,
             }
