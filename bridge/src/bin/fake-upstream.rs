@@ -437,16 +437,18 @@ async fn switch_key(req: Request<Incoming>) -> Response<FakeBody> {
     json_response(200, json!({"keys": switches.len()}), "request-id")
 }
 
-/// A switched key's answer: `Err(response)` for a status; `Ok(true)` when it is accepted.
-fn key_switch(req: &Request<Incoming>) -> Result<bool, Response<FakeBody>> {
-    let Some(key) = request_key(req.headers()) else {
-        return Ok(false);
-    };
+/// The switch of the key a request carries, if it has one.
+fn key_switch(req: &Request<Incoming>) -> Option<KeyAnswer> {
+    let key = request_key(req.headers())?;
     let switches = KEY_SWITCHES.lock().unwrap_or_else(|p| p.into_inner());
-    match switches.iter().find(|(k, _)| k == key).map(|(_, a)| *a) {
-        None => Ok(false),
-        Some(KeyAnswer::Ok) => Ok(true),
-        Some(KeyAnswer::Status(status, retry_after)) => {
+    switches.iter().find(|(k, _)| k == key).map(|(_, a)| *a)
+}
+
+/// The error a switched key gets, in the format of the route's provider.
+fn switched_key_error(req: &Request<Incoming>, answer: KeyAnswer) -> Option<Response<FakeBody>> {
+    match answer {
+        KeyAnswer::Ok => None,
+        KeyAnswer::Status(status, retry_after) => {
             let anthropic = req.uri().path().ends_with("/v1/messages");
             let mut r = match (status, anthropic) {
                 (429, true) => anthropic_error(
@@ -478,7 +480,7 @@ fn key_switch(req: &Request<Incoming>) -> Result<bool, Response<FakeBody>> {
             if let Some(s) = retry_after {
                 r.headers_mut().insert("retry-after", HeaderValue::from(s));
             }
-            Err(r)
+            Some(r)
         }
     }
 }
@@ -495,10 +497,11 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     if let Some(r) = throttled(&req, keys) {
         return r;
     }
-    let accepted_switched_key = match key_switch(&req) {
-        Ok(accepted) => accepted,
-        Err(r) => return r,
-    };
+    let switched = key_switch(&req);
+    if let Some(r) = switched.and_then(|a| switched_key_error(&req, a)) {
+        return r;
+    }
+    let accepted_switched_key = matches!(switched, Some(KeyAnswer::Ok));
     if let Some(how) = req
         .headers()
         .get("x-fake-misbehave")

@@ -25,7 +25,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// (signal path: `/v1/traces`, `/v1/metrics` or `/v1/logs`; headers or gRPC metadata, names
 /// lower-case; the request as OTLP/JSON).
-pub type Received = Arc<Mutex<Vec<(String, Vec<(String, String)>, Value)>>>;
+pub type Received = Arc<Mutex<Vec<Export>>>;
+
+/// One export request: (signal path, headers, body as OTLP/JSON).
+pub type Export = (String, Vec<(String, String)>, Value);
 
 fn to_json(path: &str, body: &[u8]) -> Value {
     match path {
@@ -188,7 +191,7 @@ pub fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
 
 /// Every item of one signal across the received requests: `("/v1/traces", "spans")`,
 /// `("/v1/logs", "logRecords")`, `("/v1/metrics", "metrics")`.
-pub fn items(got: &[(String, Vec<(String, String)>, Value)], path: &str) -> Vec<Value> {
+pub fn items(got: &[Export], path: &str) -> Vec<Value> {
     let (outer, scoped, list) = match path {
         "/v1/traces" => ("resourceSpans", "scopeSpans", "spans"),
         "/v1/logs" => ("resourceLogs", "scopeLogs", "logRecords"),
