@@ -727,3 +727,38 @@ async fn serve_answers_at_full_speed_while_the_otlp_collector_is_stalled() {
     serve.terminate();
     assert!(serve.wait_exit().success());
 }
+
+/// A bad OTLP setting stops `serve` before it listens, with an error naming the variable and
+/// without the value of a header (it may be a vendor key).
+#[test]
+fn serve_refuses_a_bad_otlp_setting_naming_the_variable() {
+    let dir = TempDir::new("serve-otlp-bad");
+    let cwd = dir.path();
+    let port = free_port();
+    for (var, value, secret) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", None),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "api-key-vendor-s3cret-without-equals",
+            Some("s3cret"),
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", None),
+    ] {
+        let log = cwd.join("bad.log");
+        let mut serve = spawn_serve(
+            cwd,
+            &["--listen", &format!("127.0.0.1:{port}")],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                (var, value),
+            ],
+            &log,
+        );
+        assert!(!serve.wait_exit().success(), "{var}={value} accepted");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(var), "{var}: {text}");
+        if let Some(s) = secret {
+            assert!(!text.contains(s), "{text}");
+        }
+    }
+}

@@ -209,14 +209,17 @@ fn key_values(s: Option<String>, name: &str) -> Result<Vec<(String, String)>, Er
     s.unwrap_or_default()
         .split(',')
         .filter(|kv| !kv.trim().is_empty())
-        .map(|kv| {
+        .enumerate()
+        .map(|(i, kv)| {
             kv.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), percent_decode(v.trim())))
                 .filter(|(k, _)| !k.is_empty())
+                // Entries may hold secrets (a vendor key): the error names the entry's place.
                 .ok_or_else(|| {
-                    // The value may be a secret: name the key only.
-                    let key = kv.split('=').next().unwrap_or_default().trim();
-                    Error::Telemetry(format!("{name}: entry {key:?} is not key=value"))
+                    Error::Telemetry(format!(
+                        "{name}: entry {} is not key=value (expected key=value,key2=value2)",
+                        i + 1
+                    ))
                 })
         })
         .collect()
