@@ -176,7 +176,7 @@ async fn a_stalled_collector_costs_a_bounded_span_queue_and_the_spans_beyond_it_
 ) {
     use bridge::telemetry::otlp::{SPAN_BATCH, SPAN_QUEUE};
     let mut config = OtlpConfig::new(Protocol::HttpProtobuf, &stalled_collector().await);
-    config.timeout = Duration::from_secs(2);
+    config.timeout = Duration::from_secs(5);
     let telemetry = Telemetry::with_otlp("bridge-test", config).unwrap();
     let n = SPAN_QUEUE + SPAN_BATCH + 2000;
     let mut slowest = Duration::ZERO;
@@ -200,7 +200,7 @@ async fn a_stalled_collector_costs_a_bounded_span_queue_and_the_spans_beyond_it_
         (n - SPAN_QUEUE - SPAN_BATCH..=n - SPAN_QUEUE).contains(&dropped),
         "{dropped} of {n} spans dropped; expected all but the queue ({SPAN_QUEUE}) and at most one batch ({SPAN_BATCH})"
     );
-    // Nothing waited for the collector: no observation came near the export timeout (2 s).
+    // Nothing waited for the collector: no observation came near the export timeout (5 s).
     assert!(
         slowest < Duration::from_millis(500),
         "slowest observation {slowest:?}"
@@ -298,7 +298,7 @@ async fn events_are_exported_as_otlp_log_records_over_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_beyond_the_log_queue_of_a_stalled_collector_are_dropped_and_counted() {
     let mut config = OtlpConfig::new(Protocol::Grpc, &stalled_collector().await);
-    config.timeout = Duration::from_secs(2);
+    config.timeout = Duration::from_secs(5);
     config.log_queue = 100;
     let telemetry = Telemetry::with_otlp("bridge-test", config).unwrap();
     let mut slowest = Duration::ZERO;
