@@ -161,6 +161,12 @@ impl Telemetry {
         self.otlp.as_ref().map(|o| o.logs_dropped())
     }
 
+    /// Whether OTLP export is on: callers that must build the attributes first (parse a stored
+    /// event) can skip that work when it is off.
+    pub fn otlp_enabled(&self) -> bool {
+        self.otlp.is_some()
+    }
+
     /// Sends one event as an OTLP log record (body = `event_name`, attributes = the fields,
     /// nested objects flattened to dotted keys, arrays kept as arrays), batched with the
     /// spans' settings and exported to the logs endpoint (`/v1/logs`). Never blocks: with the

@@ -232,6 +232,7 @@ fn boundary_event() -> serde_json::Map<String, Value> {
 
 async fn events_leave_as_log_records(config: OtlpConfig, received: Received) {
     let telemetry = Telemetry::with_otlp("bridge-test", config).unwrap();
+    assert!(telemetry.otlp_enabled() && !Telemetry::metrics_only("off").otlp_enabled());
     let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T08:39:30.562212947Z")
         .unwrap()
         .with_timezone(&Utc);
