@@ -4,8 +4,9 @@
 //! in memory here and rendered in the Prometheus text format for `GET /metrics`; the metric
 //! set is small and fixed, so a hand-rolled registry avoids a dependency and its build time.
 //! The recorder feeds this module once per finished request; the request path only moves the
-//! in-flight gauge. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the same observations are
-//! exported as OTLP GenAI spans and metrics ([`otlp`]).
+//! in-flight gauge. When an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT` and the other
+//! standard `OTEL_*` variables), the same observations are exported as OTLP GenAI spans and
+//! metrics, and [`Telemetry::emit_log`] sends log records (Boundary events) ([`otlp`]).
 //!
 //! Model names come from clients, so they are bounded before becoming labels: a model gets
 //! its own label only if it is priced (the recorder found it in the pricing table) and fewer
@@ -114,18 +115,36 @@ impl Telemetry {
             .with_writer(std::io::stderr)
             .try_init()
             .is_err();
-        let service_name =
-            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.into());
-        match otlp::OtlpConfig::from_env()? {
+        let config = otlp::OtlpConfig::from_env()?;
+        // OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES.
+        let service_name = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                config.as_ref().and_then(|c| {
+                    c.resource
+                        .iter()
+                        .find(|(k, _)| k == "service.name")
+                        .map(|(_, v)| v.clone())
+                })
+            })
+            .unwrap_or_else(|| service_name.into());
+        match config {
             Some(config) => {
-                tracing::info!(endpoint = %config.endpoint, "exporting OTLP traces and metrics (http/json)");
+                tracing::info!(
+                    protocol = ?config.protocol,
+                    traces = %config.traces_endpoint,
+                    metrics = %config.metrics_endpoint,
+                    logs = %config.logs_endpoint,
+                    "exporting OTLP traces, metrics and logs"
+                );
                 Telemetry::with_otlp(&service_name, config)
             }
             None => Ok(Telemetry::metrics_only(&service_name)),
         }
     }
 
-    /// Metrics plus OTLP export to `config` (no log subscriber). Needs a Tokio runtime.
+    /// Metrics plus OTLP export to `config` (no log subscriber).
     pub fn with_otlp(service_name: &str, config: otlp::OtlpConfig) -> Result<Telemetry, Error> {
         let mut t = Telemetry::metrics_only(service_name);
         t.otlp = Some(Arc::new(otlp::OtlpExporter::start(service_name, config)?));
@@ -137,10 +156,39 @@ impl Telemetry {
         self.otlp.as_ref().map(|o| o.spans_dropped())
     }
 
-    /// Exports pending OTLP spans and metrics (the recorder calls this at shutdown).
+    /// Log records that never reached the OTLP collector (`None` without OTLP export).
+    pub fn otlp_logs_dropped_total(&self) -> Option<u64> {
+        self.otlp.as_ref().map(|o| o.logs_dropped())
+    }
+
+    /// Whether OTLP export is on: callers that must build the attributes first (parse a stored
+    /// event) can skip that work when it is off.
+    pub fn otlp_enabled(&self) -> bool {
+        self.otlp.is_some()
+    }
+
+    /// Sends one event as an OTLP log record (body = `event_name`, attributes = the fields,
+    /// nested objects flattened to dotted keys, arrays kept as arrays), batched with the
+    /// spans' settings and exported to the logs endpoint (`/v1/logs`). Never blocks: with the
+    /// collector away, records beyond the queue are dropped and counted
+    /// (`bridge_otlp_logs_dropped_total`). A no-op without OTLP export.
+    pub fn emit_log(
+        &self,
+        event_name: &str,
+        timestamp: impl Into<std::time::SystemTime>,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        if let Some(o) = &self.otlp {
+            o.emit_log(event_name, timestamp.into(), attributes);
+        }
+    }
+
+    /// Exports pending OTLP spans, metrics and log records (the recorder calls this at
+    /// shutdown).
     pub async fn flush(&self) {
         if let Some(o) = &self.otlp {
-            o.flush().await;
+            let o = o.clone();
+            let _ = tokio::task::spawn_blocking(move || o.flush_blocking()).await;
         }
     }
 
@@ -502,6 +550,15 @@ impl Telemetry {
                 "Spans that never reached the OTLP collector (queue full, or export failed).",
             );
             let _ = writeln!(out, "bridge_otlp_spans_dropped_total {n}");
+        }
+        if let Some(n) = self.otlp_logs_dropped_total() {
+            header(
+                &mut out,
+                "bridge_otlp_logs_dropped_total",
+                "counter",
+                "Log records (Boundary events) that never reached the OTLP collector (queue full, or export failed).",
+            );
+            let _ = writeln!(out, "bridge_otlp_logs_dropped_total {n}");
         }
         out
     }

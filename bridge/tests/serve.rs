@@ -6,7 +6,8 @@
 //!   PostgreSQL is stopped mid-run, requests keep succeeding and their records wait in the spool;
 //!   when it comes back they land, exactly once; SIGTERM flushes what is still in memory.
 //!   No secret (provider keys, bridge token, database password) appears in the log.
-//! - With `OTEL_EXPORTER_OTLP_*` set: GenAI spans and metrics reach a collector on loopback.
+//! - With `OTEL_EXPORTER_OTLP_*` set: GenAI spans and metrics reach a collector on loopback,
+//!   over http/protobuf or gRPC; a stalled collector slows no request.
 
 mod http_support;
 mod otlp_support;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use bridge::store::Store;
 use http::Method;
 use http_support::{client, request, send, HttpClient};
-use otlp_support::{attr, collector};
+use otlp_support::{attr, collector, grpc_collector, items, stalled_collector, Received};
 use serde_json::{json, Value};
 use store_support::{wait_until, Postgres, TempDir};
 
@@ -37,8 +38,12 @@ fn bridge_cmd(cwd: &Path) -> Command {
         .env_remove("GEMINI_API_KEY")
         .env_remove("GOOGLE_API_KEY")
         .env_remove("BRIDGE_STORE")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("RUST_LOG", "info");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
+            c.env_remove(k);
+        }
+    }
     c
 }
 
@@ -495,6 +500,16 @@ async fn serve_on_postgres_keeps_answering_through_a_database_outage_and_loses_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_genai_spans_and_metrics_over_otlp_when_the_endpoint_is_set() {
     let (endpoint, received) = collector().await;
+    serve_exports_over_otlp(&endpoint, "http/protobuf", received).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_genai_spans_and_metrics_over_otlp_grpc_when_the_protocol_says_so() {
+    let (endpoint, received) = grpc_collector().await;
+    serve_exports_over_otlp(&endpoint, "grpc", received).await;
+}
+
+async fn serve_exports_over_otlp(endpoint: &str, protocol: &str, received: Received) {
     let dir = TempDir::new("serve-otlp");
     let cwd = dir.path();
     let token = create_key(cwd, "frank", None);
@@ -523,7 +538,9 @@ async fn serve_exports_genai_spans_and_metrics_over_otlp_when_the_endpoint_is_se
         cwd,
         &["--config", config.to_str().unwrap()],
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 "x-collector-key=collector-secret",
@@ -557,14 +574,15 @@ async fn serve_exports_genai_spans_and_metrics_over_otlp_when_the_endpoint_is_se
         .unwrap()["stringValue"],
         "bridge-e2e"
     );
-    let spans: Vec<&Value> = traces
-        .iter()
-        .flat_map(|t| {
-            t["resourceSpans"][0]["scopeSpans"][0]["spans"]
-                .as_array()
-                .unwrap()
-        })
-        .collect();
+    assert_eq!(
+        attr(
+            &traces[0]["resourceSpans"][0]["resource"]["attributes"],
+            "deployment.environment"
+        )
+        .unwrap()["stringValue"],
+        "e2e"
+    );
+    let spans = items(&got, "/v1/traces");
     let mut seen: Vec<(String, String, String)> = spans
         .iter()
         .map(|s| {
@@ -608,15 +626,9 @@ async fn serve_exports_genai_spans_and_metrics_over_otlp_when_the_endpoint_is_se
             ("openai".into(), "gpt-4o".into(), "chat gpt-4o".into()),
         ]
     );
-    let metrics = got
-        .iter()
-        .rev()
-        .find(|(p, _, _)| p == "/v1/metrics")
-        .map(|(_, _, b)| b)
-        .expect("metrics exported at shutdown");
-    let names: Vec<&str> = metrics["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
-        .as_array()
-        .unwrap()
+    // Metrics are exported at shutdown (the interval is an hour).
+    let exported = items(&got, "/v1/metrics");
+    let names: Vec<&str> = exported
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
@@ -628,4 +640,125 @@ async fn serve_exports_genai_spans_and_metrics_over_otlp_when_the_endpoint_is_se
     assert!(!std::fs::read_to_string(&log)
         .unwrap()
         .contains("collector-secret"));
+}
+
+/// A collector that takes connections and never answers must not slow a request: exports run
+/// off the request path, and spans beyond the (here tiny) queue are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_at_full_speed_while_the_otlp_collector_is_stalled() {
+    let endpoint = stalled_collector().await;
+    let dir = TempDir::new("serve-otlp-stalled");
+    let cwd = dir.path();
+    let token = create_key(cwd, "frank", None);
+    let up_port = free_port();
+    let fake_log = cwd.join("fake.log");
+    let mut fake = Proc(
+        Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
+            .args(["--listen", &format!("127.0.0.1:{up_port}")])
+            .args(["--anthropic-key", ANTHROPIC_KEY, "--openai-key", OPENAI_KEY])
+            .stderr(std::fs::File::create(&fake_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(up_port, &mut fake.0, &fake_log);
+    let port = free_port();
+    let config = cwd.join("bridge.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {ANTHROPIC_KEY}\n  openai:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {OPENAI_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let log = cwd.join("bridge.log");
+    let mut serve = spawn_serve(
+        cwd,
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            // An export waits 5 s for the collector: a request that waited for one would show.
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2"),
+        ],
+        &log,
+    );
+    wait_listening(port, &mut serve.0, &log);
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        let started = Instant::now();
+        let (status, _, body) = send(
+            &c,
+            request(
+                Method::POST,
+                &format!("{url}/anthropic/v1/messages"),
+                &[("x-api-key", &token), ("anthropic-version", "2023-06-01")],
+                json!({"model": "claude-sonnet-4-6", "max_tokens": 20,
+                    "messages": [{"role": "user", "content": format!("request {i}")}]})
+                .to_string(),
+            ),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "slowest request {slowest:?}"
+    );
+    // Records reach telemetry through the recorder: wait until all 12 were counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dropped = loop {
+        let text = metrics(&c, &url).await;
+        let dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("bridge_otlp_spans_dropped_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if text.contains("outcome=\"ok\"} 12") || Instant::now() > deadline {
+            break dropped;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Two in the queue, at most two more in the export that hangs: the rest dropped.
+    assert!((8..=10).contains(&dropped), "{dropped} spans dropped");
+    serve.terminate();
+    assert!(serve.wait_exit().success());
+}
+
+/// A bad OTLP setting stops `serve` before it listens, with an error naming the variable and
+/// without the value of a header (it may be a vendor key).
+#[test]
+fn serve_refuses_a_bad_otlp_setting_naming_the_variable() {
+    let dir = TempDir::new("serve-otlp-bad");
+    let cwd = dir.path();
+    let port = free_port();
+    for (var, value, secret) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", None),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "api-key-vendor-s3cret-without-equals",
+            Some("s3cret"),
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", None),
+    ] {
+        let log = cwd.join("bad.log");
+        let mut serve = spawn_serve(
+            cwd,
+            &["--listen", &format!("127.0.0.1:{port}")],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                (var, value),
+            ],
+            &log,
+        );
+        assert!(!serve.wait_exit().success(), "{var}={value} accepted");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(var), "{var}: {text}");
+        if let Some(s) = secret {
+            assert!(!text.contains(s), "{text}");
+        }
+    }
 }

@@ -27,6 +27,13 @@
 //! `GET /fake/stats` answers `{"requests": N}`, the number of requests received so far, so
 //! tests can check that every request that reached the provider was recorded.
 //!
+//! `POST /fake/keys` `{"key": K, "answer": "ok"}` accepts provider key K too (on every route,
+//! as if it were the configured key), `{"key": K, "answer": 429, "retry_after": S}` makes
+//! every request carrying K get that status (429 and 529 in the provider's rate-limit or
+//! overload format, others as an API error; `retry-after: S` if given), and `{"key": K,
+//! "answer": null}` forgets K: a switch for tests of provider key pools, flipped while the
+//! bridge runs.
+//!
 //! Every response carries `x-fake-received-headers`, the names of the request headers that
 //! reached it, so tests can check what the bridge forwarded and what it stripped, and
 //! `x-fake-received-path` and `x-fake-received-query`, the path and query it was asked for (to
@@ -367,15 +374,134 @@ async fn misbehave(how: &str) -> Option<Response<FakeBody>> {
 /// Requests received (other than `GET /fake/stats`, which reports this count as JSON).
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
 
+/// What a key switched with `POST /fake/keys` gets.
+#[derive(Clone, Copy)]
+enum KeyAnswer {
+    /// Accepted as the configured key.
+    Ok,
+    /// This status, with `retry-after` seconds if given.
+    Status(u16, Option<u64>),
+}
+
+/// Keys switched with `POST /fake/keys`.
+static KEY_SWITCHES: std::sync::Mutex<Vec<(String, KeyAnswer)>> = std::sync::Mutex::new(Vec::new());
+
+/// The provider key a request carries (`x-api-key`, `x-goog-api-key` or `Authorization: Bearer`).
+fn request_key(h: &HeaderMap) -> Option<&str> {
+    h.get("x-api-key")
+        .or_else(|| h.get("x-goog-api-key"))
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            h.get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+}
+
+/// `POST /fake/keys`: sets or clears one key's switch.
+async fn switch_key(req: Request<Incoming>) -> Response<FakeBody> {
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let v: Value = match body.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(v) => v,
+        None => return json_response(400, json!({"error": "body: JSON expected"}), "request-id"),
+    };
+    let Some(key) = v["key"].as_str().map(str::to_owned) else {
+        return json_response(400, json!({"error": "`key` expected"}), "request-id");
+    };
+    let answer = match &v["answer"] {
+        Value::Null => None,
+        Value::String(s) if s == "ok" => Some(KeyAnswer::Ok),
+        Value::Number(n) => match n.as_u64().and_then(|n| u16::try_from(n).ok()) {
+            Some(status @ 400..=599) => Some(KeyAnswer::Status(status, v["retry_after"].as_u64())),
+            _ => {
+                return json_response(
+                    400,
+                    json!({"error": "`answer`: a 4xx or 5xx status"}),
+                    "request-id",
+                )
+            }
+        },
+        _ => {
+            return json_response(
+                400,
+                json!({"error": "`answer`: \"ok\", a status or null"}),
+                "request-id",
+            )
+        }
+    };
+    let mut switches = KEY_SWITCHES.lock().unwrap_or_else(|p| p.into_inner());
+    switches.retain(|(k, _)| *k != key);
+    if let Some(a) = answer {
+        switches.push((key, a));
+    }
+    json_response(200, json!({"keys": switches.len()}), "request-id")
+}
+
+/// The switch of the key a request carries, if it has one.
+fn key_switch(req: &Request<Incoming>) -> Option<KeyAnswer> {
+    let key = request_key(req.headers())?;
+    let switches = KEY_SWITCHES.lock().unwrap_or_else(|p| p.into_inner());
+    switches.iter().find(|(k, _)| k == key).map(|(_, a)| *a)
+}
+
+/// The error a switched key gets, in the format of the route's provider.
+fn switched_key_error(req: &Request<Incoming>, answer: KeyAnswer) -> Option<Response<FakeBody>> {
+    match answer {
+        KeyAnswer::Ok => None,
+        KeyAnswer::Status(status, retry_after) => {
+            let anthropic = req.uri().path().ends_with("/v1/messages");
+            let mut r = match (status, anthropic) {
+                (429, true) => anthropic_error(
+                    429,
+                    "rate_limit_error",
+                    "rate limited (fake upstream, switched key)",
+                ),
+                (529, true) => anthropic_error(
+                    529,
+                    "overloaded_error",
+                    "overloaded (fake upstream, switched key)",
+                ),
+                (_, true) => {
+                    anthropic_error(status, "api_error", "failing (fake upstream, switched key)")
+                }
+                (429, false) => openai_error(
+                    429,
+                    "requests",
+                    Some("rate_limit_exceeded"),
+                    "rate limited (fake upstream, switched key)",
+                ),
+                (_, false) => openai_error(
+                    status,
+                    "server_error",
+                    None,
+                    "failing (fake upstream, switched key)",
+                ),
+            };
+            if let Some(s) = retry_after {
+                r.headers_mut().insert("retry-after", HeaderValue::from(s));
+            }
+            Some(r)
+        }
+    }
+}
+
 async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     if req.uri().path() == "/fake/stats" {
         let n = RECEIVED.load(Ordering::SeqCst);
         return json_response(200, json!({ "requests": n }), "request-id");
     }
+    if req.uri().path() == "/fake/keys" && req.method() == Method::POST {
+        return switch_key(req).await;
+    }
     RECEIVED.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = throttled(&req, keys) {
         return r;
     }
+    let switched = key_switch(&req);
+    if let Some(r) = switched.and_then(|a| switched_key_error(&req, a)) {
+        return r;
+    }
+    let accepted_switched_key = matches!(switched, Some(KeyAnswer::Ok));
     if let Some(how) = req
         .headers()
         .get("x-fake-misbehave")
@@ -399,7 +525,21 @@ async fn handle(req: Request<Incoming>, keys: &Keys) -> Response<FakeBody> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let method = req.method().clone();
-    let headers = req.headers().clone();
+    let mut headers = req.headers().clone();
+    if accepted_switched_key {
+        // Answered as if it were the configured key of the route's provider.
+        for (name, value) in [
+            ("x-api-key", keys.anthropic.clone()),
+            ("x-goog-api-key", keys.gemini.clone()),
+            ("authorization", format!("Bearer {}", keys.openai)),
+        ] {
+            if headers.contains_key(name) {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(name, v);
+                }
+            }
+        }
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
