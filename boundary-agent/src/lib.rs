@@ -25,6 +25,7 @@ pub mod kernel;
 pub mod rings;
 pub mod session;
 
+pub mod control;
 pub mod daemon;
 
 // The kernel and daemon pieces by their short names, as the binary and the tests use them.
