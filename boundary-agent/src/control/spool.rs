@@ -658,7 +658,9 @@ mod tests {
             for e in v["events"].as_array().unwrap() {
                 if e["event.name"] == "boundary.events_lost" {
                     assert_eq!(e["boundary.events_lost.reason"], "spool_full");
-                    assert_eq!(e["boundary.events_lost.deny"], e["boundary.events_lost.count"]);
+                    // A dropped report passes its decisions on to the next one.
+                    let n = |k: &str| e[k].as_u64().unwrap();
+                    assert!(n("boundary.events_lost.deny") >= n("boundary.events_lost.count"));
                     reported += e["boundary.events_lost.count"].as_u64().unwrap();
                 } else {
                     kept.push(e["n"].as_u64().unwrap());
