@@ -19,6 +19,8 @@ pub mod error;
 pub use boundary_policy as policy;
 pub mod resolver;
 
+pub mod managed;
+
 pub mod dns;
 pub mod events;
 pub mod kernel;

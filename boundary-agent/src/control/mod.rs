@@ -9,4 +9,5 @@
 //! - [`shipper`]: sends the spool in batches, deletes only what the server acknowledged;
 //! - [`credential`]: the per-session credential given to the wrapped command.
 
+pub mod client;
 pub mod spool;

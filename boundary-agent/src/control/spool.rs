@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::managed::write_atomically;
 
 /// A segment file is at most this big (a line longer than this gets a segment of its own).
 pub const SEGMENT_BYTES: u64 = 1024 * 1024;
@@ -442,28 +443,6 @@ impl Spool {
         let bytes = serde_json::to_vec(&self.cursor).map_err(|e| Error::Agent(e.to_string()))?;
         write_atomically(&self.dir.join("cursor"), &bytes)
     }
-}
-
-/// Writes a file whole or not at all: a temporary file, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// What a full spool dropped.
