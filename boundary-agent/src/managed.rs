@@ -182,7 +182,10 @@ mod tests {
         assert_eq!(meta.etag().as_deref(), Some("\"python-dev:3\""));
         // The text of the next version is in, its metadata not yet.
         write_atomically(&dir.path().join(YAML), b"name: q\n").unwrap();
-        assert!(matches!(load(&dir.path().join(YAML)).unwrap(), Load::Pending));
+        assert!(matches!(
+            load(&dir.path().join(YAML)).unwrap(),
+            Load::Pending
+        ));
     }
 
     #[test]

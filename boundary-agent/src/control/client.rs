@@ -31,7 +31,12 @@ impl Reply {
         serde_json::from_slice::<serde_json::Value>(&self.body)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).chars().take(200).collect())
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(200)
+                    .collect()
+            })
     }
 }
 
@@ -170,9 +175,10 @@ impl ControlPlane {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::Agent(format!("building a request: {e}")))?;
         let work = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                Error::Agent(format!("control plane {}: {}", self.base, chain(&e)))
-            })?;
+            let resp =
+                self.client.request(req).await.map_err(|e| {
+                    Error::Agent(format!("control plane {}: {}", self.base, chain(&e)))
+                })?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             let body = resp

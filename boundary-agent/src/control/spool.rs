@@ -165,6 +165,11 @@ impl Spool {
         self.lost
     }
 
+    /// Counts events that never made it into the spool (a write failed).
+    pub fn count_lost(&mut self, n: u64) {
+        self.lost += n;
+    }
+
     /// Bytes the segments take.
     pub fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
@@ -173,20 +178,14 @@ impl Spool {
     /// Adds one event, giving it its `event.id`; makes room by dropping the oldest segment
     /// (and reporting it) when the spool is full.
     pub fn append(&mut self, mut event: Map<String, Value>) -> Result<()> {
-        event.insert(
-            "event.id".into(),
-            uuid::Uuid::now_v7().to_string().into(),
-        );
+        event.insert("event.id".into(), uuid::Uuid::now_v7().to_string().into());
         let mut line = serde_json::to_vec(&event).map_err(|e| Error::Agent(e.to_string()))?;
         line.push(b'\n');
         let dropped = self.make_room(line.len() as u64)?;
         self.write_line(&line)?;
         if let Some(lost) = dropped {
             let mut report = lost_event(&lost);
-            report.insert(
-                "event.id".into(),
-                uuid::Uuid::now_v7().to_string().into(),
-            );
+            report.insert("event.id".into(), uuid::Uuid::now_v7().to_string().into());
             let mut line = serde_json::to_vec(&report).map_err(|e| Error::Agent(e.to_string()))?;
             line.push(b'\n');
             // Its own room: a report that pushes out more events is followed by another.
@@ -426,11 +425,7 @@ impl Spool {
             self.lost += seg.unacked;
         }
         self.cursor = Cursor {
-            segment: self
-                .segments
-                .front()
-                .map(|s| s.seq)
-                .unwrap_or(seg.seq + 1),
+            segment: self.segments.front().map(|s| s.seq).unwrap_or(seg.seq + 1),
             offset: 0,
         };
         // The cursor first: a crash in between leaves a file the next start deletes.
@@ -557,13 +552,22 @@ mod tests {
         let mut sorted: Vec<&String> = seen.iter().map(|(id, _)| id).collect();
         sorted.dedup();
         assert_eq!(sorted.len(), 2500, "ids are unique");
-        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "UUIDv7 ids sort by time");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "UUIDv7 ids sort by time"
+        );
         assert_eq!(spool.pending(), 0);
         assert_eq!(spool.lost(), 0);
         // Only the segment still being written remains.
         let files = fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jsonl"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "jsonl")
+            })
             .count();
         assert_eq!(files, 1);
     }
@@ -592,7 +596,11 @@ mod tests {
             spool.acknowledge(&b).unwrap();
         }
         let numbers: Vec<u64> = first_ids.iter().chain(&rest).map(|(_, n)| *n).collect();
-        assert_eq!(numbers, (0..=300).collect::<Vec<_>>(), "each event once, in order");
+        assert_eq!(
+            numbers,
+            (0..=300).collect::<Vec<_>>(),
+            "each event once, in order"
+        );
     }
 
     #[test]
@@ -661,7 +669,9 @@ mod tests {
         let mut spool = Spool::open_with(dir.path(), 1 << 20, 1 << 16).unwrap();
         spool.append(event(0)).unwrap();
         let batch = spool.next_batch().unwrap().unwrap();
-        let kept = spool.reject(&batch, "400: event 0 has no event.id").unwrap();
+        let kept = spool
+            .reject(&batch, "400: event 0 has no event.id")
+            .unwrap();
         assert!(kept.starts_with(dir.path().join("rejected")));
         assert!(fs::read_to_string(&kept).unwrap().contains("\"n\":0"));
         assert!(spool.next_batch().unwrap().is_none());

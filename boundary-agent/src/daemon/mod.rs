@@ -35,6 +35,7 @@ use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
+use crate::control::{credential, Control};
 use crate::error::{Error, Result};
 use crate::events::Tap;
 use crate::policy;
@@ -68,6 +69,8 @@ pub struct AgentOptions {
     pub confine: Option<PathBuf>,
     /// Cgroups inside `confine` left unconfined (the workspace's control processes).
     pub exempt: Vec<PathBuf>,
+    /// A control plane (Bridge) to take the default policy from and ship events to.
+    pub control: Option<crate::control::ControlOptions>,
 }
 
 struct Agent {
@@ -85,6 +88,8 @@ struct Agent {
     started: SystemTime,
     /// The programs and maps every session of this agent shares (loaded once, at start).
     kernel: Arc<session::SharedKernel>,
+    /// With `--control-plane`: the policy in force, the event spool, session credentials.
+    control: Option<Arc<Control>>,
 }
 
 /// What the daemon knows of a live session besides the [`Session`] its connection task owns.
@@ -119,12 +124,20 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
             trusted_file(hosts)?;
         }
     }
+    if let Some(control) = &opts.control {
+        // The token is the agent's identity: as trusted as its policy files.
+        trusted_file(&control.token_file)?;
+    }
     raise_fd_limit();
     // The verifier runs here, once; a session start is then a slot, a few map updates and a
     // link per hook on its cgroup.
     let kernel = session::SharedKernel::load(crate::loader::RING_BYTES_SHARED)?;
     let (tap, _) = broadcast::channel(4096);
     let (follow, _) = broadcast::channel(4096);
+    let control = match &opts.control {
+        Some(c) => Some(Control::start(c, &opts.config, tap.clone())?),
+        None => None,
+    };
     let agent = Arc::new(Agent {
         opts,
         sessions: Mutex::new(HashMap::new()),
@@ -135,7 +148,16 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         lost: Mutex::new((0, 0)),
         started: SystemTime::now(),
         kernel,
+        control,
     });
+    if let Some(control) = agent.control.clone() {
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(crate::control::report_status(control, move || {
+            weak.upgrade()
+                .map(|a| a.sessions.lock().unwrap().len())
+                .unwrap_or(0)
+        }));
+    }
     tokio::spawn(collect_recent(agent.clone()));
     if let Some(path) = agent.opts.events.clone() {
         tokio::spawn(write_all_events(agent.clone(), path));
@@ -196,6 +218,10 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(control) = &agent.control {
+        // What sessions wrote is in the spool before the agent goes (shipped by the next).
+        control.drain(SHUTDOWN_GRACE).await;
+    }
     let live = agent.sessions.lock().unwrap().len();
     eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
     // No destructors: they would detach the sessions. The kernel keeps the pinned links.
@@ -254,15 +280,17 @@ async fn confine_workspace(agent: &Arc<Agent>, path: &Path) -> Result<Session> {
         })?;
         exempt.push(own_cgroup);
     }
+    let (config, managed) = agent.default_policy();
     let spec = SessionSpec {
-        config: agent.opts.config.clone(),
+        config,
+        managed,
         command_line: format!("(every process in {})", path.display()),
         hosts_file: agent.opts.hosts_file.clone(),
         dns_server: agent.opts.dns_server,
         owner_uid: Some(0),
         ..SessionSpec::default()
     };
-    let session = Session::confine_existing(spec, &path, &exempt, Some(agent.tap.clone())).await?;
+    let session = Session::confine_existing(spec, &path, &exempt, agent.outlets()).await?;
     tracing::info!(cgroup = %path.display(), exempt = exempt.len(), "whole-workspace confinement in force");
     eprintln!(
         "boundary agent: confining every process in {} ({} exempt cgroup(s))",
@@ -295,7 +323,7 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
             session::remove_unused(&root, &id);
             continue;
         }
-        let session = match Session::adopt(&id, &root, Some(agent.tap.clone())).await {
+        let session = match Session::adopt(&id, &root, agent.outlets()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(session = %id, error = %e, "cannot adopt the session; it stays confined by its last policy");
@@ -646,6 +674,12 @@ where
     let started = async {
         refuse_if_confined(&agent, &peer)?;
         let (policy_name, path) = choose_policy(&agent.opts, start.policy.as_deref())?;
+        // The default policy comes from the control plane when there is one.
+        let (path, managed) = if start.policy.is_none() {
+            agent.default_policy()
+        } else {
+            (path, false)
+        };
         trusted_file(&path)?;
         if let Some(id) = &start.session_id {
             session::validate_session_id(id)?;
@@ -661,9 +695,9 @@ where
             mode: None,
             deny_events_only: start.deny_events_only,
             owner_uid: Some(peer.uid),
+            managed,
         };
-        let session =
-            Session::start_in(Some(agent.kernel.clone()), spec, Some(agent.tap.clone())).await?;
+        let session = Session::start_in(Some(agent.kernel.clone()), spec, agent.outlets()).await?;
         Ok::<_, Error>((policy_name, session))
     }
     .await;
@@ -699,14 +733,38 @@ where
         }
     }
     tracing::info!(session = %id, uid = peer.uid, policy = %policy_name, "session started");
-    let env: Map<String, Value> = session
+    let mut env: Map<String, Value> = session
         .env()
         .into_iter()
         .map(|(k, v)| (k.to_string(), Value::from(v)))
         .collect();
+    // With a control plane: the session's credential, registered before the client hears
+    // of the session (the command's first request to Bridge must find it).
+    let mut headers = Vec::new();
+    if let Some(control) = &agent.control {
+        let credential = credential::mint(&id);
+        control
+            .register_session(crate::control::Registration {
+                session_id: id.clone(),
+                credential_sha256: crate::managed::sha256_hex(credential.as_bytes()),
+                user_name: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name),
+                uid: peer.uid,
+                command: start.command.join(" "),
+                started_at: rfc3339(SystemTime::now()),
+            })
+            .await;
+        let template = (policy_name == "default")
+            .then(|| control.current().template)
+            .filter(|t| !t.is_empty());
+        headers = credential::headers(&id, &credential, template.as_deref(), None);
+        env.insert("BOUNDARY_SESSION_TOKEN".into(), credential.into());
+    }
     protocol::write_json(
         &mut write,
-        &json!({"ok": true, "session": id, "policy": policy_name, "token": token, "env": env}),
+        &json!({"ok": true, "session": id, "policy": policy_name, "token": token, "env": env, "headers": headers}),
     )
     .await?;
 
@@ -913,7 +971,7 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
     let sessions = agent.sessions.lock().unwrap();
     let mine = sessions.values().filter(|s| s.uid == peer.uid).count();
     let (lost_deny, lost_allow) = *agent.lock_lost();
-    let mut policies = vec![policy_summary("default", &agent.opts.config)];
+    let mut policies = vec![policy_summary("default", &agent.default_policy().0)];
     for (name, path) in &agent.opts.policies {
         policies.push(policy_summary(name, path));
     }
@@ -931,11 +989,28 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
         // Records of the shared rings no running session claimed (a decision in a cgroup
         // whose attachment holds no slot yet, denied; or one read after its session ended).
         "events_unrouted": agent.kernel.router.unrouted(),
+        "control_plane": agent.control.as_ref().map(|c| c.summary()),
         "landlock_abi": crate::confine::landlock_abi(),
     })
 }
 
 impl Agent {
+    /// The default policy's file, and whether it is managed by the control plane.
+    fn default_policy(&self) -> (PathBuf, bool) {
+        match &self.control {
+            Some(c) => (c.policy_path(), true),
+            None => (self.opts.config.clone(), false),
+        }
+    }
+
+    /// Where every session's events go besides its own files.
+    fn outlets(&self) -> crate::events::Outlets {
+        crate::events::Outlets {
+            tap: Some(self.tap.clone()),
+            spool: self.control.as_ref().map(|c| c.feed()),
+        }
+    }
+
     fn lock_lost(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
         self.lost.lock().unwrap()
     }
