@@ -171,11 +171,30 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     };
     // Listening means ready: sessions adopted, the workspace (if any) confined.
     let listener = bind(&agent.opts.socket)?;
-    tracing::info!(socket = %agent.opts.socket.display(), policy = %agent.opts.config.display(), "boundary agent listening");
+    let policy_text = match &agent.control {
+        Some(c) => {
+            let current = c.current();
+            if current.version > 0 {
+                format!(
+                    "policy from {}: template {} version {}",
+                    c.client.base(),
+                    current.template,
+                    current.version
+                )
+            } else {
+                format!(
+                    "policy {} until {} sends one",
+                    agent.opts.config.display(),
+                    c.client.base()
+                )
+            }
+        }
+        None => format!("policy {}", agent.opts.config.display()),
+    };
+    tracing::info!(socket = %agent.opts.socket.display(), policy = %policy_text, "boundary agent listening");
     eprintln!(
-        "boundary agent: listening on {} (policy {})",
-        agent.opts.socket.display(),
-        agent.opts.config.display()
+        "boundary agent: listening on {} ({policy_text})",
+        agent.opts.socket.display()
     );
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -971,9 +990,10 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
     let sessions = agent.sessions.lock().unwrap();
     let mine = sessions.values().filter(|s| s.uid == peer.uid).count();
     let (lost_deny, lost_allow) = *agent.lock_lost();
-    let mut policies = vec![policy_summary("default", &agent.default_policy().0)];
+    let (default, managed) = agent.default_policy();
+    let mut policies = vec![policy_summary("default", &default, managed)];
     for (name, path) in &agent.opts.policies {
-        policies.push(policy_summary(name, path));
+        policies.push(policy_summary(name, path, false));
     }
     json!({
         "ok": true,
@@ -1016,12 +1036,22 @@ impl Agent {
     }
 }
 
-fn policy_summary(name: &str, path: &Path) -> Value {
+fn policy_summary(name: &str, path: &Path, managed: bool) -> Value {
     let modified = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .map(rfc3339);
-    match policy::load(path) {
+    // A managed policy's mode is its template's, from the metadata beside it.
+    let loaded = if managed {
+        match crate::managed::load(path) {
+            Ok(crate::managed::Load::Ready(p, _)) => Ok(*p),
+            Ok(crate::managed::Load::Pending) => policy::load(path).map_err(Error::from),
+            Err(e) => Err(e),
+        }
+    } else {
+        policy::load(path).map_err(Error::from)
+    };
+    match loaded {
         Ok(p) => json!({
             "name": name, "policy.name": p.name, "source": path.display().to_string(),
             "rules": p.rules.len(), "mode": p.mode.as_str(), "modified": modified,
