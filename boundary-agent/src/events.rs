@@ -827,6 +827,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_spool_gets_every_event_even_when_the_tap_has_no_room() {
+        let (feed, queue) = SpoolFeed::channel();
+        let (tap, _rx) = tokio::sync::broadcast::channel(4);
+        let mut sink = Sink::new();
+        sink.tap(tap);
+        sink.spool(feed.clone());
+        for i in 0..10_000u64 {
+            let mut m = Map::new();
+            m.insert("event.name".into(), "boundary.session.start".into());
+            m.insert("n".into(), i.into());
+            sink.write(&m);
+        }
+        // The tap's receiver lagged long ago; the spool's channel holds all of them, in order.
+        assert_eq!(feed.queued(), 10_000);
+        let got: Vec<u64> = queue
+            .rx
+            .try_iter()
+            .map(|m| m["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn parent_pid_survives_parentheses_in_comm() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("stat"), "42 (a) b) c) S 7 42 42 0 -1").unwrap();
