@@ -93,24 +93,33 @@ struct Bridge {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// The PostgreSQL store's URL (SQLite in `dir` when `None`).
+    postgres: Option<String>,
 }
 
 impl Bridge {
     fn start(extra_yaml: &str) -> Bridge {
+        Bridge::start_on(None, extra_yaml)
+    }
+
+    fn start_on(postgres: Option<String>, extra_yaml: &str) -> Bridge {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
+        let store = match &postgres {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{d}/bridge.db"),
+        };
         std::fs::write(
             dir.path().join("bridge.yaml"),
-            format!(
-                "listen: 127.0.0.1:{port}\nstore: sqlite://{d}/bridge.db\nspool_dir: {d}/spool\n{extra_yaml}"
-            ),
+            format!("listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {d}/spool\n{extra_yaml}"),
         )
         .unwrap();
         let mut b = Bridge {
             dir,
             port,
             child: None,
+            postgres,
         };
         b.serve();
         b
@@ -749,13 +758,18 @@ print(ask(t))
 
 /// Every stored event of `agent_id` (its JSON body), read straight from the SQLite store.
 fn stored_events(bridge: &Bridge, agent_id: &str) -> Vec<Value> {
-    let out = Command::new("sqlite3")
-        .arg(bridge.dir.path().join("bridge.db"))
-        .arg(format!(
-            "SELECT id, body FROM events WHERE agent_id = '{agent_id}';"
-        ))
-        .output()
-        .expect("sqlite3 (the Debian package) reads the store");
+    let sql = format!("SELECT id, body FROM events WHERE agent_id = '{agent_id}';");
+    let out = match &bridge.postgres {
+        Some(url) => Command::new(pg_bin().join("psql"))
+            .args([url.as_str(), "-At", "-F", "|", "-c", &sql])
+            .output()
+            .expect("psql reads the store"),
+        None => Command::new("sqlite3")
+            .arg(bridge.dir.path().join("bridge.db"))
+            .arg(&sql)
+            .output()
+            .expect("sqlite3 (the Debian package) reads the store"),
+    };
     if !out.status.success() {
         // The table appears with the first ingest.
         return Vec::new();
@@ -808,7 +822,16 @@ fn agent_status(agent: &Agent) -> Value {
 
 #[test]
 fn events_reach_the_store_exactly_once_across_bridge_outages_and_agent_restarts() {
-    let mut bridge = Bridge::start("");
+    events_exactly_once(Bridge::start(""));
+}
+
+#[test]
+fn events_reach_a_postgresql_store_exactly_once_across_bridge_outages_and_agent_restarts() {
+    let pg = Postgres::start();
+    events_exactly_once(Bridge::start_on(Some(pg.url()), ""));
+}
+
+fn events_exactly_once(mut bridge: Bridge) {
     let (token, agent_id) = bridge.create_agent("cp-events");
     let allowed = Counted::start("127.0.0.2");
     let denied = free_port();
@@ -900,4 +923,100 @@ fn events_reach_the_store_exactly_once_across_bridge_outages_and_agent_restarts(
         "{} events stored once each across a Bridge outage and an agent restart",
         stored.len()
     );
+}
+
+/// Debian's PostgreSQL binaries (the newest installed version).
+fn pg_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, b)| b)
+        .expect("PostgreSQL (Debian package postgresql) is not installed")
+}
+
+/// A private PostgreSQL server on 127.0.0.1, run as the `postgres` user; removed on drop.
+struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success());
+        let data = dir.path().join("data");
+        let pg = |tool: &str| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(pg_bin().join(tool));
+            c
+        };
+        let out = pg("initdb")
+            .args([
+                "-U",
+                "bridge",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let opts = format!(
+            "-h 127.0.0.1 -p {port} -k {} -c fsync=off",
+            dir.path().display()
+        );
+        let out = pg("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .args(["-w", "-t", "30", "-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Postgres { dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://bridge@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-m", "immediate", "stop"])
+            .output();
+    }
 }
