@@ -10,6 +10,9 @@
 //!   addresses), [`dns`] (the per-session DNS proxy every query of a session goes through)
 //!   [`events`] (enrichment, sinks) and [`rings`] (reading a program set's shared event
 //!   rings, routing each record to its session);
+//! - [`control`] (`boundary agent --control-plane`): the policy from Bridge, the event spool
+//!   and its shipper, session credentials; [`managed`]: such a policy on disk, as sessions
+//!   read it;
 //! - [`policy`]: the pure policy (parse with positions, validate, match, compile); no I/O;
 //! - [`error`]: the crate's one error type.
 

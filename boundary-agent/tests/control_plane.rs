@@ -466,6 +466,25 @@ fn a_pushed_version_reaches_a_running_session_within_seconds() {
     agent.wait_event("policy applied v1", 15, |e| {
         is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
     });
+    // The status report (at start and after each change) reaches the fleet view.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = bridge.cli(&["agents", "list", "--format", "json"]);
+        let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+        let me = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["template"] == "cp-push");
+        if me.is_some_and(|a| a["policy_version"] == 1 && a["agent_version"].is_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status with version 1: {list}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     let state = agent.path("state/policy/current.json");
     let meta: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(meta["version"], 1);
