@@ -1087,8 +1087,10 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                     pending = None;
                     continue;
                 }
-                // Changed: wait until it is stable (same stamp on two polls in a row).
-                if pending.as_ref() != Some(&now) {
+                // Changed: wait until it is stable (same stamp on two polls in a row). A
+                // managed policy is replaced by renames and read only when its text matches
+                // its metadata: it is whole as soon as it is seen.
+                if pending.as_ref() != Some(&now) && !s.spec.managed {
                     pending = Some(now);
                     continue;
                 }

@@ -517,12 +517,21 @@ fn a_pushed_version_reaches_a_running_session_within_seconds() {
         };
         let pushed = Instant::now();
         bridge.push("cp-push", &policy, "enforce");
+        let stored = pushed.elapsed();
+        agent.wait_event("agent applied", 15, |e| {
+            is(e, "boundary.policy.applied") && e["boundary.policy.version"] == version
+        });
+        let at_agent = pushed.elapsed();
         agent.wait_event("session reload", 15, |e| {
             is(e, "boundary.policy.reload")
                 && e["session.id"] == session_id.as_str()
                 && e["boundary.policy.version"] == version
         });
         latencies.push(pushed.elapsed());
+        eprintln!(
+            "version {version}: push command {stored:?}, agent has it {at_agent:?}, running session {:?}",
+            pushed.elapsed()
+        );
         let before = forbidden.received();
         let got = probe(&agent, ask);
         ask += 1;
