@@ -755,6 +755,40 @@ print(ask(t))
         "the tampered credential: {stdout}"
     );
     // The accepted request is recorded with the Boundary session.
+    // The session is over: the agent ended it on Bridge, and its credential stops working
+    // (Bridge trusts a checked credential for up to 5 s).
+    let after = format!(
+        r#"
+import json, sys, urllib.request, urllib.error
+h = json.loads(sys.argv[1])
+body = json.dumps({{'model': 'claude-sonnet-4-6', 'max_tokens': 5,
+                   'messages': [{{'role': 'user', 'content': 'hi'}}]}}).encode()
+req = urllib.request.Request('http://127.0.0.1:{port}/anthropic/v1/messages', data=body,
+    headers=dict(h, **{{'x-api-key': '{user_key}', 'anthropic-version': '2023-06-01',
+                       'content-type': 'application/json'}}))
+try:
+    print(urllib.request.urlopen(req, timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+"#,
+        port = bridge.port
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("python3")
+            .args(["-c", &after, &seen["headers"].to_string()])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "403" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ended session's credential still works: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
     // Records are written off the request path: wait for it.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -57,6 +57,14 @@ pub struct Registration {
     pub started_at: String,
 }
 
+/// A call about a session that must reach the control plane, retried until it does.
+#[derive(Debug, Clone)]
+enum SessionCall {
+    Register(Registration),
+    /// `DELETE /boundary/v1/sessions/<id>`: the session ended, its credential stops working.
+    End(String),
+}
+
 /// The agent's link to its control plane: the client, the policy in force, the spool and
 /// the tasks that move them.
 pub struct Control {
@@ -68,7 +76,7 @@ pub struct Control {
     policy_dir: PathBuf,
     current: Mutex<Meta>,
     tap: Tap,
-    registrations: mpsc::UnboundedSender<Registration>,
+    registrations: mpsc::UnboundedSender<SessionCall>,
     delivered: AtomicU64,
     started_at: String,
 }
@@ -175,8 +183,34 @@ impl Control {
             Err(e) => {
                 tracing::warn!(session = %reg.session_id, error = %e,
                     "registering the session with the control plane; queued, it is retried");
-                let _ = self.registrations.send(reg);
+                let _ = self.registrations.send(SessionCall::Register(reg));
             }
+        }
+    }
+
+    /// Tells the control plane a session ended (its credential stops working); queued and
+    /// retried if it does not answer. Returns at once.
+    pub fn end_session(&self, session_id: &str) {
+        let _ = self
+            .registrations
+            .send(SessionCall::End(session_id.to_string()));
+    }
+
+    async fn post_end(&self, session_id: &str, timeout: Duration) -> Result<()> {
+        let r = self
+            .client
+            .send(
+                http::Method::DELETE,
+                &format!("/boundary/v1/sessions/{session_id}"),
+                None,
+                &[],
+                timeout,
+            )
+            .await?;
+        match r.status {
+            // 404: never registered (or already ended): nothing to end.
+            200..=299 | 404 => Ok(()),
+            s => Err(Error::Agent(format!("{s}: {}", r.error_text()))),
         }
     }
 
@@ -317,19 +351,28 @@ fn write_spool(ctl: Arc<Control>, queue: SpoolQueue) {
     }
 }
 
-/// Retries registrations the control plane did not take at session start.
-async fn register_queued(ctl: Arc<Control>, mut rx: mpsc::UnboundedReceiver<Registration>) {
+/// Delivers session calls in order: registrations the control plane did not take at session
+/// start, and session ends; each retried until the control plane answers.
+async fn register_queued(ctl: Arc<Control>, mut rx: mpsc::UnboundedReceiver<SessionCall>) {
     let mut backoff = Backoff::default();
-    while let Some(reg) = rx.recv().await {
+    while let Some(call) = rx.recv().await {
         loop {
-            match ctl.post_registration(&reg, Duration::from_secs(10)).await {
+            let (session, result) = match &call {
+                SessionCall::Register(reg) => (
+                    &reg.session_id,
+                    ctl.post_registration(reg, Duration::from_secs(10)).await,
+                ),
+                SessionCall::End(id) => (id, ctl.post_end(id, Duration::from_secs(10)).await),
+            };
+            match result {
                 Ok(()) => {
-                    tracing::info!(session = %reg.session_id, "queued session registration delivered");
                     backoff.reset();
                     break;
                 }
+                // A refusal other than of the token (a 4xx about the call itself) will not
+                // change by sending it again.
                 Err(e) if e.to_string().starts_with('4') && !e.to_string().starts_with("401") => {
-                    tracing::error!(session = %reg.session_id, error = %e, "the control plane refused the session's registration");
+                    tracing::error!(session = %session, error = %e, "the control plane refused a session call");
                     break;
                 }
                 Err(_) => tokio::time::sleep(backoff.next_wait()).await,

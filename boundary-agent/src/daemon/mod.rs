@@ -383,6 +383,9 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
             end.insert("boundary.session.end.reason".into(), reason.into());
             session.finish(end).await;
             agent.sessions.lock().unwrap().remove(&id);
+            if let Some(control) = &agent.control {
+                control.end_session(&id);
+            }
         });
     }
     // Every session that could be adopted has its route: the unread records can flow.
@@ -831,6 +834,9 @@ where
     };
     session.finish(end).await;
     agent.sessions.lock().unwrap().remove(&id);
+    if let Some(control) = &agent.control {
+        control.end_session(&id);
+    }
     tracing::info!(session = %id, "session ended");
     // Events written by the end of the session that the client has not seen yet.
     if let Some(rx) = events.as_mut() {
