@@ -33,6 +33,8 @@ use spool::Spool;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/boundary";
 /// How often the agent reports its status (and after each policy change).
 const STATUS_EVERY: Duration = Duration::from_secs(30);
+/// The spool's writes reach the disk at most this long after a quiet moment.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// A session start waits at most this long for its registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -337,8 +339,21 @@ fn last_good_or_local(dir: &Path, config: &Path) -> Result<Meta> {
 
 /// The spool's writer thread: every event queued by a session or the agent goes to disk.
 fn write_spool(ctl: Arc<Control>, queue: SpoolQueue) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut complain = OncePerMinute::default();
-    for event in queue.rx.iter() {
+    // Synced to disk about a second after it was written, busy or quiet.
+    let mut unsynced: Option<std::time::Instant> = None;
+    loop {
+        if unsynced.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
+            ctl.spool.lock().unwrap().sync();
+            unsynced = None;
+        }
+        let event = match queue.rx.recv_timeout(SYNC_EVERY) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        unsynced.get_or_insert_with(std::time::Instant::now);
         let result = ctl.spool.lock().unwrap().append(event);
         queue.queued.fetch_sub(1, Ordering::SeqCst);
         if let Err(e) = result {

@@ -165,6 +165,15 @@ impl Spool {
         self.lost
     }
 
+    /// Flushes the segment being written to the disk (appends are not synced one by one: a
+    /// crash of the agent loses nothing, the page cache has them; this bounds what a power
+    /// loss could take).
+    pub fn sync(&mut self) {
+        if let Some(f) = &self.active {
+            let _ = f.sync_data();
+        }
+    }
+
     /// Counts events that never made it into the spool (a write failed).
     pub fn count_lost(&mut self, n: u64) {
         self.lost += n;
