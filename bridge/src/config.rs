@@ -517,6 +517,7 @@ impl BridgeConfig {
                     .map_err(|e| err(&["retention", "purge_interval"], e.to_string()))?,
                 None => crate::retention::DEFAULT_PURGE_INTERVAL,
             },
+            events: Retention::default().events,
         };
         if let (Some(records), Some(prompts)) = (retention.interceptions, retention.prompts) {
             if prompts > records {

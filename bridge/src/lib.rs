@@ -16,6 +16,7 @@ pub mod server;
 pub mod tls;
 
 // Recording path.
+pub mod audit;
 pub mod governance;
 pub mod journal;
 pub mod keypool;
