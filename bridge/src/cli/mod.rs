@@ -3,9 +3,11 @@
 //! Every command that reads or writes records finds the store the same way: `--store URL`, else
 //! the `store:` of `--config FILE`, else `bridge.db` in the working directory.
 
+mod events;
 mod interceptions;
 mod keys;
 mod limits;
+mod policy_report;
 mod prices;
 mod purge;
 mod serve;
@@ -65,6 +67,12 @@ enum Command {
     /// Delete records (or only their prompts) older than a date or age; `serve` does it by
     /// itself with `retention:` in bridge.yaml.
     Purge(purge::PurgeArgs),
+    /// Boundary events shipped by agents: list, top destinations or workspaces, export.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Boundary policies per template: the rollout report and simulation.
+    #[command(subcommand)]
+    Policy(policy_report::PolicyCommand),
 }
 
 /// Where the store is; shared by all commands that read or write records.
@@ -201,5 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => limits::users(cmd).await,
         Command::Limits(cmd) => limits::limits(cmd).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Events(cmd) => events::run(cmd).await,
+        Command::Policy(cmd) => policy_report::run(cmd).await,
     }
 }
