@@ -6,7 +6,11 @@
 //! idempotent by `event.id`, so a batch resent after a timeout or a restart is counted as
 //! duplicates, not stored twice; the answer comes only after the commit.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
@@ -73,8 +77,9 @@ pub fn parse_batch(
         });
     }
     #[derive(serde::Deserialize)]
-    struct Batch {
-        events: Vec<Json>,
+    struct Batch<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a RawValue>,
     }
     let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         Refused::bad(format!(
@@ -96,28 +101,74 @@ pub fn parse_batch(
         .into_iter()
         .enumerate()
         .map(|(i, event)| {
-            event_row(event, origin, received_at, &received)
-                .map_err(|m| Refused::bad(format!("events[{i}]: {m}; nothing of this batch was stored")))
+            event_row(event, origin, received_at, &received).map_err(|m| {
+                Refused::bad(format!(
+                    "events[{i}]: {m}; nothing of this batch was stored"
+                ))
+            })
         })
         .collect()
 }
 
+/// The fields of an event that go into columns, read without building the event's tree.
+#[derive(serde::Deserialize)]
+struct Indexed<'a> {
+    #[serde(rename = "event.id", borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "event.name", borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "event.action", borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(rename = "session.id", borrow)]
+    session: Option<Cow<'a, str>>,
+    #[serde(rename = "destination.address", borrow)]
+    address: Option<Cow<'a, str>>,
+    #[serde(rename = "destination.port")]
+    port: Option<u16>,
+    #[serde(rename = "boundary.destination.domains", borrow)]
+    domains: Option<Vec<Cow<'a, str>>>,
+    #[serde(rename = "dns.question.name", borrow)]
+    question: Option<Cow<'a, str>>,
+    #[serde(rename = "process.executable.name", borrow)]
+    process: Option<Cow<'a, str>>,
+    #[serde(rename = "user.name", borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(rename = "boundary.event.count")]
+    count: Option<u64>,
+    // The server's own fields: an event that has them is rewritten (rare; agents never send
+    // them), one that has not is stored as sent with them appended.
+    #[serde(rename = "agent.id")]
+    agent_id: Option<IgnoredAny>,
+    template: Option<IgnoredAny>,
+    workspace: Option<IgnoredAny>,
+    received_at: Option<IgnoredAny>,
+}
+
 /// One event: its columns, and its JSON with the server's fields.
 fn event_row(
-    event: Json,
+    event: &RawValue,
     origin: &Origin,
     received_at: DateTime<Utc>,
     received: &str,
 ) -> Result<EventRow, String> {
-    let Json::Object(mut m) = event else {
+    let text = event.get();
+    if !text.starts_with('{') {
         return Err("not a JSON object".into());
-    };
-    let id = match m.get("event.id") {
-        Some(Json::String(s)) => Uuid::parse_str(s)
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let f: Indexed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner().to_string();
+        // serde_json appends "at line 1 column N" of the event's own text: not helpful.
+        let inner = inner.split(" at line ").next().unwrap_or_default();
+        format!("`{}`: {inner}", e.path())
+    })?;
+    let id = match &f.id {
+        Some(s) => Uuid::parse_str(s)
             .map_err(|_| format!("`event.id` {s:?} is not a UUID"))?
             .hyphenated()
             .to_string(),
-        Some(_) => return Err("`event.id` must be a string (a UUID)".into()),
         None => {
             return Err(
                 "no `event.id` (the shipper gives each event a UUID when it enters the spool)"
@@ -125,82 +176,71 @@ fn event_row(
             )
         }
     };
-    let event_name = text(&m, "event.name")?
-        .ok_or_else(|| "no `event.name` (boundary.decision, boundary.dns, ...)".to_string())?;
-    let ts = match m.get("timestamp") {
-        None | Some(Json::Null) => received_at,
-        Some(Json::String(s)) => DateTime::parse_from_rfc3339(s)
+    let event_name = f
+        .name
+        .as_deref()
+        .ok_or_else(|| "no `event.name` (boundary.decision, boundary.dns, ...)".to_string())?
+        .to_string();
+    let ts = match &f.timestamp {
+        None => received_at,
+        Some(s) => DateTime::parse_from_rfc3339(s)
             .map_err(|_| format!("`timestamp` {s:?} is not an RFC 3339 time"))?
             .with_timezone(&Utc),
-        Some(_) => return Err("`timestamp` must be an RFC 3339 string".into()),
     };
-    let port = match m.get("destination.port") {
-        None | Some(Json::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| format!("`destination.port` {v} is not a port (0-65535)"))?,
-        ),
+    let own = |s: &Option<Cow<str>>| s.as_deref().map(str::to_string);
+    let domain = match f.domains.as_ref().and_then(|d| d.first()) {
+        Some(d) => Some(d.to_string()),
+        None => own(&f.question),
     };
-    let count = match m.get("boundary.event.count") {
-        None | Some(Json::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| format!("`boundary.event.count` {v} is not a whole number"))?,
-    };
-    let first_domain = match m.get("boundary.destination.domains") {
-        None | Some(Json::Null) => None,
-        Some(Json::Array(a)) => {
-            if a.iter().any(|d| !d.is_string()) {
-                return Err("`boundary.destination.domains` must be a list of strings".into());
-            }
-            a.first().and_then(Json::as_str).map(str::to_string)
+    let workspace = origin
+        .workspace
+        .as_deref()
+        .map_or(Json::Null, |w| Json::from(w));
+    let body = if f.agent_id.is_some()
+        || f.template.is_some()
+        || f.workspace.is_some()
+        || f.received_at.is_some()
+    {
+        // The token says who shipped it: whatever the body claimed is replaced.
+        let mut m: Map<String, Json> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        m.insert("agent.id".into(), origin.agent_id.clone().into());
+        m.insert("template".into(), origin.template.clone().into());
+        m.insert("workspace".into(), workspace);
+        m.insert("received_at".into(), received.into());
+        Json::Object(m).to_string()
+    } else {
+        let inner = text[1..text.len() - 1].trim();
+        let server = format!(
+            "\"agent.id\":{},\"template\":{},\"workspace\":{},\"received_at\":{}",
+            Json::from(origin.agent_id.as_str()),
+            Json::from(origin.template.as_str()),
+            workspace,
+            Json::from(received)
+        );
+        if inner.is_empty() {
+            format!("{{{server}}}")
+        } else {
+            format!("{{{inner},{server}}}")
         }
-        Some(_) => return Err("`boundary.destination.domains` must be a list of strings".into()),
     };
-    let domain = match first_domain {
-        Some(d) => Some(d),
-        None => text(&m, "dns.question.name")?,
-    };
-    let row = EventRow {
+    Ok(EventRow {
         id,
         ts,
         received_at,
         agent_id: origin.agent_id.clone(),
         template: origin.template.clone(),
         workspace: origin.workspace.clone(),
-        session_id: text(&m, "session.id")?,
+        session_id: own(&f.session),
         event_name,
-        action: text(&m, "event.action")?,
-        destination: text(&m, "destination.address")?,
-        port,
+        action: own(&f.action),
+        destination: own(&f.address),
+        port: f.port,
         domain,
-        process: text(&m, "process.executable.name")?,
-        user_name: text(&m, "user.name")?,
-        count,
-        body: String::new(),
-    };
-    // The token says who shipped it: whatever the body claimed is replaced.
-    m.insert("agent.id".into(), origin.agent_id.clone().into());
-    m.insert("template".into(), origin.template.clone().into());
-    m.insert(
-        "workspace".into(),
-        origin.workspace.clone().map_or(Json::Null, Json::from),
-    );
-    m.insert("received_at".into(), received.into());
-    Ok(EventRow {
-        body: Json::Object(m).to_string(),
-        ..row
+        process: own(&f.process),
+        user_name: own(&f.user),
+        count: f.count.unwrap_or(1),
+        body,
     })
-}
-
-/// A string field, absent or null as `None`; any other type is an error naming the field.
-fn text(m: &Map<String, Json>, field: &str) -> Result<Option<String>, String> {
-    match m.get(field) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(format!("`{field}` must be a string, not {v}")),
-    }
 }
 
 /// Stores rows in one transaction, skipping ids already stored.
@@ -305,6 +345,17 @@ mod tests {
         .unwrap();
         assert_eq!(rows[0].domain.as_deref(), Some("exfil.example"));
         assert_eq!((rows[0].count, rows[0].user_name.clone()), (1, None));
+        // Stored as sent, the server's fields appended.
+        let body: Json = serde_json::from_str(&rows[0].body).unwrap();
+        assert_eq!(body["dns.question.name"], "exfil.example");
+        assert_eq!(body["user.name"], Json::Null);
+        assert_eq!(body["workspace"], "ws-42");
+        assert_eq!(body["agent.id"], "agent-1");
+        assert_eq!(body.as_object().unwrap().len(), 9);
+        let empty = parse(r#"{"events": [ {"event.id": "0190f1e2-3c4d-7e5f-8a9b-0c1d2e3f4a5b", "event.name": "x"} ]}"#)
+            .unwrap();
+        let body: Json = serde_json::from_str(&empty[0].body).unwrap();
+        assert_eq!(body["template"], "python-dev");
     }
 
     #[test]
@@ -313,10 +364,13 @@ mod tests {
         for (bad, says) in [
             ("1", "events[1]: not a JSON object"),
             (r#"{"event.name": "x"}"#, "events[1]: no `event.id`"),
-            (r#"{"event.id": "nope", "event.name": "x"}"#, "is not a UUID"),
+            (
+                r#"{"event.id": "nope", "event.name": "x"}"#,
+                "is not a UUID",
+            ),
             (
                 r#"{"event.id": "0190f1e2-3c4d-7e5f-8a9b-0c1d2e3f4a5c", "event.name": "x", "destination.port": 70000}"#,
-                "`destination.port` 70000",
+                "`destination.port`: invalid value: integer `70000`, expected u16",
             ),
             (
                 r#"{"event.id": "0190f1e2-3c4d-7e5f-8a9b-0c1d2e3f4a5c", "event.name": "x", "timestamp": "yesterday"}"#,
@@ -324,7 +378,7 @@ mod tests {
             ),
             (
                 r#"{"event.id": "0190f1e2-3c4d-7e5f-8a9b-0c1d2e3f4a5c", "event.name": 5}"#,
-                "`event.name` must be a string",
+                "`event.name`: invalid type: integer `5`, expected a string",
             ),
         ] {
             let e = parse(&format!(r#"{{"events": [{ok}, {bad}]}}"#)).unwrap_err();
@@ -343,7 +397,9 @@ mod tests {
         assert_eq!(e.status, 413);
         let huge = vec![b' '; MAX_BATCH_BYTES + 1];
         assert_eq!(
-            parse_batch(&huge, &origin(), Utc::now()).unwrap_err().status,
+            parse_batch(&huge, &origin(), Utc::now())
+                .unwrap_err()
+                .status,
             413
         );
     }

@@ -184,9 +184,9 @@ pub async fn simulate(
         });
     }
     sim.changes.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| (&a.domain, &a.destination, a.port).cmp(&(&b.domain, &b.destination, b.port)))
+        b.count.cmp(&a.count).then_with(|| {
+            (&a.domain, &a.destination, a.port).cmp(&(&b.domain, &b.destination, b.port))
+        })
     });
     Ok(sim)
 }

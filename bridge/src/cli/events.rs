@@ -101,9 +101,8 @@ impl FilterArgs {
         let time = |s: Option<String>| s.map(|s| parse_since(&s, now)).transpose();
         Ok(EventFilter {
             since: time(self.since)?,
-            until: time(self.until).map_err(|e| {
-                anyhow::anyhow!("{}", e.to_string().replace("--since", "--until"))
-            })?,
+            until: time(self.until)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--since", "--until")))?,
             action: self.action,
             template: self.template,
             workspace: self.workspace,

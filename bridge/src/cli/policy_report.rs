@@ -12,10 +12,12 @@ use bridge::audit::{report, simulate};
 use bridge::usage::{csv_field, parse_since, render_table};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: llm-bridge policy report --template python-dev --since 7d\n\n\
+#[command(
+    after_help = "Example: llm-bridge policy report --template python-dev --since 7d\n\n\
 Rows are the would_deny events of audit mode (and the deny events of enforce mode), grouped by\n\
 destination: COUNT is the number of decisions, WORKSPACES and PROCESSES who made them.\n\
-When the list is empty or expected, `llm-bridge policy enforce --template T`.")]
+When the list is empty or expected, `llm-bridge policy enforce --template T`."
+)]
 pub struct ReportArgs {
     /// The template whose agents' events are read.
     #[arg(long)]
@@ -30,11 +32,13 @@ pub struct ReportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: llm-bridge policy simulate --template python-dev candidate.yaml --since 7d\n\n\
+#[command(
+    after_help = "Example: llm-bridge policy simulate --template python-dev candidate.yaml --since 7d\n\n\
 Replays the template's stored connection decisions (address, port, transport and the names the\n\
 agent knew for the address) and DNS questions against CANDIDATE, judged by the code the agent\n\
 enforces with, and prints every decision that would change: allow -> deny (something that\n\
-works today would break) and deny -> allow (something denied today would pass).")]
+works today would break) and deny -> allow (something denied today would pass)."
+)]
 pub struct SimulateArgs {
     /// The template whose agents' events are replayed.
     #[arg(long)]
@@ -163,12 +167,13 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         SimulateFormat::Table => {
             writeln!(
                 out,
-                "replayed {} events ({} decisions) of template {} since {} against {}: {} would change, {} unchanged{}",
+                "replayed {} events ({} decisions) of template {} since {} against {}: {} verdicts would change ({} decisions), {} decisions unchanged{}",
                 sim.replayed_events,
                 sim.replayed_decisions,
                 args.template,
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 args.candidate.display(),
+                sim.changes.len(),
                 sim.replayed_decisions - sim.unchanged_decisions,
                 sim.unchanged_decisions,
                 if sim.skipped_events > 0 {
