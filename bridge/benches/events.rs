@@ -54,7 +54,7 @@ fn batch(seq: u64, n: u64) -> Vec<u8> {
                 "session.id": format!("sess-{}", k / 200),
                 "boundary.policy.name": "python-dev",
                 "boundary.mode": "audit",
-                "event.action": if k % 10 == 0 { "would_deny" } else { "allow" },
+                "event.action": if k.is_multiple_of(10) { "would_deny" } else { "allow" },
                 "boundary.hook": "connect4",
                 "boundary.event.count": 1,
                 "network.transport": "tcp",

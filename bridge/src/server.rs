@@ -257,6 +257,13 @@ pub async fn serve(
         &config.upstream_trust,
     );
     gateway.govern(governance);
+    // Session credentials are checked whether or not the agent routes are enabled: a
+    // credential that cannot be verified is refused, never ignored.
+    gateway.check_sessions(crate::control::sessions::SessionGate::new(
+        store.clone(),
+        config.control_plane.require_session,
+        config.control_plane.require_session_templates.clone(),
+    ));
     if let Some(gemini) = config.providers.gemini.clone() {
         gateway.serve_gemini(gemini);
     }
@@ -302,6 +309,10 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let control = config
+        .control_plane
+        .enabled
+        .then(|| crate::control::ControlPlane::start(store.clone(), stop_rx.clone()));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -313,6 +324,7 @@ pub async fn serve(
         );
         let routes = Routes {
             gateway: None,
+            control: None,
             admin: Some(admin.clone()),
             metrics: MetricsAccess::from_token(&config.metrics.token),
         };
@@ -326,6 +338,7 @@ pub async fn serve(
     let in_flight = admin.telemetry.clone();
     let routes = Routes {
         gateway: Some(gateway),
+        control,
         metrics: if metrics_server.is_some() {
             MetricsAccess::Elsewhere
         } else {
@@ -375,6 +388,7 @@ pub async fn serve_gateway(
     };
     let routes = Routes {
         gateway: Some(gateway),
+        control: None,
         admin: None,
         metrics: MetricsAccess::Open,
     };
@@ -475,6 +489,8 @@ async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
 #[derive(Clone)]
 struct Routes {
     gateway: Option<Gateway>,
+    /// The Boundary agents' API (`/boundary/v1/...`), on the main listener.
+    control: Option<Arc<crate::control::ControlPlane>>,
     admin: Option<Admin>,
     metrics: MetricsAccess,
 }
@@ -599,6 +615,9 @@ async fn dispatch(req: Request<Incoming>, routes: &Routes) -> Response<ProxyBody
         if Gateway::serves(path) {
             return gateway.handle(req).await;
         }
+    }
+    if let (Some(control), true) = (&routes.control, path.starts_with("/boundary/v1/")) {
+        return crate::control::api::handle(req, control).await;
     }
     match (req.method(), path, routes.admin.as_ref()) {
         (&Method::GET, "/healthz", _) => text(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -632,3 +632,267 @@ async fn retention_deletes_old_events_only() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("\"events_deleted\":1"), "{text}");
 }
+
+/// `curl` POSTs `body` to the events route with `token`: (status, response body).
+fn post_http(dir: &Path, url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let file = dir.join(format!("batch-{}.json", uuid::Uuid::now_v7().simple()));
+    std::fs::write(&file, body).unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["-H", "content-type: application/json"])
+        .args([
+            "-H",
+            "x-boundary-agent-version: 0.1.0",
+            "-H",
+            "x-boundary-agent-host: test-host",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{url}/boundary/v1/events"));
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("authorization: Bearer {t}")]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+fn batch(events: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "events": events })).unwrap()
+}
+
+/// `llm-bridge serve` on `store` (no providers: only the control plane is used).
+fn serve(dir: &Path, store: &str) -> (Proc, String) {
+    let port = free_port();
+    let config = dir.join("bridge.yaml");
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:{port}\nstore: {store}\n"),
+    )
+    .unwrap();
+    let log = dir.join(format!("serve-{port}.log"));
+    let mut p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
+            .current_dir(dir)
+            .env_remove("BRIDGE_STORE")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, &mut p.0, &log);
+    (p, format!("http://127.0.0.1:{port}"))
+}
+
+/// `llm-bridge agents create`: (agent id, token).
+fn enrol(dir: &Path, store: &str, workspace: &str) -> (String, String) {
+    let out = bridge(
+        dir,
+        &[
+            "agents",
+            "create",
+            "--template",
+            "python-dev",
+            "--workspace",
+            workspace,
+            "--store",
+            store,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let id = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("agt_"))
+        .unwrap_or_else(|| panic!("no agent id in {stderr:?}"))
+        .to_string();
+    (id, token)
+}
+
+async fn ingest_over_http(store_url: &str, dir: &Path) {
+    let (agent, token) = enrol(dir, store_url, "ws-42");
+    let store = Store::open(store_url).await.unwrap();
+    let count = || async { query::count_events(&store).await.unwrap() };
+    let (mut serve1, url) = serve(dir, store_url);
+
+    let mut forged = dns("would_deny", "a.example", 2, &ago(1));
+    forged["template"] = json!("forged-template");
+    forged["workspace"] = json!("forged-ws");
+    let a = vec![
+        decision("deny", "192.0.2.1", 443, &["b.example"], "curl", 1, &ago(1)),
+        forged,
+        dns("allow", "c.example", 1, &ago(1)),
+    ];
+    let (status, body) = post_http(dir, &url, Some(&token), &batch(&a));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":3,"duplicates":0}"#)
+    );
+    // The same batch again (a timeout, a retry): nothing stored twice.
+    let (status, body) = post_http(dir, &url, Some(&token), &batch(&a));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":0,"duplicates":3}"#)
+    );
+    assert_eq!(count().await, 3);
+    // The same id twice in one batch counts once.
+    let twice = dns("allow", "d.example", 1, &ago(1));
+    let (status, body) = post_http(dir, &url, Some(&token), &batch(&[twice.clone(), twice]));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":1,"duplicates":1}"#)
+    );
+    assert_eq!(count().await, 4);
+
+    // The bridge restarts between two posts: ids already stored stay duplicates.
+    serve1.terminate();
+    assert!(serve1.wait_exit().success());
+    let (_serve2, url) = serve(dir, store_url);
+    let b = vec![
+        a[0].clone(),
+        dns("allow", "e.example", 1, &ago(0)),
+        dns("allow", "f.example", 1, &ago(0)),
+    ];
+    let (status, body) = post_http(dir, &url, Some(&token), &batch(&b));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":2,"duplicates":1}"#)
+    );
+    assert_eq!(count().await, 6);
+
+    // Stored as sent, with who sent it from the token, never from the body.
+    let stored = query::list_events(
+        &store,
+        &query::EventFilter {
+            domain: Some("a.example".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1);
+    let body: Value = serde_json::from_str(&stored[0].body).unwrap();
+    assert_eq!(body["template"], "python-dev");
+    assert_eq!(body["workspace"], "ws-42");
+    assert_eq!(body["agent.id"], agent.as_str());
+    assert_eq!(stored[0].count, 2);
+
+    // A malformed event refuses the whole batch, naming it; nothing of it is stored.
+    let bad = vec![
+        dns("allow", "g.example", 1, &ago(0)),
+        json!({"event.name": "boundary.dns"}),
+    ];
+    let (status, body) = post_http(dir, &url, Some(&token), &batch(&bad));
+    assert_eq!(status, 400, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1]: no `event.id`"),
+        "{body}"
+    );
+    let (status, body) = post_http(dir, &url, Some(&token), b"[1, 2]");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(count().await, 6);
+
+    // Beyond 1,000 events or 4 MiB: 413, nothing stored.
+    let many: Vec<Value> = (0..1001)
+        .map(|i| dns("allow", &format!("m{i}.example"), 1, &ago(0)))
+        .collect();
+    let (status, body) = post_http(dir, &url, Some(&token), &batch(&many));
+    assert_eq!(status, 413, "{body}");
+    let mut big = dns("allow", "big.example", 1, &ago(0));
+    big["padding"] = json!("x".repeat(4 << 20));
+    let (status, _) = post_http(dir, &url, Some(&token), &batch(&[big]));
+    assert_eq!(status, 413);
+    assert_eq!(count().await, 6);
+
+    // No token, a wrong one, a revoked one: 401, nothing stored.
+    let new = batch(&[dns("allow", "h.example", 1, &ago(0))]);
+    assert_eq!(post_http(dir, &url, None, &new).0, 401);
+    let forged_token = format!("bnd_agent_{}", "A".repeat(43));
+    assert_eq!(post_http(dir, &url, Some(&forged_token), &new).0, 401);
+    ok(bridge(
+        dir,
+        &["agents", "revoke", &agent, "--store", store_url],
+    ));
+    let (status, body) = post_http(dir, &url, Some(&token), &new);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    assert_eq!(count().await, 6);
+}
+
+#[tokio::test]
+async fn ingest_over_http_on_sqlite() {
+    let dir = TempDir::new("events-http");
+    let url = dir.path().join("bridge.db").display().to_string();
+    ingest_over_http(&url, dir.path()).await;
+}
+
+#[tokio::test]
+async fn ingest_over_http_on_postgres() {
+    let dir = TempDir::new("events-http-pg");
+    let pg = Postgres::start();
+    ingest_over_http(&pg.url(), dir.path()).await;
+}
+
+#[tokio::test]
+async fn events_retention_from_the_config_is_applied() {
+    let dir = TempDir::new("events-retention-config");
+    let url = dir.path().join("bridge.db").display().to_string();
+    let store = Store::open(&url).await.unwrap();
+    post(
+        &store,
+        &origin("ws-1"),
+        vec![
+            dns("allow", "old.example", 1, &ago(24 * 40)),
+            dns("allow", "new.example", 1, &ago(24 * 20)),
+        ],
+    )
+    .await;
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("bridge.yaml"),
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: {url}\ncontrol_plane:\n  events_retention: 30d\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let mut serve = Proc(
+        Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
+            .current_dir(dir.path())
+            .env_remove("BRIDGE_STORE")
+            .args(["serve", "--config", "bridge.yaml"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, &mut serve.0, &log);
+    let purged = wait_until(Duration::from_secs(20), || async {
+        query::count_events(&store).await.unwrap() == 1
+    })
+    .await;
+    assert!(purged, "{}", std::fs::read_to_string(&log).unwrap());
+    let left = query::list_events(&store, &query::EventFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(left[0].domain.as_deref(), Some("new.example"));
+}

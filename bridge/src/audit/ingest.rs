@@ -195,7 +195,7 @@ fn event_row(
     let workspace = origin
         .workspace
         .as_deref()
-        .map_or(Json::Null, |w| Json::from(w));
+        .map_or(Json::Null, Json::from);
     let body = if f.agent_id.is_some()
         || f.template.is_some()
         || f.workspace.is_some()

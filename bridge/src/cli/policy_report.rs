@@ -221,21 +221,3 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// `llm-bridge policy` until the control-plane commands join it: the rollout tools only.
-#[derive(Debug, clap::Subcommand)]
-pub enum PolicyCommand {
-    /// What enforce mode would deny for a template: its agents' would_deny (and deny) events
-    /// by destination, with counts, workspaces, processes, first and last seen.
-    Report(ReportArgs),
-    /// Replay a template's stored decisions against a candidate policy and print every
-    /// verdict that would change.
-    Simulate(SimulateArgs),
-}
-
-pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
-    match cmd {
-        PolicyCommand::Report(args) => report(args).await,
-        PolicyCommand::Simulate(args) => simulate(args).await,
-    }
-}
