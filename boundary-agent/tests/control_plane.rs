@@ -856,13 +856,22 @@ fn key(e: &Value) -> String {
     )
 }
 
-/// A session that connects `n` times to the allowed listener and once to a denied address.
-fn connect_session(agent: &Agent, allowed: u16, denied: u16, n: usize) {
+/// A session that connects `n` times to the allowed listener (`pause` seconds apart), then
+/// tries [`DENIED_PORTS`] ports of a denied address (each refused: one event each).
+/// Denied destinations per session (distinct ports: distinct events, none folded).
+const DENIED_PORTS: u16 = 300;
+
+fn connect_command(agent: &Agent, allowed: u16, denied: u16, n: usize, pause: f32) -> Command {
     let script = format!(
-        "import socket\nfor i in range({n}):\n  s=socket.socket(); s.connect(('127.0.0.2',{allowed})); s.sendall(b'x'); s.close()\ns=socket.socket()\ntry:\n  s.connect(('127.0.0.3',{denied}))\nexcept OSError as e:\n  print(e.errno)\n"
+        "import socket, time\nfor i in range({n}):\n  s=socket.socket(); s.connect(('127.0.0.2',{allowed})); s.sendall(b'x'); s.close(); time.sleep({pause})\nrefused=set()\nfor p in range({denied}, {denied}+{DENIED_PORTS}):\n  s=socket.socket()\n  try:\n    s.connect(('127.0.0.3',p))\n  except OSError as e:\n    refused.add(e.errno)\n  s.close()\nprint(*refused)\n"
     );
-    let out = agent
-        .nobody(&[], &["python3", "-c", &script])
+    let mut c = agent.nobody(&[], &["python3", "-c", &script]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+fn connect_session(agent: &Agent, allowed: u16, denied: u16, n: usize) {
+    let out = connect_command(agent, allowed, denied, n, 0.0)
         .output()
         .unwrap();
     assert!(
@@ -896,7 +905,8 @@ fn events_reach_a_postgresql_store_exactly_once_across_bridge_outages_and_agent_
 fn events_exactly_once(mut bridge: Bridge) {
     let (token, agent_id) = bridge.create_agent("cp-events");
     let allowed = Counted::start("127.0.0.2");
-    let denied = free_port();
+    // Ports on 127.0.0.3 from here on: nothing listens there, and the policy denies them.
+    let denied = 20_000 + (std::process::id() % 20_000) as u16;
     bridge.push("cp-events", &allow(&["127.0.0.2"]), "enforce");
     let mut agent = Agent::start(&allow(&["127.0.0.2"]), &bridge.url(), &token);
     agent.wait_event("applied v1", 15, |e| {
@@ -925,9 +935,28 @@ fn events_exactly_once(mut bridge: Bridge) {
     connect_session(&agent, allowed.port, denied, 20);
     all_delivered(&agent, &bridge, 30);
 
-    // 2. Bridge down: the session's events wait in the spool.
+    // 2. Bridge stops in the middle of a session: the rest of its events wait in the spool.
+    let running = connect_command(&agent, allowed.port, denied, 30, 0.05)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent
+        .events()
+        .iter()
+        .filter(|e| is(e, "boundary.session.start"))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second session did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
     bridge.stop();
-    connect_session(&agent, allowed.port, denied, 30);
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = agent_status(&agent);
@@ -972,13 +1001,12 @@ fn events_exactly_once(mut bridge: Bridge) {
     let count = |name: &str| stored.iter().filter(|e| is(e, name)).count();
     assert_eq!(count("boundary.session.start"), 3);
     assert_eq!(count("boundary.session.end"), 3);
-    assert_eq!(
-        stored
-            .iter()
-            .filter(|e| e["event.action"] == "deny")
-            .count(),
-        3
-    );
+    let denied_decisions: u64 = stored
+        .iter()
+        .filter(|e| e["event.action"] == "deny")
+        .map(|e| e["boundary.event.count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(denied_decisions, 3 * DENIED_PORTS as u64);
     let status = agent_status(&agent);
     assert_eq!(status["control_plane"]["events_lost"], 0, "{status}");
     eprintln!(
