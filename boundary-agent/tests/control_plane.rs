@@ -240,10 +240,21 @@ struct Agent {
     child: Option<Child>,
     cgroup_root: PathBuf,
     url: String,
+    state: Option<PathBuf>,
 }
 
 impl Agent {
     fn start(local_policy: &str, url: &str, token: &str) -> Agent {
+        Agent::start_with_state(local_policy, url, token, None)
+    }
+
+    /// With `state`: that state directory (default: `state/` in the agent's directory).
+    fn start_with_state(
+        local_policy: &str,
+        url: &str,
+        token: &str,
+        state: Option<&std::path::Path>,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         // Sticky and world-writable like /tmp: `nobody` can leave files here, not replace
         // root's.
@@ -266,6 +277,7 @@ impl Agent {
             child: None,
             cgroup_root,
             url: url.to_string(),
+            state: state.map(|p| p.to_path_buf()),
         };
         agent.spawn();
         agent
@@ -295,7 +307,7 @@ impl Agent {
             .arg("--token-file")
             .arg(d.join("agent-token"))
             .arg("--state-dir")
-            .arg(d.join("state"))
+            .arg(self.state.clone().unwrap_or_else(|| d.join("state")))
             .env("BOUNDARY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1109,4 +1121,67 @@ impl Drop for Postgres {
             .args(["-w", "-m", "immediate", "stop"])
             .output();
     }
+}
+
+#[test]
+fn a_batch_bridge_refuses_is_set_aside_and_shipping_goes_on() {
+    let bridge = Bridge::start("");
+    let (token, agent_id) = bridge.create_agent("cp-refused");
+    bridge.push("cp-refused", &allow(&["127.0.0.2"]), "enforce");
+    // A spool left by an earlier agent holds an event Bridge refuses (a port out of range).
+    let state = tempfile::tempdir().unwrap();
+    let bad_id = "01890a5d-ac96-774b-bcce-b302099a8057";
+    let spool = state.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(
+        spool.join("00000000000000000001.jsonl"),
+        format!(
+            "{{\"event.id\":\"{bad_id}\",\"event.name\":\"boundary.decision\",\"destination.port\":70000}}\n"
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start_with_state(
+        &allow(&["127.0.0.2"]),
+        &bridge.url(),
+        &token,
+        Some(state.path()),
+    );
+    agent.wait_event("applied v1", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    // The refused batch is kept aside, with why; what came after it is delivered.
+    let rejected = state.path().join("spool/rejected");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = stored_events(&bridge, &agent_id);
+        let kept: Vec<PathBuf> = std::fs::read_dir(&rejected)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if !kept.is_empty() && stored.iter().any(|e| is(e, "boundary.policy.applied")) {
+            let body = kept
+                .iter()
+                .find(|p| p.extension().is_some_and(|x| x == "json"))
+                .map(|p| std::fs::read_to_string(p).unwrap())
+                .unwrap_or_default();
+            assert!(body.contains(bad_id), "{body}");
+            assert!(!stored.iter().any(|e| e["stored.id"] == bad_id));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept aside: {kept:?}, stored: {}; log:\n{}",
+            stored.len(),
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.log().contains("refused a batch of events"),
+        "{}",
+        agent.log()
+    );
+    let status = agent_status(&agent);
+    assert_eq!(status["control_plane"]["events_lost"], 1, "{status}");
 }
