@@ -513,8 +513,14 @@ fn a_pushed_version_reaches_a_running_session_within_seconds() {
     assert_eq!(start["boundary.policy.version"], 1, "{start}");
     let session_id = start["session.id"].as_str().unwrap().to_string();
     assert_eq!(probe(&agent, 1), "ok", "version 1 allows 127.0.0.3");
-    let before = forbidden.received();
-    assert!(before > 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while forbidden.received() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the allowed probe's bytes never arrived"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 
     // Versions 2..=6 alternate: deny 127.0.0.3, allow it, ...; each must reach the running
     // session. Measured from the push command's start to the session's reload event.
@@ -1005,9 +1011,14 @@ fn events_exactly_once(mut bridge: Bridge) {
     written.sort();
     let mut got: Vec<String> = stored.iter().map(key).collect();
     got.sort();
-    assert_eq!(
-        got, written,
-        "the store holds exactly the events the agent wrote"
+    let missing: Vec<&String> = written.iter().filter(|k| !got.contains(k)).collect();
+    let extra: Vec<&String> = got.iter().filter(|k| !written.contains(k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && got.len() == written.len(),
+        "the store must hold exactly the events the agent wrote: missing {missing:?}, \
+         not in the agent's file {extra:?}, {} stored, {} written",
+        got.len(),
+        written.len()
     );
     // Three sessions, each with its start, its end, its denied connection.
     let count = |name: &str| stored.iter().filter(|e| is(e, name)).count();

@@ -79,15 +79,17 @@ pub struct Control {
     current: Mutex<Meta>,
     tap: Tap,
     registrations: mpsc::UnboundedSender<SessionCall>,
+    /// The receiving end of `registrations`, until [`Control::run`] starts its task.
+    pending_calls: Mutex<Option<mpsc::UnboundedReceiver<SessionCall>>>,
     delivered: AtomicU64,
     started_at: String,
 }
 
 impl Control {
-    /// Opens the state (last good policy, spool), and starts fetching policies, shipping
-    /// events and registering sessions. `config`: the `--config` policy, enforced until the
-    /// control plane has delivered one.
-    pub fn start(opts: &ControlOptions, config: &Path, tap: Tap) -> Result<Arc<Control>> {
+    /// Opens the state (last good policy, spool). `config`: the `--config` policy, enforced
+    /// until the control plane has delivered one. Nothing is fetched or shipped until
+    /// [`Control::run`].
+    pub fn open(opts: &ControlOptions, config: &Path, tap: Tap) -> Result<Arc<Control>> {
         let client = ControlPlane::new(&opts.url, &opts.token_file, opts.ca_file.as_deref())?;
         use std::os::unix::fs::DirBuilderExt;
         let policy_dir = opts.state_dir.join("policy");
@@ -116,6 +118,7 @@ impl Control {
             current: Mutex::new(current),
             tap,
             registrations: reg_tx,
+            pending_calls: Mutex::new(None),
             delivered: AtomicU64::new(0),
             started_at: crate::events::now_rfc3339(),
         });
@@ -124,10 +127,20 @@ impl Control {
             .name("boundary-spool".into())
             .spawn(move || write_spool(writer, queue))
             .map_err(Error::Io)?;
-        tokio::spawn(shipper::run(ctl.clone()));
-        tokio::spawn(policy::run(ctl.clone()));
-        tokio::spawn(register_queued(ctl.clone(), reg_rx));
+        *ctl.pending_calls.lock().unwrap() = Some(reg_rx);
         Ok(ctl)
+    }
+
+    /// Starts fetching policies, shipping events and delivering session calls: once whoever
+    /// reads the agent's events (its `--events` file, `boundary events`) is listening, so
+    /// that they see the first `boundary.policy.applied` too.
+    pub fn run(self: &Arc<Control>) {
+        let Some(calls) = self.pending_calls.lock().unwrap().take() else {
+            return;
+        };
+        tokio::spawn(shipper::run(self.clone()));
+        tokio::spawn(policy::run(self.clone()));
+        tokio::spawn(register_queued(self.clone(), calls));
     }
 
     /// Where sessions send their events.

@@ -135,7 +135,7 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     let (tap, _) = broadcast::channel(4096);
     let (follow, _) = broadcast::channel(4096);
     let control = match &opts.control {
-        Some(c) => Some(Control::start(c, &opts.config, tap.clone())?),
+        Some(c) => Some(Control::open(c, &opts.config, tap.clone())?),
         None => None,
     };
     let agent = Arc::new(Agent {
@@ -158,9 +158,14 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
                 .unwrap_or(0)
         }));
     }
-    tokio::spawn(collect_recent(agent.clone()));
+    // Subscribed here, before anything can emit: no event of the start is missed.
+    tokio::spawn(collect_recent(agent.clone(), agent.tap.subscribe()));
     if let Some(path) = agent.opts.events.clone() {
-        tokio::spawn(write_all_events(agent.clone(), path));
+        tokio::spawn(write_all_events(agent.tap.subscribe(), path));
+    }
+    if let Some(control) = &agent.control {
+        // Its events now have readers.
+        control.run();
     }
     adopt_orphans(&agent).await;
     // Held for the agent's lifetime: dropping it would change nothing in the kernel (the
@@ -1149,8 +1154,7 @@ async fn stream_events(
 }
 
 /// Keeps the recent-events window and the loss totals for `status`.
-async fn collect_recent(agent: Arc<Agent>) {
-    let mut rx = agent.tap.subscribe();
+async fn collect_recent(agent: Arc<Agent>, mut rx: broadcast::Receiver<Arc<Map<String, Value>>>) {
     loop {
         match rx.recv().await {
             Ok(e) => {
@@ -1175,7 +1179,7 @@ async fn collect_recent(agent: Arc<Agent>) {
 }
 
 /// `boundary agent --events`: every session's events in one stream.
-async fn write_all_events(agent: Arc<Agent>, path: PathBuf) {
+async fn write_all_events(mut rx: broadcast::Receiver<Arc<Map<String, Value>>>, path: PathBuf) {
     let mut sink = crate::events::Sink::new();
     if path == Path::new("-") {
         sink.stdout();
@@ -1183,7 +1187,6 @@ async fn write_all_events(agent: Arc<Agent>, path: PathBuf) {
         tracing::error!(error = %e, "cannot open the agent's events file");
         return;
     }
-    let mut rx = agent.tap.subscribe();
     loop {
         match rx.recv().await {
             // Never blocks: the sink's writer has its own thread and queue.
