@@ -125,8 +125,9 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
     }
     if let Some(control) = &opts.control {
-        // The token is the agent's identity: as trusted as its policy files.
+        // The token is the agent's identity: as trusted as its policy files, and secret.
         trusted_file(&control.token_file)?;
+        secret_file(&control.token_file)?;
     }
     raise_fd_limit();
     // The verifier runs here, once; a session start is then a slot, a few map updates and a
@@ -475,6 +476,23 @@ pub fn trusted_file(path: &Path) -> Result<()> {
                 m.mode() & 0o7777
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a secret (the agent token) that group or others can read.
+fn secret_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(Error::Agent(format!(
+            "refusing {}: it holds the agent token and group or others can read it (mode {:o}); \
+             `chmod 600` it",
+            path.display(),
+            meta.mode() & 0o7777
+        )));
     }
     Ok(())
 }
@@ -1225,6 +1243,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("symbolic link"));
+    }
+
+    #[test]
+    fn an_agent_token_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("agent-token");
+        std::fs::write(&token, "bnd_agent_x\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = secret_file(&token).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        secret_file(&token).unwrap();
     }
 
     #[test]
