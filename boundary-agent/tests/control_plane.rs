@@ -1192,3 +1192,61 @@ fn a_batch_bridge_refuses_is_set_aside_and_shipping_goes_on() {
     let status = agent_status(&agent);
     assert_eq!(status["control_plane"]["events_lost"], 1, "{status}");
 }
+
+#[test]
+fn a_burst_of_events_is_shipped_in_batches_and_measured() {
+    let bridge = Bridge::start("");
+    let (token, agent_id) = bridge.create_agent("cp-burst");
+    bridge.push("cp-burst", &allow(&["127.0.0.2"]), "enforce");
+    let agent = Agent::start(&allow(&["127.0.0.2"]), &bridge.url(), &token);
+    agent.wait_event("applied v1", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    // 5,000 denied destinations (distinct ports: one event each), as fast as Python goes.
+    let n = 5000;
+    let script = format!(
+        "import socket\nfor p in range(20000, 20000+{n}):\n  s=socket.socket()\n  try:\n    s.connect(('127.0.0.3',p))\n  except OSError:\n    pass\n  s.close()\n"
+    );
+    let started = Instant::now();
+    let out = agent
+        .nobody(&[], &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ran = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        let stored = stored_events(&bridge, &agent_id);
+        // Every decision is reported: as an event, or counted in a `boundary.events_lost`
+        // (the kernel's fair share of the rings caps a flooding session; see README).
+        let denied: u64 = stored
+            .iter()
+            .filter(|e| e["event.action"] == "deny")
+            .map(|e| e["boundary.event.count"].as_u64().unwrap_or(1))
+            .sum();
+        let lost: u64 = stored
+            .iter()
+            .filter(|e| is(e, "boundary.events_lost"))
+            .map(|e| e["boundary.events_lost.deny"].as_u64().unwrap_or(0))
+            .sum();
+        if denied + lost >= n && stored.iter().any(|e| is(e, "boundary.session.end")) {
+            eprintln!("{denied} denied decisions as events, {lost} counted lost by the kernel");
+            assert_eq!(denied + lost, n);
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{denied} of {n} denied decisions stored, {lost} counted lost; log:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let all = started.elapsed();
+    eprintln!(
+        "{} events ({n} denied decisions): session ran {ran:?}, all stored {all:?} after its start ({:.0} events/s end to end)",
+        stored.len(),
+        stored.len() as f64 / all.as_secs_f64()
+    );
+    let status = agent_status(&agent);
+    assert_eq!(status["control_plane"]["events_lost"], 0, "{status}");
+}

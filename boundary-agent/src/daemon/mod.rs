@@ -197,7 +197,7 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         }
         None => format!("policy {}", agent.opts.config.display()),
     };
-    tracing::info!(socket = %agent.opts.socket.display(), policy = %policy_text, "boundary agent listening");
+    tracing::info!(socket = %agent.opts.socket.display(), "boundary agent listening ({policy_text})");
     eprintln!(
         "boundary agent: listening on {} ({policy_text})",
         agent.opts.socket.display()
