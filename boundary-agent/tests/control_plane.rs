@@ -102,8 +102,93 @@ impl Bridge {
         Bridge::start_on(None, extra_yaml)
     }
 
-    fn start_on(postgres: Option<String>, extra_yaml: &str) -> Bridge {
+    /// With TLS: a certificate for 127.0.0.1 from a CA made here (its PEM: `tls/ca.pem`).
+    fn start_tls() -> Bridge {
         let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        std::fs::create_dir(&tls).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&tls)
+                .output()
+                .expect("openssl makes the test certificates");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=cp-test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            tls.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        // PKCS#8, as Bridge reads it.
+        openssl(&[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-out", "key8.pem",
+        ]);
+        let t = tls.display();
+        Bridge::start_in(
+            dir,
+            None,
+            &format!("tls:\n  cert_file: {t}/cert.pem\n  key_file: {t}/key8.pem\n"),
+        )
+    }
+
+    fn start_on(postgres: Option<String>, extra_yaml: &str) -> Bridge {
+        Bridge::start_in(tempfile::tempdir().unwrap(), postgres, extra_yaml)
+    }
+
+    fn start_in(dir: tempfile::TempDir, postgres: Option<String>, extra_yaml: &str) -> Bridge {
         let port = free_port();
         let d = dir.path().display();
         let store = match &postgres {
@@ -170,7 +255,12 @@ impl Bridge {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.dir.path().join("tls").exists() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// An `llm-bridge` admin command on this bridge's store.
@@ -241,11 +331,18 @@ struct Agent {
     cgroup_root: PathBuf,
     url: String,
     state: Option<PathBuf>,
+    /// More `boundary agent` arguments.
+    extra: Vec<String>,
 }
 
 impl Agent {
     fn start(local_policy: &str, url: &str, token: &str) -> Agent {
         Agent::start_with_state(local_policy, url, token, None)
+    }
+
+    /// With more `boundary agent` arguments.
+    fn start_with_args(local_policy: &str, url: &str, token: &str, args: &[&str]) -> Agent {
+        Agent::launch(local_policy, url, token, None, args)
     }
 
     /// With `state`: that state directory (default: `state/` in the agent's directory).
@@ -254,6 +351,16 @@ impl Agent {
         url: &str,
         token: &str,
         state: Option<&std::path::Path>,
+    ) -> Agent {
+        Agent::launch(local_policy, url, token, state, &[])
+    }
+
+    fn launch(
+        local_policy: &str,
+        url: &str,
+        token: &str,
+        state: Option<&std::path::Path>,
+        extra: &[&str],
     ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         // Sticky and world-writable like /tmp: `nobody` can leave files here, not replace
@@ -278,6 +385,7 @@ impl Agent {
             cgroup_root,
             url: url.to_string(),
             state: state.map(|p| p.to_path_buf()),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         agent.spawn();
         agent
@@ -308,6 +416,7 @@ impl Agent {
             .arg(d.join("agent-token"))
             .arg("--state-dir")
             .arg(self.state.clone().unwrap_or_else(|| d.join("state")))
+            .args(&self.extra)
             .env("BOUNDARY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1249,4 +1358,42 @@ fn a_burst_of_events_is_shipped_in_batches_and_measured() {
     );
     let status = agent_status(&agent);
     assert_eq!(status["control_plane"]["events_lost"], 0, "{status}");
+}
+
+#[test]
+fn the_control_plane_over_tls_is_trusted_through_ca_file_and_refused_without() {
+    let bridge = Bridge::start_tls();
+    assert!(bridge.url().starts_with("https://"));
+    let (token, _) = bridge.create_agent("cp-tls");
+    bridge.push("cp-tls", &allow(&["127.0.0.2"]), "enforce");
+    let ca = bridge.dir.path().join("tls/ca.pem");
+    let agent = Agent::start_with_args(
+        &allow(&["127.0.0.2"]),
+        &bridge.url(),
+        &token,
+        &["--ca-file", ca.to_str().unwrap()],
+    );
+    agent.wait_event("applied over TLS", 15, |e| {
+        is(e, "boundary.policy.applied") && e["boundary.policy.version"] == 1
+    });
+    // Without the CA, the certificate does not verify: nothing is taken from that server.
+    let untrusting = Agent::start(&allow(&["127.0.0.2"]), &bridge.url(), &token);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !untrusting.log().contains("unreachable") {
+        assert!(
+            Instant::now() < deadline,
+            "no TLS failure logged: {}",
+            untrusting.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        untrusting.log().to_lowercase().contains("certificate"),
+        "{}",
+        untrusting.log()
+    );
+    assert!(!untrusting
+        .events()
+        .iter()
+        .any(|e| is(e, "boundary.policy.applied")));
 }
