@@ -543,11 +543,12 @@ fn allow(ips: &[&str]) -> String {
 
 /// A Python command for a session: connects to 127.0.0.3:PORT and sends bytes each time the
 /// file `ask-N` appears (N = 1, 2, ...), answering in `got-N` ("ok" or the errno), until
-/// `done` appears. So the test decides when the running session tries.
+/// `done` appears (or 90 s have passed: a failed test leaves nothing running). So the test
+/// decides when the running session tries.
 const PROBE: &str = r#"
 import os, socket, sys, time
-port = int(sys.argv[1]); n = 1
-while not os.path.exists('done'):
+port = int(sys.argv[1]); n = 1; start = time.time()
+while not os.path.exists('done') and time.time() - start < 90:
     if os.path.exists('ask-%d' % n):
         s = socket.socket()
         try:
