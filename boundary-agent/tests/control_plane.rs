@@ -513,8 +513,14 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
         let parent = self.cgroup_root.join("boundary");
+        // A test that failed may leave a session's command running: end it.
+        if let Ok(dirs) = std::fs::read_dir(&parent) {
+            for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
+                let _ = std::fs::write(dir.path().join("cgroup.kill"), "1");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
         while std::fs::read_dir(&parent)
             .is_ok_and(|d| d.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())))
             && Instant::now() < deadline
