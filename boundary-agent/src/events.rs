@@ -552,6 +552,60 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// never waits for it.
 pub type Tap = tokio::sync::broadcast::Sender<Arc<Map<String, Value>>>;
 
+/// Where the agent's spool takes events (see `control::spool`): an unbounded channel, so the
+/// session never waits for the disk and nothing is dropped on the way (the spool itself is
+/// bounded and counts what it drops).
+#[derive(Clone)]
+pub struct SpoolFeed {
+    tx: std::sync::mpsc::Sender<Map<String, Value>>,
+    /// Events sent and not yet written (a stopping agent waits for this to reach zero).
+    queued: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The spool's end of a [`SpoolFeed`].
+pub struct SpoolQueue {
+    pub rx: std::sync::mpsc::Receiver<Map<String, Value>>,
+    pub queued: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SpoolFeed {
+    pub fn channel() -> (SpoolFeed, SpoolQueue) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (
+            SpoolFeed {
+                tx,
+                queued: queued.clone(),
+            },
+            SpoolQueue { rx, queued },
+        )
+    }
+
+    /// Queues an event; `false` only when the spool's writer is gone.
+    pub fn send(&self, event: Map<String, Value>) -> bool {
+        use std::sync::atomic::Ordering;
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(event).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Events queued and not yet in the spool.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a daemon's session hands its events to besides its own files: the daemon's live view
+/// ([`Tap`], may lag) and the control plane's spool (never drops).
+#[derive(Clone, Default)]
+pub struct Outlets {
+    pub tap: Option<Tap>,
+    pub spool: Option<SpoolFeed>,
+}
+
 /// Where events go: any of stdout, a file given with `--events`, `log_dir`, and taps.
 ///
 /// Each writer has its own thread and a bounded queue (see [`writer`]): a stalled reader of
@@ -563,6 +617,7 @@ pub type Tap = tokio::sync::broadcast::Sender<Arc<Map<String, Value>>>;
 pub struct Sink {
     writers: Vec<Writer>,
     taps: Vec<Tap>,
+    spool: Option<SpoolFeed>,
     session: Option<String>,
     summary: Option<Summarizer>,
 }
@@ -592,6 +647,7 @@ impl Sink {
         Sink {
             writers: Vec::new(),
             taps: Vec::new(),
+            spool: None,
             session: None,
             summary: None,
         }
@@ -610,6 +666,11 @@ impl Sink {
 
     pub fn tap(&mut self, tap: Tap) {
         self.taps.push(tap);
+    }
+
+    /// Every event (as written to the files: after flood summaries) also goes to the spool.
+    pub fn spool(&mut self, feed: SpoolFeed) {
+        self.spool = Some(feed);
     }
 
     pub fn stdout(&mut self) {
@@ -683,6 +744,13 @@ impl Sink {
     }
 
     fn publish(&mut self, event: &Map<String, Value>) {
+        if let Some(feed) = &self.spool {
+            if !feed.send(event.clone()) {
+                // The spool's writer is gone (the agent is stopping): say so once.
+                tracing::warn!("the event spool is closed; events of this session are not shipped");
+                self.spool = None;
+            }
+        }
         if !self.taps.is_empty() {
             let shared = Arc::new(event.clone());
             for tap in &self.taps {
@@ -757,6 +825,29 @@ impl Default for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spool_gets_every_event_even_when_the_tap_has_no_room() {
+        let (feed, queue) = SpoolFeed::channel();
+        let (tap, _rx) = tokio::sync::broadcast::channel(4);
+        let mut sink = Sink::new();
+        sink.tap(tap);
+        sink.spool(feed.clone());
+        for i in 0..10_000u64 {
+            let mut m = Map::new();
+            m.insert("event.name".into(), "boundary.session.start".into());
+            m.insert("n".into(), i.into());
+            sink.write(&m);
+        }
+        // The tap's receiver lagged long ago; the spool's channel holds all of them, in order.
+        assert_eq!(feed.queued(), 10_000);
+        let got: Vec<u64> = queue
+            .rx
+            .try_iter()
+            .map(|m| m["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+    }
 
     #[test]
     fn parent_pid_survives_parentheses_in_comm() {

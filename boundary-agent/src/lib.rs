@@ -10,6 +10,9 @@
 //!   addresses), [`dns`] (the per-session DNS proxy every query of a session goes through)
 //!   [`events`] (enrichment, sinks) and [`rings`] (reading a program set's shared event
 //!   rings, routing each record to its session);
+//! - [`control`] (`boundary agent --control-plane`): the policy from Bridge, the event spool
+//!   and its shipper, session credentials; [`managed`]: such a policy on disk, as sessions
+//!   read it;
 //! - [`policy`]: the pure policy (parse with positions, validate, match, compile); no I/O;
 //! - [`error`]: the crate's one error type.
 
@@ -19,12 +22,15 @@ pub mod error;
 pub use boundary_policy as policy;
 pub mod resolver;
 
+pub mod managed;
+
 pub mod dns;
 pub mod events;
 pub mod kernel;
 pub mod rings;
 pub mod session;
 
+pub mod control;
 pub mod daemon;
 
 // The kernel and daemon pieces by their short names, as the binary and the tests use them.

@@ -32,6 +32,7 @@ use crate::dns::{DnsProxy, Learned, LearnedNames, ProxyContext, RunningProxy};
 use crate::error::{Error, Result};
 use crate::events::{self, Enricher, Sink};
 use crate::loader::{self, Enforcer, ProgramSet, Rings};
+use crate::managed::{self, Meta};
 use crate::policy::AddressBook;
 use crate::policy::{self, Mode, Policy};
 use crate::resolver::{Resolver, ResolverConfig};
@@ -77,6 +78,56 @@ pub struct SessionSpec {
     pub deny_events_only: bool,
     /// The user the session belongs to (its command runs as them).
     pub owner_uid: Option<u32>,
+    /// `config` is a policy managed by a control plane (see [`crate::managed`]): its mode
+    /// and version come from the metadata file beside it.
+    #[serde(default)]
+    pub managed: bool,
+}
+
+/// Loads the session's policy: the file, or the managed pair (waiting out a pair caught
+/// between its two renames), with the mode the spec imposes.
+fn load_policy(spec: &SessionSpec) -> Result<(Policy, Option<Meta>)> {
+    let (mut policy, meta) = if spec.managed {
+        let mut tries = 0;
+        loop {
+            match managed::load(&spec.config)? {
+                managed::Load::Ready(policy, meta) => break (*policy, Some(meta)),
+                managed::Load::Pending if tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                managed::Load::Pending => {
+                    return Err(Error::Agent(format!(
+                        "{}: the policy text does not match its metadata ({})",
+                        spec.config.display(),
+                        managed::META
+                    )))
+                }
+            }
+        }
+    } else {
+        (policy::load(&spec.config)?, None)
+    };
+    if let Some(mode) = spec.mode {
+        policy.mode = mode;
+    }
+    Ok((policy, meta))
+}
+
+/// The fields that name a managed policy's version in events.
+fn version_fields(meta: Option<&Meta>) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(meta) = meta {
+        if meta.version > 0 {
+            m.insert("boundary.policy.version".into(), meta.version.into());
+            m.insert(
+                "boundary.policy.template".into(),
+                meta.template.clone().into(),
+            );
+        }
+        m.insert("boundary.policy.sha256".into(), meta.sha256.clone().into());
+    }
+    m
 }
 
 /// Checks a session id: it names a cgroup and files, so it is kept to a safe alphabet.
@@ -179,8 +230,8 @@ impl Session {
     /// Loads the policy, fills the maps, creates the cgroup and attaches the programs: when
     /// this returns, a process that joins [`Session::cgroup`] is confined. A set of programs
     /// of its own is loaded for it (single-shot `boundary run`).
-    pub async fn start(spec: SessionSpec, tap: Option<events::Tap>) -> Result<Session> {
-        Session::start_in(None, spec, tap).await
+    pub async fn start(spec: SessionSpec, outlets: events::Outlets) -> Result<Session> {
+        Session::start_in(None, spec, outlets).await
     }
 
     /// [`Session::start`] in `kernel`, the agent's shared set (a slot, map entries and a
@@ -188,12 +239,9 @@ impl Session {
     pub async fn start_in(
         kernel: Option<Arc<SharedKernel>>,
         spec: SessionSpec,
-        tap: Option<events::Tap>,
+        outlets: events::Outlets,
     ) -> Result<Session> {
-        let mut policy = policy::load(&spec.config)?;
-        if let Some(mode) = spec.mode {
-            policy.mode = mode;
-        }
+        let (policy, meta) = load_policy(&spec)?;
         check_privileges()?;
         for warning in policy.warnings() {
             tracing::warn!("{warning}");
@@ -255,6 +303,9 @@ impl Session {
         if let Some(uid) = spec.owner_uid {
             start["user.id"] = uid.into();
         }
+        if let Value::Object(m) = &mut start {
+            m.extend(version_fields(meta.as_ref()));
+        }
         let running = Running {
             id: session_id,
             spec,
@@ -266,13 +317,13 @@ impl Session {
             guard,
             proxy,
         };
-        running.launch(tap, "boundary.session.start", start)
+        running.launch(outlets, "boundary.session.start", start)
     }
 
     /// Takes over a session whose agent died (a restarted daemon): reopens its pinned maps
     /// and links (it stays confined throughout), reads the events it could not write (once
     /// [`resume_adopted`] is called), and keeps its policy up to date again.
-    pub async fn adopt(id: &str, root: &Path, tap: Option<events::Tap>) -> Result<Session> {
+    pub async fn adopt(id: &str, root: &Path, outlets: events::Outlets) -> Result<Session> {
         validate_session_id(id)?;
         let spec: SessionSpec = std::fs::read(spec_path(id))
             .ok()
@@ -296,10 +347,7 @@ impl Session {
         };
         // The file may have changed or broken while nobody watched: a bad one keeps the
         // policy that is in the maps (fail closed), a good one is applied.
-        let mut policy = policy::load(&spec.config)?;
-        if let Some(mode) = spec.mode {
-            policy.mode = mode;
-        }
+        let (policy, meta) = load_policy(&spec)?;
         let resolver_config =
             ResolverConfig::new(&policy.dns, spec.dns_server, spec.hosts_file.as_deref())?;
         let mut resolver = Resolver::new(&policy, resolver_config);
@@ -308,7 +356,7 @@ impl Session {
         let proxy = start_dns_proxy(&mut enforcer)?;
         let compiled = policy::compile(&policy, &book, &proxy.listen_addrs())?;
         enforcer.apply(&compiled)?;
-        let fields = json!({
+        let mut fields = json!({
             "boundary.policy.source": spec.config.display().to_string(),
             "boundary.policy.rules": policy.rules.len(),
             "boundary.cgroup.path": guard.cgroup().path().display().to_string(),
@@ -325,7 +373,10 @@ impl Session {
             guard,
             proxy,
         };
-        running.launch(tap, "boundary.session.adopted", fields)
+        if let Value::Object(m) = &mut fields {
+            m.extend(version_fields(meta.as_ref()));
+        }
+        running.launch(outlets, "boundary.session.adopted", fields)
     }
 
     /// Whole-workspace mode: confines an existing cgroup (a container's, a systemd slice) and
@@ -336,13 +387,10 @@ impl Session {
         spec: SessionSpec,
         cgroup: &Path,
         exempt: &[PathBuf],
-        tap: Option<events::Tap>,
+        outlets: events::Outlets,
     ) -> Result<Session> {
         const ID: &str = "workspace";
-        let mut policy = policy::load(&spec.config)?;
-        if let Some(mode) = spec.mode {
-            policy.mode = mode;
-        }
+        let (policy, _) = load_policy(&spec)?;
         check_privileges()?;
         let pinned = Path::new(loader::PIN_ROOT).join(ID).is_dir();
         // A set of its own: its exemptions and its permanence concern it alone.
@@ -398,7 +446,7 @@ impl Session {
             proxy,
         };
         let session = running.launch(
-            tap,
+            outlets,
             if pinned {
                 "boundary.session.adopted"
             } else {
@@ -591,7 +639,7 @@ fn start_dns_proxy(enforcer: &mut Enforcer) -> Result<DnsProxy> {
 
 impl Running {
     /// Starts the sinks, the ring readers, the resolver refresh and the policy task.
-    fn launch(self, tap: Option<events::Tap>, first: &str, fields: Value) -> Result<Session> {
+    fn launch(self, outlets: events::Outlets, first: &str, fields: Value) -> Result<Session> {
         let Running {
             id: session_id,
             spec,
@@ -616,8 +664,11 @@ impl Running {
         if let Some(dir) = &policy.log_dir {
             sink.rotated_file(&dir.join(format!("boundary-{session_id}.jsonl")), rotation)?;
         }
-        if let Some(tap) = tap {
+        if let Some(tap) = outlets.tap {
             sink.tap(tap);
+        }
+        if let Some(spool) = outlets.spool {
+            sink.spool(spool);
         }
         // One shared copy: a 10,000-rule policy is megabytes.
         let policy = Arc::new(policy);
@@ -746,7 +797,7 @@ pub async fn run(opts: RunOptions) -> Result<i32> {
     let confinement = Confinement::new(&run_as)?.supervised_through(child_end.as_raw_fd());
     let mut spec = opts.session.clone();
     spec.command_line = command_text(&opts.command);
-    let session = Session::start(spec, None).await?;
+    let session = Session::start(spec, events::Outlets::default()).await?;
     let confinement = match confinement.join_cgroup(&session.cgroup().join_path()) {
         Ok(c) => c,
         Err(e) => {
@@ -989,8 +1040,8 @@ struct PolicyLoop {
 /// reports lost events. Returns the enforcer when the session stops.
 async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
     let mut lost_reported = (0, 0);
-    let mut config_stamp = stamp(&s.spec.config);
-    let mut pending: Option<Option<Stamp>> = None;
+    let mut config_stamp = spec_stamp(&s.spec);
+    let mut pending: Option<Option<(Stamp, Option<Stamp>)>> = None;
     let mut extra_resolver: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1047,26 +1098,31 @@ async fn policy_loop(mut s: PolicyLoop) -> Enforcer {
                     events::emit(&s.events, s.enricher.lost(lost.0 - lost_reported.0, lost.1 - lost_reported.1));
                     lost_reported = lost;
                 }
-                let now = stamp(&s.spec.config);
+                let now = spec_stamp(&s.spec);
                 if now == config_stamp {
                     pending = None;
                     continue;
                 }
-                // Changed: wait until it is stable (same stamp on two polls in a row).
-                if pending.as_ref() != Some(&now) {
+                // Changed: wait until it is stable (same stamp on two polls in a row). A
+                // managed policy is replaced by renames and read only when its text matches
+                // its metadata: it is whole as soon as it is seen.
+                if pending.as_ref() != Some(&now) && !s.spec.managed {
                     pending = Some(now);
                     continue;
                 }
                 pending = None;
-                {
-                    config_stamp = now;
-                    if let Some((handle, rx)) = reload(&mut s).await {
+                config_stamp = now;
+                match reload(&mut s).await {
+                    Reloaded::Applied(handle, rx) => {
                         if let Some(old) = extra_resolver.replace(handle) {
                             old.abort();
                         }
                         book_rx = rx;
                         resolver_alive = true;
                     }
+                    Reloaded::Kept => {}
+                    // Caught between the text and its metadata: look again next poll.
+                    Reloaded::Pending => config_stamp = None,
                 }
             }
             _ = events::stopped(&mut stop) => break,
@@ -1104,24 +1160,53 @@ fn install(s: &mut PolicyLoop, why: &str) {
     }
 }
 
+/// What a reload did.
+enum Reloaded {
+    /// The new policy is in force; its resolver refresh task and address book.
+    Applied(
+        tokio::task::JoinHandle<()>,
+        watch::Receiver<Arc<AddressBook>>,
+    ),
+    /// The old one stays (the new one is invalid: reported).
+    Kept,
+    /// A managed policy in the middle of being replaced.
+    Pending,
+}
+
 /// Loads the edited config. On success: new resolver, maps and settings; on failure: an
 /// event and an error log, and nothing changes.
-async fn reload(
-    s: &mut PolicyLoop,
-) -> Option<(
-    tokio::task::JoinHandle<()>,
-    watch::Receiver<Arc<AddressBook>>,
-)> {
+async fn reload(s: &mut PolicyLoop) -> Reloaded {
     let started = Instant::now();
-    let mut policy = match policy::load(&s.spec.config) {
+    let loaded = if s.spec.managed {
+        match managed::load(&s.spec.config) {
+            Ok(managed::Load::Ready(p, meta)) => Ok((*p, Some(meta))),
+            Ok(managed::Load::Pending) => return Reloaded::Pending,
+            Err(e) => Err(e),
+        }
+    } else {
+        policy::load(&s.spec.config)
+            .map(|p| (p, None))
+            .map_err(Error::from)
+    };
+    let (mut policy, meta) = match loaded {
         Ok(p) => p,
         Err(e) => {
             eprintln!("boundary: {e}\nboundary: keeping the last good policy in force");
-            events::emit(&s.events, s.enricher.session(
-                "boundary.policy.rejected",
-                json!({"error.message": e.to_string(), "boundary.policy.source": s.spec.config.display().to_string()}),
-            ));
-            return None;
+            let mut fields = json!({"error.message": e.to_string(), "boundary.policy.source": s.spec.config.display().to_string()});
+            if s.spec.managed {
+                // Which version could not be applied (the metadata alone may be readable).
+                let meta: Option<Meta> = std::fs::read(managed::meta_path(&s.spec.config))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                if let Value::Object(m) = &mut fields {
+                    m.extend(version_fields(meta.as_ref()));
+                }
+            }
+            events::emit(
+                &s.events,
+                s.enricher.session("boundary.policy.rejected", fields),
+            );
+            return Reloaded::Kept;
         }
     };
     if let Some(mode) = s.spec.mode {
@@ -1132,7 +1217,7 @@ async fn reload(
             Ok(c) => c,
             Err(e) => {
                 eprintln!("boundary: {e}; keeping the last good policy in force");
-                return None;
+                return Reloaded::Kept;
             }
         };
     let mut resolver = Resolver::new(&policy, config.clone());
@@ -1141,7 +1226,7 @@ async fn reload(
         Ok(c) => c,
         Err(e) => {
             eprintln!("boundary: {e}; keeping the last good policy in force");
-            return None;
+            return Reloaded::Kept;
         }
     };
     if let Err(e) = s
@@ -1150,7 +1235,7 @@ async fn reload(
         .and_then(|_| s.enforcer.apply(&compiled))
     {
         eprintln!("boundary: applying the reloaded policy: {e}");
-        return None;
+        return Reloaded::Kept;
     }
     for warning in policy.warnings() {
         tracing::warn!("{warning}");
@@ -1161,16 +1246,31 @@ async fn reload(
     let rules = policy.rules.len();
     let _ = s.policy_tx.send(policy);
     let (tx, rx) = watch::channel(Arc::new(book));
-    events::emit(&s.events, s.enricher.session(
-        "boundary.policy.reload",
-        json!({"boundary.policy.rules": rules, "boundary.reload.ms": started.elapsed().as_millis() as u64}),
-    ));
-    Some((resolver.spawn_refresh(tx), rx))
+    let mut fields = json!({"boundary.policy.rules": rules, "boundary.reload.ms": started.elapsed().as_millis() as u64});
+    if let Value::Object(m) = &mut fields {
+        m.extend(version_fields(meta.as_ref()));
+    }
+    events::emit(
+        &s.events,
+        s.enricher.session("boundary.policy.reload", fields),
+    );
+    Reloaded::Applied(resolver.spawn_refresh(tx), rx)
 }
 
 /// What identifies one version of the policy file: an atomic replacement (rename) changes the
 /// inode even when size and time look the same.
 type Stamp = (SystemTime, u64, u64, u64);
+
+/// The stamp of a session's policy: the file's, and for a managed policy its metadata's too
+/// (a new mode for the same text is a new metadata file).
+fn spec_stamp(spec: &SessionSpec) -> Option<(Stamp, Option<Stamp>)> {
+    let text = stamp(&spec.config)?;
+    let meta = spec
+        .managed
+        .then(|| stamp(&managed::meta_path(&spec.config)))
+        .flatten();
+    Some((text, meta))
+}
 
 fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;

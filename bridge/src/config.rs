@@ -121,7 +121,7 @@ pub struct ControlPlaneSettings {
 }
 
 /// Default of [`ControlPlaneSettings::events_retention`].
-pub const DEFAULT_EVENTS_RETENTION_DAYS: i64 = 90;
+pub const DEFAULT_EVENTS_RETENTION_DAYS: i64 = crate::retention::DEFAULT_EVENTS_RETENTION_DAYS;
 
 impl Default for ControlPlaneSettings {
     fn default() -> Self {
@@ -570,6 +570,7 @@ impl BridgeConfig {
                     .map_err(|e| err(&["retention", "purge_interval"], e.to_string()))?,
                 None => crate::retention::DEFAULT_PURGE_INTERVAL,
             },
+            events: Retention::default().events,
         };
         if let (Some(records), Some(prompts)) = (retention.interceptions, retention.prompts) {
             if prompts > records {
@@ -612,6 +613,10 @@ impl BridgeConfig {
             budget_notices.webhook = Some(uri);
         }
         let control_plane = control_plane(&raw.control_plane, &err)?;
+        let retention = Retention {
+            events: Some(control_plane.events_retention),
+            ..retention
+        };
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {

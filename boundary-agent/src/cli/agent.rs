@@ -55,6 +55,33 @@ pub struct Args {
     #[arg(long, value_name = "DIR", requires = "confine_cgroup")]
     exempt_cgroup: Vec<PathBuf>,
 
+    /// Take the default policy from this control plane (`llm-bridge serve`, e.g.
+    /// https://bridge.corp:8787) and ship every event to it. The agent long-polls its
+    /// template's policy, keeps the last good one in --state-dir (enforced at start when the
+    /// control plane is unreachable; --config until a first version arrives), applies each
+    /// new version to new and running sessions within seconds, sends events through an
+    /// on-disk spool (nothing lost across outages and restarts), and gives each session a
+    /// credential for Bridge (BOUNDARY_SESSION_TOKEN, ANTHROPIC_CUSTOM_HEADERS).
+    #[arg(long, value_name = "URL", requires = "token_file")]
+    control_plane: Option<String>,
+
+    /// The agent token (`llm-bridge agents create`), in a file only root can read and change.
+    #[arg(long, value_name = "FILE", requires = "control_plane")]
+    token_file: Option<PathBuf>,
+
+    /// Also trust these CA certificates (PEM) for the control plane's TLS.
+    #[arg(long, value_name = "PEM", requires = "control_plane")]
+    ca_file: Option<PathBuf>,
+
+    /// Where the agent keeps its last good policy (policy/) and its event spool (spool/).
+    #[arg(long, value_name = "DIR", default_value = boundary_agent::control::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// The most the event spool may take on disk (e.g. 256MiB, 1GiB); when full, the oldest
+    /// events are dropped and counted in a boundary.events_lost event.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_spool_max)]
+    spool_max: u64,
+
     /// Log level (error, warn, info, debug); BOUNDARY_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -79,8 +106,26 @@ fn parse_named(text: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_string(), PathBuf::from(path)))
 }
 
+fn parse_spool_max(text: &str) -> Result<u64, String> {
+    match boundary_agent::policy::parse::parse_size(text) {
+        Some(n) if n >= 4 * 1024 * 1024 => Ok(n),
+        Some(_) => Err("the spool needs at least 4MiB".into()),
+        None => Err(format!("`{text}`: expected a size such as 256MiB or 1GiB")),
+    }
+}
+
 pub fn main(args: Args) -> i32 {
     super::init_logging(&args.log_level);
+    let control = match (args.control_plane, args.token_file) {
+        (Some(url), Some(token_file)) => Some(boundary_agent::control::ControlOptions {
+            url,
+            token_file,
+            ca_file: args.ca_file,
+            state_dir: args.state_dir,
+            spool_max: args.spool_max,
+        }),
+        _ => None,
+    };
     let opts = AgentOptions {
         config: args.config,
         policies: args.policies,
@@ -91,6 +136,7 @@ pub fn main(args: Args) -> i32 {
         cgroup_root: args.cgroup_root,
         confine: args.confine_cgroup,
         exempt: args.exempt_cgroup,
+        control,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

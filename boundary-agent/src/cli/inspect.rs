@@ -95,6 +95,24 @@ pub fn status(args: StatusArgs) -> i32 {
                 "events     lost so far: {} deny, {} allow; {} of no running session",
                 v["events_lost"]["deny"], v["events_lost"]["allow"], v["events_unrouted"]
             );
+            let cp = &v["control_plane"];
+            if cp.is_object() {
+                let version = match cp["policy_version"].as_u64() {
+                    Some(n) => format!(
+                        "template {} version {n} ({})",
+                        cp["template"].as_str().unwrap_or("?"),
+                        cp["mode"].as_str().unwrap_or("its own mode")
+                    ),
+                    None => "no version received yet: enforcing --config".into(),
+                };
+                println!(
+                    "control    {}: {version}; events spooled {}, delivered {}, lost {}",
+                    cp["url"].as_str().unwrap_or(""),
+                    cp["events_spooled"],
+                    cp["events_delivered"],
+                    cp["events_lost"]
+                );
+            }
             println!("landlock   ABI {}", v["landlock_abi"]);
             0
         }

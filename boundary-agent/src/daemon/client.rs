@@ -87,10 +87,31 @@ pub async fn run(opts: ClientRun) -> Result<i32> {
     let session = reply["session"].as_str().unwrap_or_default().to_string();
     let token = reply["token"].as_str().unwrap_or_default().to_string();
     let mut env: Vec<(&str, String)> = Vec::new();
-    for key in ["BOUNDARY_SESSION_ID", "BOUNDARY_POLICY"] {
+    for key in [
+        "BOUNDARY_SESSION_ID",
+        "BOUNDARY_POLICY",
+        "BOUNDARY_SESSION_TOKEN",
+    ] {
         if let Some(v) = reply["env"][key].as_str() {
             env.push((key, v.to_string()));
         }
+    }
+    // The session's credential headers for Claude Code, after the user's own (only the
+    // client knows the user's environment).
+    let headers: Vec<(String, String)> = reply["headers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| Some((h[0].as_str()?.to_string(), h[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !headers.is_empty() {
+        let user = std::env::var("ANTHROPIC_CUSTOM_HEADERS").ok();
+        env.push((
+            "ANTHROPIC_CUSTOM_HEADERS",
+            crate::control::credential::merge_custom_headers(user.as_deref(), &headers),
+        ));
     }
     let mut join = serde_json::to_vec(&Request::Join { session, token })
         .map_err(|e| Error::Agent(e.to_string()))?;

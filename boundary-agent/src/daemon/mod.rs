@@ -35,6 +35,7 @@ use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
+use crate::control::{credential, Control};
 use crate::error::{Error, Result};
 use crate::events::Tap;
 use crate::policy;
@@ -68,6 +69,8 @@ pub struct AgentOptions {
     pub confine: Option<PathBuf>,
     /// Cgroups inside `confine` left unconfined (the workspace's control processes).
     pub exempt: Vec<PathBuf>,
+    /// A control plane (Bridge) to take the default policy from and ship events to.
+    pub control: Option<crate::control::ControlOptions>,
 }
 
 struct Agent {
@@ -85,6 +88,8 @@ struct Agent {
     started: SystemTime,
     /// The programs and maps every session of this agent shares (loaded once, at start).
     kernel: Arc<session::SharedKernel>,
+    /// With `--control-plane`: the policy in force, the event spool, session credentials.
+    control: Option<Arc<Control>>,
 }
 
 /// What the daemon knows of a live session besides the [`Session`] its connection task owns.
@@ -119,12 +124,21 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
             trusted_file(hosts)?;
         }
     }
+    if let Some(control) = &opts.control {
+        // The token is the agent's identity: as trusted as its policy files, and secret.
+        trusted_file(&control.token_file)?;
+        secret_file(&control.token_file)?;
+    }
     raise_fd_limit();
     // The verifier runs here, once; a session start is then a slot, a few map updates and a
     // link per hook on its cgroup.
     let kernel = session::SharedKernel::load(crate::loader::RING_BYTES_SHARED)?;
     let (tap, _) = broadcast::channel(4096);
     let (follow, _) = broadcast::channel(4096);
+    let control = match &opts.control {
+        Some(c) => Some(Control::open(c, &opts.config, tap.clone())?),
+        None => None,
+    };
     let agent = Arc::new(Agent {
         opts,
         sessions: Mutex::new(HashMap::new()),
@@ -135,10 +149,24 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
         lost: Mutex::new((0, 0)),
         started: SystemTime::now(),
         kernel,
+        control,
     });
-    tokio::spawn(collect_recent(agent.clone()));
+    if let Some(control) = agent.control.clone() {
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(crate::control::report_status(control, move || {
+            weak.upgrade()
+                .map(|a| a.sessions.lock().unwrap().len())
+                .unwrap_or(0)
+        }));
+    }
+    // Subscribed here, before anything can emit: no event of the start is missed.
+    tokio::spawn(collect_recent(agent.clone(), agent.tap.subscribe()));
     if let Some(path) = agent.opts.events.clone() {
-        tokio::spawn(write_all_events(agent.clone(), path));
+        tokio::spawn(write_all_events(agent.tap.subscribe(), path));
+    }
+    if let Some(control) = &agent.control {
+        // Its events now have readers.
+        control.run();
     }
     adopt_orphans(&agent).await;
     // Held for the agent's lifetime: dropping it would change nothing in the kernel (the
@@ -149,11 +177,30 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
     };
     // Listening means ready: sessions adopted, the workspace (if any) confined.
     let listener = bind(&agent.opts.socket)?;
-    tracing::info!(socket = %agent.opts.socket.display(), policy = %agent.opts.config.display(), "boundary agent listening");
+    let policy_text = match &agent.control {
+        Some(c) => {
+            let current = c.current();
+            if current.version > 0 {
+                format!(
+                    "policy from {}: template {} version {}",
+                    c.client.base(),
+                    current.template,
+                    current.version
+                )
+            } else {
+                format!(
+                    "policy {} until {} sends one",
+                    agent.opts.config.display(),
+                    c.client.base()
+                )
+            }
+        }
+        None => format!("policy {}", agent.opts.config.display()),
+    };
+    tracing::info!(socket = %agent.opts.socket.display(), "boundary agent listening ({policy_text})");
     eprintln!(
-        "boundary agent: listening on {} (policy {})",
-        agent.opts.socket.display(),
-        agent.opts.config.display()
+        "boundary agent: listening on {} ({policy_text})",
+        agent.opts.socket.display()
     );
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -195,6 +242,10 @@ pub async fn serve(opts: AgentOptions) -> Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(control) = &agent.control {
+        // What sessions wrote is in the spool before the agent goes (shipped by the next).
+        control.drain(SHUTDOWN_GRACE).await;
     }
     let live = agent.sessions.lock().unwrap().len();
     eprintln!("boundary agent: stopping; {live} session(s) stay confined by their pinned programs");
@@ -254,15 +305,17 @@ async fn confine_workspace(agent: &Arc<Agent>, path: &Path) -> Result<Session> {
         })?;
         exempt.push(own_cgroup);
     }
+    let (config, managed) = agent.default_policy();
     let spec = SessionSpec {
-        config: agent.opts.config.clone(),
+        config,
+        managed,
         command_line: format!("(every process in {})", path.display()),
         hosts_file: agent.opts.hosts_file.clone(),
         dns_server: agent.opts.dns_server,
         owner_uid: Some(0),
         ..SessionSpec::default()
     };
-    let session = Session::confine_existing(spec, &path, &exempt, Some(agent.tap.clone())).await?;
+    let session = Session::confine_existing(spec, &path, &exempt, agent.outlets()).await?;
     tracing::info!(cgroup = %path.display(), exempt = exempt.len(), "whole-workspace confinement in force");
     eprintln!(
         "boundary agent: confining every process in {} ({} exempt cgroup(s))",
@@ -295,7 +348,7 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
             session::remove_unused(&root, &id);
             continue;
         }
-        let session = match Session::adopt(&id, &root, Some(agent.tap.clone())).await {
+        let session = match Session::adopt(&id, &root, agent.outlets()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(session = %id, error = %e, "cannot adopt the session; it stays confined by its last policy");
@@ -336,6 +389,9 @@ async fn adopt_orphans(agent: &Arc<Agent>) {
             end.insert("boundary.session.end.reason".into(), reason.into());
             session.finish(end).await;
             agent.sessions.lock().unwrap().remove(&id);
+            if let Some(control) = &agent.control {
+                control.end_session(&id);
+            }
         });
     }
     // Every session that could be adopted has its route: the unread records can flow.
@@ -420,6 +476,23 @@ pub fn trusted_file(path: &Path) -> Result<()> {
                 m.mode() & 0o7777
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a secret (the agent token) that group or others can read.
+fn secret_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(Error::Agent(format!(
+            "refusing {}: it holds the agent token and group or others can read it (mode {:o}); \
+             `chmod 600` it",
+            path.display(),
+            meta.mode() & 0o7777
+        )));
     }
     Ok(())
 }
@@ -646,6 +719,12 @@ where
     let started = async {
         refuse_if_confined(&agent, &peer)?;
         let (policy_name, path) = choose_policy(&agent.opts, start.policy.as_deref())?;
+        // The default policy comes from the control plane when there is one.
+        let (path, managed) = if start.policy.is_none() {
+            agent.default_policy()
+        } else {
+            (path, false)
+        };
         trusted_file(&path)?;
         if let Some(id) = &start.session_id {
             session::validate_session_id(id)?;
@@ -661,9 +740,9 @@ where
             mode: None,
             deny_events_only: start.deny_events_only,
             owner_uid: Some(peer.uid),
+            managed,
         };
-        let session =
-            Session::start_in(Some(agent.kernel.clone()), spec, Some(agent.tap.clone())).await?;
+        let session = Session::start_in(Some(agent.kernel.clone()), spec, agent.outlets()).await?;
         Ok::<_, Error>((policy_name, session))
     }
     .await;
@@ -699,14 +778,38 @@ where
         }
     }
     tracing::info!(session = %id, uid = peer.uid, policy = %policy_name, "session started");
-    let env: Map<String, Value> = session
+    let mut env: Map<String, Value> = session
         .env()
         .into_iter()
         .map(|(k, v)| (k.to_string(), Value::from(v)))
         .collect();
+    // With a control plane: the session's credential, registered before the client hears
+    // of the session (the command's first request to Bridge must find it).
+    let mut headers = Vec::new();
+    if let Some(control) = &agent.control {
+        let credential = credential::mint(&id);
+        control
+            .register_session(crate::control::Registration {
+                session_id: id.clone(),
+                credential_sha256: crate::managed::sha256_hex(credential.as_bytes()),
+                user_name: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name),
+                uid: peer.uid,
+                command: start.command.join(" "),
+                started_at: rfc3339(SystemTime::now()),
+            })
+            .await;
+        let template = (policy_name == "default")
+            .then(|| control.current().template)
+            .filter(|t| !t.is_empty());
+        headers = credential::headers(&id, &credential, template.as_deref(), None);
+        env.insert("BOUNDARY_SESSION_TOKEN".into(), credential.into());
+    }
     protocol::write_json(
         &mut write,
-        &json!({"ok": true, "session": id, "policy": policy_name, "token": token, "env": env}),
+        &json!({"ok": true, "session": id, "policy": policy_name, "token": token, "env": env, "headers": headers}),
     )
     .await?;
 
@@ -754,6 +857,9 @@ where
     };
     session.finish(end).await;
     agent.sessions.lock().unwrap().remove(&id);
+    if let Some(control) = &agent.control {
+        control.end_session(&id);
+    }
     tracing::info!(session = %id, "session ended");
     // Events written by the end of the session that the client has not seen yet.
     if let Some(rx) = events.as_mut() {
@@ -913,9 +1019,10 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
     let sessions = agent.sessions.lock().unwrap();
     let mine = sessions.values().filter(|s| s.uid == peer.uid).count();
     let (lost_deny, lost_allow) = *agent.lock_lost();
-    let mut policies = vec![policy_summary("default", &agent.opts.config)];
+    let (default, managed) = agent.default_policy();
+    let mut policies = vec![policy_summary("default", &default, managed)];
     for (name, path) in &agent.opts.policies {
-        policies.push(policy_summary(name, path));
+        policies.push(policy_summary(name, path, false));
     }
     json!({
         "ok": true,
@@ -931,22 +1038,49 @@ fn status(agent: &Agent, peer: &Peer) -> Value {
         // Records of the shared rings no running session claimed (a decision in a cgroup
         // whose attachment holds no slot yet, denied; or one read after its session ended).
         "events_unrouted": agent.kernel.router.unrouted(),
+        "control_plane": agent.control.as_ref().map(|c| c.summary()),
         "landlock_abi": crate::confine::landlock_abi(),
     })
 }
 
 impl Agent {
+    /// The default policy's file, and whether it is managed by the control plane.
+    fn default_policy(&self) -> (PathBuf, bool) {
+        match &self.control {
+            Some(c) => (c.policy_path(), true),
+            None => (self.opts.config.clone(), false),
+        }
+    }
+
+    /// Where every session's events go besides its own files.
+    fn outlets(&self) -> crate::events::Outlets {
+        crate::events::Outlets {
+            tap: Some(self.tap.clone()),
+            spool: self.control.as_ref().map(|c| c.feed()),
+        }
+    }
+
     fn lock_lost(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
         self.lost.lock().unwrap()
     }
 }
 
-fn policy_summary(name: &str, path: &Path) -> Value {
+fn policy_summary(name: &str, path: &Path, managed: bool) -> Value {
     let modified = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .map(rfc3339);
-    match policy::load(path) {
+    // A managed policy's mode is its template's, from the metadata beside it.
+    let loaded = if managed {
+        match crate::managed::load(path) {
+            Ok(crate::managed::Load::Ready(p, _)) => Ok(*p),
+            Ok(crate::managed::Load::Pending) => policy::load(path).map_err(Error::from),
+            Err(e) => Err(e),
+        }
+    } else {
+        policy::load(path).map_err(Error::from)
+    };
+    match loaded {
         Ok(p) => json!({
             "name": name, "policy.name": p.name, "source": path.display().to_string(),
             "rules": p.rules.len(), "mode": p.mode.as_str(), "modified": modified,
@@ -1038,8 +1172,7 @@ async fn stream_events(
 }
 
 /// Keeps the recent-events window and the loss totals for `status`.
-async fn collect_recent(agent: Arc<Agent>) {
-    let mut rx = agent.tap.subscribe();
+async fn collect_recent(agent: Arc<Agent>, mut rx: broadcast::Receiver<Arc<Map<String, Value>>>) {
     loop {
         match rx.recv().await {
             Ok(e) => {
@@ -1064,7 +1197,7 @@ async fn collect_recent(agent: Arc<Agent>) {
 }
 
 /// `boundary agent --events`: every session's events in one stream.
-async fn write_all_events(agent: Arc<Agent>, path: PathBuf) {
+async fn write_all_events(mut rx: broadcast::Receiver<Arc<Map<String, Value>>>, path: PathBuf) {
     let mut sink = crate::events::Sink::new();
     if path == Path::new("-") {
         sink.stdout();
@@ -1072,7 +1205,6 @@ async fn write_all_events(agent: Arc<Agent>, path: PathBuf) {
         tracing::error!(error = %e, "cannot open the agent's events file");
         return;
     }
-    let mut rx = agent.tap.subscribe();
     loop {
         match rx.recv().await {
             // Never blocks: the sink's writer has its own thread and queue.
@@ -1111,6 +1243,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("symbolic link"));
+    }
+
+    #[test]
+    fn an_agent_token_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("agent-token");
+        std::fs::write(&token, "bnd_agent_x\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = secret_file(&token).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        secret_file(&token).unwrap();
     }
 
     #[test]
