@@ -1257,6 +1257,38 @@ async fn a_held_long_poll_is_answered_304_at_once_when_the_bridge_stops() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_held_when_its_agent_is_revoked_never_receives_a_later_policy() {
+    let dir = TempDir::new("cp-revoke-held");
+    let cwd = dir.path();
+    let store = cwd.join("bridge.db").display().to_string();
+    let (id, token) = create_agent(cwd, &store, &["--template", "t1"]);
+    assert!(push(cwd, &store, "t1", GOOD_POLICY, &[]).status.success());
+    let (_bridge, url) = serve(cwd, "bridge", &store, None, "");
+    let c = client();
+    let poll_url = format!("{url}/boundary/v1/policy?wait=60");
+    let poller = tokio::spawn(async move {
+        agent_call(
+            &c,
+            Method::GET,
+            &poll_url,
+            &token,
+            &[("if-none-match", "\"t1:1\"")],
+            "",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poller.is_finished());
+    cli(cwd, &store, &["agents", "revoke", &id]);
+    // A new version wakes the held poll: it must be refused, not handed the new text.
+    let changed = format!("{GOOD_POLICY}  - domain=example.org\n");
+    assert!(push(cwd, &store, "t1", &changed, &[]).status.success());
+    let (s, _, body) = poller.await.unwrap();
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(error_of(&body), "agent token revoked");
+}
+
 #[test]
 fn concurrent_pushes_to_one_template_on_postgres_get_distinct_versions() {
     let pg = Postgres::start();

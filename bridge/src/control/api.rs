@@ -301,6 +301,9 @@ async fn get_policy(
         }
         let latest = current_policy(cp, &template).await?;
         if latest.version != known {
+            // The token was good when the poll began; it may have been revoked while it was
+            // held, and a revoked agent must not receive a policy pushed after that.
+            agents::authenticate(&cp.store, req.headers()).await?;
             return Ok(policy_response(&latest));
         }
         // The refresher saw a version this replica's store does not show yet: look again on
