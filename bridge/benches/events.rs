@@ -445,6 +445,16 @@ async fn measure_queries(store: &Store, now_us: i64, runs: u64) -> Vec<Timed> {
         .unwrap()
         .len()
     });
+    q!("export --action deny --since 24h (every row, paged)", {
+        let mut n = 0usize;
+        query::export(store, &EventFilter { action: Some("deny".into()), ..f(24) }, |_| {
+            n += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        n
+    });
     q!("policy report --template T --since 7d", {
         query::report(store, "template-3", at(168))
             .await
