@@ -678,6 +678,45 @@ async fn a_push_wakes_a_long_poll_held_by_another_replica_on_the_same_postgres_w
     for l in &latencies {
         assert!(*l < Duration::from_secs(2), "{latencies:?}");
     }
+
+    // The agent reports the version it applied through replica A; the fleet view (read from
+    // the shared store) shows it, and `policy list` counts it as on the current version.
+    let status = json!({"agent_version": "0.3.0", "hostname": "gpu-1", "policy_version": 4,
+        "policy_sha256": "00".repeat(32), "sessions": 1, "events_spooled": 0, "events_lost": 0,
+        "started_at": "2026-11-26T10:00:00Z"});
+    let (s, _, body) = agent_call(
+        &c,
+        Method::POST,
+        &format!("{url_a}/boundary/v1/status"),
+        &token,
+        &[],
+        status.to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let agents: Value = serde_json::from_str(&cli(
+        cwd,
+        &store,
+        &["agents", "list", "--template", "ml", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            agents[0]["host"].as_str(),
+            agents[0]["policy_version"].as_i64()
+        ),
+        (Some("gpu-1"), Some(4))
+    );
+    let list: Value =
+        serde_json::from_str(&cli(cwd, &store, &["policy", "list", "--format", "json"])).unwrap();
+    assert_eq!(
+        (
+            list[0]["version"].as_i64(),
+            list[0]["agents"].as_i64(),
+            list[0]["agents_current"].as_i64()
+        ),
+        (Some(4), Some(1), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1062,6 +1101,30 @@ async fn session_credentials_attribute_requests_to_the_enrolment_and_bad_or_miss
         "credential in the log"
     );
 
+    // A session registered late (its agent could not reach the control plane at first): its
+    // credential is refused until the registration lands, then accepted within a second.
+    let late = format!("bnd_sess_late_{}", "Q".repeat(43));
+    let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &late)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(register_session(&c, &url, &token, "late").await, late);
+    let registered = Instant::now();
+    loop {
+        let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &late)]).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(
+            registered.elapsed() < Duration::from_secs(2),
+            "late registration not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "late registration: accepted after {:?}",
+        registered.elapsed()
+    );
+
     // Ending the session: its credential is refused within the cache's 5 s.
     let cred2 = register_session(&c, &url, &token, "sess-2").await;
     let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &cred2)]).await;
@@ -1079,7 +1142,10 @@ async fn session_credentials_attribute_requests_to_the_enrolment_and_bad_or_miss
     let last = accepted_until_refused(&c, &url, &key, &cred2, Instant::now()).await;
     eprintln!("ended session: credential last accepted at +{last:?}");
     assert!(last < SESSION_CACHE_TTL, "{last:?}");
-    // Revoking the agent: the credentials of its live sessions are refused within 5 s.
+    // Revoking the agent: the credentials of its live sessions are refused within 5 s (the
+    // cache holds a fresh answer when the revocation lands).
+    let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &cred)]).await;
+    assert_eq!(s, StatusCode::OK);
     cli(cwd, &store, &["agents", "revoke", &agent_id]);
     let last = accepted_until_refused(&c, &url, &key, &cred, Instant::now()).await;
     eprintln!("revoked agent: credential last accepted at +{last:?}");
@@ -1147,4 +1213,183 @@ async fn require_session_refuses_requests_without_a_credential_and_disabling_the
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_long_poll_is_answered_304_at_once_when_the_bridge_stops() {
+    let dir = TempDir::new("cp-stop");
+    let cwd = dir.path();
+    let store = cwd.join("bridge.db").display().to_string();
+    let (_, token) = create_agent(cwd, &store, &["--template", "t1"]);
+    assert!(push(cwd, &store, "t1", GOOD_POLICY, &[]).status.success());
+    let (mut bridge, url) = serve(cwd, "bridge", &store, None, "");
+    let c = client();
+    let poll_url = format!("{url}/boundary/v1/policy?wait=60");
+    let poller = tokio::spawn(async move {
+        let r = agent_call(
+            &c,
+            Method::GET,
+            &poll_url,
+            &token,
+            &[("if-none-match", "\"t1:1\"")],
+            "",
+        )
+        .await;
+        (r, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!poller.is_finished());
+    bridge.terminate();
+    let stopped = Instant::now();
+    let ((s, h, _), answered) = poller.await.unwrap();
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    assert_eq!(h["etag"], "\"t1:1\"");
+    assert!(
+        answered - stopped < Duration::from_secs(2),
+        "{:?}",
+        answered - stopped
+    );
+    assert!(bridge.wait_exit().success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
+#[test]
+fn concurrent_pushes_to_one_template_on_postgres_get_distinct_versions() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("cp-concurrent");
+    let cwd = dir.path();
+    let store = pg.url();
+    // The store exists (migrated) before the pushes race.
+    cli(cwd, &store, &["policy", "list"]);
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let file = cwd.join(format!("p{i}.yaml"));
+            std::fs::write(
+                &file,
+                format!("{GOOD_POLICY}  - domain=host{i}.example.org\n"),
+            )
+            .unwrap();
+            bridge_cmd(cwd)
+                .args([
+                    "policy",
+                    "push",
+                    "--template",
+                    "shared",
+                    file.to_str().unwrap(),
+                    "--store",
+                    &store,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let history: Value = serde_json::from_str(&cli(
+        cwd,
+        &store,
+        &[
+            "policy",
+            "history",
+            "--template",
+            "shared",
+            "--format",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let versions: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    let mut shas: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["sha256"].as_str().unwrap())
+        .collect();
+    shas.sort();
+    shas.dedup();
+    assert_eq!(shas.len(), 4, "each push stored once: {history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_down_a_credential_seen_before_keeps_working_and_an_unseen_one_is_refused_503(
+) {
+    let pg = Postgres::start();
+    let dir = TempDir::new("cp-outage");
+    let cwd = dir.path();
+    let store = pg.url();
+    let (_fake, up) = fake_upstream(cwd);
+    let (_, token) = create_agent(cwd, &store, &["--template", "python-dev"]);
+    let key = cli(cwd, &store, &["keys", "create", "--user", "erin"])
+        .trim()
+        .to_string();
+    // No read-after-write: with the store down, records go to the spool.
+    let port = free_port();
+    let config = cwd.join("b.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\nproviders:\n  anthropic:\n    base_url: http://127.0.0.1:{up}\n    api_key: {ANTHROPIC_KEY}\n",
+            cwd.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = cwd.join("b.log");
+    let mut bridge = Proc(
+        bridge_cmd(cwd)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, &mut bridge.0, &log);
+    let url = format!("http://127.0.0.1:{port}");
+    let c = client();
+    let seen = register_session(&c, &url, &token, "seen").await;
+    let unseen = register_session(&c, &url, &token, "unseen").await;
+    let (s, body) = message(&c, &url, &key, &[("x-bridge-session-token", &seen)]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    pg.stop();
+    // Past the cache's 5 s: the check goes to the store, which is down.
+    tokio::time::sleep(SESSION_CACHE_TTL + Duration::from_millis(200)).await;
+    let (s, body) = message(&c, &url, &key, &[("x-bridge-session-token", &seen)]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = message(&c, &url, &key, &[("x-bridge-session-token", &unseen)]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("cannot verify session credentials"), "{body}");
+    // The agent API says the store is unavailable.
+    let (s, _, body) = agent_call(
+        &c,
+        Method::GET,
+        &format!("{url}/boundary/v1/policy"),
+        &token,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        error_of(&body).starts_with("control plane store unavailable"),
+        "{body}"
+    );
+    pg.restart();
 }
