@@ -118,7 +118,8 @@ async fn measure_ingest(store: &Store, total: u64, pg_port: Option<u16>) -> Inge
         let stored = ingest(store, b, &origin)
             .await
             .expect("store")
-            .expect("valid");
+            .expect("valid")
+            .0;
         assert_eq!(stored.accepted, per_batch);
         worst = worst.max(t.elapsed());
     }

@@ -323,17 +323,25 @@ async fn store_rows_postgres(store: &Store, rows: &[EventRow]) -> Result<Stored,
 }
 
 /// Parses, validates and stores a batch: the whole of `POST /boundary/v1/events` after
-/// authentication. `Ok(Err(refused))`: the batch is refused and nothing is stored; `Err`: the
-/// store failed (the agent keeps the batch and retries).
+/// authentication. Returns what was stored and the batch's `boundary.session.end` events (as
+/// stored; the caller ends their sessions). `Ok(Err(refused))`: the batch is refused and
+/// nothing is stored; `Err`: the store failed (the agent keeps the batch and retries).
 pub async fn ingest(
     store: &Store,
     body: &[u8],
     origin: &Origin,
-) -> Result<Result<Stored, Refused>, Error> {
-    match parse_batch(body, origin, Utc::now()) {
-        Ok(rows) => store_rows(store, &rows).await.map(Ok),
-        Err(refused) => Ok(Err(refused)),
-    }
+) -> Result<Result<(Stored, Vec<Json>), Refused>, Error> {
+    let rows = match parse_batch(body, origin, Utc::now()) {
+        Ok(rows) => rows,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let stored = store_rows(store, &rows).await?;
+    let ends = rows
+        .iter()
+        .filter(|r| r.event_name == "boundary.session.end")
+        .filter_map(|r| serde_json::from_str(&r.body).ok())
+        .collect();
+    Ok(Ok((stored, ends)))
 }
 
 #[cfg(test)]
