@@ -14,6 +14,7 @@
 //! body (about 110 bytes, to keep 10 M rows within a few GB of disk); only `list` reads it.
 //!
 //! Knobs: BENCH_INGEST_EVENTS (default 200,000), BENCH_QUERY_EVENTS, BENCH_RUNS,
+//! BENCH_BODY_PAD (bytes added to each generated body, to mimic real events' size),
 //! BENCH_BACKENDS (`sqlite,postgres`), BENCH_DIR (where the SQLite file goes; default the
 //! temp dir).
 
@@ -83,8 +84,8 @@ fn batch(seq: u64, n: u64) -> Vec<u8> {
 
 struct Ingested {
     rate: f64,
-    /// Events per second of this process's CPU time (user + system): what the bench costs
-    /// the bridge, whatever else runs on the machine.
+    /// Events per second of CPU time (user + system) of this process and, for PostgreSQL, of
+    /// the server: what ingest costs, whatever else runs on the machine.
     cpu_rate: f64,
     /// Parsing and validating alone (no store), events per second.
     parse_rate: f64,
@@ -93,7 +94,7 @@ struct Ingested {
     bytes_per_event: f64,
 }
 
-async fn measure_ingest(store: &Store, total: u64) -> Ingested {
+async fn measure_ingest(store: &Store, total: u64, pg_port: Option<u16>) -> Ingested {
     let origin = Origin {
         agent_id: "bench-agent".into(),
         template: "python-dev".into(),
@@ -110,19 +111,21 @@ async fn measure_ingest(store: &Store, total: u64) -> Ingested {
     }
     let parse_rate = (batches.len() as u64 * per_batch) as f64 / t.elapsed().as_secs_f64();
     let mut worst = Duration::ZERO;
-    let cpu = cpu_seconds();
+    let server_cpu = || pg_port.map_or(0.0, postgres_cpu_seconds);
+    let cpu = cpu_seconds() + server_cpu();
     let start = Instant::now();
     for b in &batches {
         let t = Instant::now();
         let stored = ingest(store, b, &origin)
             .await
             .expect("store")
-            .expect("valid");
+            .expect("valid")
+            .0;
         assert_eq!(stored.accepted, per_batch);
         worst = worst.max(t.elapsed());
     }
     let took = start.elapsed();
-    let cpu = cpu_seconds() - cpu;
+    let cpu = cpu_seconds() + server_cpu() - cpu;
     let events = (batches.len() as u64 * per_batch) as f64;
     Ingested {
         rate: events / took.as_secs_f64(),
@@ -141,6 +144,46 @@ fn cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU time (user + system, seconds) of the PostgreSQL server listening on `port`: its
+/// postmaster and every child (the backend serving the store's connection among them).
+fn postgres_cpu_seconds(port: u16) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let stat = |pid: &str| -> Option<(u32, f64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces), from field 3 on.
+        let rest = &text[text.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let cpu = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((ppid, cpu / tick))
+    };
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    let needle = format!("-p {port} ");
+    let Some(postmaster) = pids.iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(&needle)
+            })
+            .unwrap_or(false)
+    }) else {
+        return f64::NAN;
+    };
+    let pm: u32 = postmaster.parse().unwrap();
+    pids.iter()
+        .filter_map(|pid| {
+            let (ppid, cpu) = stat(pid)?;
+            (pid == postmaster || ppid == pm).then_some(cpu)
+        })
+        .sum()
 }
 
 /// The columns of the generated rows, as SQL over `i` (0..n) shared by both backends but for
@@ -179,7 +222,8 @@ fn fill_sqlite(path: &std::path::Path, n: u64, start_us: i64, step_us: i64) {
         conn.execute_batch(&format!("DROP INDEX {name}")).unwrap();
     }
     let id = "printf('%08x-0000-7000-8000-%012x', i / 1000000, i)";
-    let body = "'{\"event.id\":\"' || printf('%08x-0000-7000-8000-%012x', i / 1000000, i) || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\"}'";
+    let pad = env_num("BENCH_BODY_PAD", 0);
+    let body = format!("'{{\"event.id\":\"' || printf('%08x-0000-7000-8000-%012x', i / 1000000, i) || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\",\"pad\":\"' || printf('%.{pad}c', 'x') || '\"}}'");
     let chunk = 1_000_000u64;
     let mut from = 0;
     while from < n {
@@ -187,7 +231,7 @@ fn fill_sqlite(path: &std::path::Path, n: u64, start_us: i64, step_us: i64) {
         conn.execute_batch(&format!(
             "BEGIN; WITH RECURSIVE s(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM s WHERE i + 1 < {to}) \
              INSERT INTO events ({INSERT_COLUMNS}) SELECT {} FROM s; COMMIT;",
-            generated_columns(start_us, step_us, id, body)
+            generated_columns(start_us, step_us, id, &body)
         ))
         .unwrap();
         from = to;
@@ -222,8 +266,9 @@ async fn fill_postgres(url: &str, n: u64, start_us: i64, step_us: i64) {
             .unwrap();
     }
     let id = "lpad(to_hex(i / 1000000), 8, '0') || '-0000-7000-8000-' || lpad(to_hex(i), 12, '0')";
+    let pad = env_num("BENCH_BODY_PAD", 0);
     let body = format!(
-        "'{{\"event.id\":\"' || {id} || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\"}}'"
+        "'{{\"event.id\":\"' || {id} || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\",\"pad\":\"' || repeat('x', {pad}) || '\"}}'"
     );
     let chunk = 1_000_000u64;
     let mut from = 0;
@@ -445,6 +490,23 @@ async fn measure_queries(store: &Store, now_us: i64, runs: u64) -> Vec<Timed> {
         .unwrap()
         .len()
     });
+    q!("export --action deny --since 24h (every row, paged)", {
+        let mut n = 0usize;
+        query::export(
+            store,
+            &EventFilter {
+                action: Some("deny".into()),
+                ..f(24)
+            },
+            |_| {
+                n += 1;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        n
+    });
     q!("policy report --template T --since 7d", {
         query::report(store, "template-3", at(168))
             .await
@@ -486,11 +548,11 @@ fn main() {
             let store = Store::open(&url).await.expect("store opens");
             let label = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
 
-            let ing = measure_ingest(&store, ingest_n).await;
+            let ing = measure_ingest(&store, ingest_n, pg.as_ref().map(|p| p.port)).await;
             let ok = ing.rate >= INGEST_GOAL;
             missed |= !ok;
             println!("\n### {label}: ingest ({ingest_n} events, batches of 1,000)\n");
-            println!("| events/s | per CPU-second (bridge side) | parse+validate only | mean batch | worst batch | JSON bytes/event | goal ≥ {INGEST_GOAL:.0}/s |");
+            println!("| events/s | per CPU-second (bridge + store) | parse+validate only | mean batch | worst batch | JSON bytes/event | goal ≥ {INGEST_GOAL:.0}/s |");
             println!("|---:|---:|---:|---:|---:|---:|---|");
             println!(
                 "| {:.0} | {:.0} | {:.0} | {:.1} ms | {:.1} ms | {:.0} | {} |",
