@@ -116,7 +116,7 @@ async fn measure_ingest(store: &Store, total: u64, pg_port: Option<u16>) -> Inge
     let start = Instant::now();
     for b in &batches {
         let t = Instant::now();
-        let stored = ingest(store, b, &origin)
+        let stored = ingest(store, b, &origin, None)
             .await
             .expect("store")
             .expect("valid")

@@ -309,10 +309,13 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let control = config
-        .control_plane
-        .enabled
-        .then(|| crate::control::ControlPlane::start(store.clone(), stop_rx.clone()));
+    let control = config.control_plane.enabled.then(|| {
+        crate::control::ControlPlane::start(
+            store.clone(),
+            stop_rx.clone(),
+            Some(admin.telemetry.clone()),
+        )
+    });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };

@@ -6,6 +6,7 @@
 //! - `policy report` and `policy simulate` on a seeded set of events with a known answer;
 //! - retention: the purge job of `serve` deletes events older than `events_retention` only.
 
+mod otlp_support;
 mod proc_support;
 mod store_support;
 
@@ -95,7 +96,7 @@ fn dns(action: &str, name: &str, count: u64, at: &str) -> Value {
 
 async fn post(store: &Store, origin: &Origin, events: Vec<Value>) {
     let body = serde_json::to_vec(&json!({ "events": events })).unwrap();
-    let (stored, _) = ingest(store, &body, origin).await.unwrap().unwrap();
+    let (stored, _) = ingest(store, &body, origin, None).await.unwrap().unwrap();
     assert_eq!(stored.duplicates, 0);
 }
 
@@ -689,6 +690,10 @@ fn batch(events: &[Value]) -> Vec<u8> {
 
 /// `llm-bridge serve` on `store` (no providers: only the control plane is used).
 fn serve(dir: &Path, store: &str) -> (Proc, String) {
+    serve_with(dir, store, &[])
+}
+
+fn serve_with(dir: &Path, store: &str, env: &[(&str, &str)]) -> (Proc, String) {
     let port = free_port();
     let config = dir.join("bridge.yaml");
     std::fs::write(
@@ -704,6 +709,7 @@ fn serve(dir: &Path, store: &str) -> (Proc, String) {
             .env_remove("ANTHROPIC_API_KEY")
             .env_remove("OPENAI_API_KEY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
             .args(["serve", "--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -970,4 +976,76 @@ async fn events_retention_from_the_config_is_applied() {
         .await
         .unwrap();
     assert_eq!(left[0].domain.as_deref(), Some("new.example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_leave_as_otlp_log_records_once_each_even_when_a_batch_is_resent() {
+    let dir = TempDir::new("events-otlp");
+    let store_url = dir.path().join("bridge.db").display().to_string();
+    let (endpoint, received) = otlp_support::collector().await;
+    let (_agent, token) = enrol(dir.path(), &store_url, "ws-7");
+    let (mut bridge, url) = serve_with(
+        dir.path(),
+        &store_url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
+        ],
+    );
+    let first = vec![
+        decision("deny", "192.0.2.1", 443, &["b.example"], "curl", 1, &ago(1)),
+        dns("would_deny", "<script>x</script>.example", 2, &ago(1)),
+    ];
+    let (code, body) = post_http(dir.path(), &url, Some(&token), &batch(&first));
+    assert_eq!(code, 200, "{body}");
+    // The agent lost the answer and resends the batch with one more event.
+    let mut second = first.clone();
+    second.push(dns("allow", "c.example", 1, &ago(1)));
+    let (code, body) = post_http(dir.path(), &url, Some(&token), &batch(&second));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["duplicates"],
+        2
+    );
+    bridge.terminate();
+    assert!(bridge.wait_exit().success()); // flushes the exporter
+
+    let got = received.lock().unwrap().clone();
+    let records = otlp_support::items(&got, "/v1/logs");
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| {
+            otlp_support::attr(&r["attributes"], "event.id").unwrap()["stringValue"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let sent: Vec<&str> = second
+        .iter()
+        .map(|e| e["event.id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "one log record per stored event: {records:#?}"
+    );
+    for id in sent {
+        assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id}");
+    }
+    let deny = records
+        .iter()
+        .find(|r| {
+            otlp_support::attr(&r["attributes"], "event.action").unwrap()["stringValue"] == "deny"
+        })
+        .unwrap();
+    assert_eq!(
+        otlp_support::attr(&deny["attributes"], "destination.address").unwrap()["stringValue"],
+        "192.0.2.1"
+    );
+    // The token's workspace, as stored, not what the agent's body may claim.
+    assert_eq!(
+        otlp_support::attr(&deny["attributes"], "workspace").unwrap()["stringValue"],
+        "ws-7"
+    );
 }

@@ -7,6 +7,7 @@
 //! duplicates, not stored twice; the answer comes only after the commit.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde::de::IgnoredAny;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use super::{EventRow, COLUMNS, COLUMN_COUNT};
 use crate::error::Error;
 use crate::store::{Store, Value};
+use crate::telemetry::Telemetry;
 
 /// Events per batch, at most.
 pub const MAX_BATCH_EVENTS: usize = 1000;
@@ -322,6 +324,25 @@ async fn store_rows_postgres(store: &Store, rows: &[EventRow]) -> Result<Stored,
     })
 }
 
+/// The ids of `rows` that are stored already.
+async fn stored_ids(store: &Store, rows: &[EventRow]) -> Result<HashSet<String>, Error> {
+    let mut known = HashSet::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let found = store
+            .query(
+                &format!("SELECT id FROM events WHERE id IN ({})", marks.join(", ")),
+                chunk
+                    .iter()
+                    .map(|r| Value::Text(Some(r.id.clone())))
+                    .collect(),
+            )
+            .await?;
+        known.extend(found.iter().filter_map(|r| r.first()).map(Value::text));
+    }
+    Ok(known)
+}
+
 /// Parses, validates and stores a batch: the whole of `POST /boundary/v1/events` after
 /// authentication. Returns what was stored and the batch's `boundary.session.end` events (as
 /// stored; the caller ends their sessions). `Ok(Err(refused))`: the batch is refused and
@@ -330,12 +351,32 @@ pub async fn ingest(
     store: &Store,
     body: &[u8],
     origin: &Origin,
+    telemetry: Option<&Telemetry>,
 ) -> Result<Result<(Stored, Vec<Json>), Refused>, Error> {
     let rows = match parse_batch(body, origin, Utc::now()) {
         Ok(rows) => rows,
         Err(refused) => return Ok(Err(refused)),
     };
+    // Events leave over OTLP as they are stored, once each: a batch the agent resends after a
+    // lost answer must not reach the SIEM twice, so the ids already stored are looked up
+    // first (only when an OTLP endpoint is configured: the lookup costs an indexed query).
+    let export = telemetry.filter(|t| t.otlp_enabled());
+    let known = match export {
+        Some(_) => stored_ids(store, &rows).await?,
+        None => HashSet::new(),
+    };
     let stored = store_rows(store, &rows).await?;
+    if let Some(t) = export {
+        let mut sent: HashSet<&str> = HashSet::new();
+        for row in &rows {
+            if known.contains(&row.id) || !sent.insert(row.id.as_str()) {
+                continue;
+            }
+            if let Ok(Json::Object(fields)) = serde_json::from_str::<Json>(&row.body) {
+                t.emit_log(&row.event_name, row.ts, &fields);
+            }
+        }
+    }
     let ends = rows
         .iter()
         .filter(|r| r.event_name == "boundary.session.end")

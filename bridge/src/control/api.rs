@@ -28,6 +28,7 @@ use super::sessions::{self, RegisterError};
 use super::{empty_response, json_response, policies, ApiError};
 use crate::proxy::ProxyBody;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 /// Largest request body of the status and session routes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -47,17 +48,24 @@ pub struct ControlPlane {
     store: Store,
     versions: watch::Sender<Versions>,
     stop: watch::Receiver<bool>,
+    /// Stored Boundary events also leave as OTLP log records when an endpoint is configured.
+    telemetry: Option<Telemetry>,
 }
 
 impl ControlPlane {
     /// Starts the control plane on `store`; its refresher ends with `stop` or when the
     /// returned value is dropped.
-    pub fn start(store: Store, stop: watch::Receiver<bool>) -> Arc<ControlPlane> {
+    pub fn start(
+        store: Store,
+        stop: watch::Receiver<bool>,
+        telemetry: Option<Telemetry>,
+    ) -> Arc<ControlPlane> {
         let (versions, _) = watch::channel(Versions::default());
         let cp = Arc::new(ControlPlane {
             store,
             versions,
             stop,
+            telemetry,
         });
         tokio::spawn(refresh(Arc::downgrade(&cp), cp.stop.clone()));
         cp
@@ -353,7 +361,7 @@ async fn post_events(
         template: agent.template,
         workspace: agent.workspace,
     };
-    match ingest(&cp.store, &bytes, &origin).await {
+    match ingest(&cp.store, &bytes, &origin, cp.telemetry.as_ref()).await {
         Ok(Ok((stored, ends))) => {
             // "A session ends when its boundary.session.end event is stored": after the
             // commit. A failure here is a 503, so the agent sends the batch again (then all
