@@ -17,7 +17,14 @@
 //! (the bridge's RUST_LOG, default `info` as in production), BENCH_BRIDGE_WORKERS (the
 //! bridge's Tokio worker threads, default one per CPU), BENCH_BASELINE_BRIDGE (path to another
 //! `bridge` build, e.g. of an earlier commit: it is started next to this one, with its own
-//! store, and measured in the same closed-loop runs, so a change's cost is a same-run ratio).
+//! store, and measured in the same closed-loop runs, so a change's cost is a same-run ratio),
+//! BENCH_GOVERNANCE (limits' cost), BENCH_API (`anthropic`, the default, or `openai` for Chat
+//! Completions), BENCH_LITELLM (the `litellm` executable of a venv: LiteLLM's proxy is run on
+//! the same fake upstream and load, both APIs; `cargo xtask bench bridge --peers` sets it).
+//!
+//! BENCH_PROFILE=1 runs only a closed loop (direct, then through the bridge, BENCH_SECS each,
+//! into a store that grows all along) and prints the CPU per request; with BENCH_PERF=FILE the
+//! bridge is sampled by `perf record` meanwhile (see BENCHMARKS.md, "where the CPU goes").
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
