@@ -817,7 +817,8 @@ fn main() {
     }
     // Optionally (BENCH_GOVERNANCE=1) the same build with governance configured, to measure
     // what limits cost per request: "policy" has a model allow list, a deny list and a
-    // monthly budget; "rates" adds a requests-per-minute limit (one store upsert per request).
+    // monthly budget; "rates" has only a requests-per-minute limit (counted in memory, synced
+    // to the store every 250 ms).
     let governed: Vec<(&str, Child, Target, u32)> =
         if std::env::var_os("BENCH_GOVERNANCE").is_some() {
             let mut out = Vec::new();
@@ -835,24 +836,25 @@ fn main() {
                     String::from_utf8_lossy(&out.stdout).trim().to_string()
                 };
                 let token = cli(&["keys", "create", "--user", "bench"]);
-                cli(&[
-                    "limits",
-                    "set",
-                    "--global",
-                    "--allow-models",
-                    "claude-*",
-                    "--deny-models",
-                    "claude-opus-*",
-                ]);
-                cli(&[
-                    "limits",
-                    "set",
-                    "--user",
-                    "bench",
-                    "--budget",
-                    "month=1000000",
-                ]);
-                if rates {
+                if !rates {
+                    cli(&[
+                        "limits",
+                        "set",
+                        "--global",
+                        "--allow-models",
+                        "claude-*",
+                        "--deny-models",
+                        "claude-opus-*",
+                    ]);
+                    cli(&[
+                        "limits",
+                        "set",
+                        "--user",
+                        "bench",
+                        "--budget",
+                        "month=1000000",
+                    ]);
+                } else {
                     cli(&[
                         "limits",
                         "set",
@@ -1055,7 +1057,7 @@ fn main() {
             }
         }
         if !governance.is_empty() {
-            println!("\nGovernance (BENCH_GOVERNANCE): the same build without limits, with a model policy and a budget (\"policy\"), and with a requests-per-minute limit too (\"rates\"); closed loop, 64 clients, six alternating rounds of 2 s each (means):\n");
+            println!("\nGovernance (BENCH_GOVERNANCE): the same build without limits, with a model policy and a budget (\"policy\"), and with only a requests-per-minute limit (\"rates\"); closed loop, 64 clients, six alternating rounds of 2 s each (means):\n");
             println!("| mode | no limits req/s | bridge CPU µs/req | {} |", governed_targets.iter().map(|(n, _, _)| format!("{n}: req/s, CPU µs/req, CPU vs none")).collect::<Vec<_>>().join(" | "));
             println!("|---|---|---|{}", "---|".repeat(governed_targets.len()));
             for (stream, plain, each) in &governance {

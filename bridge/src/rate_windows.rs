@@ -88,6 +88,25 @@ const UPSERT: &str =
      output_tokens = rate_windows.output_tokens + excluded.output_tokens \
      RETURNING requests, input_tokens, output_tokens";
 
+/// `a[i] += b[i]` for each counter.
+fn add(a: &mut Counts, b: &Counts) {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+}
+
+/// `a[i] -= b[i]` for each counter.
+fn sub(a: &mut Counts, b: &Counts) {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a -= b);
+}
+
+/// Takes the store's newer `total`: totals only grow, so an older answer arriving late must
+/// not lower them.
+fn raise(stored: &mut Counts, total: &Counts) {
+    stored
+        .iter_mut()
+        .zip(total)
+        .for_each(|(s, t)| *s = (*s).max(*t));
+}
+
 fn counts_of(row: &[Value]) -> Counts {
     [0, 1, 2].map(|i| row.get(i).map_or(0, |v| v.int().max(0)))
 }
@@ -175,10 +194,7 @@ impl RateWindows {
     fn learn(&self, subject: &str, window: i64, total: Counts, give_back: bool) {
         let mut windows = self.lock();
         let w = windows.entry((subject.to_string(), window)).or_default();
-        for i in 0..3 {
-            // Totals only grow: an older answer arriving late must not lower them.
-            w.stored[i] = w.stored[i].max(total[i]);
-        }
+        raise(&mut w.stored, &total);
         if give_back {
             w.pending[REQUESTS] -= 1;
         }
@@ -204,9 +220,7 @@ impl RateWindows {
                 .iter_mut()
                 .map(|(k, w)| {
                     let delta = w.pending;
-                    for i in 0..3 {
-                        w.in_flight[i] += delta[i];
-                    }
+                    add(&mut w.in_flight, &delta);
                     w.pending = [0; 3];
                     (k.clone(), delta)
                 })
@@ -244,24 +258,17 @@ impl RateWindows {
             let Some(w) = windows.get_mut(&(subject, start)) else {
                 continue;
             };
-            for i in 0..3 {
-                w.in_flight[i] -= delta[i];
-            }
+            sub(&mut w.in_flight, &delta);
             match result {
                 Ok(rows) => {
                     if let Some(row) = rows.first() {
-                        let total = counts_of(row);
-                        for i in 0..3 {
-                            w.stored[i] = w.stored[i].max(total[i]);
-                        }
+                        raise(&mut w.stored, &counts_of(row));
                     }
                     w.known = true;
                 }
                 Err(e) => {
                     // Still to be written: back to pending for the next sync.
-                    for i in 0..3 {
-                        w.pending[i] += delta[i];
-                    }
+                    add(&mut w.pending, &delta);
                     first_error.get_or_insert(e);
                 }
             }
