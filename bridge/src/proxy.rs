@@ -17,7 +17,9 @@
 //! work (parsing a buffered JSON answer, building the [`InterceptionRecord`], handing it to the
 //! sink) runs in a task spawned after the last bytes were handed to hyper. When the body is
 //! dropped early (client gone), a task keeps reading the upstream, bounded in time and bytes,
-//! so the record gets the usage the provider reports at the end of its answer.
+//! so the record gets the usage the provider reports at the end of its answer. An answer that
+//! is not a stream (up to 256 KiB) is read to its end before the response head goes out
+//! (`Gateway::gather`), so head and body leave in one write.
 //! Nothing on the client's path waits for logging or storage, except the intercept-start
 //! entry (one buffered write to the journal, see [`crate::journal`], before going upstream)
 //! and, with `limits.record_wait_ms` set (read-after-write; off by default), the very end of
@@ -282,7 +284,7 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// The largest answer (not a stream) [`Gateway::gather`] reads whole before responding.
+/// The largest answer (not a stream) `Gateway::gather` reads whole before responding.
 const MAX_GATHERED: usize = 256 * 1024;
 
 /// Body of every response the gateway sends: either its own small JSON or the upstream's stream.
@@ -291,7 +293,7 @@ pub enum ProxyBody {
     Tee(TeeBody),
     /// A gateway-made answer (an error) sent once its record is durable.
     Held(Option<Hold>),
-    /// The upstream's answer with its first frames already read ([`Gateway::gather`]).
+    /// The upstream's answer with its first frames already read (`Gateway::gather`).
     Gathered(VecDeque<Result<Frame<Bytes>, BoxError>>, TeeBody),
 }
 
