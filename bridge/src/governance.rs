@@ -29,8 +29,9 @@
 //! by each replica and written to the store in batches every 250 ms, so replicas share them
 //! within one sync interval (see [`crate::rate_windows`] for the accuracy); tokens are added
 //! when a request ends. Concurrent requests are counted by each replica in memory
-//! (so the limit holds per replica). When the store cannot be reached, requests are admitted
-//! (like records, rates never take the gateway down) and a warning is logged.
+//! (so the limit holds per replica). When the store cannot be reached, each replica counts
+//! alone (like records, rates never take the gateway down; the limits then hold per replica),
+//! writes its counts once the store is back, and a warning is logged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -686,8 +687,9 @@ impl Governance {
                 {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "rate limits not checked: the store is unavailable; request admitted");
-                        return Ok(Some(admission));
+                        tracing::warn!(error = %e, "rate limits counted by this replica alone: the store is unavailable");
+                        self.windows.count_alone(&subject, window);
+                        self.windows.admit(&subject, window, limits)
                     }
                 }
             }

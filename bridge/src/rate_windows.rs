@@ -201,6 +201,16 @@ impl RateWindows {
         w.known = true;
     }
 
+    /// The store could not be asked for a window's total: count it here from what this
+    /// replica knows (its own counts), so the limit still holds per replica; the next sync that
+    /// reaches the store writes them and brings the total back.
+    pub fn count_alone(&self, subject: &str, window: i64) {
+        self.lock()
+            .entry((subject.to_string(), window))
+            .or_default()
+            .known = true;
+    }
+
     /// Adds a finished request's tokens to `subject`'s window (written by the next sync).
     pub fn add_tokens(&self, subject: &str, window: i64, input: u64, output: u64) {
         let mut windows = self.lock();
@@ -368,6 +378,37 @@ mod tests {
             "one over: A admitted one before it synced"
         );
         assert_eq!(stored(&s).await, [5, 0, 0]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_the_store_a_replica_counts_alone_and_writes_its_counts_once_it_is_back() {
+        let (s, dir) = store("outage").await;
+        let r = RateWindows::default();
+        let rpm = [Some(2), None, None];
+        s.execute(
+            "ALTER TABLE rate_windows RENAME TO rate_windows_away",
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert!(r
+            .admit_through_store(&s, "user ann", 600, rpm)
+            .await
+            .is_err());
+        r.count_alone("user ann", 600);
+        assert_eq!(r.admit("user ann", 600, rpm), Admit::Yes);
+        assert_eq!(r.admit("user ann", 600, rpm), Admit::Yes);
+        assert!(matches!(r.admit("user ann", 600, rpm), Admit::No { .. }));
+        assert!(r.sync(&s, 600).await.is_err(), "the store is still away");
+        s.execute(
+            "ALTER TABLE rate_windows_away RENAME TO rate_windows",
+            vec![],
+        )
+        .await
+        .unwrap();
+        r.sync(&s, 600).await.unwrap();
+        assert_eq!(stored(&s).await, [2, 0, 0]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
