@@ -554,12 +554,12 @@ async fn two_replicas_share_one_requests_per_minute_limit_through_the_store() {
         assert!(served <= RPM, "the replicas served more than {RPM}");
     }
     assert_eq!(served, RPM);
-    // After a sync interval (250 ms, and then some), A's counts are in the store and B has
+    // After a few sync intervals (250 ms each), A's counts are in the store and B has
     // read them back: B refuses without asking the store.
-    tokio::time::sleep(Duration::from_millis(750)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(one_call(&c, &url_b, &token, "claude-sonnet-4-6").await, 429);
     assert_eq!(one_call(&c, &url_a, &token, "claude-sonnet-4-6").await, 429);
-    tokio::time::sleep(Duration::from_millis(750)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // The store holds exactly what was served: refused requests are not counted.
     let db = pg_client(&store).await;
     let counted: i64 = db
