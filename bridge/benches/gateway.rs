@@ -17,7 +17,14 @@
 //! (the bridge's RUST_LOG, default `info` as in production), BENCH_BRIDGE_WORKERS (the
 //! bridge's Tokio worker threads, default one per CPU), BENCH_BASELINE_BRIDGE (path to another
 //! `bridge` build, e.g. of an earlier commit: it is started next to this one, with its own
-//! store, and measured in the same closed-loop runs, so a change's cost is a same-run ratio).
+//! store, and measured in the same closed-loop runs, so a change's cost is a same-run ratio),
+//! BENCH_GOVERNANCE (limits' cost), BENCH_API (`anthropic`, the default, or `openai` for Chat
+//! Completions), BENCH_LITELLM (the `litellm` executable of a venv: LiteLLM's proxy is run on
+//! the same fake upstream and load, both APIs; `cargo xtask bench bridge --peers` sets it).
+//!
+//! BENCH_PROFILE=1 runs only a closed loop (direct, then through the bridge, BENCH_SECS each,
+//! into a store that grows all along) and prints the CPU per request; with BENCH_PERF=FILE the
+//! bridge is sampled by `perf record` meanwhile (see BENCHMARKS.md, "where the CPU goes").
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +40,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
 
 const FAKE_KEY: &str = "sk-ant-bench-upstream-key";
+const FAKE_OPENAI_KEY: &str = "sk-openai-bench-upstream-key";
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -72,21 +80,77 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Which provider API a target speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    /// Anthropic Messages: `x-api-key`.
+    Anthropic,
+    /// OpenAI Chat Completions: `Authorization: Bearer`.
+    OpenAiChat,
+}
+
 /// Where to send requests, and with which credential.
 #[derive(Clone)]
 struct Target {
     url: String,
     key: String,
+    api: Api,
+}
+
+impl Api {
+    /// From BENCH_API: `anthropic` (the default) or `openai` (Chat Completions).
+    fn from_env() -> Api {
+        match std::env::var("BENCH_API").as_deref() {
+            Ok("openai") => Api::OpenAiChat,
+            Ok("anthropic") | Err(_) => Api::Anthropic,
+            Ok(other) => panic!("BENCH_API={other}: expected anthropic or openai"),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Api::Anthropic => "Anthropic Messages",
+            Api::OpenAiChat => "OpenAI Chat Completions",
+        }
+    }
+    fn upstream_path(self) -> &'static str {
+        match self {
+            Api::Anthropic => "/v1/messages",
+            Api::OpenAiChat => "/v1/chat/completions",
+        }
+    }
+    fn bridge_path(self) -> &'static str {
+        match self {
+            Api::Anthropic => "/anthropic/v1/messages",
+            Api::OpenAiChat => "/openai/v1/chat/completions",
+        }
+    }
+    fn upstream_key(self) -> &'static str {
+        match self {
+            Api::Anthropic => FAKE_KEY,
+            Api::OpenAiChat => FAKE_OPENAI_KEY,
+        }
+    }
 }
 
 fn request(t: &Target, stream: bool, extra: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let body = format!(
-        r#"{{"model":"claude-sonnet-4-6","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"benchmark prompt of a typical short length for a coding agent turn"}}]}}"#
-    );
-    let mut b = Request::post(&t.url)
-        .header("x-api-key", &t.key)
-        .header("anthropic-version", "2023-06-01")
-        .header("content-type", "application/json");
+    const PROMPT: &str = "benchmark prompt of a typical short length for a coding agent turn";
+    let (body, b) = match t.api {
+        Api::Anthropic => (
+            format!(
+                r#"{{"model":"claude-sonnet-4-6","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#
+            ),
+            Request::post(&t.url)
+                .header("x-api-key", &t.key)
+                .header("anthropic-version", "2023-06-01"),
+        ),
+        Api::OpenAiChat => (
+            format!(
+                r#"{{"model":"gpt-4o-mini","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#
+            ),
+            Request::post(&t.url).header("authorization", format!("Bearer {}", t.key)),
+        ),
+    };
+    let mut b = b.header("content-type", "application/json");
     for (k, v) in extra {
         b = b.header(*k, *v);
     }
@@ -203,18 +267,19 @@ async fn open_loop_pair(
             acc.failed += s.failed;
         }
     }
-    let summarize = |mut s: Samples| {
-        s.latency_us.sort_by(|a, b| a.total_cmp(b));
-        s.lag_us.sort_by(|a, b| a.total_cmp(b));
-        OpenLoop {
-            p50_us: percentile(&s.latency_us, 0.5),
-            p99_us: percentile(&s.latency_us, 0.99),
-            ok: s.latency_us.len(),
-            failed: s.failed,
-            send_lag_p99_us: percentile(&s.lag_us, 0.99),
-        }
-    };
     (summarize(d), summarize(b))
+}
+
+fn summarize(mut s: Samples) -> OpenLoop {
+    s.latency_us.sort_by(|a, b| a.total_cmp(b));
+    s.lag_us.sort_by(|a, b| a.total_cmp(b));
+    OpenLoop {
+        p50_us: percentile(&s.latency_us, 0.5),
+        p99_us: percentile(&s.latency_us, 0.99),
+        ok: s.latency_us.len(),
+        failed: s.failed,
+        send_lag_p99_us: percentile(&s.lag_us, 0.99),
+    }
 }
 
 /// CPU time (user + system) a process has used so far, from /proc/PID/stat.
@@ -378,7 +443,7 @@ fn start_bridge(
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\n{}providers:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n{provider_extra}",
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\n{}providers:\n  anthropic:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_KEY}\n{provider_extra}  openai:\n    base_url: http://127.0.0.1:{up_port}\n    api_key: {FAKE_OPENAI_KEY}\n",
             dir.join(format!("{name}-spool")).display(),
             // Extra top-level settings for an experiment, e.g. "limits: {record_wait_ms: 0}".
             std::env::var("BENCH_BRIDGE_CONFIG")
@@ -421,10 +486,259 @@ fn bin(name: &str) -> PathBuf {
     })
 }
 
+const LITELLM_MASTER_KEY: &str = "sk-bench-litellm-master-key";
+
+/// Starts LiteLLM's proxy (`litellm`, from BENCH_LITELLM) on loopback with both models routed
+/// to the fake upstream, one worker, no database (it records nothing), and everything that
+/// could reach the network switched off: no telemetry, the bundled model cost map instead of
+/// the one it fetches from GitHub, no proxies, Hugging Face offline.
+fn start_litellm(litellm: &Path, dir: &Path, up_port: u16, port: u16) -> Child {
+    let config = dir.join("litellm.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model_list:\n  - model_name: claude-sonnet-4-6\n    litellm_params:\n      model: anthropic/claude-sonnet-4-6\n      api_base: http://127.0.0.1:{up_port}\n      api_key: {FAKE_KEY}\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_base: http://127.0.0.1:{up_port}/v1\n      api_key: {FAKE_OPENAI_KEY}\nlitellm_settings:\n  telemetry: false\ngeneral_settings:\n  master_key: {LITELLM_MASTER_KEY}\n"
+        ),
+    )
+    .expect("write litellm.yaml");
+    let mut cmd = Command::new(litellm);
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.args(["--config"])
+        .arg(&config)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--num_workers",
+            "1",
+        ])
+        .current_dir(dir)
+        .env("LITELLM_TELEMETRY", "False")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("DISABLE_ADMIN_UI", "True")
+        .env("LITELLM_LOG", "ERROR")
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("litellm.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .expect("start litellm")
+}
+
+/// CPU time of a process and its children (LiteLLM may run its server in a child).
+fn cpu_time_tree(pid: u32) -> Duration {
+    let mut total = cpu_time(pid);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s[s.rfind(')')? + 2..]
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                });
+            if ppid == Some(pid) {
+                total += cpu_time_tree(child);
+            }
+        }
+    }
+    total
+}
+
+/// The remote addresses of `pid`'s TCP and UDP sockets that are not loopback (from `ss`).
+fn non_loopback_peers(pid: u32) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-tunap"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .filter(|peer| {
+            !(peer.starts_with("127.")
+                || peer.starts_with("[::1]")
+                || peer.starts_with("[::ffff:127.")
+                || peer.starts_with("0.0.0.0")
+                || peer.starts_with('*')
+                || peer.starts_with("[::]"))
+        })
+        .collect()
+}
+
+/// One gateway's figures in the peer comparison.
+struct PeerRun {
+    closed: ClosedLoop,
+    open: OpenLoop,
+}
+
+/// BENCH_LITELLM: direct, Bridge and LiteLLM on the same fake upstream with the same load, for
+/// both APIs: closed loop (64 clients) in alternating rounds, then an open loop at
+/// BENCH_PEER_RATE (default 20 req/s) for each. Returns the markdown table.
+async fn peers(
+    client: &HttpClient,
+    targets: &[(Api, [Target; 3])],
+    pids: (u32, u32, u32, u32),
+    secs: u64,
+) -> String {
+    let rate = env_num("BENCH_PEER_RATE", 20);
+    let mut out = String::new();
+    out.push_str(&format!("\n| API | mode | direct req/s | Bridge req/s | **Bridge / direct** | LiteLLM req/s | **LiteLLM / direct** | CPU µs/req: Bridge, LiteLLM | added p50 at {rate} req/s: Bridge, LiteLLM | added p99: Bridge, LiteLLM |\n|---|---|---|---|---|---|---|---|---|---|\n"));
+    for (api, [direct, bridge, litellm]) in targets {
+        for stream in [false, true] {
+            let mut runs: [Vec<ClosedLoop>; 3] = Default::default();
+            for _ in 0..3 {
+                for (i, (t, pid)) in [(direct, pids.1), (bridge, pids.2), (litellm, pids.3)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let before = cpu_time_tree(pid);
+                    let mut r = closed_loop(
+                        client,
+                        t,
+                        stream,
+                        64,
+                        (secs / 3).max(2),
+                        (pids.0, pids.1, pid),
+                    )
+                    .await;
+                    // The gateway's own CPU (LiteLLM's children included).
+                    let n = r.req_per_s * (secs / 3).max(2) as f64;
+                    r.cpu_us_per_req.2 =
+                        cpu_time_tree(pid).saturating_sub(before).as_secs_f64() * 1e6 / n.max(1.0);
+                    runs[i].push(r);
+                }
+            }
+            let mut open = Vec::new();
+            for t in [direct, bridge, litellm] {
+                open.push(summarize(
+                    open_loop_samples(client, t, stream, rate, 10).await,
+                ));
+            }
+            let mut open = open.into_iter();
+            let [d, b, l] = [0, 1, 2].map(|i| PeerRun {
+                closed: mean(&runs[i]),
+                open: open.next().expect("three open loops"),
+            });
+            let failed = |r: &PeerRun| {
+                if r.open.failed > 0 {
+                    format!(" ({} failed)", r.open.failed)
+                } else {
+                    String::new()
+                }
+            };
+            out.push_str(&format!(
+                "| {} | {} | {:.0} | {:.0} | **{:.2}×** | {:.0} | **{:.2}×** | {:.1}, {:.1} | +{:.0} µs, +{:.0} µs{}{} | +{:.0} µs, +{:.0} µs |\n",
+                api.name(),
+                if stream { "streaming" } else { "non-streaming" },
+                d.closed.req_per_s,
+                b.closed.req_per_s,
+                b.closed.req_per_s / d.closed.req_per_s,
+                l.closed.req_per_s,
+                l.closed.req_per_s / d.closed.req_per_s,
+                b.closed.cpu_us_per_req.2,
+                l.closed.cpu_us_per_req.2,
+                b.open.p50_us - d.open.p50_us,
+                l.open.p50_us - d.open.p50_us,
+                failed(&b),
+                failed(&l),
+                b.open.p99_us - d.open.p99_us,
+                l.open.p99_us - d.open.p99_us,
+            ));
+        }
+    }
+    let leaks = non_loopback_peers(pids.3);
+    assert!(
+        leaks.is_empty(),
+        "LiteLLM has sockets to non-loopback addresses: {leaks:?}"
+    );
+    out
+}
+
+/// BENCH_PROFILE mode: only the closed loop (64 clients, `secs` seconds), direct then through
+/// the bridge, non-streaming unless BENCH_STREAM=1, each request recorded into a store that
+/// grows for the whole run. With BENCH_PERF=FILE,
+/// `perf record` samples the bridge during its run (BENCH_PERF_ARGS, default
+/// `-F 499 --call-graph dwarf,16384`), for `perf report -i FILE`.
+async fn profile(
+    client: &HttpClient,
+    direct: &Target,
+    via: &Target,
+    secs: u64,
+    pids: (u32, u32, u32),
+    db: &Path,
+) {
+    let stream = std::env::var("BENCH_STREAM").is_ok_and(|v| v == "1");
+    let d = closed_loop(client, direct, stream, 64, secs, pids).await;
+    let perf = std::env::var_os("BENCH_PERF").map(|out| {
+        let args = std::env::var("BENCH_PERF_ARGS")
+            .unwrap_or_else(|_| "-F 499 --call-graph dwarf,16384".into());
+        Command::new("perf")
+            .arg("record")
+            .args(args.split_whitespace())
+            .arg("-o")
+            .arg(out)
+            .args(["-p", &pids.2.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start perf record")
+    });
+    let b = closed_loop(client, via, stream, 64, secs, pids).await;
+    if let Some(mut perf) = perf {
+        // SIGINT makes perf write its file and exit.
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
+    // Let the recorder catch up before the store's size is read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (dg, df, _) = d.cpu_us_per_req;
+    let (bg, bf, bb) = b.cpu_us_per_req;
+    println!(
+        "\n| API | mode | direct req/s | bridge req/s | bridge / direct | CPU µs/req direct (gen + fake) | via bridge (gen + fake + bridge) | store size after |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {:.2} | {dg:.1} + {df:.1} | {bg:.1} + {bf:.1} + **{bb:.1}** | {} |",
+        via.api.name(),
+        if stream { "streaming" } else { "non-streaming" },
+        d.req_per_s,
+        b.req_per_s,
+        b.req_per_s / d.req_per_s,
+        std::fs::metadata(db)
+            .map(|m| format!("{:.0} MB", m.len() as f64 / 1e6))
+            .unwrap_or_default()
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` probing; nothing to list
     }
+    let api = Api::from_env();
     let rate = env_num("BENCH_RATE", 1000);
     let secs = env_num("BENCH_SECS", 10);
     let streams = env_num("BENCH_STREAMS", 1000) as usize;
@@ -443,6 +757,8 @@ fn main() {
                 &format!("127.0.0.1:{up_port}"),
                 "--anthropic-key",
                 FAKE_KEY,
+                "--openai-key",
+                FAKE_OPENAI_KEY,
             ])
             .stderr(Stdio::null())
             .spawn()
@@ -488,8 +804,9 @@ fn main() {
     let baseline_target = baseline.as_ref().map(|(child, token, port)| {
         (
             Target {
-                url: format!("http://127.0.0.1:{port}/anthropic/v1/messages"),
+                url: format!("http://127.0.0.1:{port}{}", api.bridge_path()),
                 key: token.clone(),
+                api,
             },
             child.id(),
             *port,
@@ -500,7 +817,8 @@ fn main() {
     }
     // Optionally (BENCH_GOVERNANCE=1) the same build with governance configured, to measure
     // what limits cost per request: "policy" has a model allow list, a deny list and a
-    // monthly budget; "rates" adds a requests-per-minute limit (one store upsert per request).
+    // monthly budget; "rates" has only a requests-per-minute limit (counted in memory, synced
+    // to the store every 250 ms).
     let governed: Vec<(&str, Child, Target, u32)> =
         if std::env::var_os("BENCH_GOVERNANCE").is_some() {
             let mut out = Vec::new();
@@ -518,24 +836,25 @@ fn main() {
                     String::from_utf8_lossy(&out.stdout).trim().to_string()
                 };
                 let token = cli(&["keys", "create", "--user", "bench"]);
-                cli(&[
-                    "limits",
-                    "set",
-                    "--global",
-                    "--allow-models",
-                    "claude-*",
-                    "--deny-models",
-                    "claude-opus-*",
-                ]);
-                cli(&[
-                    "limits",
-                    "set",
-                    "--user",
-                    "bench",
-                    "--budget",
-                    "month=1000000",
-                ]);
-                if rates {
+                if !rates {
+                    cli(&[
+                        "limits",
+                        "set",
+                        "--global",
+                        "--allow-models",
+                        "claude-*",
+                        "--deny-models",
+                        "claude-opus-*",
+                    ]);
+                    cli(&[
+                        "limits",
+                        "set",
+                        "--user",
+                        "bench",
+                        "--budget",
+                        "month=1000000",
+                    ]);
+                } else {
                     cli(&[
                         "limits",
                         "set",
@@ -552,8 +871,9 @@ fn main() {
                     name,
                     child,
                     Target {
-                        url: format!("http://127.0.0.1:{port}/anthropic/v1/messages"),
+                        url: format!("http://127.0.0.1:{port}{}", api.bridge_path()),
                         key: token,
+                        api,
                     },
                     pid,
                 ));
@@ -570,8 +890,30 @@ fn main() {
     for (_, child, _, _) in governed {
         procs.0.push(child);
     }
+    // Optionally (BENCH_LITELLM) LiteLLM's proxy on the same fake upstream.
+    let litellm = std::env::var_os("BENCH_LITELLM").map(|bin| {
+        let port = free_port();
+        let child = start_litellm(Path::new(&bin), &dir, up_port, port);
+        (child, port)
+    });
+    let litellm_target = litellm.as_ref().map(|(child, port)| (child.id(), *port));
+    if let Some((child, _)) = litellm {
+        procs.0.push(child);
+    }
     wait_listening(up_port);
     wait_listening(br_port);
+    if let Some((_, port)) = litellm_target {
+        // Python imports take a while.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "LiteLLM did not listen within 180 s; see its log in {}",
+                dir.join("litellm.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     if let Some((_, _, port)) = &baseline_target {
         wait_listening(*port);
     }
@@ -586,8 +928,8 @@ fn main() {
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(512)
             .build(http);
-        let direct = Target { url: format!("http://127.0.0.1:{up_port}/v1/messages"), key: FAKE_KEY.into() };
-        let via = Target { url: format!("http://127.0.0.1:{br_port}/anthropic/v1/messages"), key: token };
+        let direct = Target { url: format!("http://127.0.0.1:{up_port}{}", api.upstream_path()), key: api.upstream_key().into(), api };
+        let via = Target { url: format!("http://127.0.0.1:{br_port}{}", api.bridge_path()), key: token, api };
 
         // Warm up connection pools, the token cache and the SQLite file.
         let mut targets = vec![&direct, &via];
@@ -603,6 +945,31 @@ fn main() {
             }
         }
 
+        let mut peer_table = None;
+        if let Some((litellm_pid, port)) = litellm_target {
+            let mut targets = Vec::new();
+            for api in [Api::Anthropic, Api::OpenAiChat] {
+                let t = |url: String, key: &str| Target { url, key: key.to_string(), api };
+                let set = [
+                    t(format!("http://127.0.0.1:{up_port}{}", api.upstream_path()), api.upstream_key()),
+                    t(format!("http://127.0.0.1:{br_port}{}", api.bridge_path()), &via.key),
+                    t(format!("http://127.0.0.1:{port}{}", api.upstream_path()), LITELLM_MASTER_KEY),
+                ];
+                for t in &set {
+                    for stream in [false, true] {
+                        for _ in 0..50 {
+                            one(&client, t, stream, Instant::now()).await.unwrap_or_else(|| panic!("warm-up request to {} succeeds", t.url));
+                        }
+                    }
+                }
+                targets.push((api, set));
+            }
+            peer_table = Some(peers(&client, &targets, (std::process::id(), fake_pid, bridge_pid, litellm_pid), 9).await);
+        }
+        if std::env::var_os("BENCH_PROFILE").is_some() {
+            profile(&client, &direct, &via, secs, (std::process::id(), fake_pid, bridge_pid), &db).await;
+            return;
+        }
         let mut rows = Vec::new();
         for stream in [false, true] {
             let (d, b) = open_loop_pair(&client, &direct, &via, stream, rate, secs, 2).await;
@@ -690,7 +1057,7 @@ fn main() {
             }
         }
         if !governance.is_empty() {
-            println!("\nGovernance (BENCH_GOVERNANCE): the same build without limits, with a model policy and a budget (\"policy\"), and with a requests-per-minute limit too (\"rates\"); closed loop, 64 clients, six alternating rounds of 2 s each (means):\n");
+            println!("\nGovernance (BENCH_GOVERNANCE): the same build without limits, with a model policy and a budget (\"policy\"), and with only a requests-per-minute limit (\"rates\"); closed loop, 64 clients, six alternating rounds of 2 s each (means):\n");
             println!("| mode | no limits req/s | bridge CPU µs/req | {} |", governed_targets.iter().map(|(n, _, _)| format!("{n}: req/s, CPU µs/req, CPU vs none")).collect::<Vec<_>>().join(" | "));
             println!("|---|---|---|{}", "---|".repeat(governed_targets.len()));
             for (stream, plain, each) in &governance {
@@ -711,6 +1078,10 @@ fn main() {
         println!("| bridge RSS idle (after the runs above) | {:.1} MB |", idle_rss as f64 / 1024.0);
         println!("| bridge RSS with {open} of {streams} concurrent streams open | {:.1} MB |", rss as f64 / 1024.0);
         println!("| bridge peak RSS (VmHWM) | {:.1} MB |", rss_kib(bridge_pid, "VmHWM:") as f64 / 1024.0);
+        if let Some(table) = peer_table {
+            println!("\nPeers (BENCH_LITELLM): direct, Bridge (every request recorded in SQLite) and LiteLLM's proxy (no database: records nothing) on the same fake upstream; closed loop with 64 clients, three alternating rounds of 3 s (means), CPU per request of the gateway process (and its children); then an open loop at a fixed rate, 10 s each:");
+            println!("{table}");
+        }
         println!("\nGoals: added ≤ 0.1 ms p50 / ≤ 1 ms p99 at 1,000 req/s; bridge ≥ 0.5 × direct throughput; 1,000 streams < 150 MB RSS.");
     });
     drop(procs);

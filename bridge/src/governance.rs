@@ -25,11 +25,13 @@
 //! running (a stream) finishes and is counted.
 //!
 //! **Rates** (requests and input/output tokens per minute, concurrent requests) are per
-//! spender like budgets. Requests and tokens are counted in fixed one-minute windows in the
-//! store, with one atomic upsert per admitted request, so replicas share them exactly; tokens
-//! are added when a request ends. Concurrent requests are counted by each replica in memory
-//! (so the limit holds per replica). When the store cannot be reached, requests are admitted
-//! (like records, rates never take the gateway down) and a warning is logged.
+//! spender like budgets. Requests and tokens are counted in fixed one-minute windows, in memory
+//! by each replica and written to the store in batches every 250 ms, so replicas share them
+//! within one sync interval (see [`crate::rate_windows`] for the accuracy); tokens are added
+//! when a request ends. Concurrent requests are counted by each replica in memory
+//! (so the limit holds per replica). When the store cannot be reached, each replica counts
+//! alone (like records, rates never take the gateway down; the limits then hold per replica),
+//! writes its counts once the store is back, and a warning is logged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -39,6 +41,7 @@ use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::rate_windows::{Admit, RateWindows, FIELDS, INPUT_TOKENS, SYNC};
 use crate::store::{Store, Value};
 
 /// How often each replica reloads limits and group members from the store.
@@ -518,6 +521,8 @@ pub struct Governance {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Requests in flight per spender under a concurrency limit (this replica's).
     in_flight: std::sync::Mutex<HashMap<Scope, u64>>,
+    /// Per-minute counts, synced with the store every [`crate::rate_windows::SYNC`].
+    windows: RateWindows,
     /// Budget fractions that raise a notice, and who hears of it besides the log.
     notices: std::sync::OnceLock<(Vec<f64>, Notify)>,
 }
@@ -538,6 +543,7 @@ impl Governance {
             store,
             snapshot: RwLock::new(Arc::new(snapshot)),
             in_flight: Default::default(),
+            windows: Default::default(),
             notices: Default::default(),
         }))
     }
@@ -545,6 +551,30 @@ impl Governance {
     /// Reloads every [`REFRESH`] until the gateway stops; a failed reload keeps the last
     /// snapshot (and says so once per outage).
     pub fn spawn_refresh(self: &Arc<Self>) {
+        // The rate windows' write-behind: this replica's counts go to the store, the other
+        // replicas' come back, every SYNC.
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(SYNC).await;
+                let Some(gov) = me.upgrade() else { return };
+                let window = Utc::now().timestamp() / 60 * 60;
+                match gov.windows.sync(&gov.store, window).await {
+                    Ok(()) if failing => {
+                        tracing::info!("rate counts written to the store again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "cannot write rate counts to the store; this replica counts alone until it can");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        });
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut failing = false;
@@ -643,111 +673,57 @@ impl Governance {
             *n += 1;
             admission.spender = Some(spender.clone());
         }
-        let per_minute = [
-            "requests_per_minute",
-            "input_tokens_per_minute",
-            "output_tokens_per_minute",
-        ];
-        let Some((_, spender, _)) = per_minute.iter().find_map(|f| rates.get(f)) else {
+        let Some((_, spender, _)) = FIELDS.iter().find_map(|f| rates.get(f)) else {
             return Ok(Some(admission));
         };
         let subject = spender.to_string();
-        let rpm = rates.get("requests_per_minute").map(|r| r.0);
-        let counted = self
-            .store
-            .query(
-                "INSERT INTO rate_windows (subject, window_start, requests, input_tokens, output_tokens) \
-                 VALUES ($1, $2, 1, 0, 0) ON CONFLICT (subject, window_start) DO UPDATE \
-                 SET requests = rate_windows.requests + 1 WHERE rate_windows.requests < $3 \
-                 RETURNING requests, input_tokens, output_tokens",
-                vec![
-                    Value::Text(Some(subject.clone())),
-                    Value::Int(Some(window)),
-                    Value::Int(Some(rpm.map_or(i64::MAX, |r| r as i64))),
-                ],
-            )
-            .await;
-        let row = match counted {
-            Ok(rows) => rows.into_iter().next(),
-            Err(e) => {
-                tracing::warn!(error = %e, "rate limits not checked: the store is unavailable; request admitted");
-                return Ok(Some(admission));
-            }
-        };
-        let refuse = |field: &str, used: u64, max: u64, set_on: &Scope| {
-            RateRefusal {
-            message: format!(
-                "{subject} reached {field} {max} (set on {set_on}): {used} used in this minute; retry in {retry_after} s"
-            ),
-            retry_after_secs: retry_after,
-        }
-        };
-        let Some(row) = row else {
-            let (max, _, set_on) = rates
-                .get("requests_per_minute")
-                .expect("only it refuses the upsert");
-            return Err(refuse("requests_per_minute", max, max, set_on));
-        };
-        for (i, field) in ["input_tokens_per_minute", "output_tokens_per_minute"]
-            .iter()
-            .enumerate()
-        {
-            let used = row[i + 1].int().max(0) as u64;
-            if let Some((max, _, set_on)) = rates.get(field) {
-                if used >= max {
-                    // Not served: give the request back.
-                    let _ = self
-                        .store
-                        .execute(
-                            "UPDATE rate_windows SET requests = requests - 1 WHERE subject = $1 AND window_start = $2",
-                            vec![Value::Text(Some(subject.clone())), Value::Int(Some(window))],
-                        )
-                        .await;
-                    return Err(refuse(field, used, max, set_on));
+        let limits = FIELDS.map(|f| rates.get(f).map(|r| r.0));
+        let decided = match self.windows.admit(&subject, window, limits) {
+            Admit::Unknown => {
+                match self
+                    .windows
+                    .admit_through_store(&self.store, &subject, window, limits)
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rate limits counted by this replica alone: the store is unavailable");
+                        self.windows.count_alone(&subject, window);
+                        self.windows.admit(&subject, window, limits)
+                    }
                 }
             }
+            known => known,
+        };
+        match decided {
+            Admit::No { field, used } => {
+                let (max, _, set_on) = rates.get(FIELDS[field]).expect("a set limit refused");
+                Err(RateRefusal {
+                    message: format!(
+                        "{subject} reached {} {max} (set on {set_on}): {used} used in this minute; retry in {retry_after} s",
+                        FIELDS[field]
+                    ),
+                    retry_after_secs: retry_after,
+                })
+            }
+            Admit::Yes | Admit::Unknown => Ok(Some(admission)),
         }
-        Ok(Some(admission))
     }
 
-    /// Adds a finished request's tokens to its spender's current window (in the background).
+    /// Adds a finished request's tokens to its spender's current window (this replica's
+    /// counts; the next sync writes them to the store).
     pub fn add_tokens(&self, who: &Requester, input: u64, output: u64) {
         let snap = self.current();
         if !snap.has_rates || input + output == 0 {
             return;
         }
         let rates = snap.rates(who);
-        let Some((_, spender, _)) = ["input_tokens_per_minute", "output_tokens_per_minute"]
-            .iter()
-            .find_map(|f| rates.get(f))
-        else {
+        let Some((_, spender, _)) = FIELDS[INPUT_TOKENS..].iter().find_map(|f| rates.get(f)) else {
             return;
         };
-        let subject = spender.to_string();
-        let store = self.store.clone();
         let window = Utc::now().timestamp() / 60 * 60;
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let r = store
-                .execute(
-                    "INSERT INTO rate_windows (subject, window_start, requests, input_tokens, output_tokens) \
-                     VALUES ($1, $2, 0, $3, $4) ON CONFLICT (subject, window_start) DO UPDATE \
-                     SET input_tokens = rate_windows.input_tokens + excluded.input_tokens, \
-                     output_tokens = rate_windows.output_tokens + excluded.output_tokens",
-                    vec![
-                        Value::Text(Some(subject)),
-                        Value::Int(Some(window)),
-                        Value::Int(Some(input as i64)),
-                        Value::Int(Some(output as i64)),
-                    ],
-                )
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "tokens not counted toward rate limits: the store is unavailable");
-            }
-        });
+        self.windows
+            .add_tokens(&spender.to_string(), window, input, output);
     }
 
     /// Counts a request's cost right away on this replica (the store's total replaces it at
@@ -1202,6 +1178,7 @@ pub async fn explain(
         store: store.clone(),
         snapshot: RwLock::new(Arc::new(load_snapshot(store).await?)),
         in_flight: Default::default(),
+        windows: Default::default(),
         notices: Default::default(),
     };
     Ok(gov.explain(who, model))

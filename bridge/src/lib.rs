@@ -26,6 +26,7 @@ pub mod keypool;
 pub mod keys;
 pub mod pricing;
 pub mod private_files;
+pub mod rate_windows;
 pub mod recorder;
 pub mod redact;
 pub mod retention;

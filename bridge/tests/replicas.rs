@@ -5,6 +5,9 @@
 //!   lock serializes them: each migration is applied, and logged, once). A key created once
 //!   works on both; requests through both are recorded once each; `llm-bridge usage` sees the
 //!   sum; a revoked key stops working on both within the key cache's 5 seconds.
+//! - Requests per minute shared by two replicas on one PostgreSQL: each counts in memory and
+//!   syncs with the store every 250 ms; the limit holds across both, and the store's count is
+//!   exactly what was served.
 //! - `/metrics` protection: on its own listener (`metrics.listen`), 404 on the main one; with
 //!   `metrics.token_file`, 401 without the bearer token; `/healthz` and `/readyz` stay open.
 
@@ -496,5 +499,81 @@ async fn two_replicas_share_one_budget_spent_through_either() {
     assert!(
         explained.contains("of $0.001 spent by user bea"),
         "{explained}"
+    );
+}
+
+/// Replicas count requests per minute in memory and write them to the store every 250 ms
+/// (`rate_windows::SYNC`): each replica reads the others' counts back at its sync, so one that
+/// served part of the limit refuses once the other served the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_requests_per_minute_limit_through_the_store() {
+    const RPM: usize = 6;
+    let pg = Postgres::start();
+    let dir = TempDir::new("replicas-rpm");
+    let cwd = dir.path();
+    let store = pg.url();
+    let (_fake, up) = fake_upstream(cwd);
+    let token = cli(cwd, &["keys", "create", "--user", "cy", "--store", &store]);
+    let token = token.trim().lines().last().unwrap().trim().to_string();
+    cli(
+        cwd,
+        &[
+            "limits",
+            "set",
+            "--user",
+            "cy",
+            "--requests-per-minute",
+            &RPM.to_string(),
+            "--store",
+            &store,
+        ],
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_bridge(cwd, "a", port_a, &store, up, "");
+    let mut b = spawn_bridge(cwd, "b", port_b, &store, up, "");
+    wait_listening(port_a, &mut a.0, &cwd.join("a.log"));
+    wait_listening(port_b, &mut b.0, &cwd.join("b.log"));
+    let c = client();
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    // All of it inside one minute window: start early in a minute.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 40 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    let window = chrono::Utc::now().timestamp() / 60 * 60;
+    // One request through B: B now counts this window in memory.
+    assert_eq!(one_call(&c, &url_b, &token, "claude-sonnet-4-6").await, 200);
+    // A's first request of the window reads the store (B's one is there), then A counts in
+    // memory and serves exactly the rest.
+    let mut served = 1;
+    while one_call(&c, &url_a, &token, "claude-sonnet-4-6").await == 200 {
+        served += 1;
+        assert!(served <= RPM, "the replicas served more than {RPM}");
+    }
+    assert_eq!(served, RPM);
+    // After a few sync intervals (250 ms each), A's counts are in the store and B has
+    // read them back: B refuses without asking the store.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(one_call(&c, &url_b, &token, "claude-sonnet-4-6").await, 429);
+    assert_eq!(one_call(&c, &url_a, &token, "claude-sonnet-4-6").await, 429);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The store holds exactly what was served: refused requests are not counted.
+    let db = pg_client(&store).await;
+    let counted: i64 = db
+        .query_one(
+            "SELECT requests FROM rate_windows WHERE subject = 'user cy' AND window_start = $1",
+            &[&window],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, RPM as i64);
+    assert_eq!(
+        chrono::Utc::now().timestamp() / 60 * 60,
+        window,
+        "the minute rolled over during the test"
     );
 }

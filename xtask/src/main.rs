@@ -58,6 +58,11 @@ enum Command {
     Bench {
         #[arg(value_enum)]
         target: bench::Target,
+        /// bridge only: also run LiteLLM's proxy (PyPI `litellm[proxy]`, pinned, in its own
+        /// venv under <target dir>/peers/) against the same fake upstream and load, on loopback
+        /// only, with its telemetry and cost-map fetch off.
+        #[arg(long)]
+        peers: bool,
     },
     /// Build release binaries without debug info and the Debian packages `boundary` and
     /// `llm-bridge` into <target dir>/dist/.
@@ -85,7 +90,7 @@ fn main() -> Result<()> {
             shell::cargo(&["build", "-p", "boundary-agent", "-p", "bridge", "--bins"])?;
             readme::run(&shell::target_dir()?.join("debug"))
         }
-        Command::Bench { target } => bench::run(target),
+        Command::Bench { target, peers } => bench::run(target, peers),
         Command::Dist { install_test } => {
             let dist = dist::run()?;
             if install_test {
