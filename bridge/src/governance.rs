@@ -28,8 +28,8 @@
 //! spender like budgets. Requests and tokens are counted in fixed one-minute windows, in memory
 //! by each replica and written to the store in batches every 250 ms, so replicas share them
 //! within one sync interval (see [`crate::rate_windows`] for the accuracy); tokens are added
-//! when a request ends. Concurrent requests are counted by each replica in memory
-//! (so the limit holds per replica). When the store cannot be reached, each replica counts
+//! when a request ends. Concurrent requests are counted by each replica in memory and shared
+//! through leases in the store at the same interval (see [`crate::concurrency`]). When the store cannot be reached, each replica counts
 //! alone (like records, rates never take the gateway down; the limits then hold per replica),
 //! writes its counts once the store is back, and a warning is logged.
 
@@ -40,6 +40,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::concurrency::Concurrency;
 use crate::error::Error;
 use crate::rate_windows::{Admit, RateWindows, FIELDS, INPUT_TOKENS, SYNC};
 use crate::store::{Store, Value};
@@ -166,19 +167,13 @@ impl AppliedRates {
 #[derive(Debug)]
 pub struct Admission {
     gov: Arc<Governance>,
-    spender: Option<Scope>,
+    spender: Option<String>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         if let Some(s) = &self.spender {
-            let mut live = self.gov.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = live.get_mut(s) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    live.remove(s);
-                }
-            }
+            self.gov.concurrency.release(s);
         }
     }
 }
@@ -519,8 +514,9 @@ fn scopes_text(scopes: &[Scope]) -> String {
 pub struct Governance {
     store: Store,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// Requests in flight per spender under a concurrency limit (this replica's).
-    in_flight: std::sync::Mutex<HashMap<Scope, u64>>,
+    /// Requests in flight per spender under a concurrency limit, shared with the other
+    /// replicas through leases in the store every [`SYNC`].
+    concurrency: Concurrency,
     /// Per-minute counts, synced with the store every [`crate::rate_windows::SYNC`].
     windows: RateWindows,
     /// Budget fractions that raise a notice, and who hears of it besides the log.
@@ -542,7 +538,7 @@ impl Governance {
         Ok(Arc::new(Governance {
             store,
             snapshot: RwLock::new(Arc::new(snapshot)),
-            in_flight: Default::default(),
+            concurrency: Default::default(),
             windows: Default::default(),
             notices: Default::default(),
         }))
@@ -560,7 +556,11 @@ impl Governance {
                 tokio::time::sleep(SYNC).await;
                 let Some(gov) = me.upgrade() else { return };
                 let window = Utc::now().timestamp() / 60 * 60;
-                match gov.windows.sync(&gov.store, window).await {
+                let synced = match gov.windows.sync(&gov.store, window).await {
+                    Ok(()) if gov.current().has_rates => gov.concurrency.sync(&gov.store).await,
+                    other => other,
+                };
+                match synced {
                     Ok(()) if failing => {
                         tracing::info!("rate counts written to the store again");
                         failing = false;
@@ -660,9 +660,8 @@ impl Governance {
             spender: None,
         };
         if let Some((max, spender, set_on)) = rates.get("concurrent_requests") {
-            let mut live = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            let n = live.entry(spender.clone()).or_default();
-            if *n >= max {
+            let key = spender.to_string();
+            if let Err(n) = self.concurrency.acquire(&key, max) {
                 return Err(RateRefusal {
                     message: format!(
                         "{spender} already has {n} requests running, the most concurrent_requests of {set_on} allows; retry when one finishes"
@@ -670,8 +669,7 @@ impl Governance {
                     retry_after_secs: 1,
                 });
             }
-            *n += 1;
-            admission.spender = Some(spender.clone());
+            admission.spender = Some(key);
         }
         let Some((_, spender, _)) = FIELDS.iter().find_map(|f| rates.get(f)) else {
             return Ok(Some(admission));
@@ -1177,7 +1175,7 @@ pub async fn explain(
     let gov = Governance {
         store: store.clone(),
         snapshot: RwLock::new(Arc::new(load_snapshot(store).await?)),
-        in_flight: Default::default(),
+        concurrency: Default::default(),
         windows: Default::default(),
         notices: Default::default(),
     };

@@ -20,6 +20,7 @@ pub mod control;
 
 // Recording path.
 pub mod audit;
+pub mod concurrency;
 pub mod governance;
 pub mod journal;
 pub mod keypool;

@@ -182,6 +182,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS events_session_ts ON events (session_id, ts);
     CREATE INDEX IF NOT EXISTS events_workspace_ts ON events (workspace, ts);
     CREATE INDEX IF NOT EXISTS events_domain_ts ON events (domain, ts)",
+    // 9: concurrent requests per spender and replica, renewed while they run (see
+    // `concurrency`): replicas add up each other's unexpired rows.
+    "CREATE TABLE IF NOT EXISTS concurrency_leases (
+        spender TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        running BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (spender, replica)
+    )",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \

@@ -76,7 +76,7 @@ fn spawn_bridge(cwd: &Path, name: &str, port: u16, store: &str, up: u16, extra: 
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\n{extra}providers:\n  anthropic:\n    base_url: http://127.0.0.1:{up}\n    api_key: {ANTHROPIC_KEY}\n  openai:\n    base_url: http://127.0.0.1:{up}\n    api_key: {OPENAI_KEY}\n",
+            "listen: 127.0.0.1:{port}\nstore: {store}\nspool_dir: {}\n{extra}providers:\n  anthropic:\n    base_url: http://127.0.0.1:{up}\n    api_key: {ANTHROPIC_KEY}\n    forward_headers: [x-fake-*]\n  openai:\n    base_url: http://127.0.0.1:{up}\n    api_key: {OPENAI_KEY}\n",
             cwd.join(format!("{name}-spool")).display()
         ),
     )
@@ -576,4 +576,103 @@ async fn two_replicas_share_one_requests_per_minute_limit_through_the_store() {
         window,
         "the minute rolled over during the test"
     );
+}
+
+/// A streamed Anthropic call through `url` that the fake upstream paces at `delay_ms` between
+/// events; its status once the stream ended.
+async fn slow_stream(c: HttpClient, url: String, token: String, delay_ms: u64) -> u16 {
+    let (s, _, body) = send(
+        &c,
+        request(
+            Method::POST,
+            &format!("{url}/anthropic/v1/messages"),
+            &[
+                ("x-api-key", &token),
+                ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json"),
+                ("x-fake-delay-ms", &delay_ms.to_string()),
+            ],
+            json!({"model": "claude-sonnet-4-6", "max_tokens": 20, "stream": true,
+                "messages": [{"role": "user", "content": "hello"}]})
+            .to_string(),
+        ),
+    )
+    .await;
+    assert!(
+        s != 200 || String::from_utf8_lossy(&body).contains("message_stop"),
+        "the stream did not end normally"
+    );
+    s.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_concurrency_limit_through_leases_in_the_store() {
+    let pg = Postgres::start();
+    let dir = TempDir::new("replicas-concurrency");
+    let cwd = dir.path();
+    let store = pg.url();
+    let (_fake, up) = fake_upstream(cwd);
+    let token = cli(cwd, &["keys", "create", "--user", "dee", "--store", &store]);
+    let token = token.trim().lines().last().unwrap().trim().to_string();
+    cli(
+        cwd,
+        &[
+            "limits",
+            "set",
+            "--user",
+            "dee",
+            "--concurrent-requests",
+            "2",
+            "--store",
+            &store,
+        ],
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_bridge(cwd, "a", port_a, &store, up, "");
+    let mut b = spawn_bridge(cwd, "b", port_b, &store, up, "");
+    wait_listening(port_a, &mut a.0, &cwd.join("a.log"));
+    wait_listening(port_b, &mut b.0, &cwd.join("b.log"));
+    let c = client();
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    // Both of dee's slots taken on A by two slow streams (several seconds each).
+    let streams: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(slow_stream(c.clone(), url_a.clone(), token.clone(), 900)))
+        .collect();
+    // A writes its leases and B reads them back within a sync interval (250 ms) or two.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    if streams.iter().any(|s| s.is_finished()) {
+        let mut ended = Vec::new();
+        for s in streams {
+            if s.is_finished() {
+                ended.push(s.await.unwrap());
+            }
+        }
+        panic!("streams ended too soon: {ended:?}");
+    }
+    assert_eq!(one_call(&c, &url_b, &token, "claude-sonnet-4-6").await, 429);
+    assert_eq!(one_call(&c, &url_a, &token, "claude-sonnet-4-6").await, 429);
+    for s in streams {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    // Released on A: B admits again once it has read that, within a few sync intervals.
+    let released = Instant::now();
+    while one_call(&c, &url_b, &token, "claude-sonnet-4-6").await != 200 {
+        assert!(
+            released.elapsed() < Duration::from_secs(3),
+            "B still refuses 3 s after A's requests ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle replicas leave no lease behind.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let db = pg_client(&store).await;
+    let rows: i64 = db
+        .query_one("SELECT COUNT(*) FROM concurrency_leases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
 }
