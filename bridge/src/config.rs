@@ -94,6 +94,8 @@ pub struct BridgeConfig {
     pub retention: Retention,
     /// When budget notices go out and where (`budget_notices:`).
     pub budget_notices: BudgetNotices,
+    /// The audit page's login (`control_plane.admin_token_file`); `None`: the page is off.
+    pub admin_token: Option<crate::web::auth::AdminToken>,
 }
 
 /// `budget_notices:`: fractions of a budget (0.85 = 85%) and an optional webhook.
@@ -155,6 +157,16 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     budget_notices: RawBudgetNotices,
+    #[serde(default)]
+    control_plane: RawControlPlane,
+}
+
+/// `control_plane:` (the part the audit page reads).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControlPlane {
+    /// File holding the audit page's admin token.
+    admin_token_file: Option<PathBuf>,
 }
 
 /// `budget_notices:`.
@@ -300,6 +312,7 @@ impl BridgeConfig {
             prompt_recording: PromptRecording::default(),
             retention: Retention::default(),
             budget_notices: BudgetNotices::default(),
+            admin_token: None,
         })
     }
 
@@ -501,6 +514,13 @@ impl BridgeConfig {
                 None => None,
             },
         };
+        let admin_token = match &raw.control_plane.admin_token_file {
+            Some(f) => Some(
+                crate::web::auth::AdminToken::from_file(f)
+                    .map_err(|m| err(&["control_plane", "admin_token_file"], m))?,
+            ),
+            None => None,
+        };
         let age = |field: &str, v: &Option<String>| {
             v.as_deref()
                 .map(parse_age)
@@ -635,6 +655,7 @@ impl BridgeConfig {
             prompt_recording: raw.prompt_recording.unwrap_or_default(),
             retention,
             budget_notices,
+            admin_token,
         })
     }
 }

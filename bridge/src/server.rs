@@ -43,6 +43,7 @@ use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::tls::ServerTls;
+use crate::web::WebUi;
 
 /// Records go to the [`Recorder`], in-flight counts to [`Telemetry`].
 struct RecorderSink {
@@ -315,6 +316,7 @@ pub async fn serve(
             gateway: None,
             admin: Some(admin.clone()),
             metrics: MetricsAccess::from_token(&config.metrics.token),
+            web: None,
         };
         // Scrapers and probes only: a few connections are plenty.
         let limits = ConnLimits {
@@ -332,6 +334,11 @@ pub async fn serve(
             MetricsAccess::from_token(&config.metrics.token)
         },
         admin: Some(admin),
+        web: Some(WebUi::new(
+            store.clone(),
+            config.admin_token.clone(),
+            tls.is_some(),
+        )),
     };
     run(
         listener,
@@ -377,6 +384,7 @@ pub async fn serve_gateway(
         gateway: Some(gateway),
         admin: None,
         metrics: MetricsAccess::Open,
+        web: None,
     };
     run(listener, routes, None, shutdown, limits).await;
 }
@@ -477,6 +485,8 @@ struct Routes {
     gateway: Option<Gateway>,
     admin: Option<Admin>,
     metrics: MetricsAccess,
+    /// The audit page (`/ui/`), on the main listener only.
+    web: Option<Arc<WebUi>>,
 }
 
 /// Who may read `/metrics` on a listener.
@@ -599,6 +609,9 @@ async fn dispatch(req: Request<Incoming>, routes: &Routes) -> Response<ProxyBody
         if Gateway::serves(path) {
             return gateway.handle(req).await;
         }
+    }
+    if let Some(web) = routes.web.as_ref().filter(|_| WebUi::serves(path)) {
+        return web.handle(req).await;
     }
     match (req.method(), path, routes.admin.as_ref()) {
         (&Method::GET, "/healthz", _) => text(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -1,0 +1,283 @@
+//! The pages of the audit UI: one module per page, a shared layout, the filter form, and the
+//! stylesheet. Every page is a function from the store and the request's parameters to a
+//! [`Page`]; a store error becomes a 500 page that says what failed (never a stack trace).
+
+mod interceptions;
+mod usage;
+
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+
+use super::html::{href, Html};
+use super::{Page, PageRequest};
+use crate::error::Error;
+use crate::store::Store;
+
+/// The one stylesheet (served as `/ui/style.css`: the CSP allows no inline style).
+pub const STYLE: &str = include_str!("style.css");
+
+/// Most rows a list shows; the page says when there were more.
+pub const ROW_LIMIT: u32 = 500;
+
+pub async fn render(store: &Store, req: &PageRequest) -> Page {
+    let path = req.path.as_str();
+    let result = match path {
+        "/ui" | "/ui/" => Ok(overview()),
+        "/ui/interceptions" => interceptions::list(store, req).await,
+        "/ui/usage" => usage::page(store, req).await,
+        _ => match path.strip_prefix("/ui/interceptions/") {
+            Some(id) => interceptions::detail(store, id).await,
+            None => Ok(status_page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such page. The pages are listed at the top.",
+            )),
+        },
+    };
+    result.unwrap_or_else(|e| match e {
+        Error::Query(msg) => status_page(StatusCode::BAD_REQUEST, "Bad request", &msg),
+        e => {
+            tracing::error!(error = %e, path, "audit page failed");
+            status_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The store failed",
+                &format!("{e}"),
+            )
+        }
+    })
+}
+
+/// The navigation: (path, label).
+const NAV: &[(&str, &str)] = &[
+    ("/ui/interceptions", "LLM interceptions"),
+    ("/ui/usage", "Usage"),
+];
+
+/// A complete document: head, navigation, a title and what `body` writes.
+pub fn layout(status: StatusCode, title: &str, body: impl FnOnce(&mut Html)) -> Page {
+    Page {
+        status,
+        html: document(title, true, body),
+    }
+}
+
+fn document(title: &str, nav: bool, body: impl FnOnce(&mut Html)) -> String {
+    let mut h = Html::new();
+    h.raw("<!doctype html>");
+    h.el("html", &[("lang", "en")], |h| {
+        h.el("head", &[], |h| {
+            h.void("meta", &[("charset", "utf-8")]);
+            h.void(
+                "meta",
+                &[
+                    ("name", "viewport"),
+                    ("content", "width=device-width, initial-scale=1"),
+                ],
+            );
+            h.el("title", &[], |h| {
+                h.text(title).raw(" · llm-bridge audit");
+            });
+            h.void("link", &[("rel", "stylesheet"), ("href", "/ui/style.css")]);
+        });
+        h.el("body", &[], |h| {
+            h.el("header", &[], |h| {
+                h.el("nav", &[], |h| {
+                    h.el_text(
+                        "a",
+                        &[("href", "/ui/"), ("class", "brand")],
+                        "llm-bridge audit",
+                    );
+                    if nav {
+                        for (path, label) in NAV {
+                            h.link(path, label);
+                        }
+                        h.el(
+                            "form",
+                            &[
+                                ("method", "post"),
+                                ("action", "/ui/logout"),
+                                ("class", "logout"),
+                            ],
+                            |h| {
+                                h.el_text("button", &[("type", "submit")], "Log out");
+                            },
+                        );
+                    }
+                });
+            });
+            h.el("main", &[], |h| {
+                h.el_text("h1", &[], title);
+                body(h);
+            });
+        });
+    });
+    h.into_string()
+}
+
+/// The login form, with an error message after a failed attempt.
+pub fn login(error: Option<&str>, status: StatusCode) -> Page {
+    Page {
+        status,
+        html: document("Log in", false, |h| {
+            if let Some(e) = error {
+                h.el_text("p", &[("class", "error"), ("id", "login-error")], e);
+            }
+            h.el(
+                "form",
+                &[
+                    ("method", "post"),
+                    ("action", "/ui/login"),
+                    ("class", "login"),
+                ],
+                |h| {
+                    h.el("label", &[], |h| {
+                        h.raw("Admin token ");
+                        h.void(
+                            "input",
+                            &[
+                                ("type", "password"),
+                                ("name", "token"),
+                                ("autocomplete", "current-password"),
+                                ("required", "required"),
+                                ("autofocus", "autofocus"),
+                            ],
+                        );
+                    });
+                    h.el_text("button", &[("type", "submit")], "Log in");
+                },
+            );
+            h.el_text(
+                "p",
+                &[("class", "hint")],
+                "The token is in the file named by control_plane.admin_token_file in bridge.yaml.",
+            );
+        }),
+    }
+}
+
+/// What `/ui/` answers when no admin token is configured.
+pub fn off() -> Page {
+    status_page(
+        StatusCode::NOT_FOUND,
+        "The audit page is off",
+        "Set control_plane.admin_token_file in bridge.yaml to a file holding an admin token (one line, at least 16 characters), then restart llm-bridge serve.",
+    )
+}
+
+/// A page with a title and one message (errors, 404).
+pub fn status_page(status: StatusCode, title: &str, message: &str) -> Page {
+    Page {
+        status,
+        html: document(title, false, |h| {
+            h.el_text("p", &[("class", "message")], message);
+            h.link("/ui/", "Back to the audit page");
+        }),
+    }
+}
+
+fn overview() -> Page {
+    layout(StatusCode::OK, "Audit", |h| {
+        h.el("ul", &[("class", "overview")], |h| {
+            for (path, label, what) in [
+                (
+                    "/ui/interceptions",
+                    "LLM interceptions",
+                    "every request through the gateway: user, model, tokens, cost, prompt",
+                ),
+                (
+                    "/ui/usage",
+                    "Usage",
+                    "requests, tokens and cost by user, model, provider or day",
+                ),
+            ] {
+                h.el("li", &[], |h| {
+                    h.link(path, label);
+                    h.raw(": ").text(what);
+                });
+            }
+        });
+    })
+}
+
+/// One input of a filter form.
+pub struct Field {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub placeholder: &'static str,
+}
+
+/// A GET form to `action` with one text input per field, filled from the request: submitting
+/// it gives a bookmarkable URL.
+pub fn filter_form(h: &mut Html, action: &'static str, fields: &[Field], req: &PageRequest) {
+    h.el(
+        "form",
+        &[("method", "get"), ("action", action), ("class", "filters")],
+        |h| {
+            for f in fields {
+                h.el("label", &[], |h| {
+                    h.text(f.label).raw(" ");
+                    h.void(
+                        "input",
+                        &[
+                            ("type", "text"),
+                            ("name", f.name),
+                            ("value", req.param(f.name).unwrap_or("")),
+                            ("placeholder", f.placeholder),
+                        ],
+                    );
+                });
+            }
+            h.el_text("button", &[("type", "submit")], "Filter");
+            h.el_text("a", &[("href", action), ("class", "clear")], "Clear");
+        },
+    );
+}
+
+/// The `since` / `until` parameters (`7d`, `24h`, an RFC 3339 time or a date).
+pub fn time_param(req: &PageRequest, name: &str) -> Result<Option<DateTime<Utc>>, Error> {
+    req.param(name)
+        .map(|s| {
+            crate::usage::parse_since(s, Utc::now())
+                .map_err(|e| Error::Query(format!("filter `{name}`: {e}")))
+        })
+        .transpose()
+}
+
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub fn fmt_cost(c: Option<f64>) -> String {
+    c.map(|c| format!("${c:.4}")).unwrap_or_else(|| "-".into())
+}
+
+/// "N rows" or, when the limit was reached, a note that there may be more.
+pub fn count_note(h: &mut Html, shown: usize, limit: u32) {
+    let text = if shown >= limit as usize {
+        format!("{shown} rows shown (the limit): narrow the filters to see the rest.")
+    } else {
+        format!("{shown} rows.")
+    };
+    h.el_text("p", &[("class", "count")], &text);
+}
+
+/// Text cut to `max` characters, with an ellipsis when cut.
+pub fn excerpt(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// A link to the session page, or `-`.
+pub fn session_cell(h: &mut Html, session: Option<&str>) {
+    match session {
+        Some(s) => {
+            h.td_link(&href("/ui/sessions", &[s], &[]), s);
+        }
+        None => {
+            h.td("-");
+        }
+    }
+}
