@@ -209,24 +209,31 @@ pub fn set_cookie(id: Option<&str>, secure: bool) -> String {
     }
 }
 
-/// A state-changing request must come from a page of this server: its `Origin` header (which
-/// browsers send with every POST) must name the host the request was sent to. Together with
-/// the SameSite=Strict cookie this stops cross-site request forgery.
+/// A state-changing request must come from a page of this server. Browsers say where a
+/// request comes from in `Sec-Fetch-Site` (which no page can forge) and in `Origin`; with the
+/// page's `Referrer-Policy: no-referrer`, Chromium sends `Origin: null` on a form POST, so
+/// `Sec-Fetch-Site: same-origin` is the answer that counts when present. Without it (older
+/// browsers, scripts), `Origin` must name the host the request was sent to. Together with the
+/// SameSite=Strict cookie this stops cross-site request forgery.
 pub fn same_origin(headers: &http::HeaderMap, tls: bool) -> bool {
-    let Some(origin) = headers
-        .get(http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin_matches = || {
+        let (Some(origin), Some(host)) = (header("origin"), header("host")) else {
+            return false;
+        };
+        let scheme = if tls { "https" } else { "http" };
+        origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
     };
-    let Some(host) = headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let scheme = if tls { "https" } else { "http" };
-    origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
+    match header("sec-fetch-site") {
+        Some(site) => {
+            site == "same-origin"
+                && match header("origin") {
+                    None | Some("null") => true,
+                    Some(_) => origin_matches(),
+                }
+        }
+        None => origin_matches(),
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +317,17 @@ mod tests {
         assert!(same_origin(&h, false));
         assert!(!same_origin(&h, true));
         h.insert("origin", "http://evil.example".parse().unwrap());
+        assert!(!same_origin(&h, false));
+        // A browser's own word: same-origin with a null Origin (no-referrer pages) is fine,
+        // cross-site is refused whatever Origin says.
+        h.insert("origin", "null".parse().unwrap());
+        assert!(!same_origin(&h, false));
+        h.insert("sec-fetch-site", "same-origin".parse().unwrap());
+        assert!(same_origin(&h, false));
+        h.insert("origin", "http://evil.example".parse().unwrap());
+        assert!(!same_origin(&h, false));
+        h.insert("origin", "http://127.0.0.1:8787".parse().unwrap());
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(!same_origin(&h, false));
     }
 

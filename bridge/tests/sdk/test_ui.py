@@ -1,0 +1,244 @@
+"""The audit page (`/ui/`) in a real headless Chromium (Debian's, driven by playwright).
+
+Data is seeded through the real routes: LLM requests with the official SDKs through the bridge
+(fake upstream behind it). The browser only ever talks to 127.0.0.1: its DNS is mapped to
+nothing, background networking is off, and every request it makes is checked in a route
+handler that aborts (and records) anything not on loopback.
+"""
+
+import time
+from urllib.parse import urlparse
+
+import anthropic
+import httpx
+import pytest
+
+from conftest import Bridge
+
+pw = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `cargo xtask setup`")
+
+CHROMIUM = "/usr/bin/chromium"
+ADMIN_TOKEN = "ui-test-admin-token-7c1f0e9a2b"
+# Chromium makes no request of its own to the outside with these (measured): no component
+# updates, no sync, no background fetches, no QUIC, and no DNS resolution at all.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--metrics-recording-only",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+XSS_USER = '<script>alert("user")</script>'
+XSS_PROMPT = '<script>alert("prompt")</script><img src=x onerror=alert("img")> & done'
+XSS_MODEL = '<b onmouseover=alert(1)>claude-sonnet-4-6</b>'
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """A bridge with the audit page on (its own: the session bridge has no admin token)."""
+    tmp = tmp_path_factory.mktemp("ui")
+    token_file = tmp / "admin-token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    token_file.chmod(0o600)
+    b = Bridge(tmp)
+    with open(b.config, "a") as f:
+        f.write(f"control_plane:\n  admin_token_file: {token_file}\n")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        # launch() gives the browser a fresh temporary profile (--user-data-dir) every time.
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A fresh browser context (no cookies) and page, with every dialog and every request
+    that tried to leave loopback recorded."""
+
+    def __init__(self, browser, base):
+        self.base = base
+        self.ctx = browser.new_context()
+        self.dialogs = []
+        self.off_loopback = []
+        self.ctx.route("**/*", self._only_loopback)
+        self.page = self.ctx.new_page()
+        self.page.on("dialog", self._dialog)
+
+    def _only_loopback(self, route):
+        host = urlparse(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost", "::1"):
+            route.continue_()
+        else:
+            self.off_loopback.append(route.request.url)
+            route.abort()
+
+    def _dialog(self, d):
+        self.dialogs.append(d.message)
+        d.dismiss()
+
+    def goto(self, path):
+        return self.page.goto(self.base + path)
+
+    def login(self, token=ADMIN_TOKEN):
+        self.goto("/ui/login")
+        self.page.fill("input[name=token]", token)
+        with self.page.expect_navigation():
+            self.page.click("form.login button[type=submit]")
+        return self
+
+    def close(self):
+        self.ctx.close()
+        assert self.off_loopback == [], f"the browser tried to leave loopback: {self.off_loopback}"
+
+
+@pytest.fixture
+def page(browser, ui):
+    p = Page(browser, ui.url)
+    yield p
+    p.close()
+
+
+def llm(ui, token, session, prompt, model="claude-sonnet-4-6", **headers):
+    c = anthropic.Anthropic(base_url=f"{ui.url}/anthropic", api_key=token, max_retries=0,
+                            default_headers={"x-bridge-session": session, **headers})
+    c.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": prompt}])
+    return ui.wait_record(lambda r: r["context"]["session"] == session)
+
+
+def rows(page):
+    return page.page.locator("table.interceptions tbody tr")
+
+
+def test_pages_need_a_login_and_a_wrong_token_is_refused(page):
+    resp = page.goto("/ui/interceptions")
+    assert urlparse(page.page.url).path == "/ui/login"
+    assert resp.status == 200
+    page.page.fill("input[name=token]", "not-the-admin-token-at-all")
+    with page.page.expect_navigation() as nav:
+        page.page.click("form.login button[type=submit]")
+    assert nav.value.status == 401
+    assert page.page.inner_text("#login-error") == "Wrong admin token."
+    assert page.ctx.cookies() == []
+    page.goto("/ui/usage")
+    assert urlparse(page.page.url).path == "/ui/login"
+
+
+def test_login_opens_the_pages_and_logout_closes_them(page):
+    page.login()
+    assert urlparse(page.page.url).path == "/ui/"
+    (cookie,) = page.ctx.cookies()
+    assert cookie["name"] == "bridge_ui_session"
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert 12 * 3600 - 60 < cookie["expires"] - time.time() <= 12 * 3600
+    for path, title in [("/ui/interceptions", "LLM interceptions"), ("/ui/usage", "Usage")]:
+        resp = page.goto(path)
+        assert resp.status == 200, path
+        assert page.page.inner_text("h1") == title
+    with page.page.expect_navigation():
+        page.page.click("form.logout button")
+    assert urlparse(page.page.url).path == "/ui/login"
+    page.goto("/ui/interceptions")
+    assert urlparse(page.page.url).path == "/ui/login"
+
+
+def test_every_answer_carries_the_security_headers(page):
+    resp = page.goto("/ui/login")
+    h = resp.headers
+    assert "default-src 'self'" in h["content-security-policy"]
+    assert "script-src 'self'" in h["content-security-policy"]
+    assert "unsafe-inline" not in h["content-security-policy"]
+    assert "frame-ancestors 'none'" in h["content-security-policy"]
+    assert h["x-frame-options"] == "DENY"
+    assert h["referrer-policy"] == "no-referrer"
+    assert h["x-content-type-options"] == "nosniff"
+    page.login()
+    resp = page.goto("/ui/no-such-page")
+    assert resp.status == 404
+    assert resp.headers["x-frame-options"] == "DENY"
+
+
+def test_interception_filters_narrow_the_list_in_the_browser(ui, page):
+    tag = f"filt{time.time_ns()}"
+    bob = ui.create_key(f"bob-{tag}")
+    carol = ui.create_key(f"carol-{tag}")
+    llm(ui, bob, f"{tag}-1", "bob asks", model="claude-sonnet-4-6", **{"x-bridge-template": f"tpl-{tag}"})
+    llm(ui, bob, f"{tag}-2", "bob asks again", model="claude-haiku-4-5", **{"x-bridge-template": f"tpl-{tag}"})
+    llm(ui, carol, f"{tag}-3", "carol asks", model="claude-sonnet-4-6", **{"x-bridge-template": f"tpl-{tag}"})
+    page.login()
+    page.goto("/ui/interceptions")
+    page.page.fill("form.filters input[name=template]", f"tpl-{tag}")
+    with page.page.expect_navigation():
+        page.page.click("form.filters button[type=submit]")
+    assert rows(page).count() == 3
+    page.page.fill("form.filters input[name=user]", f"bob-{tag}")
+    with page.page.expect_navigation():
+        page.page.click("form.filters button[type=submit]")
+    assert rows(page).count() == 2
+    assert all(f"bob-{tag}" in t for t in rows(page).all_inner_texts())
+    # The filtered view is a plain URL: bookmarkable, and the form shows what it filters on.
+    assert f"user=bob-{tag}" in page.page.url
+    assert page.page.input_value("form.filters input[name=user]") == f"bob-{tag}"
+    page.page.fill("form.filters input[name=model]", "claude-haiku-4-5")
+    with page.page.expect_navigation():
+        page.page.click("form.filters button[type=submit]")
+    assert rows(page).count() == 1
+    assert "bob asks again" in rows(page).first.inner_text()
+    # A time window that ends before the requests holds none of them.
+    page.page.fill("form.filters input[name=model]", "")
+    page.page.fill("form.filters input[name=until]", "2000-01-01")
+    with page.page.expect_navigation():
+        page.page.click("form.filters button[type=submit]")
+    assert rows(page).count() == 0
+    # A filter value that is not a time is a clear error, not an empty list.
+    resp = page.goto("/ui/interceptions?since=yesterday-ish")
+    assert resp.status == 400
+    assert "filter `since`" in page.page.inner_text("main")
+
+
+def test_script_in_a_user_name_prompt_or_model_is_shown_as_text_and_never_runs(ui, page):
+    tag = f"xss{time.time_ns()}"
+    token = ui.create_key(XSS_USER)
+    rec = llm(ui, token, tag, XSS_PROMPT, model=XSS_MODEL, **{"x-bridge-template": tag})
+    assert rec["user"] == XSS_USER and rec["prompt"] == XSS_PROMPT
+    page.login()
+    page.goto(f"/ui/interceptions?template={tag}")
+    assert rows(page).count() == 1
+    row = rows(page).first.inner_text()
+    assert XSS_USER in row and XSS_PROMPT in row
+    assert rec["model"] in row
+    # Nothing the data holds became an element.
+    assert page.page.locator("main script, main img, main b").count() == 0
+    page.page.click("table.interceptions tbody tr td a")
+    assert page.page.inner_text("pre.prompt") == XSS_PROMPT
+    assert XSS_USER in page.page.inner_text("table.detail")
+    page.page.hover("table.detail")
+    page.goto(f"/ui/usage?by=user")
+    assert XSS_USER in page.page.inner_text("table.usage")
+    page.goto(f"/ui/usage?by=model")
+    assert rec["model"] in page.page.inner_text("table.usage")
+    assert page.dialogs == [], f"a script ran: {page.dialogs}"
+
+
+def test_a_login_from_another_origin_is_refused_and_guessing_is_limited(ui):
+    # Another site's form (its Origin) is refused, even with the right token.
+    r = httpx.post(f"{ui.url}/ui/login", data={"token": ADMIN_TOKEN},
+                   headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    # Guesses from one address: refused after 5 within a minute, even the right token. The
+    # client uses its own loopback address so the browser tests (127.0.0.1) are not locked out.
+    transport = httpx.HTTPTransport(local_address="127.0.0.9")
+    with httpx.Client(transport=transport, headers={"origin": ui.url}) as c:
+        codes = [c.post(f"{ui.url}/ui/login", data={"token": f"guess-{i:020d}"}).status_code
+                 for i in range(5)]
+        assert codes == [401] * 5
+        r = c.post(f"{ui.url}/ui/login", data={"token": ADMIN_TOKEN})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    # Other paths under /ui/ need a session; POSTs there are refused without one.
+    r = httpx.post(f"{ui.url}/ui/interceptions", headers={"origin": ui.url})
+    assert r.status_code == 403
