@@ -9,13 +9,14 @@ handler that aborts (and records) anything not on loopback.
 import time
 from urllib.parse import urlparse
 
+from pathlib import Path
+
 import anthropic
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from conftest import Bridge
-
-pw = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `cargo xtask setup`")
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "ui-test-admin-token-7c1f0e9a2b"
@@ -49,7 +50,8 @@ def ui(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: `cargo xtask setup --for-tests` installs Debian's chromium")
     with sync_playwright() as p:
         # launch() gives the browser a fresh temporary profile (--user-data-dir) every time.
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -217,10 +219,9 @@ def test_script_in_a_user_name_prompt_or_model_is_shown_as_text_and_never_runs(u
     page.page.click("table.interceptions tbody tr td a")
     assert page.page.inner_text("pre.prompt") == XSS_PROMPT
     assert XSS_USER in page.page.inner_text("table.detail")
-    page.page.hover("table.detail")
-    page.goto(f"/ui/usage?by=user")
+    page.goto("/ui/usage?by=user")
     assert XSS_USER in page.page.inner_text("table.usage")
-    page.goto(f"/ui/usage?by=model")
+    page.goto("/ui/usage?by=model")
     assert rec["model"] in page.page.inner_text("table.usage")
     assert page.dialogs == [], f"a script ran: {page.dialogs}"
 
