@@ -2,8 +2,8 @@
 //!
 //! Provider routes (`/anthropic/...`, `/openai/...`, `/gemini/...`) go to [`Gateway`]; the server itself
 //! answers `/healthz` (process alive), `/readyz` (store writable, or records spooling to
-//! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]). HTTP/1.1 with
-//! keep-alive, which is what every provider SDK speaks; over TLS when `tls:` is configured
+//! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]); the audit page under
+//! `/ui/` is [`WebUi`] (main listener only). HTTP/1.1 with keep-alive, which is what every provider SDK speaks; over TLS when `tls:` is configured
 //! ([`crate::tls`]).
 //!
 //! `/metrics` can be moved to a listener of its own (`metrics.listen`, plain HTTP, e.g. on
