@@ -71,6 +71,25 @@ pub(crate) struct Page {
     pub html: String,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redirects_stay_on_the_audit_pages() {
+        for (to, ok) in [
+            ("/ui/interceptions?user=a", true),
+            ("/ui/", true),
+            ("//evil.example/ui/", false),
+            ("/ui//evil.example", false),
+            ("https://evil.example/ui/", false),
+            ("/ui/\\evil", false),
+            ("/ui/a\r\nSet-Cookie: x", false),
+            ("/healthz", false),
+        ] {
+            assert_eq!(super::is_ui_path(to), ok, "{to}");
+        }
+    }
+}
+
 impl WebUi {
     pub fn new(store: Store, token: Option<AdminToken>, tls: bool) -> Arc<WebUi> {
         Arc::new(WebUi {
@@ -103,7 +122,12 @@ impl WebUi {
                 return static_response("text/css; charset=utf-8", pages::STYLE)
             }
             (&Method::GET, "/ui/login") => {
-                return html_response(pages::login(None, StatusCode::OK));
+                let next = req.uri().query().and_then(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "next")
+                        .map(|(_, v)| v.into_owned())
+                });
+                return html_response(pages::login(None, StatusCode::OK, next.as_deref()));
             }
             (&Method::POST, "/ui/login") => return self.login(req, token).await,
             (&Method::POST, "/ui/logout") => return self.logout(&req),
@@ -113,8 +137,14 @@ impl WebUi {
             .is_some_and(|id| self.sessions.is_valid(id, Instant::now()));
         if !logged_in {
             // Only pages a browser navigates to are redirected; anything else is just refused.
+            // After the login, back to the page asked for (a bookmarked filtered view).
             if method == Method::GET || method == Method::HEAD {
-                return redirect("/ui/login");
+                let asked = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/ui/");
+                return redirect(&html::href("/ui/login", &[], &[("next", asked)]));
             }
             return html_response(pages::status_page(
                 StatusCode::FORBIDDEN,
@@ -165,20 +195,24 @@ impl WebUi {
                 return html_response(pages::login(
                     Some("The login form could not be read."),
                     StatusCode::BAD_REQUEST,
+                    None,
                 ))
             }
         };
-        let presented = form_urlencoded::parse(&body)
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default();
+        let field = |name: &str| {
+            form_urlencoded::parse(&body)
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let presented = field("token").unwrap_or_default();
+        let next = field("next");
         match self
             .sessions
             .login(token, &presented, client, Instant::now())
         {
             Ok(id) => {
                 tracing::info!(client = %client, "audit page: admin logged in");
-                let mut r = redirect("/ui/");
+                let mut r = redirect(next.as_deref().unwrap_or("/ui/"));
                 if let Ok(v) = HeaderValue::from_str(&auth::set_cookie(Some(&id), self.tls)) {
                     r.headers_mut().insert(header::SET_COOKIE, v);
                 }
@@ -189,6 +223,7 @@ impl WebUi {
                 html_response(pages::login(
                     Some("Wrong admin token."),
                     StatusCode::UNAUTHORIZED,
+                    next.as_deref(),
                 ))
             }
             Err(LoginRefusal::TooMany(wait)) => {
@@ -196,6 +231,7 @@ impl WebUi {
                 let mut r = html_response(pages::login(
                     Some("Too many failed logins: wait a minute and try again."),
                     StatusCode::TOO_MANY_REQUESTS,
+                    next.as_deref(),
                 ));
                 if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
                     r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -247,13 +283,23 @@ fn static_response(content_type: &'static str, body: &'static str) -> Response<P
     r
 }
 
-/// `303 See Other` to a path of this server (after a POST, the browser GETs it).
-fn redirect(to: &'static str) -> Response<ProxyBody> {
+/// `303 See Other` to a page of the audit UI (after a POST, the browser GETs it). Anything
+/// else (another site, `//host`, a path outside `/ui/`) goes to `/ui/` instead: a `next`
+/// parameter cannot send a logged-in admin elsewhere.
+fn redirect(to: &str) -> Response<ProxyBody> {
+    let to = if is_ui_path(to) { to } else { "/ui/" };
     let mut r = Response::new(ProxyBody::full(""));
     *r.status_mut() = StatusCode::SEE_OTHER;
-    r.headers_mut()
-        .insert(header::LOCATION, HeaderValue::from_static(to));
+    let location = HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/ui/"));
+    r.headers_mut().insert(header::LOCATION, location);
     r
+}
+
+fn is_ui_path(p: &str) -> bool {
+    p.starts_with("/ui/")
+        && !p.contains("//")
+        && !p.contains('\\')
+        && p.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The headers every answer under `/ui/` carries.

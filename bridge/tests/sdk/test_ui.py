@@ -127,8 +127,14 @@ def test_pages_need_a_login_and_a_wrong_token_is_refused(page):
     assert nav.value.status == 401
     assert page.page.inner_text("#login-error") == "Wrong admin token."
     assert page.ctx.cookies() == []
-    page.goto("/ui/usage")
+    page.goto("/ui/usage?by=model")
     assert urlparse(page.page.url).path == "/ui/login"
+    # The right token then leads to the page asked for (a bookmarked view survives the login).
+    page.page.fill("input[name=token]", ADMIN_TOKEN)
+    with page.page.expect_navigation():
+        page.page.click("form.login button[type=submit]")
+    assert page.page.url == f"{page.base}/ui/usage?by=model"
+    assert page.page.inner_text("h1") == "Usage"
 
 
 def test_login_opens_the_pages_and_logout_closes_them(page):

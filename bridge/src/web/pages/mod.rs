@@ -115,7 +115,7 @@ fn document(title: &str, nav: bool, body: impl FnOnce(&mut Html)) -> String {
 }
 
 /// The login form, with an error message after a failed attempt.
-pub fn login(error: Option<&str>, status: StatusCode) -> Page {
+pub fn login(error: Option<&str>, status: StatusCode, next: Option<&str>) -> Page {
     Page {
         status,
         html: document("Log in", false, |h| {
@@ -130,6 +130,12 @@ pub fn login(error: Option<&str>, status: StatusCode) -> Page {
                     ("class", "login"),
                 ],
                 |h| {
+                    if let Some(next) = next {
+                        h.void(
+                            "input",
+                            &[("type", "hidden"), ("name", "next"), ("value", next)],
+                        );
+                    }
                     h.el("label", &[], |h| {
                         h.raw("Admin token ");
                         h.void(
