@@ -71,25 +71,6 @@ pub(crate) struct Page {
     pub html: String,
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redirects_stay_on_the_audit_pages() {
-        for (to, ok) in [
-            ("/ui/interceptions?user=a", true),
-            ("/ui/", true),
-            ("//evil.example/ui/", false),
-            ("/ui//evil.example", false),
-            ("https://evil.example/ui/", false),
-            ("/ui/\\evil", false),
-            ("/ui/a\r\nSet-Cookie: x", false),
-            ("/healthz", false),
-        ] {
-            assert_eq!(super::is_ui_path(to), ok, "{to}");
-        }
-    }
-}
-
 impl WebUi {
     pub fn new(store: Store, token: Option<AdminToken>, tls: bool) -> Arc<WebUi> {
         Arc::new(WebUi {
@@ -322,4 +303,23 @@ fn secure_headers(r: &mut Response<ProxyBody>) {
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redirects_stay_on_the_audit_pages() {
+        for (to, ok) in [
+            ("/ui/interceptions?user=a", true),
+            ("/ui/", true),
+            ("//evil.example/ui/", false),
+            ("/ui//evil.example", false),
+            ("https://evil.example/ui/", false),
+            ("/ui/\\evil", false),
+            ("/ui/a\r\nSet-Cookie: x", false),
+            ("/healthz", false),
+        ] {
+            assert_eq!(super::is_ui_path(to), ok, "{to}");
+        }
+    }
 }
