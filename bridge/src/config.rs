@@ -33,6 +33,12 @@
 //! retention:                      # optional; without it records are kept forever
 //!   interceptions: 400d           # see `retention`
 //!   prompts: 30d
+//! control_plane:                  # Boundary agents (see `control` and docs/CONTROL_PLANE.md)
+//!   enabled: true                 # default: the /boundary/v1 routes answer
+//!   require_session: false        # refuse AI requests without a valid session credential
+//!   require_session_templates: [] # ... or only those claiming these templates
+//!   events_retention: 90d         # agent events older than this are deleted
+//!   admin_token_file: /etc/llm-bridge/admin-token   # the audit page's login
 //! ```
 //!
 //! Every error names the file, line, column and field, so a typo is fixed in one look. With no
@@ -96,6 +102,39 @@ pub struct BridgeConfig {
     pub budget_notices: BudgetNotices,
     /// The audit page's login (`control_plane.admin_token_file`); `None`: the page is off.
     pub admin_token: Option<crate::web::auth::AdminToken>,
+    /// Boundary's control plane (`control_plane:`).
+    pub control_plane: ControlPlaneSettings,
+}
+
+/// `control_plane:`: Bridge as the control plane of Boundary agents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlaneSettings {
+    /// The `/boundary/v1/` routes answer (default true).
+    pub enabled: bool,
+    /// Refuse AI requests without a valid Boundary session credential.
+    pub require_session: bool,
+    /// Refuse AI requests without one that claim (`x-bridge-template`) one of these templates.
+    pub require_session_templates: Vec<String>,
+    /// Agent events older than this are deleted by the retention task.
+    pub events_retention: chrono::Duration,
+    /// The file holding the audit page's login token (read by the UI; checked here to be a
+    /// readable, non-empty file).
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Default of [`ControlPlaneSettings::events_retention`].
+pub const DEFAULT_EVENTS_RETENTION_DAYS: i64 = 90;
+
+impl Default for ControlPlaneSettings {
+    fn default() -> Self {
+        ControlPlaneSettings {
+            enabled: true,
+            require_session: false,
+            require_session_templates: Vec::new(),
+            events_retention: chrono::Duration::days(DEFAULT_EVENTS_RETENTION_DAYS),
+            admin_token_file: None,
+        }
+    }
 }
 
 /// `budget_notices:`: fractions of a budget (0.85 = 85%) and an optional webhook.
@@ -161,11 +200,14 @@ struct RawConfig {
     control_plane: RawControlPlane,
 }
 
-/// `control_plane:` (the part the audit page reads).
+/// `control_plane:`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawControlPlane {
-    /// File holding the audit page's admin token.
+    enabled: Option<bool>,
+    require_session: Option<bool>,
+    require_session_templates: Option<Vec<String>>,
+    events_retention: Option<String>,
     admin_token_file: Option<PathBuf>,
 }
 
@@ -313,6 +355,7 @@ impl BridgeConfig {
             retention: Retention::default(),
             budget_notices: BudgetNotices::default(),
             admin_token: None,
+            control_plane: ControlPlaneSettings::default(),
         })
     }
 
@@ -514,13 +557,6 @@ impl BridgeConfig {
                 None => None,
             },
         };
-        let admin_token = match &raw.control_plane.admin_token_file {
-            Some(f) => Some(
-                crate::web::auth::AdminToken::from_file(f)
-                    .map_err(|m| err(&["control_plane", "admin_token_file"], m))?,
-            ),
-            None => None,
-        };
         let age = |field: &str, v: &Option<String>| {
             v.as_deref()
                 .map(parse_age)
@@ -578,6 +614,14 @@ impl BridgeConfig {
                 })?;
             budget_notices.webhook = Some(uri);
         }
+        let control_plane = control_plane(&raw.control_plane, &err)?;
+        let admin_token = match &raw.control_plane.admin_token_file {
+            Some(f) => Some(
+                crate::web::auth::AdminToken::from_file(f)
+                    .map_err(|m| err(&["control_plane", "admin_token_file"], m))?,
+            ),
+            None => None,
+        };
         let l = raw.limits;
         let d = Limits::default();
         let positive = |field: &str, v: Option<u64>| -> Result<Option<Duration>, Error> {
@@ -656,8 +700,47 @@ impl BridgeConfig {
             retention,
             budget_notices,
             admin_token,
+            control_plane,
         })
     }
+}
+
+/// Validates `control_plane:`; `err` locates a field's problem in the file.
+fn control_plane(
+    raw: &RawControlPlane,
+    err: &dyn Fn(&[&str], String) -> Error,
+) -> Result<ControlPlaneSettings, Error> {
+    let mut c = ControlPlaneSettings {
+        enabled: raw.enabled.unwrap_or(true),
+        require_session: raw.require_session.unwrap_or(false),
+        ..ControlPlaneSettings::default()
+    };
+    for (i, t) in raw.require_session_templates.iter().flatten().enumerate() {
+        let idx = i.to_string();
+        crate::control::validate_template(t)
+            .map_err(|m| err(&["control_plane", "require_session_templates", &idx], m))?;
+        c.require_session_templates.push(t.clone());
+    }
+    if let Some(age) = &raw.events_retention {
+        c.events_retention =
+            parse_age(age).map_err(|m| err(&["control_plane", "events_retention"], m))?;
+    }
+    if let Some(f) = &raw.admin_token_file {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            err(
+                &["control_plane", "admin_token_file"],
+                format!("cannot read {}: {e}", f.display()),
+            )
+        })?;
+        if text.trim().is_empty() {
+            return Err(err(
+                &["control_plane", "admin_token_file"],
+                format!("{} is empty: put the admin token in it", f.display()),
+            ));
+        }
+        c.admin_token_file = Some(f.clone());
+    }
+    Ok(c)
 }
 
 /// A provider key as a header value, marked sensitive so `Debug` never prints it.
@@ -845,6 +928,7 @@ mod tests {
             let other = rcgen::KeyPair::generate().unwrap();
             std::fs::write(d.join("other-key.pem"), other.serialize_pem()).unwrap();
             std::fs::write(d.join("token"), "scrape-token\n").unwrap();
+            std::fs::write(d.join("admin-token"), "admin-token-for-config-tests\n").unwrap();
             std::fs::write(d.join("empty-token"), "\n").unwrap();
             TlsDir(d)
         }
@@ -1025,6 +1109,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no key"), "{e}");
+    }
+
+    #[test]
+    fn the_control_plane_section_parses_and_bad_fields_name_their_line() {
+        let d = parse("").unwrap().control_plane;
+        assert_eq!(d, ControlPlaneSettings::default());
+        assert!(d.enabled && !d.require_session);
+        assert_eq!(d.events_retention, chrono::Duration::days(90));
+        let t = TlsDir::new();
+        let c = parse(&format!(
+            "control_plane:\n  enabled: false\n  require_session: true\n  require_session_templates: [python-dev, ml]\n  events_retention: 30d\n  admin_token_file: {}\n",
+            t.p("admin-token")
+        ))
+        .unwrap()
+        .control_plane;
+        assert!(!c.enabled && c.require_session);
+        assert_eq!(c.require_session_templates, ["python-dev", "ml"]);
+        assert_eq!(c.events_retention, chrono::Duration::days(30));
+        assert_eq!(c.admin_token_file, Some(t.0.join("admin-token")));
+        let e = parse("control_plane:\n  events_retention: forever\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:2:3: field `control_plane.events_retention`"),
+            "{e}"
+        );
+        let e = parse("control_plane:\n  require_session_templates: [ok, \"bad name\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `control_plane.require_session_templates.1`"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "control_plane:\n  admin_token_file: {}\n",
+            t.p("empty-token")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("bridge.yaml:2:3: field `control_plane.admin_token_file`")
+                && e.contains("is empty"),
+            "{e}"
+        );
+        let e = parse("control_plane:\n  require_sessions: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bridge.yaml:2:") && e.contains("require_sessions"),
+            "{e}"
+        );
     }
 
     #[test]

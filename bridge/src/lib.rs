@@ -15,6 +15,9 @@ pub mod proxy;
 pub mod server;
 pub mod tls;
 
+// Boundary's control plane: enrolment, policies per template, the agent API, sessions.
+pub mod control;
+
 // Recording path.
 pub mod governance;
 pub mod journal;

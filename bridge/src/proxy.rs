@@ -952,6 +952,9 @@ struct GatewayInner {
     body_budget: Arc<Semaphore>,
     /// Limits enforced per request (model policy); none until [`Gateway::govern`].
     governance: std::sync::OnceLock<Arc<Governance>>,
+    /// Boundary session credentials checked per request; none until
+    /// [`Gateway::check_sessions`].
+    sessions: std::sync::OnceLock<crate::control::sessions::SessionGate>,
 }
 
 /// Why a request body could not be read.
@@ -966,6 +969,12 @@ impl Gateway {
     /// Enforces `governance`'s limits on every request from now on (set once, at start).
     pub fn govern(&self, governance: Arc<Governance>) {
         let _ = self.inner.governance.set(governance);
+    }
+
+    /// Checks Boundary session credentials (`x-bridge-session-token`) on every request from
+    /// now on (set once, at start).
+    pub fn check_sessions(&self, gate: crate::control::sessions::SessionGate) {
+        let _ = self.inner.sessions.set(gate);
     }
 
     pub fn new(
@@ -1037,6 +1046,7 @@ impl Gateway {
                 limits,
                 body_budget: Arc::new(Semaphore::new(kib)),
                 governance: std::sync::OnceLock::new(),
+                sessions: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -1213,6 +1223,33 @@ impl Gateway {
             started_at,
         );
         rec.client_addr = peer.map(|p| p.ip().to_string());
+        // 2b. A Boundary session credential: verified, and then the session, template and
+        //     workspace come from the agent's enrolment, not from client headers.
+        if let Some(gate) = g.sessions.get() {
+            use crate::control::sessions::SessionCheck;
+            match gate.check(&parts.headers).await {
+                SessionCheck::Absent => {}
+                SessionCheck::Valid(s) => {
+                    rec.context = WorkspaceContext {
+                        workspace: s.workspace,
+                        template: Some(s.template),
+                        session: Some(s.session_id),
+                    };
+                }
+                SessionCheck::Refused(msg) => {
+                    return self.reject(rec, adapter, StatusCode::FORBIDDEN, &msg, started)
+                }
+                SessionCheck::Unavailable(msg) => {
+                    return self.reject(
+                        rec,
+                        adapter,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &msg,
+                        started,
+                    )
+                }
+            }
+        }
         let (body, body_permit) = match self.read_body(body).await {
             Ok(b) => b,
             Err(e) => {

@@ -258,6 +258,13 @@ pub async fn serve(
         &config.upstream_trust,
     );
     gateway.govern(governance);
+    // Session credentials are checked whether or not the agent routes are enabled: a
+    // credential that cannot be verified is refused, never ignored.
+    gateway.check_sessions(crate::control::sessions::SessionGate::new(
+        store.clone(),
+        config.control_plane.require_session,
+        config.control_plane.require_session_templates.clone(),
+    ));
     if let Some(gemini) = config.providers.gemini.clone() {
         gateway.serve_gemini(gemini);
     }
@@ -303,6 +310,10 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let control = config
+        .control_plane
+        .enabled
+        .then(|| crate::control::ControlPlane::start(store.clone(), stop_rx.clone()));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -314,6 +325,7 @@ pub async fn serve(
         );
         let routes = Routes {
             gateway: None,
+            control: None,
             admin: Some(admin.clone()),
             metrics: MetricsAccess::from_token(&config.metrics.token),
             web: None,
@@ -328,6 +340,7 @@ pub async fn serve(
     let in_flight = admin.telemetry.clone();
     let routes = Routes {
         gateway: Some(gateway),
+        control,
         metrics: if metrics_server.is_some() {
             MetricsAccess::Elsewhere
         } else {
@@ -382,6 +395,7 @@ pub async fn serve_gateway(
     };
     let routes = Routes {
         gateway: Some(gateway),
+        control: None,
         admin: None,
         metrics: MetricsAccess::Open,
         web: None,
@@ -483,6 +497,8 @@ async fn write_refusal<S: AsyncRead + AsyncWrite + Unpin>(
 #[derive(Clone)]
 struct Routes {
     gateway: Option<Gateway>,
+    /// The Boundary agents' API (`/boundary/v1/...`), on the main listener.
+    control: Option<Arc<crate::control::ControlPlane>>,
     admin: Option<Admin>,
     metrics: MetricsAccess,
     /// The audit page (`/ui/`), on the main listener only.
@@ -609,6 +625,9 @@ async fn dispatch(req: Request<Incoming>, routes: &Routes) -> Response<ProxyBody
         if Gateway::serves(path) {
             return gateway.handle(req).await;
         }
+    }
+    if let (Some(control), true) = (&routes.control, path.starts_with("/boundary/v1/")) {
+        return crate::control::api::handle(req, control).await;
     }
     if let Some(web) = routes.web.as_ref().filter(|_| WebUi::serves(path)) {
         return web.handle(req).await;

@@ -105,6 +105,55 @@ const MIGRATIONS: &[&str] = &[
         output_tokens BIGINT NOT NULL,
         PRIMARY KEY (subject, window_start)
     )",
+    // 7: the Boundary control plane: enrolled agents (token hash, template, what they last
+    // reported), policy versions per template (append-only), and the sessions agents
+    // register with the hash of their per-session credential.
+    "CREATE TABLE IF NOT EXISTS agents (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        template TEXT NOT NULL,
+        workspace TEXT,
+        prefix TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_at BIGINT,
+        last_seen_at BIGINT,
+        host TEXT,
+        agent_version TEXT,
+        policy_version BIGINT,
+        policy_sha256 TEXT,
+        sessions BIGINT,
+        events_spooled BIGINT,
+        events_lost BIGINT,
+        agent_started_at BIGINT,
+        status_at BIGINT
+    );
+    CREATE INDEX IF NOT EXISTS agents_template ON agents (template);
+    CREATE TABLE IF NOT EXISTS policies (
+        template TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        yaml TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        author TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        comment TEXT NOT NULL,
+        PRIMARY KEY (template, version)
+    );
+    CREATE TABLE IF NOT EXISTS boundary_sessions (
+        agent_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        credential_sha256 TEXT NOT NULL,
+        user_name TEXT,
+        uid BIGINT,
+        command TEXT,
+        started_at BIGINT,
+        registered_at BIGINT NOT NULL,
+        ended_at BIGINT,
+        PRIMARY KEY (agent_id, session_id)
+    );
+    CREATE INDEX IF NOT EXISTS boundary_sessions_credential ON boundary_sessions (credential_sha256)",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \

@@ -3,9 +3,11 @@
 //! Every command that reads or writes records finds the store the same way: `--store URL`, else
 //! the `store:` of `--config FILE`, else `bridge.db` in the working directory.
 
+mod agents;
 mod interceptions;
 mod keys;
 mod limits;
+mod policy;
 mod prices;
 mod purge;
 mod serve;
@@ -65,6 +67,13 @@ enum Command {
     /// Delete records (or only their prompts) older than a date or age; `serve` does it by
     /// itself with `retention:` in bridge.yaml.
     Purge(purge::PurgeArgs),
+    /// Boundary agents: enrol one for a template (a token shown once), list the fleet, revoke.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+    /// Boundary policies per template: push (validated as the agent would), list, show,
+    /// history, diff, rollback, and the audit/enforce rollout switch.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Where the store is; shared by all commands that read or write records.
@@ -201,5 +210,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => limits::users(cmd).await,
         Command::Limits(cmd) => limits::limits(cmd).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Agents(cmd) => agents::run(cmd).await,
+        Command::Policy(cmd) => policy::run(cmd).await,
+    }
+}
+
+/// The OS user running this command (recorded as who made a change): the name of the real
+/// uid, else `$USER`, else `uid N`.
+pub fn os_user() -> String {
+    #[cfg(unix)]
+    {
+        // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers passed, and the
+        // name is read before they go out of scope.
+        unsafe {
+            let uid = libc::getuid();
+            let mut pw: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let mut buf = vec![0 as libc::c_char; 4096];
+            if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) == 0
+                && !result.is_null()
+                && !pw.pw_name.is_null()
+            {
+                let name = std::ffi::CStr::from_ptr(pw.pw_name)
+                    .to_string_lossy()
+                    .into_owned();
+                if !name.is_empty() {
+                    return name;
+                }
+            }
+            std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        std::env::var("USERNAME").unwrap_or_else(|_| "unknown".into())
     }
 }
