@@ -249,3 +249,79 @@ def test_a_login_from_another_origin_is_refused_and_guessing_is_limited(ui):
     # Other paths under /ui/ need a session; POSTs there are refused without one.
     r = httpx.post(f"{ui.url}/ui/interceptions", headers={"origin": ui.url})
     assert r.status_code == 403
+
+
+def enrol(ui, template, name, workspace=None):
+    """An agent token for `template`, made with the CLI as an admin does."""
+    args = ["agents", "create", "--template", template, "--name", name]
+    if workspace:
+        args += ["--workspace", workspace]
+    return ui.cli(*args).strip().splitlines()[0].strip()
+
+
+def push_policy(ui, template, domains, comment, mode="audit"):
+    f = ui.tmp / f"{template}-{time.time_ns()}.yaml"
+    f.write_text(f"name: {template}\nmode: {mode}\nallowlist:\n"
+                 + "".join(f'  - "domain={d}"\n' for d in domains))
+    ui.cli("policy", "push", "--template", template, str(f), "--comment", comment,
+           "--author", "secops")
+
+
+def agent_status(ui, token, host, **fields):
+    r = httpx.post(f"{ui.url}/boundary/v1/status", json={
+        "agent_version": "0.9.1", "hostname": host, "sessions": 1, "events_spooled": 0,
+        "events_lost": 0, "started_at": "2026-01-01T00:00:00Z", **fields,
+    }, headers={"authorization": f"Bearer {token}", "x-boundary-agent-version": "0.9.1",
+                "x-boundary-agent-host": host})
+    assert r.status_code == 204, r.text
+
+
+def submit_filter(page, **fields):
+    for name, value in fields.items():
+        page.page.fill(f"form.filters input[name={name}]", value)
+    with page.page.expect_navigation():
+        page.page.click("form.filters button[type=submit]")
+
+
+def test_fleet_shows_versions_policy_lag_and_lost_events(ui, page):
+    tpl = f"fleet{time.time_ns()}"
+    push_policy(ui, tpl, ["pypi.org"], "first")
+    a = enrol(ui, tpl, "web-a", workspace="ws-a")
+    b = enrol(ui, tpl, "web-b", workspace="ws-b")
+    enrol(ui, tpl, "web-c")
+    agent_status(ui, a, "host-a", policy_version=1, events_lost=0)
+    agent_status(ui, b, "host-b", policy_version=1, events_lost=7)
+    push_policy(ui, tpl, ["pypi.org", "files.pythonhosted.org"], "second")
+    agent_status(ui, a, "host-a", policy_version=2)
+    page.login()
+    page.goto("/ui/fleet")
+    submit_filter(page, template=tpl)
+    table = page.page.locator("table.fleet tbody tr")
+    assert table.count() == 3
+    by_name = {r.split("\t")[0]: r.split("\t") for r in table.all_inner_texts()}
+    assert by_name["web-a"][3:6] == ["host-a", "0.9.1", "v2 (current)"]
+    assert by_name["web-b"][5] == "v1 (current is v2)"
+    assert by_name["web-b"][8] == "7"
+    assert by_name["web-c"][9:] == ["never", "never seen"]
+    assert by_name["web-a"][10] == "reporting"
+
+
+def test_policy_history_lists_every_version_and_shows_its_text(ui, page):
+    tpl = f"hist{time.time_ns()}"
+    push_policy(ui, tpl, ["pypi.org"], '<script>alert("comment")</script>')
+    push_policy(ui, tpl, ["pypi.org", "github.com"], "add github")
+    page.login()
+    page.goto("/ui/policies")
+    with page.page.expect_navigation():
+        page.page.click(f"table.policies a:text-is('{tpl}')")
+    assert page.page.inner_text("h1") == f"Policy of {tpl}"
+    rows = page.page.locator("table.history tbody tr").all_inner_texts()
+    assert [r.split("\t")[0] for r in rows] == ["v2", "v1"]
+    assert rows[0].split("\t")[2] == "secops"
+    assert '<script>alert("comment")</script>' in rows[1]
+    assert "github.com" in page.page.inner_text("pre.policy")
+    with page.page.expect_navigation():
+        page.page.click("table.history a:text-is('v1')")
+    assert "github.com" not in page.page.inner_text("pre.policy")
+    assert "pypi.org" in page.page.inner_text("pre.policy")
+    assert page.dialogs == []

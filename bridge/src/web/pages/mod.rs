@@ -2,7 +2,9 @@
 //! stylesheet. Every page is a function from the store and the request's parameters to a
 //! [`Page`]; a store error becomes a 500 page that says what failed (never a stack trace).
 
+mod fleet;
 mod interceptions;
+mod policies;
 mod usage;
 
 use chrono::{DateTime, Utc};
@@ -25,14 +27,21 @@ pub async fn render(store: &Store, req: &PageRequest) -> Page {
         "/ui" | "/ui/" => Ok(overview()),
         "/ui/interceptions" => interceptions::list(store, req).await,
         "/ui/usage" => usage::page(store, req).await,
-        _ => match path.strip_prefix("/ui/interceptions/") {
-            Some(id) => interceptions::detail(store, id).await,
-            None => Ok(status_page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "There is no such page. The pages are listed at the top.",
-            )),
-        },
+        "/ui/fleet" => fleet::page(store, req).await,
+        "/ui/policies" => policies::list(store).await,
+        _ => {
+            if let Some(id) = path.strip_prefix("/ui/interceptions/") {
+                interceptions::detail(store, id).await
+            } else if let Some(template) = segment(path, "/ui/policies/") {
+                policies::history(store, &template, req).await
+            } else {
+                Ok(status_page(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is no such page. The pages are listed at the top.",
+                ))
+            }
+        }
     };
     result.unwrap_or_else(|e| match e {
         Error::Query(msg) => status_page(StatusCode::BAD_REQUEST, "Bad request", &msg),
@@ -47,10 +56,55 @@ pub async fn render(store: &Store, req: &PageRequest) -> Page {
     })
 }
 
-/// The navigation: (path, label).
-const NAV: &[(&str, &str)] = &[
-    ("/ui/interceptions", "LLM interceptions"),
-    ("/ui/usage", "Usage"),
+/// The one path segment after `prefix`, percent-decoded (`None` for more segments or none).
+fn segment(path: &str, prefix: &str) -> Option<String> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() || rest.contains('/') {
+        return None;
+    }
+    percent_decode(rest)
+}
+
+/// `%XX` sequences decoded; `None` when the result is not UTF-8 or a sequence is broken.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The navigation: (path, label, what the page shows).
+const NAV: &[(&str, &str, &str)] = &[
+    (
+        "/ui/interceptions",
+        "LLM interceptions",
+        "every request through the gateway: user, model, tokens, cost, prompt",
+    ),
+    (
+        "/ui/usage",
+        "Usage",
+        "requests, tokens and cost by user, model, provider or day",
+    ),
+    (
+        "/ui/fleet",
+        "Fleet",
+        "enrolled agents: host, version, policy version applied, last seen, events lost",
+    ),
+    (
+        "/ui/policies",
+        "Policies",
+        "each template's policy: current version and mode, history, the text of every version",
+    ),
 ];
 
 /// A complete document: head, navigation, a title and what `body` writes.
@@ -88,7 +142,7 @@ fn document(title: &str, nav: bool, body: impl FnOnce(&mut Html)) -> String {
                         "llm-bridge audit",
                     );
                     if nav {
-                        for (path, label) in NAV {
+                        for (path, label, _) in NAV {
                             h.link(path, label);
                         }
                         h.el(
@@ -184,18 +238,7 @@ pub fn status_page(status: StatusCode, title: &str, message: &str) -> Page {
 fn overview() -> Page {
     layout(StatusCode::OK, "Audit", |h| {
         h.el("ul", &[("class", "overview")], |h| {
-            for (path, label, what) in [
-                (
-                    "/ui/interceptions",
-                    "LLM interceptions",
-                    "every request through the gateway: user, model, tokens, cost, prompt",
-                ),
-                (
-                    "/ui/usage",
-                    "Usage",
-                    "requests, tokens and cost by user, model, provider or day",
-                ),
-            ] {
+            for (path, label, what) in NAV {
                 h.el("li", &[], |h| {
                     h.link(path, label);
                     h.raw(": ").text(what);
@@ -285,5 +328,20 @@ pub fn session_cell(h: &mut Html, session: Option<&str>) {
         None => {
             h.td("-");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_segment_is_one_percent_decoded_segment() {
+        assert_eq!(
+            super::segment("/ui/policies/py%20dev", "/ui/policies/").as_deref(),
+            Some("py dev")
+        );
+        assert_eq!(super::segment("/ui/policies/a/b", "/ui/policies/"), None);
+        assert_eq!(super::segment("/ui/policies/", "/ui/policies/"), None);
+        assert_eq!(super::segment("/ui/policies/%zz", "/ui/policies/"), None);
+        assert_eq!(super::segment("/ui/policies/%ff", "/ui/policies/"), None);
     }
 }
