@@ -6,10 +6,12 @@ nothing, background networking is off, and every request it makes is checked in 
 handler that aborts (and records) anything not on loopback.
 """
 
+import hashlib
 import time
-from urllib.parse import urlparse
-
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 import anthropic
 import httpx
@@ -324,4 +326,36 @@ def test_policy_history_lists_every_version_and_shows_its_text(ui, page):
         page.page.click("table.history a:text-is('v1')")
     assert "github.com" not in page.page.inner_text("pre.policy")
     assert "pypi.org" in page.page.inner_text("pre.policy")
+    assert page.dialogs == []
+
+
+def register_session(ui, token, session, user, command="claude"):
+    """Registers a session as the agent does; returns its credential."""
+    credential = f"bnd_sess_{session}_{uuid.uuid4().hex}"
+    r = httpx.post(f"{ui.url}/boundary/v1/sessions", headers={"authorization": f"Bearer {token}"},
+                   json={"session_id": session, "user_name": user, "uid": 1000, "command": command,
+                         "started_at": datetime.now(timezone.utc).isoformat(),
+                         "credential_sha256": hashlib.sha256(credential.encode()).hexdigest()})
+    assert r.status_code == 204, r.text
+    return credential
+
+
+def test_sessions_list_the_registered_sessions_with_filters(ui, page):
+    tag = f"sl{time.time_ns()}"
+    a = enrol(ui, f"{tag}-a", "sl-a", workspace=f"{tag}-ws")
+    b = enrol(ui, f"{tag}-b", "sl-b")
+    register_session(ui, a, f"{tag}-1", "dev1", command="claude")
+    register_session(ui, a, f"{tag}-2", "dev2", command="codex")
+    register_session(ui, b, f"{tag}-3", "dev1", command="<script>alert('cmd')</script>")
+    page.login()
+    page.goto("/ui/sessions")
+    submit_filter(page, template=f"{tag}-a")
+    rows = [r.split("\t") for r in page.page.locator("table.sessions tbody tr").all_inner_texts()]
+    assert sorted((r[0], r[1], r[2], r[4]) for r in rows) == [
+        (f"{tag}-1", "dev1", "claude", f"{tag}-ws"), (f"{tag}-2", "dev2", "codex", f"{tag}-ws")]
+    submit_filter(page, template="", user="dev1", since="1h")
+    rows = [r.split("\t") for r in page.page.locator("table.sessions tbody tr").all_inner_texts()]
+    mine = sorted(r[0] for r in rows if r[0].startswith(tag))
+    assert mine == [f"{tag}-1", f"{tag}-3"]
+    assert "<script>alert('cmd')</script>" in page.page.inner_text("table.sessions")
     assert page.dialogs == []

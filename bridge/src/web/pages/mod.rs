@@ -5,6 +5,7 @@
 mod fleet;
 mod interceptions;
 mod policies;
+mod sessions;
 mod usage;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +30,7 @@ pub async fn render(store: &Store, req: &PageRequest) -> Page {
         "/ui/usage" => usage::page(store, req).await,
         "/ui/fleet" => fleet::page(store, req).await,
         "/ui/policies" => policies::list(store).await,
+        "/ui/sessions" => sessions::list(store, req).await,
         _ => {
             if let Some(id) = path.strip_prefix("/ui/interceptions/") {
                 interceptions::detail(store, id).await
@@ -94,6 +96,11 @@ const NAV: &[(&str, &str, &str)] = &[
         "/ui/usage",
         "Usage",
         "requests, tokens and cost by user, model, provider or day",
+    ),
+    (
+        "/ui/sessions",
+        "Sessions",
+        "Boundary sessions: who ran which command under which template, and when",
     ),
     (
         "/ui/fleet",
