@@ -41,4 +41,9 @@ fn the_example_configuration_is_valid_and_its_limits_are_the_defaults_it_says_th
         !c.retention.is_set(),
         "retention is commented out: kept forever"
     );
+    assert_eq!(
+        c.control_plane,
+        bridge::config::ControlPlaneSettings::default(),
+        "the example's control_plane: says the defaults"
+    );
 }

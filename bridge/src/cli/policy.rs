@@ -205,9 +205,12 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let name = file.display().to_string();
             // Validated before opening the store: a bad file fails the same with no store.
-            if let Err(problems) = policies::validate(&name, &text) {
-                eprintln!("{problems}");
-                anyhow::bail!("{name}: policy refused (problems above); nothing was stored");
+            match policies::check(&name, &text) {
+                Ok((_, warnings)) => warnings.iter().for_each(|w| eprintln!("{w}")),
+                Err(problems) => {
+                    eprintln!("{problems}");
+                    anyhow::bail!("{name}: policy refused (problems above); nothing was stored");
+                }
             }
             let store = store.open().await?;
             let author = change.author();

@@ -207,8 +207,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticates an agent request: `401` with the reason for a missing, unknown or revoked
-/// token, `503` when the store cannot answer. Records `last_seen_at`, host and version in the
-/// background.
+/// token, `503` when the store cannot answer. Records `last_seen_at`, host and version (at
+/// most every 10 s per agent; a failure to record them does not fail the request).
 pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<AgentIdentity, ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError::unauthorized(
@@ -237,7 +237,7 @@ pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<AgentIde
         workspace: r[2].opt_text(),
         name: r[3].text(),
     };
-    touch(store, &identity.id, headers);
+    touch(store, &identity.id, headers).await;
     Ok(identity)
 }
 
@@ -260,8 +260,9 @@ fn header_label(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Records that the agent was seen (at most every [`TOUCH_INTERVAL`], unless its host or
-/// version changed), in a task of its own: the agent's request never waits for it.
-fn touch(store: &Store, agent_id: &str, headers: &HeaderMap) {
+/// version changed). Awaited, not spawned: a status report that follows must not be
+/// overwritten by it.
+async fn touch(store: &Store, agent_id: &str, headers: &HeaderMap) {
     let host = header_label(headers, "x-boundary-agent-host");
     let version = header_label(headers, "x-boundary-agent-version");
     let now = Instant::now();
@@ -277,24 +278,20 @@ fn touch(store: &Store, agent_id: &str, headers: &HeaderMap) {
         }
         t.insert(agent_id.into(), (now, host.clone(), version.clone()));
     }
-    let store = store.clone();
-    let agent_id = agent_id.to_string();
-    tokio::spawn(async move {
-        let r = store
-            .execute(
-                "UPDATE agents SET last_seen_at = $1, host = COALESCE($2, host), agent_version = COALESCE($3, agent_version) WHERE id = $4",
-                vec![
-                    Value::Int(Some(micros(Utc::now()))),
-                    Value::Text(host),
-                    Value::Text(version),
-                    Value::Text(Some(agent_id.clone())),
-                ],
-            )
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, agent_id, "could not record that the agent was seen");
-        }
-    });
+    let r = store
+        .execute(
+            "UPDATE agents SET last_seen_at = $1, host = COALESCE($2, host), agent_version = COALESCE($3, agent_version) WHERE id = $4",
+            vec![
+                Value::Int(Some(micros(Utc::now()))),
+                Value::Text(host),
+                Value::Text(version),
+                Value::Text(Some(agent_id.into())),
+            ],
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, agent_id, "could not record that the agent was seen");
+    }
 }
 
 /// `POST /boundary/v1/status`: what an agent reports every 30 s and after each policy change.

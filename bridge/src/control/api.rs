@@ -99,6 +99,11 @@ async fn refresh(cp: Weak<ControlPlane>, mut stop: watch::Receiver<bool>) {
 pub async fn handle(req: Request<Incoming>, cp: &ControlPlane) -> Response<ProxyBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let result = match (&method, path.as_str()) {
         (&Method::GET, "/boundary/v1/policy") => get_policy(req, cp).await,
         (&Method::POST, "/boundary/v1/status") => post_status(req, cp).await,
@@ -117,7 +122,16 @@ pub async fn handle(req: Request<Incoming>, cp: &ControlPlane) -> Response<Proxy
             format!("no control-plane route {method} {path} (see docs/CONTROL_PLANE.md)"),
         )),
     };
-    result.unwrap_or_else(ApiError::into_response)
+    result.unwrap_or_else(|e| {
+        let mut r = e.into_response();
+        // A refused request's body may be unread (refused before reading, or too large):
+        // the connection cannot carry another request, and the client must not reuse it.
+        if has_body {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    })
 }
 
 /// Reads a request body of at most `limit` bytes: `413` beyond (by `content-length` before

@@ -95,6 +95,12 @@ impl Pushed {
 /// (that it fits the kernel's maps). `source_name` names the file in messages. Returns the
 /// mode the file itself asks for.
 pub fn validate(source_name: &str, text: &str) -> Result<Mode, String> {
+    check(source_name, text).map(|(mode, _)| mode)
+}
+
+/// [`validate`], and the warnings `boundary validate` would print for a valid policy
+/// (`FILE: warning: ...`).
+pub fn check(source_name: &str, text: &str) -> Result<(Mode, Vec<String>), String> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(format!(
             "{source_name}: {} bytes: a policy may have at most {MAX_POLICY_BYTES} bytes",
@@ -104,7 +110,12 @@ pub fn validate(source_name: &str, text: &str) -> Result<Mode, String> {
     let policy = boundary_policy::parse(source_name, text).map_err(|e| e.to_string())?;
     boundary_policy::compile(&policy, &boundary_policy::AddressBook::default(), &[])
         .map_err(|e| format!("{source_name}: the policy does not fit the kernel's maps: {e}"))?;
-    Ok(policy.mode)
+    let warnings = policy
+        .warnings()
+        .into_iter()
+        .map(|w| format!("{source_name}: warning: {w}"))
+        .collect();
+    Ok((policy.mode, warnings))
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -564,6 +575,12 @@ mod tests {
         assert_eq!(
             validate("c.yaml", "mode: audit\nallowlist:\n  - domain=github.com\n"),
             Ok(Mode::Audit)
+        );
+        let (_, warnings) =
+            check("c.yaml", "allowlist:\n  - method=GET domain=github.com\n").unwrap();
+        assert!(
+            warnings.len() == 1 && warnings[0].starts_with("c.yaml: warning: method= and path="),
+            "{warnings:?}"
         );
     }
 }
