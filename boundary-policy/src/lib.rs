@@ -24,9 +24,11 @@ type Result<T, E = CompileError> = std::result::Result<T, E>;
 
 mod addresses;
 pub mod parse;
+mod verdict;
 
 pub use addresses::AddressBook;
 pub use parse::{load, parse};
+pub use verdict::{Verdict, DNS_PORT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -123,7 +123,7 @@ pub struct ControlPlaneSettings {
 }
 
 /// Default of [`ControlPlaneSettings::events_retention`].
-pub const DEFAULT_EVENTS_RETENTION_DAYS: i64 = 90;
+pub const DEFAULT_EVENTS_RETENTION_DAYS: i64 = crate::retention::DEFAULT_EVENTS_RETENTION_DAYS;
 
 impl Default for ControlPlaneSettings {
     fn default() -> Self {
@@ -573,6 +573,7 @@ impl BridgeConfig {
                     .map_err(|e| err(&["retention", "purge_interval"], e.to_string()))?,
                 None => crate::retention::DEFAULT_PURGE_INTERVAL,
             },
+            events: Retention::default().events,
         };
         if let (Some(records), Some(prompts)) = (retention.interceptions, retention.prompts) {
             if prompts > records {
@@ -621,6 +622,10 @@ impl BridgeConfig {
                     .map_err(|m| err(&["control_plane", "admin_token_file"], m))?,
             ),
             None => None,
+        };
+        let retention = Retention {
+            events: Some(control_plane.events_retention),
+            ..retention
         };
         let l = raw.limits;
         let d = Limits::default();

@@ -19,6 +19,7 @@ pub mod tls;
 pub mod control;
 
 // Recording path.
+pub mod audit;
 pub mod governance;
 pub mod journal;
 pub mod keypool;

@@ -13,6 +13,10 @@
 //! and is safe with several replicas on one PostgreSQL database (see
 //! [`Store::delete_interceptions_before`]): each replica may purge, none blocks another.
 //! The spool and journal are not purged: they hold only records on their way to the store.
+//!
+//! Boundary events shipped by agents are kept for `control_plane.events_retention` (default
+//! [`DEFAULT_EVENTS_RETENTION_DAYS`] days) and deleted by the same job, in the same short
+//! batches ([`purge_events`]).
 
 use std::time::Duration;
 
@@ -23,6 +27,8 @@ use crate::store::Store;
 
 /// Rows per purge transaction.
 pub const BATCH: u32 = 1000;
+/// Default age of the Boundary events `llm-bridge serve` keeps (`control_plane.events_retention`).
+pub const DEFAULT_EVENTS_RETENTION_DAYS: i64 = 90;
 /// Default time between two purges of `llm-bridge serve`.
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -33,6 +39,8 @@ pub struct Retention {
     pub interceptions: Option<chrono::Duration>,
     /// Age beyond which a record's prompt text and tool-call arguments are dropped.
     pub prompts: Option<chrono::Duration>,
+    /// Age beyond which a Boundary event is deleted; `None`: kept forever.
+    pub events: Option<chrono::Duration>,
     pub purge_interval: Duration,
 }
 
@@ -41,13 +49,15 @@ impl Default for Retention {
         Retention {
             interceptions: None,
             prompts: None,
+            events: Some(chrono::Duration::days(DEFAULT_EVENTS_RETENTION_DAYS)),
             purge_interval: DEFAULT_PURGE_INTERVAL,
         }
     }
 }
 
 impl Retention {
-    /// Whether anything is ever purged.
+    /// Whether any interception record or prompt is ever purged (Boundary events have their
+    /// own retention, on by default).
     pub fn is_set(&self) -> bool {
         self.interceptions.is_some() || self.prompts.is_some()
     }
@@ -131,10 +141,31 @@ pub async fn purge(
     Ok(purged)
 }
 
+/// Deletes Boundary events older than `before` (by their timestamp), [`BATCH`] per
+/// transaction; with `dry_run`, only counts. Returns how many.
+pub async fn purge_events(
+    store: &Store,
+    before: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<u64, Error> {
+    if dry_run {
+        return crate::audit::query::count_events_before(store, before).await;
+    }
+    let mut deleted = 0;
+    loop {
+        let n = crate::audit::query::delete_events_before(store, before, BATCH).await?;
+        deleted += n;
+        if n == 0 {
+            return Ok(deleted);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The purge job of `llm-bridge serve`: purges now and then every `purge_interval`. A failed
 /// purge (store down) is logged and tried again at the next interval.
 pub fn spawn_purge_job(store: Store, retention: Retention) -> Option<tokio::task::JoinHandle<()>> {
-    if !retention.is_set() {
+    if !retention.is_set() && retention.events.is_none() {
         return None;
     }
     Some(tokio::spawn(async move {
@@ -143,6 +174,23 @@ pub fn spawn_purge_job(store: Store, retention: Retention) -> Option<tokio::task
         loop {
             tick.tick().await;
             let (records_before, prompts_before) = retention.cutoffs(Utc::now());
+            if let Some(age) = retention.events {
+                let before = Utc::now() - age;
+                match purge_events(&store, before, false).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        events_deleted = n,
+                        events_before = before.to_rfc3339(),
+                        "retention purge of Boundary events"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention purge of Boundary events failed; trying again at the next interval")
+                    }
+                }
+            }
+            if records_before.is_none() && prompts_before.is_none() {
+                continue;
+            }
             match purge(&store, records_before, prompts_before, false).await {
                 Ok(p) if p == Purged::default() => {
                     tracing::debug!("retention purge: nothing to remove")

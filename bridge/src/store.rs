@@ -154,6 +154,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (agent_id, session_id)
     );
     CREATE INDEX IF NOT EXISTS boundary_sessions_credential ON boundary_sessions (credential_sha256)",
+    // 8: Boundary events shipped by agents (see docs/CONTROL_PLANE.md and `audit`): the
+    // columns queries filter and group on, and the event itself as JSON text. Each index
+    // serves named queries (see bridge/src/audit/mod.rs); every index costs ingest, so a
+    // filter without its own index (process, user) rides on the time index.
+    "CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        ts BIGINT NOT NULL,
+        received_at BIGINT NOT NULL,
+        agent_id TEXT NOT NULL,
+        template TEXT NOT NULL,
+        workspace TEXT,
+        session_id TEXT,
+        event_name TEXT NOT NULL,
+        action TEXT,
+        destination TEXT,
+        port BIGINT,
+        domain TEXT,
+        process TEXT,
+        user_name TEXT,
+        count BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS events_ts ON events (ts, id);
+    CREATE INDEX IF NOT EXISTS events_action_ts ON events (action, ts);
+    CREATE INDEX IF NOT EXISTS events_template_action_ts ON events (template, action, ts);
+    CREATE INDEX IF NOT EXISTS events_session_ts ON events (session_id, ts);
+    CREATE INDEX IF NOT EXISTS events_workspace_ts ON events (workspace, ts);
+    CREATE INDEX IF NOT EXISTS events_domain_ts ON events (domain, ts)",
 ];
 
 const INTERCEPTION_COLUMNS: &str = "id, user_name, key_id, provider, endpoint, model, client, \
@@ -1012,7 +1040,7 @@ impl Store {
         Ok((rows.len() as u64, had_text))
     }
 
-    fn is_postgres(&self) -> bool {
+    pub(crate) fn is_postgres(&self) -> bool {
         matches!(&*self.backend, Backend::Postgres { .. })
     }
 

@@ -4,10 +4,12 @@
 //! the `store:` of `--config FILE`, else `bridge.db` in the working directory.
 
 mod agents;
+mod events;
 mod interceptions;
 mod keys;
 mod limits;
 mod policy;
+mod policy_report;
 mod prices;
 mod purge;
 mod serve;
@@ -67,6 +69,9 @@ enum Command {
     /// Delete records (or only their prompts) older than a date or age; `serve` does it by
     /// itself with `retention:` in bridge.yaml.
     Purge(purge::PurgeArgs),
+    /// Boundary events shipped by agents: list, top destinations or workspaces, export.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Boundary agents: enrol one for a template (a token shown once), list the fleet, revoke.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
@@ -210,6 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users(cmd) => limits::users(cmd).await,
         Command::Limits(cmd) => limits::limits(cmd).await,
         Command::Purge(args) => purge::run(args).await,
+        Command::Events(cmd) => events::run(cmd).await,
         Command::Agents(cmd) => agents::run(cmd).await,
         Command::Policy(cmd) => policy::run(cmd).await,
     }

@@ -151,6 +151,12 @@ pub enum PolicyCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// What enforce mode would deny for a template: its agents' would_deny (and deny) events
+    /// by destination, with counts, workspaces, processes, first and last seen.
+    Report(super::policy_report::ReportArgs),
+    /// Replay a template's stored decisions against a candidate policy and print every
+    /// verdict that would change (allow -> deny, deny -> allow), with counts.
+    Simulate(super::policy_report::SimulateArgs),
 }
 
 /// Output format of `policy show`.
@@ -416,6 +422,8 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             change,
             store,
         } => set_mode(template, Mode::Audit, change, store).await?,
+        PolicyCommand::Report(args) => super::policy_report::report(args).await?,
+        PolicyCommand::Simulate(args) => super::policy_report::simulate(args).await?,
     }
     Ok(())
 }

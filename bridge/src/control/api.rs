@@ -3,7 +3,8 @@
 //! [`handle`] is the one entry point the server routes `/boundary/v1/...` to; each route is
 //! one arm of its `match`. Every route authenticates the agent token first (before reading a
 //! body, so strangers learn nothing and cannot make the server read), reads at most
-//! [`MAX_BODY_BYTES`] of body (413 beyond) and answers errors as `{"error": "..."}`.
+//! [`MAX_BODY_BYTES`] of body (the events route: a batch's 4 MiB; 413 beyond) and answers
+//! errors as `{"error": "..."}`.
 //!
 //! `GET /boundary/v1/policy` is a long-poll: an agent whose `If-None-Match` names the current
 //! version is held up to `wait` seconds. A push made through any replica (or the CLI) is seen
@@ -108,15 +109,20 @@ pub async fn handle(req: Request<Incoming>, cp: &ControlPlane) -> Response<Proxy
         (&Method::GET, "/boundary/v1/policy") => get_policy(req, cp).await,
         (&Method::POST, "/boundary/v1/status") => post_status(req, cp).await,
         (&Method::POST, "/boundary/v1/sessions") => post_session(req, cp).await,
+        (&Method::POST, "/boundary/v1/events") => post_events(req, cp).await,
         (&Method::DELETE, p) if p.starts_with("/boundary/v1/sessions/") => {
             delete_session(req, cp).await
         }
-        (_, "/boundary/v1/policy" | "/boundary/v1/status" | "/boundary/v1/sessions") => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            ))
-        }
+        (
+            _,
+            "/boundary/v1/policy"
+            | "/boundary/v1/status"
+            | "/boundary/v1/sessions"
+            | "/boundary/v1/events",
+        ) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        )),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no control-plane route {method} {path} (see docs/CONTROL_PLANE.md)"),
@@ -326,6 +332,34 @@ async fn post_session(
         Err(RegisterError::Invalid(m)) => Err(ApiError::bad_request(m)),
         Err(RegisterError::Conflict(m)) => Err(ApiError::new(StatusCode::CONFLICT, m)),
         Err(RegisterError::Store(e)) => Err(ApiError::store(e)),
+    }
+}
+
+/// `POST /boundary/v1/events`: a batch of the agent's events, stored (idempotent by
+/// `event.id`) before the answer; see [`crate::audit::ingest`].
+async fn post_events(
+    req: Request<Incoming>,
+    cp: &ControlPlane,
+) -> Result<Response<ProxyBody>, ApiError> {
+    use crate::audit::ingest::{ingest, Origin, MAX_BATCH_BYTES};
+    let agent = agents::authenticate(&cp.store, req.headers()).await?;
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, &parts.headers, MAX_BATCH_BYTES).await?;
+    let origin = Origin {
+        agent_id: agent.id,
+        template: agent.template,
+        workspace: agent.workspace,
+    };
+    match ingest(&cp.store, &bytes, &origin).await {
+        Ok(Ok(stored)) => Ok(super::json_response(
+            StatusCode::OK,
+            serde_json::json!(stored).to_string(),
+        )),
+        Ok(Err(refused)) => Err(ApiError::new(
+            StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST),
+            refused.message,
+        )),
+        Err(e) => Err(ApiError::store(e)),
     }
 }
 
