@@ -359,3 +359,149 @@ def test_sessions_list_the_registered_sessions_with_filters(ui, page):
     assert mine == [f"{tag}-1", f"{tag}-3"]
     assert "<script>alert('cmd')</script>" in page.page.inner_text("table.sessions")
     assert page.dialogs == []
+
+
+def post_events(ui, token, *events):
+    """Ships events as an agent does (`POST /boundary/v1/events`), each with a fresh id."""
+    batch = []
+    for e in events:
+        e = dict(e)
+        e.setdefault("event.id", str(uuid.uuid4()))
+        e.setdefault("event.name", "boundary.decision")
+        e.setdefault("timestamp", datetime.now(timezone.utc).isoformat())
+        batch.append(e)
+    r = httpx.post(f"{ui.url}/boundary/v1/events", json={"events": batch},
+                   headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == len(batch)
+
+
+def decision(action, domain, process="curl", user="alice", session=None, address="127.0.0.5",
+             port=443, count=1):
+    e = {"event.action": action, "boundary.destination.domains": [domain],
+         "destination.address": address, "destination.port": port,
+         "process.executable.name": process, "user.name": user, "boundary.event.count": count}
+    if session:
+        e["session.id"] = session
+    return e
+
+
+def blocked_rows(page):
+    return [r.split("\t") for r in page.page.locator("table.events tbody tr").all_inner_texts()]
+
+
+def test_blocked_connections_filters_narrow_the_list_in_the_browser(ui, page):
+    tpl = f"blk{time.time_ns()}"
+    a = enrol(ui, tpl, "blk-a", workspace=f"{tpl}-ws1")
+    b = enrol(ui, tpl, "blk-b", workspace=f"{tpl}-ws2")
+    post_events(ui, a,
+                decision("deny", "evil.example", process="curl", user="alice"),
+                decision("deny", "pastebin.example", process="python3", user="alice"),
+                decision("allow", "pypi.org", process="pip", user="alice"))
+    post_events(ui, b,
+                decision("would_deny", "evil.example", process="node", user="bob"),
+                {"event.name": "boundary.dns", "event.action": "deny",
+                 "dns.question.name": "exfil.example", "process.executable.name": "dig",
+                 "user.name": "bob"})
+    page.login()
+    page.goto("/ui/blocked")
+    submit_filter(page, template=tpl)
+    rows = blocked_rows(page)
+    # The allowed connection is not a blocked one.
+    assert sorted(r[3] for r in rows) == ["evil.example", "evil.example", "exfil.example",
+                                          "pastebin.example"]
+    submit_filter(page, workspace=f"{tpl}-ws1")
+    assert sorted(r[3] for r in blocked_rows(page)) == ["evil.example", "pastebin.example"]
+    submit_filter(page, workspace="", user="bob")
+    assert sorted(r[5] for r in blocked_rows(page)) == ["dig", "node"]
+    submit_filter(page, user="", domain="evil.example")
+    assert sorted(r[2] for r in blocked_rows(page)) == ["deny", "would_deny"]
+    submit_filter(page, process="node")
+    assert [r[6] for r in blocked_rows(page)] == ["bob"]
+    submit_filter(page, process="", action="deny")
+    assert [r[8] for r in blocked_rows(page)] == [f"{tpl}-ws1"]
+    submit_filter(page, action="", since="1h")
+    assert len(blocked_rows(page)) == 2
+    submit_filter(page, since="", until="2000-01-01")
+    assert blocked_rows(page) == []
+    # A domain in the list is a link to that domain's blocked connections.
+    page.goto(f"/ui/blocked?template={tpl}&workspace={tpl}-ws1")
+    with page.page.expect_navigation():
+        page.page.click("table.events a:text-is('pastebin.example')")
+    assert "domain=pastebin.example" in page.page.url
+    assert [r[3] for r in blocked_rows(page)] == ["pastebin.example"]
+
+
+def test_script_in_a_domain_process_or_user_of_an_event_is_shown_as_text(ui, page):
+    tpl = f"xsse{time.time_ns()}"
+    tok = enrol(ui, tpl, "xss-agent")
+    domain = '<script>alert("domain")</script>.example'
+    process = '<img src=x onerror=alert("process")>'
+    user = '"><script>alert("user")</script>'
+    session = f"{tpl}-s"
+    post_events(ui, tok, decision("deny", domain, process=process, user=user, session=session))
+    page.login()
+    page.goto(f"/ui/blocked?template={tpl}")
+    (row,) = blocked_rows(page)
+    assert row[3] == domain and row[5] == process and row[6] == user
+    assert page.page.locator("main script, main img").count() == 0
+    with page.page.expect_navigation():
+        page.page.click(f"table.events a:text-is('{session}')")
+    assert domain in page.page.inner_text("#session-events")
+    assert user in page.page.inner_text("table.detail")
+    assert page.page.locator("main script, main img").count() == 0
+    assert page.dialogs == [], f"a script ran: {page.dialogs}"
+
+
+def test_a_session_page_shows_its_events_and_llm_calls_side_by_side(ui, page):
+    tpl = f"sess{time.time_ns()}"
+    tok = enrol(ui, tpl, "sess-agent", workspace="ws-sess")
+    session = f"{tpl}-1"
+    credential = register_session(ui, tok, session, "dev1", command="claude")
+    post_events(ui, tok,
+                {"event.name": "boundary.session.start", "session.id": session, "user.name": "dev1"},
+                decision("allow", "bridge.internal", process="claude", user="dev1", session=session),
+                decision("deny", "api.anthropic.com", process="claude", user="dev1", session=session,
+                         count=4))
+    key = ui.create_key("dev1")
+    for prompt in ("first question", "second question"):
+        llm(ui, key, session, prompt, **{"x-bridge-session-token": credential})
+    # Another session's call is not on this page.
+    llm(ui, key, f"{tpl}-other", "not this session")
+    page.login()
+    page.goto(f"/ui/interceptions?session={session}")
+    with page.page.expect_navigation():
+        page.page.click(f"table.interceptions a:text-is('{session}')")
+    assert page.page.inner_text("h1") == "Session"
+    detail = page.page.inner_text("table.detail")
+    for text in ("dev1", "claude", tpl, "ws-sess", "Blocked decisions\t4"):
+        assert text in detail, (text, detail)
+    events = page.page.locator("#session-events tbody tr").all_inner_texts()
+    assert [e.split("\t")[1] for e in events] == ["session.start", "decision", "decision"]
+    calls = page.page.locator("#session-interceptions tbody tr").all_inner_texts()
+    assert len(calls) == 2
+    assert "first question" in calls[0] and "second question" in calls[1]
+    # Side by side: the two columns sit next to each other on a wide screen.
+    left = page.page.locator("#session-events").bounding_box()
+    right = page.page.locator("#session-interceptions").bounding_box()
+    assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 5
+
+
+def test_the_rollout_report_lists_what_enforce_would_deny(ui, page):
+    tpl = f"roll{time.time_ns()}"
+    push_policy(ui, tpl, ["pypi.org"], "audit first", mode="audit")
+    tok = enrol(ui, tpl, "roll-agent", workspace="ws-r")
+    post_events(ui, tok,
+                decision("would_deny", "evil.example", count=5),
+                decision("would_deny", "evil.example", process="wget", count=2),
+                decision("would_deny", "crates.io", process="cargo"),
+                decision("allow", "pypi.org", process="pip", count=9))
+    page.login()
+    page.goto("/ui/report")
+    with page.page.expect_navigation():
+        page.page.click(f"main a:text-is('{tpl}')")
+    assert page.page.inner_text("h1") == f"Rollout report: {tpl}"
+    assert "v1 in audit mode" in page.page.inner_text("p.count")
+    rows = [r.split("\t") for r in page.page.locator("table.report tbody tr").all_inner_texts()]
+    assert [(r[0], r[3]) for r in rows] == [("evil.example", "7"), ("crates.io", "1")]
+    assert rows[0][6] == "curl, wget"

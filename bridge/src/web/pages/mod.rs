@@ -2,9 +2,12 @@
 //! stylesheet. Every page is a function from the store and the request's parameters to a
 //! [`Page`]; a store error becomes a 500 page that says what failed (never a stack trace).
 
+mod blocked;
 mod fleet;
 mod interceptions;
 mod policies;
+mod report;
+mod session;
 mod sessions;
 mod usage;
 
@@ -31,9 +34,13 @@ pub async fn render(store: &Store, req: &PageRequest) -> Page {
         "/ui/fleet" => fleet::page(store, req).await,
         "/ui/policies" => policies::list(store).await,
         "/ui/sessions" => sessions::list(store, req).await,
+        "/ui/blocked" => blocked::list(store, req).await,
+        "/ui/report" => report::page(store, req).await,
         _ => {
             if let Some(id) = path.strip_prefix("/ui/interceptions/") {
                 interceptions::detail(store, id).await
+            } else if let Some(id) = segment(path, "/ui/sessions/") {
+                session::page(store, &id).await
             } else if let Some(template) = segment(path, "/ui/policies/") {
                 policies::history(store, &template, req).await
             } else {
@@ -88,6 +95,11 @@ fn percent_decode(s: &str) -> Option<String> {
 /// The navigation: (path, label, what the page shows).
 const NAV: &[(&str, &str, &str)] = &[
     (
+        "/ui/blocked",
+        "Blocked connections",
+        "connections Boundary denied (or would deny, in audit mode): where to, which process, whose",
+    ),
+    (
         "/ui/interceptions",
         "LLM interceptions",
         "every request through the gateway: user, model, tokens, cost, prompt",
@@ -111,6 +123,11 @@ const NAV: &[(&str, &str, &str)] = &[
         "/ui/policies",
         "Policies",
         "each template's policy: current version and mode, history, the text of every version",
+    ),
+    (
+        "/ui/report",
+        "Rollout report",
+        "what enforce mode would deny for a template: read it before switching from audit",
     ),
 ];
 

@@ -1,0 +1,198 @@
+//! Blocked connections: the Boundary decisions that denied a connection (`deny`) or would have
+//! in enforce mode (`would_deny`, audit mode), newest first, with filters on template,
+//! workspace, user, domain, process, action and time.
+
+use http::StatusCode;
+
+use super::{
+    count_note, filter_form, fmt_time, layout, session_cell, time_param, Field, ROW_LIMIT,
+};
+use crate::audit::EventRow;
+use crate::error::Error;
+use crate::store::{Store, Value};
+use crate::web::html::{href, Html};
+use crate::web::{Page, PageRequest};
+
+const FIELDS: &[Field] = &[
+    Field {
+        name: "template",
+        label: "Template",
+        placeholder: "python-dev",
+    },
+    Field {
+        name: "workspace",
+        label: "Workspace",
+        placeholder: "ws-42",
+    },
+    Field {
+        name: "user",
+        label: "User",
+        placeholder: "alice",
+    },
+    Field {
+        name: "domain",
+        label: "Domain",
+        placeholder: "pypi.org",
+    },
+    Field {
+        name: "process",
+        label: "Process",
+        placeholder: "curl",
+    },
+    Field {
+        name: "action",
+        label: "Action",
+        placeholder: "deny or would_deny",
+    },
+    Field {
+        name: "since",
+        label: "Since",
+        placeholder: "7d, 24h, 2026-01-31",
+    },
+    Field {
+        name: "until",
+        label: "Until",
+        placeholder: "RFC 3339 or date",
+    },
+];
+
+/// The blocked-connection filters; each narrows.
+#[derive(Debug, Default)]
+struct BlockedFilter {
+    template: Option<String>,
+    workspace: Option<String>,
+    user: Option<String>,
+    domain: Option<String>,
+    process: Option<String>,
+    /// `deny` or `would_deny`; both when `None`.
+    action: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Denied and would-be-denied events matching `f`, newest first. (The events module's own
+/// filter has no user and takes one action; this page needs both.)
+async fn blocked_events(
+    store: &Store,
+    f: &BlockedFilter,
+    limit: u32,
+) -> Result<Vec<EventRow>, Error> {
+    let mut params = Vec::new();
+    let mut sql = format!(
+        "SELECT {} FROM events WHERE action IN ('deny', 'would_deny')",
+        crate::audit::COLUMNS
+    );
+    for (column, value) in [
+        ("action", &f.action),
+        ("template", &f.template),
+        ("workspace", &f.workspace),
+        ("user_name", &f.user),
+        ("domain", &f.domain),
+        ("process", &f.process),
+    ] {
+        if let Some(v) = value {
+            params.push(Value::Text(Some(v.clone())));
+            sql.push_str(&format!(" AND {column} = ${}", params.len()));
+        }
+    }
+    if let Some(t) = f.since {
+        params.push(Value::Int(Some(t.timestamp_micros())));
+        sql.push_str(&format!(" AND ts >= ${}", params.len()));
+    }
+    if let Some(t) = f.until {
+        params.push(Value::Int(Some(t.timestamp_micros())));
+        sql.push_str(&format!(" AND ts < ${}", params.len()));
+    }
+    params.push(Value::Int(Some(i64::from(limit))));
+    sql.push_str(&format!(
+        " ORDER BY ts DESC, id DESC LIMIT ${}",
+        params.len()
+    ));
+    let rows = store.query(&sql, params).await?;
+    Ok(rows.iter().map(|r| EventRow::from_values(r)).collect())
+}
+
+pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
+    let action = req.param("action").map(String::from);
+    if let Some(a) = &action {
+        if a != "deny" && a != "would_deny" {
+            return Err(Error::Query(format!(
+                "filter `action`: {a:?} is not deny or would_deny"
+            )));
+        }
+    }
+    let filter = BlockedFilter {
+        template: req.param("template").map(String::from),
+        workspace: req.param("workspace").map(String::from),
+        user: req.param("user").map(String::from),
+        domain: req.param("domain").map(String::from),
+        process: req.param("process").map(String::from),
+        action,
+        since: time_param(req, "since")?,
+        until: time_param(req, "until")?,
+    };
+    let events = blocked_events(store, &filter, ROW_LIMIT).await?;
+    Ok(layout(StatusCode::OK, "Blocked connections", |h| {
+        filter_form(h, "/ui/blocked", FIELDS, req);
+        count_note(h, events.len(), ROW_LIMIT);
+        table(h, &events, true);
+    }))
+}
+
+/// A table of Boundary events (also the session page's left column, without the session).
+pub fn table(h: &mut Html, events: &[EventRow], with_session: bool) {
+    let mut headers = vec![
+        "Time (UTC)",
+        "Event",
+        "Action",
+        "Domain",
+        "Destination",
+        "Process",
+        "User",
+        "Template",
+        "Workspace",
+    ];
+    if with_session {
+        headers.push("Session");
+    }
+    headers.push("Count");
+    h.table("events", &headers, events, |h, e| {
+        h.td(&fmt_time(e.ts));
+        h.td(e
+            .event_name
+            .strip_prefix("boundary.")
+            .unwrap_or(&e.event_name));
+        let action = e.action.as_deref().unwrap_or("-");
+        h.el_text(
+            "td",
+            &[(
+                "class",
+                if action.ends_with("deny") {
+                    "bad"
+                } else {
+                    "ok"
+                },
+            )],
+            action,
+        );
+        match &e.domain {
+            Some(d) => h.td_link(&href("/ui/blocked", &[], &[("domain", d)]), d),
+            None => h.td("-"),
+        };
+        let dest = match (&e.destination, e.port) {
+            (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            (Some(a), None) => a.clone(),
+            (None, _) => "-".into(),
+        };
+        h.td(&dest);
+        h.td(e.process.as_deref().unwrap_or("-"));
+        h.td(e.user_name.as_deref().unwrap_or("-"));
+        h.td(&e.template);
+        h.td(e.workspace.as_deref().unwrap_or("-"));
+        if with_session {
+            session_cell(h, e.session_id.as_deref());
+        }
+        h.td(&e.count.to_string());
+    });
+}
