@@ -139,8 +139,9 @@ pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
     }))
 }
 
-/// A table of Boundary events (also the session page's left column, without the session).
-pub fn table(h: &mut Html, events: &[EventRow], with_session: bool) {
+/// A table of Boundary events. `full`: with user, template, workspace and session (the
+/// session page, which says those once above its narrower columns, leaves them out).
+pub fn table(h: &mut Html, events: &[EventRow], full: bool) {
     let mut headers = vec![
         "Time (UTC)",
         "Event",
@@ -148,12 +149,9 @@ pub fn table(h: &mut Html, events: &[EventRow], with_session: bool) {
         "Domain",
         "Destination",
         "Process",
-        "User",
-        "Template",
-        "Workspace",
     ];
-    if with_session {
-        headers.push("Session");
+    if full {
+        headers.extend(["User", "Template", "Workspace", "Session"]);
     }
     headers.push("Count");
     h.table("events", &headers, events, |h, e| {
@@ -187,10 +185,10 @@ pub fn table(h: &mut Html, events: &[EventRow], with_session: bool) {
         };
         h.td(&dest);
         h.td(e.process.as_deref().unwrap_or("-"));
-        h.td(e.user_name.as_deref().unwrap_or("-"));
-        h.td(&e.template);
-        h.td(e.workspace.as_deref().unwrap_or("-"));
-        if with_session {
+        if full {
+            h.td(e.user_name.as_deref().unwrap_or("-"));
+            h.td(&e.template);
+            h.td(e.workspace.as_deref().unwrap_or("-"));
             session_cell(h, e.session_id.as_deref());
         }
         h.td(&e.count.to_string());

@@ -85,14 +85,14 @@ pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
     Ok(layout(StatusCode::OK, "LLM interceptions", |h| {
         filter_form(h, "/ui/interceptions", FIELDS, req);
         count_note(h, records.len(), ROW_LIMIT);
-        table(h, &records);
+        table(h, &records, true);
     }))
 }
 
-/// The interceptions table (also used by the session page).
-pub fn table(h: &mut Html, records: &[InterceptionRecord]) {
-    h.table(
-        "interceptions",
+/// The interceptions table. `full`: with the user and the session (the session page says
+/// those once, above).
+pub fn table(h: &mut Html, records: &[InterceptionRecord], full: bool) {
+    let headers: &[&'static str] = if full {
         &[
             "Time (UTC)",
             "User",
@@ -102,41 +102,53 @@ pub fn table(h: &mut Html, records: &[InterceptionRecord]) {
             "Cost",
             "Session",
             "Prompt",
-        ],
-        records,
-        |h, r| {
-            let id = r.id.to_string();
-            h.td_link(
-                &href("/ui/interceptions", &[&id], &[]),
-                &fmt_time(r.started_at),
-            );
+        ]
+    } else {
+        &[
+            "Time (UTC)",
+            "Model",
+            "Outcome",
+            "Tokens in/out",
+            "Cost",
+            "Prompt",
+        ]
+    };
+    h.table("interceptions", headers, records, |h, r| {
+        let id = r.id.to_string();
+        h.td_link(
+            &href("/ui/interceptions", &[&id], &[]),
+            &fmt_time(r.started_at),
+        );
+        if full {
             h.td(&r.user);
-            h.td(r.model.as_deref().unwrap_or("-"));
-            h.el_text(
-                "td",
-                &[(
-                    "class",
-                    if r.outcome == Outcome::Ok {
-                        "ok"
-                    } else {
-                        "bad"
-                    },
-                )],
-                r.outcome.as_str(),
-            );
-            h.td(&format!(
-                "{} / {}",
-                r.usage.input_tokens, r.usage.output_tokens
-            ));
-            h.td(&fmt_cost(r.cost_usd));
+        }
+        h.td(r.model.as_deref().unwrap_or("-"));
+        h.el_text(
+            "td",
+            &[(
+                "class",
+                if r.outcome == Outcome::Ok {
+                    "ok"
+                } else {
+                    "bad"
+                },
+            )],
+            r.outcome.as_str(),
+        );
+        h.td(&format!(
+            "{} / {}",
+            r.usage.input_tokens, r.usage.output_tokens
+        ));
+        h.td(&fmt_cost(r.cost_usd));
+        if full {
             session_cell(h, r.context.session.as_deref());
-            h.el_text(
-                "td",
-                &[("class", "prompt")],
-                &excerpt(r.prompt.as_deref().unwrap_or(""), 160),
-            );
-        },
-    );
+        }
+        h.el_text(
+            "td",
+            &[("class", "prompt")],
+            &excerpt(r.prompt.as_deref().unwrap_or(""), 160),
+        );
+    });
 }
 
 /// One interception: every recorded field.

@@ -107,7 +107,10 @@ pub async fn page(store: &Store, id: &str) -> Result<Page, Error> {
             "LLM cost",
             format!(
                 "${:.4}",
-                interceptions.iter().filter_map(|r| r.cost_usd).sum::<f64>()
+                interceptions
+                    .iter()
+                    .filter_map(|r| r.cost_usd)
+                    .fold(0.0, |a, c| a + c)
             ),
         ),
     ];
@@ -138,7 +141,7 @@ pub async fn page(store: &Store, id: &str) -> Result<Page, Error> {
                     &[],
                     &format!("LLM interceptions ({})", interceptions.len()),
                 );
-                super::interceptions::table(h, &interceptions);
+                super::interceptions::table(h, &interceptions, false);
             });
         });
     }))
