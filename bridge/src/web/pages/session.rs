@@ -16,6 +16,7 @@ const SIDE_LIMIT: u32 = 2000;
 /// What the agent registered about the session (`POST /boundary/v1/sessions`).
 struct Registration {
     agent_id: String,
+    agent_name: Option<String>,
     user_name: Option<String>,
     command: Option<String>,
     started_at: Option<i64>,
@@ -25,8 +26,9 @@ struct Registration {
 async fn registration(store: &Store, id: &str) -> Result<Option<Registration>, Error> {
     let rows = store
         .query(
-            "SELECT agent_id, user_name, command, started_at, ended_at FROM boundary_sessions \
-             WHERE session_id = $1 ORDER BY registered_at LIMIT 1",
+            "SELECT s.agent_id, s.user_name, s.command, s.started_at, s.ended_at, a.name \
+             FROM boundary_sessions s LEFT JOIN agents a ON a.id = s.agent_id \
+             WHERE s.session_id = $1 ORDER BY s.registered_at LIMIT 1",
             vec![Value::Text(Some(id.to_string()))],
         )
         .await?;
@@ -36,6 +38,7 @@ async fn registration(store: &Store, id: &str) -> Result<Option<Registration>, E
         command: r[2].opt_text(),
         started_at: r[3].opt_int(),
         ended_at: r[4].opt_int(),
+        agent_name: r[5].opt_text(),
     }))
 }
 
@@ -90,7 +93,10 @@ pub async fn page(store: &Store, id: &str) -> Result<Page, Error> {
         (
             "Agent",
             reg.as_ref()
-                .map(|r| r.agent_id.clone())
+                .map(|r| match &r.agent_name {
+                    Some(name) if *name != r.agent_id => format!("{name} ({})", r.agent_id),
+                    _ => r.agent_id.clone(),
+                })
                 .or_else(|| events.first().map(|e| e.agent_id.clone()))
                 .unwrap_or_else(|| "-".into()),
         ),
