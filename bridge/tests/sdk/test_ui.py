@@ -7,6 +7,7 @@ handler that aborts (and records) anything not on loopback.
 """
 
 import hashlib
+import json
 import time
 import uuid
 from datetime import datetime, timezone
@@ -445,8 +446,17 @@ def test_script_in_a_domain_process_or_user_of_an_event_is_shown_as_text(ui, pag
     (row,) = blocked_rows(page)
     assert row[3] == domain and row[5] == process and row[6] == user
     assert page.page.locator("main script, main img").count() == 0
+    # The event in full, as the agent shipped it.
     with page.page.expect_navigation():
-        page.page.click(f"table.events a:text-is('{session}')")
+        page.page.click("table.events tbody td:first-child a")
+    assert page.page.inner_text("h1") == "Boundary event"
+    shipped = json.loads(page.page.inner_text("pre.event"))
+    assert shipped["boundary.destination.domains"] == [domain]
+    assert shipped["process.executable.name"] == process
+    assert shipped["template"] == tpl
+    assert page.page.locator("main script, main img").count() == 0
+    with page.page.expect_navigation():
+        page.page.click(f"table.detail a:text-is('{session}')")
     assert domain in page.page.inner_text("#session-events")
     assert user in page.page.inner_text("table.detail")
     assert page.page.locator("main script, main img").count() == 0

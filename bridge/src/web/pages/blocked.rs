@@ -155,7 +155,7 @@ pub fn table(h: &mut Html, events: &[EventRow], full: bool) {
     }
     headers.push("Count");
     h.table("events", &headers, events, |h, e| {
-        h.td(&fmt_time(e.ts));
+        h.td_link(&href("/ui/events", &[&e.id], &[]), &fmt_time(e.ts));
         h.td(e
             .event_name
             .strip_prefix("boundary.")
@@ -193,4 +193,55 @@ pub fn table(h: &mut Html, events: &[EventRow], full: bool) {
         }
         h.td(&e.count.to_string());
     });
+}
+
+/// One event: its columns and the whole event as the agent shipped it (JSON, indented).
+pub async fn detail(store: &Store, id: &str) -> Result<Page, Error> {
+    let rows = store
+        .query(
+            &format!("SELECT {} FROM events WHERE id = $1", crate::audit::COLUMNS),
+            vec![Value::Text(Some(id.to_ascii_lowercase()))],
+        )
+        .await?;
+    let Some(e) = rows.first().map(|r| EventRow::from_values(r)) else {
+        return Ok(super::status_page(
+            StatusCode::NOT_FOUND,
+            "No such event",
+            &format!("No event has the id {id:?}."),
+        ));
+    };
+    let body = serde_json::from_str::<serde_json::Value>(&e.body)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| e.body.clone());
+    let fields: Vec<(&'static str, String)> = vec![
+        ("Id", e.id.clone()),
+        ("Time (UTC)", fmt_time(e.ts)),
+        ("Received (UTC)", fmt_time(e.received_at)),
+        ("Event", e.event_name.clone()),
+        ("Action", e.action.clone().unwrap_or_default()),
+        ("Domain", e.domain.clone().unwrap_or_default()),
+        ("Destination", e.destination.clone().unwrap_or_default()),
+        ("Port", e.port.map(|p| p.to_string()).unwrap_or_default()),
+        ("Process", e.process.clone().unwrap_or_default()),
+        ("User", e.user_name.clone().unwrap_or_default()),
+        ("Template", e.template.clone()),
+        ("Workspace", e.workspace.clone().unwrap_or_default()),
+        ("Agent", e.agent_id.clone()),
+        ("Decisions", e.count.to_string()),
+    ];
+    Ok(layout(StatusCode::OK, "Boundary event", |h| {
+        h.el("table", &[("class", "detail")], |h| {
+            for (name, value) in &fields {
+                h.el("tr", &[], |h| {
+                    h.el_text("th", &[], name).td(value);
+                });
+            }
+            h.el("tr", &[], |h| {
+                h.el_text("th", &[], "Session");
+                session_cell(h, e.session_id.as_deref());
+            });
+        });
+        h.el_text("h2", &[], "As shipped by the agent");
+        h.el_text("pre", &[("class", "event")], &body);
+    }))
 }

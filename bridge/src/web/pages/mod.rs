@@ -39,6 +39,8 @@ pub async fn render(store: &Store, req: &PageRequest) -> Page {
         _ => {
             if let Some(id) = path.strip_prefix("/ui/interceptions/") {
                 interceptions::detail(store, id).await
+            } else if let Some(id) = segment(path, "/ui/events/") {
+                blocked::detail(store, &id).await
             } else if let Some(id) = segment(path, "/ui/sessions/") {
                 session::page(store, &id).await
             } else if let Some(template) = segment(path, "/ui/policies/") {
