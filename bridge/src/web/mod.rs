@@ -49,7 +49,7 @@ pub struct WebUi {
     tls: bool,
 }
 
-/// A request as the pages see it: path, query parameters, and whether it is a HEAD.
+/// A request as the pages see it: its path and query parameters.
 pub(crate) struct PageRequest {
     pub path: String,
     pub params: HashMap<String, String>,

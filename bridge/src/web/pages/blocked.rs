@@ -1,6 +1,7 @@
 //! Blocked connections: the Boundary decisions that denied a connection (`deny`) or would have
 //! in enforce mode (`would_deny`, audit mode), newest first, with filters on template,
-//! workspace, user, domain, process, action and time.
+//! workspace, user, domain, process, action and time; the events table other pages share; and
+//! the page of one event in full.
 
 use http::StatusCode;
 
