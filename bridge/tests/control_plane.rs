@@ -678,6 +678,45 @@ async fn a_push_wakes_a_long_poll_held_by_another_replica_on_the_same_postgres_w
     for l in &latencies {
         assert!(*l < Duration::from_secs(2), "{latencies:?}");
     }
+
+    // The agent reports the version it applied through replica A; the fleet view (read from
+    // the shared store) shows it, and `policy list` counts it as on the current version.
+    let status = json!({"agent_version": "0.3.0", "hostname": "gpu-1", "policy_version": 4,
+        "policy_sha256": "00".repeat(32), "sessions": 1, "events_spooled": 0, "events_lost": 0,
+        "started_at": "2026-11-26T10:00:00Z"});
+    let (s, _, body) = agent_call(
+        &c,
+        Method::POST,
+        &format!("{url_a}/boundary/v1/status"),
+        &token,
+        &[],
+        status.to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let agents: Value = serde_json::from_str(&cli(
+        cwd,
+        &store,
+        &["agents", "list", "--template", "ml", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            agents[0]["host"].as_str(),
+            agents[0]["policy_version"].as_i64()
+        ),
+        (Some("gpu-1"), Some(4))
+    );
+    let list: Value =
+        serde_json::from_str(&cli(cwd, &store, &["policy", "list", "--format", "json"])).unwrap();
+    assert_eq!(
+        (
+            list[0]["version"].as_i64(),
+            list[0]["agents"].as_i64(),
+            list[0]["agents_current"].as_i64()
+        ),
+        (Some(4), Some(1), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1062,6 +1101,30 @@ async fn session_credentials_attribute_requests_to_the_enrolment_and_bad_or_miss
         "credential in the log"
     );
 
+    // A session registered late (its agent could not reach the control plane at first): its
+    // credential is refused until the registration lands, then accepted within a second.
+    let late = format!("bnd_sess_late_{}", "Q".repeat(43));
+    let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &late)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(register_session(&c, &url, &token, "late").await, late);
+    let registered = Instant::now();
+    loop {
+        let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &late)]).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(
+            registered.elapsed() < Duration::from_secs(2),
+            "late registration not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "late registration: accepted after {:?}",
+        registered.elapsed()
+    );
+
     // Ending the session: its credential is refused within the cache's 5 s.
     let cred2 = register_session(&c, &url, &token, "sess-2").await;
     let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &cred2)]).await;
@@ -1079,7 +1142,10 @@ async fn session_credentials_attribute_requests_to_the_enrolment_and_bad_or_miss
     let last = accepted_until_refused(&c, &url, &key, &cred2, Instant::now()).await;
     eprintln!("ended session: credential last accepted at +{last:?}");
     assert!(last < SESSION_CACHE_TTL, "{last:?}");
-    // Revoking the agent: the credentials of its live sessions are refused within 5 s.
+    // Revoking the agent: the credentials of its live sessions are refused within 5 s (the
+    // cache holds a fresh answer when the revocation lands).
+    let (s, _) = message(&c, &url, &key, &[("x-bridge-session-token", &cred)]).await;
+    assert_eq!(s, StatusCode::OK);
     cli(cwd, &store, &["agents", "revoke", &agent_id]);
     let last = accepted_until_refused(&c, &url, &key, &cred, Instant::now()).await;
     eprintln!("revoked agent: credential last accepted at +{last:?}");

@@ -11,7 +11,8 @@
 //!
 //! Verified credentials are cached in memory for [`CACHE_TTL`] (like user keys), so the hot
 //! path costs no query per request: a revoked agent or an ended session stops being accepted
-//! within those 5 seconds.
+//! within those 5 seconds. Unknown credentials are remembered for [`NEGATIVE_CACHE_TTL`]
+//! only, so a session registered late is accepted within a second of its registration.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,10 @@ use crate::store::{Store, Value};
 
 /// How long a credential check is trusted before asking the store again.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long an unknown credential stays refused without asking again: short, because an
+/// agent whose control plane was unreachable registers its session late (the session starts
+/// anyway), and its credential must work soon after the registration lands.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Beyond this many cached credentials, expired entries are evicted.
 const CACHE_MAX: usize = 10_000;
 
@@ -248,8 +253,16 @@ impl SessionGate {
         let now = Instant::now();
         let stale = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = |e: &CacheEntry| {
+                let ttl = if e.found.is_some() {
+                    self.ttl
+                } else {
+                    self.ttl.min(NEGATIVE_CACHE_TTL)
+                };
+                now.duration_since(e.fetched) < ttl
+            };
             match cache.get(&hash) {
-                Some(e) if now.duration_since(e.fetched) < self.ttl => return Ok(e.found.clone()),
+                Some(e) if fresh(e) => return Ok(e.found.clone()),
                 Some(e) => Some(e.found.clone()),
                 None => None,
             }
@@ -297,5 +310,92 @@ impl SessionGate {
             },
         );
         Ok(found)
+    }
+}
+
+/// Ends the sessions whose `boundary.session.end` event is among `events` (an agent's batch,
+/// as `POST /boundary/v1/events` receives it): the contract's "a session ends when its end
+/// event is stored". The events ingest calls this after committing a batch. Returns how many
+/// sessions it ended.
+pub async fn end_sessions_of_events(
+    store: &Store,
+    agent_id: &str,
+    events: &[serde_json::Value],
+) -> Result<u64, Error> {
+    let mut ended = 0;
+    for e in events {
+        if e.get("event.name").and_then(|v| v.as_str()) != Some("boundary.session.end") {
+            continue;
+        }
+        let Some(session) = e.get("session.id").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let at = e
+            .get("timestamp")
+            .and_then(|v| v.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now);
+        if end(store, agent_id, session, at).await? {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stored_session_end_event_ends_the_session_and_its_credential() {
+        let dir =
+            std::env::temp_dir().join(format!("bridge-sessions-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(dir.join("b.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let agent = super::super::agents::create(&store, "t", None, None, "test")
+            .await
+            .unwrap();
+        let identity = AgentIdentity {
+            id: agent.id.clone(),
+            template: "t".into(),
+            workspace: None,
+            name: agent.name.clone(),
+        };
+        let credential = "bnd_sess_s1_secret";
+        let registration = Registration {
+            session_id: "s1".into(),
+            credential_sha256: hash_token(credential),
+            user_name: None,
+            uid: None,
+            command: None,
+            started_at: None,
+        };
+        assert!(register(&store, &identity, &registration).await.is_ok());
+        let gate = SessionGate::new(store.clone(), false, vec![]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-bridge-session-token", credential.parse().unwrap());
+        assert!(matches!(gate.check(&headers).await, SessionCheck::Valid(_)));
+        let events = vec![
+            serde_json::json!({"event.name": "boundary.connect", "session.id": "s1"}),
+            serde_json::json!({"event.name": "boundary.session.end", "session.id": "s1",
+                "timestamp": "2026-11-26T10:00:00Z"}),
+            serde_json::json!({"event.name": "boundary.session.end", "session.id": "other"}),
+        ];
+        assert_eq!(
+            end_sessions_of_events(&store, &agent.id, &events)
+                .await
+                .unwrap(),
+            1
+        );
+        // A new gate (no cache): the ended session's credential is refused.
+        let gate = SessionGate::new(store.clone(), false, vec![]);
+        assert!(matches!(
+            gate.check(&headers).await,
+            SessionCheck::Refused(m) if m.starts_with("session credential invalid")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
