@@ -192,10 +192,7 @@ fn event_row(
         Some(d) => Some(d.to_string()),
         None => own(&f.question),
     };
-    let workspace = origin
-        .workspace
-        .as_deref()
-        .map_or(Json::Null, Json::from);
+    let workspace = origin.workspace.as_deref().map_or(Json::Null, Json::from);
     let body = if f.agent_id.is_some()
         || f.template.is_some()
         || f.workspace.is_some()
