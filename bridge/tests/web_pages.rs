@@ -257,7 +257,17 @@ async fn every_page_answers_with_every_filter(store: &str, dir: &TempDir) {
         .to_string();
 
     let pages: &[(&str, &[&str])] = &[
-        ("/ui/", &["Blocked connections"]),
+        (
+            "/ui/",
+            &[
+                "Blocked connections",
+                "<strong>4</strong>",
+                "2 events",
+                "<strong>1</strong>",
+                "<strong>0 / 1</strong>",
+                "2 events lost",
+            ],
+        ),
         (
             "/ui/blocked?template=tpl&workspace=ws&user=dev1&domain=evil.example&process=curl&action=deny&since=1h&until=2100-01-01",
             &["evil.example", "127.0.0.9:443", "s-1"],

@@ -158,6 +158,17 @@ def test_login_opens_the_pages_and_logout_closes_them(page):
     assert urlparse(page.page.url).path == "/ui/login"
 
 
+def test_the_landing_page_figures_lead_to_the_views_behind_them(page):
+    page.login()
+    figures = page.page.locator("div.figures a.figure")
+    assert figures.count() == 3
+    assert all(f.split("\n")[0].replace(" / ", "").isdigit() for f in figures.all_inner_texts())
+    with page.page.expect_navigation():
+        figures.first.click()
+    assert page.page.inner_text("h1") == "Blocked connections"
+    assert page.page.input_value("form.filters input[name=since]") == "24h"
+
+
 def test_every_answer_carries_the_security_headers(page):
     resp = page.goto("/ui/login")
     h = resp.headers

@@ -5,6 +5,7 @@
 mod blocked;
 mod fleet;
 mod interceptions;
+mod overview;
 mod policies;
 mod report;
 mod session;
@@ -28,7 +29,7 @@ pub const ROW_LIMIT: u32 = 500;
 pub async fn render(store: &Store, req: &PageRequest) -> Page {
     let path = req.path.as_str();
     let result = match path {
-        "/ui" | "/ui/" => Ok(overview()),
+        "/ui" | "/ui/" => overview::page(store).await,
         "/ui/interceptions" => interceptions::list(store, req).await,
         "/ui/usage" => usage::page(store, req).await,
         "/ui/fleet" => fleet::page(store, req).await,
@@ -259,19 +260,6 @@ pub fn status_page(status: StatusCode, title: &str, message: &str) -> Page {
             h.link("/ui/", "Back to the audit page");
         }),
     }
-}
-
-fn overview() -> Page {
-    layout(StatusCode::OK, "Audit", |h| {
-        h.el("ul", &[("class", "overview")], |h| {
-            for (path, label, what) in NAV {
-                h.el("li", &[], |h| {
-                    h.link(path, label);
-                    h.raw(": ").text(what);
-                });
-            }
-        });
-    })
 }
 
 /// One input of a filter form.
