@@ -21,7 +21,7 @@ const FIELDS: &[Field] = &[Field {
 }];
 
 /// An agent that has not reported for this long (status every 30 s) is marked as silent.
-const SILENT_AFTER: chrono::Duration = chrono::Duration::minutes(2);
+pub(super) const SILENT_AFTER: chrono::Duration = chrono::Duration::minutes(2);
 
 pub async fn page(store: &Store, req: &PageRequest) -> Result<Page, Error> {
     let list = agents::list(store, req.param("template")).await?;

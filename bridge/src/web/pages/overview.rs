@@ -4,6 +4,7 @@
 use chrono::{Duration, Utc};
 use http::StatusCode;
 
+use super::fleet::SILENT_AFTER;
 use super::{layout, NAV};
 use crate::control::{agents, policies};
 use crate::error::Error;
@@ -11,9 +12,6 @@ use crate::store::{Store, Value};
 use crate::usage::{self, GroupBy};
 use crate::web::html::href;
 use crate::web::Page;
-
-/// Agents silent for this long (status every 30 s) count as silent here, as on the fleet page.
-const SILENT_AFTER: Duration = Duration::minutes(2);
 
 pub async fn page(store: &Store) -> Result<Page, Error> {
     let now = Utc::now();
