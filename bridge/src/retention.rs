@@ -151,6 +151,10 @@ pub async fn purge_events(
     if dry_run {
         return crate::audit::query::count_events_before(store, before).await;
     }
+    // Most runs find nothing: ask first, without a write (see `any_events_before`).
+    if !crate::audit::query::any_events_before(store, before).await? {
+        return Ok(0);
+    }
     let mut deleted = 0;
     loop {
         let n = crate::audit::query::delete_events_before(store, before, BATCH).await?;

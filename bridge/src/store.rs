@@ -196,6 +196,10 @@ pub(crate) enum Value {
     Int(Option<i64>),
     Real(Option<f64>),
     Text(Option<String>),
+    /// Arrays, PostgreSQL only (`UNNEST($1::text[], ...)` inserts many rows with one short
+    /// statement); SQLite binds them as NULL.
+    IntArray(Vec<Option<i64>>),
+    TextArray(Vec<Option<String>>),
 }
 
 impl Value {
@@ -203,21 +207,21 @@ impl Value {
         match self {
             Value::Int(v) => v.unwrap_or(0),
             Value::Real(v) => v.unwrap_or(0.0) as i64,
-            Value::Text(_) => 0,
+            _ => 0,
         }
     }
     pub(crate) fn opt_int(&self) -> Option<i64> {
         match self {
             Value::Int(v) => *v,
             Value::Real(v) => v.map(|f| f as i64),
-            Value::Text(_) => None,
+            _ => None,
         }
     }
     pub(crate) fn opt_real(&self) -> Option<f64> {
         match self {
             Value::Int(v) => v.map(|i| i as f64),
             Value::Real(v) => *v,
-            Value::Text(_) => None,
+            _ => None,
         }
     }
     pub(crate) fn opt_text(&self) -> Option<String> {
@@ -1334,6 +1338,8 @@ impl tokio_postgres::types::ToSql for Value {
             Value::Int(v) => v.to_sql(ty, out),
             Value::Real(v) => v.to_sql(ty, out),
             Value::Text(v) => v.to_sql(ty, out),
+            Value::IntArray(v) => v.to_sql(ty, out),
+            Value::TextArray(v) => v.to_sql(ty, out),
         }
     }
 
@@ -1341,6 +1347,8 @@ impl tokio_postgres::types::ToSql for Value {
         <Option<i64> as tokio_postgres::types::ToSql>::accepts(ty)
             || <Option<f64> as tokio_postgres::types::ToSql>::accepts(ty)
             || <Option<String> as tokio_postgres::types::ToSql>::accepts(ty)
+            || <Vec<Option<i64>> as tokio_postgres::types::ToSql>::accepts(ty)
+            || <Vec<Option<String>> as tokio_postgres::types::ToSql>::accepts(ty)
     }
 
     tokio_postgres::types::to_sql_checked!();

@@ -95,7 +95,7 @@ fn dns(action: &str, name: &str, count: u64, at: &str) -> Value {
 
 async fn post(store: &Store, origin: &Origin, events: Vec<Value>) {
     let body = serde_json::to_vec(&json!({ "events": events })).unwrap();
-    let stored = ingest(store, &body, origin).await.unwrap().unwrap();
+    let (stored, _) = ingest(store, &body, origin).await.unwrap().unwrap();
     assert_eq!(stored.duplicates, 0);
 }
 
@@ -843,6 +843,61 @@ async fn ingest_over_http_on_sqlite() {
     let dir = TempDir::new("events-http");
     let url = dir.path().join("bridge.db").display().to_string();
     ingest_over_http(&url, dir.path()).await;
+}
+
+/// "A session ends when its `boundary.session.end` event is stored."
+#[tokio::test]
+async fn a_stored_session_end_event_ends_the_session() {
+    let dir = TempDir::new("events-session-end");
+    let cwd = dir.path();
+    let url = cwd.join("bridge.db").display().to_string();
+    let (_agent, token) = enrol(cwd, &url, "ws-1");
+    let (_serve, base) = serve(cwd, &url);
+    let registration = json!({"session_id": "sess-end-1", "credential_sha256": "ab".repeat(32),
+        "user_name": "alice", "uid": 1000, "command": "claude", "started_at": ago(1)});
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .args(["-d", &registration.to_string()])
+        .arg(format!("{base}/boundary/v1/sessions"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "204");
+    let ended = || -> Option<i64> {
+        rusqlite::Connection::open(cwd.join("bridge.db"))
+            .unwrap()
+            .query_row(
+                "SELECT ended_at FROM boundary_sessions WHERE session_id = 'sess-end-1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(ended(), None);
+    let mut end = json!({"event.id": uuid::Uuid::now_v7().to_string(), "timestamp": ago(0),
+        "event.name": "boundary.session.end", "session.id": "sess-end-1"});
+    let other = dns("allow", "x.example", 1, &ago(0));
+    let (status, body) = post_http(cwd, &base, Some(&token), &batch(&[other, end.clone()]));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"accepted":2,"duplicates":0}"#)
+    );
+    assert!(
+        ended().is_some(),
+        "the session is ended once its end event is stored"
+    );
+    // A malformed batch holding an end event ends nothing.
+    end["session.id"] = json!("sess-end-2");
+    let (status, _) = post_http(cwd, &base, Some(&token), &batch(&[end, json!(5)]));
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

@@ -268,6 +268,18 @@ pub async fn delete_events_before(
         .await
 }
 
+/// Whether any event is older than `before`: a read, which never waits for SQLite's write
+/// lock, so a purge with nothing to do never holds the store's connection behind a writer.
+pub async fn any_events_before(store: &Store, before: DateTime<Utc>) -> Result<bool, Error> {
+    let rows = store
+        .query(
+            "SELECT id FROM events WHERE ts < $1 LIMIT 1",
+            vec![Value::Int(Some(micros(before)))],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// How many events are older than `before` (what a dry-run purge would delete).
 pub async fn count_events_before(store: &Store, before: DateTime<Utc>) -> Result<u64, Error> {
     let rows = store

@@ -351,10 +351,20 @@ async fn post_events(
         workspace: agent.workspace,
     };
     match ingest(&cp.store, &bytes, &origin).await {
-        Ok(Ok(stored)) => Ok(super::json_response(
-            StatusCode::OK,
-            serde_json::json!(stored).to_string(),
-        )),
+        Ok(Ok((stored, ends))) => {
+            // "A session ends when its boundary.session.end event is stored": after the
+            // commit. A failure here is a 503, so the agent sends the batch again (then all
+            // duplicates) and the sessions are ended then.
+            if !ends.is_empty() {
+                sessions::end_sessions_of_events(&cp.store, &origin.agent_id, &ends)
+                    .await
+                    .map_err(ApiError::store)?;
+            }
+            Ok(super::json_response(
+                StatusCode::OK,
+                serde_json::json!(stored).to_string(),
+            ))
+        }
         Ok(Err(refused)) => Err(ApiError::new(
             StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST),
             refused.message,
