@@ -73,44 +73,59 @@ struct BlockedFilter {
 
 /// Denied and would-be-denied events matching `f`, newest first. (The events module's own
 /// filter has no user and takes one action; this page needs both.)
+///
+/// One query per action, each `action = ... ORDER BY ts DESC LIMIT n`, merged here: each is a
+/// walk of an `(action, ts)` or `(template, action, ts)` index in time order that stops after
+/// `n` rows, where `action IN (...)` made SQLite sort every matching event first (200,000
+/// events, debug build: the unfiltered page 537 -> 13 ms). A filter without an index of its
+/// own (`user`) still scans until `n` rows match, now once per action (269 -> 307 ms).
 async fn blocked_events(
     store: &Store,
     f: &BlockedFilter,
     limit: u32,
 ) -> Result<Vec<EventRow>, Error> {
-    let mut params = Vec::new();
-    let mut sql = format!(
-        "SELECT {} FROM events WHERE action IN ('deny', 'would_deny')",
-        crate::audit::COLUMNS
-    );
-    for (column, value) in [
-        ("action", &f.action),
-        ("template", &f.template),
-        ("workspace", &f.workspace),
-        ("user_name", &f.user),
-        ("domain", &f.domain),
-        ("process", &f.process),
-    ] {
-        if let Some(v) = value {
-            params.push(Value::Text(Some(v.clone())));
-            sql.push_str(&format!(" AND {column} = ${}", params.len()));
+    let actions: Vec<&str> = match f.action.as_deref() {
+        Some(a) => vec![a],
+        None => vec!["deny", "would_deny"],
+    };
+    let mut all = Vec::new();
+    for action in actions {
+        let mut params = vec![Value::Text(Some(action.to_string()))];
+        let mut sql = format!(
+            "SELECT {} FROM events WHERE action = $1",
+            crate::audit::COLUMNS
+        );
+        for (column, value) in [
+            ("template", &f.template),
+            ("workspace", &f.workspace),
+            ("user_name", &f.user),
+            ("domain", &f.domain),
+            ("process", &f.process),
+        ] {
+            if let Some(v) = value {
+                params.push(Value::Text(Some(v.clone())));
+                sql.push_str(&format!(" AND {column} = ${}", params.len()));
+            }
         }
+        if let Some(t) = f.since {
+            params.push(Value::Int(Some(t.timestamp_micros())));
+            sql.push_str(&format!(" AND ts >= ${}", params.len()));
+        }
+        if let Some(t) = f.until {
+            params.push(Value::Int(Some(t.timestamp_micros())));
+            sql.push_str(&format!(" AND ts < ${}", params.len()));
+        }
+        params.push(Value::Int(Some(i64::from(limit))));
+        sql.push_str(&format!(
+            " ORDER BY ts DESC, id DESC LIMIT ${}",
+            params.len()
+        ));
+        let rows = store.query(&sql, params).await?;
+        all.extend(rows.iter().map(|r| EventRow::from_values(r)));
     }
-    if let Some(t) = f.since {
-        params.push(Value::Int(Some(t.timestamp_micros())));
-        sql.push_str(&format!(" AND ts >= ${}", params.len()));
-    }
-    if let Some(t) = f.until {
-        params.push(Value::Int(Some(t.timestamp_micros())));
-        sql.push_str(&format!(" AND ts < ${}", params.len()));
-    }
-    params.push(Value::Int(Some(i64::from(limit))));
-    sql.push_str(&format!(
-        " ORDER BY ts DESC, id DESC LIMIT ${}",
-        params.len()
-    ));
-    let rows = store.query(&sql, params).await?;
-    Ok(rows.iter().map(|r| EventRow::from_values(r)).collect())
+    all.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| b.id.cmp(&a.id)));
+    all.truncate(limit as usize);
+    Ok(all)
 }
 
 pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
