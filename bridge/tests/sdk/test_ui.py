@@ -66,9 +66,9 @@ class Page:
     """A fresh browser context (no cookies) and page, with every dialog and every request
     that tried to leave loopback recorded."""
 
-    def __init__(self, browser, base):
+    def __init__(self, browser, base, **context):
         self.base = base
-        self.ctx = browser.new_context()
+        self.ctx = browser.new_context(**context)
         self.dialogs = []
         self.off_loopback = []
         self.ctx.route("**/*", self._only_loopback)
@@ -526,3 +526,26 @@ def test_the_rollout_report_lists_what_enforce_would_deny(ui, page):
     rows = [r.split("\t") for r in page.page.locator("table.report tbody tr").all_inner_texts()]
     assert [(r[0], r[3]) for r in rows] == [("evil.example", "7"), ("crates.io", "1")]
     assert rows[0][6] == "curl, wget"
+
+
+def test_over_tls_the_session_cookie_is_secure_and_the_https_origin_is_accepted(browser, tmp_path):
+    from test_serve_tls import TlsBridge
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    b = TlsBridge(tmp_path)
+    with open(b.config, "a") as f:
+        f.write(f"control_plane:\n  admin_token_file: {token_file}\n")
+    b.start()
+    try:
+        # The test CA is not in Chromium's store; the server certificate is for 127.0.0.1.
+        p = Page(browser, b.url, ignore_https_errors=True)
+        try:
+            p.login()
+            assert urlparse(p.page.url).path == "/ui/"
+            (cookie,) = p.ctx.cookies()
+            assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert p.page.inner_text("h1") == "Audit"
+        finally:
+            p.close()
+    finally:
+        b.stop()
