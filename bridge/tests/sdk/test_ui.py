@@ -334,10 +334,14 @@ def test_policy_history_lists_every_version_and_shows_its_text(ui, page):
     assert rows[0].split("\t")[2] == "secops"
     assert '<script>alert("comment")</script>' in rows[1]
     assert "github.com" in page.page.inner_text("pre.policy")
+    # What v2 changed, line by line.
+    assert page.page.locator("pre.diff .add").all_inner_texts() == ['+  - "domain=github.com"']
+    assert page.page.locator("pre.diff .del").count() == 0
     with page.page.expect_navigation():
         page.page.click("table.history a:text-is('v1')")
     assert "github.com" not in page.page.inner_text("pre.policy")
     assert "pypi.org" in page.page.inner_text("pre.policy")
+    assert page.page.locator("pre.diff").count() == 0
     assert page.dialogs == []
 
 

@@ -139,6 +139,37 @@ pub async fn history(store: &Store, template: &str, req: &PageRequest) -> Result
                 ),
             );
             h.el_text("pre", &[("class", "policy")], &shown.yaml);
+            if let Some(previous) = versions.iter().find(|p| p.version == shown.version - 1) {
+                let diff = policies::unified_diff(
+                    &format!("v{}", previous.version),
+                    &previous.yaml,
+                    &format!("v{}", shown.version),
+                    &shown.yaml,
+                );
+                h.el_text(
+                    "h2",
+                    &[],
+                    &format!("Changes from version {}", previous.version),
+                );
+                if diff.is_empty() {
+                    h.el_text(
+                        "p",
+                        &[("class", "count")],
+                        "The same text (a mode switch or a rollback to it).",
+                    );
+                } else {
+                    h.el("pre", &[("class", "diff")], |h| {
+                        for line in diff.lines() {
+                            let class = match line.as_bytes().first() {
+                                Some(b'+') if !line.starts_with("+++") => "add",
+                                Some(b'-') if !line.starts_with("---") => "del",
+                                _ => "same",
+                            };
+                            h.el_text("span", &[("class", class)], line).raw("\n");
+                        }
+                    });
+                }
+            }
         },
     ))
 }
