@@ -316,6 +316,17 @@ async fn every_page_answers_with_every_filter(store: &str, dir: &TempDir) {
             assert!(b.contains(w), "{path}: no {w:?} in {b}");
         }
     }
+    // A control character in a filter is a clear 400 (PostgreSQL would refuse a NUL).
+    let (s, _, b) = call(
+        &c,
+        Method::GET,
+        &format!("{url}/ui/blocked?user=a%00b"),
+        &[("cookie", cookie.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.contains("control character"), "{b}");
     // Filters that match nothing show nothing.
     for path in [
         "/ui/blocked?template=tpl&process=wget",

@@ -152,6 +152,17 @@ impl WebUi {
                     .collect::<HashMap<_, _>>()
             })
             .unwrap_or_default();
+        if let Some(name) = params
+            .iter()
+            .find(|(_, v)| v.chars().any(char::is_control))
+            .map(|(k, _)| k)
+        {
+            return html_response(pages::status_page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &format!("filter `{name}` holds a control character"),
+            ));
+        }
         let page_req = PageRequest { path, params };
         html_response(pages::render(&self.store, &page_req).await)
     }

@@ -77,7 +77,8 @@ fn segment(path: &str, prefix: &str) -> Option<String> {
     percent_decode(rest)
 }
 
-/// `%XX` sequences decoded; `None` when the result is not UTF-8 or a sequence is broken.
+/// `%XX` sequences decoded; `None` when a sequence is broken or the result is not UTF-8 or
+/// holds a control character.
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -92,7 +93,9 @@ fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out)
+        .ok()
+        .filter(|s| !s.chars().any(char::is_control))
 }
 
 /// The navigation: (path, label, what the page shows).
@@ -357,5 +360,7 @@ mod tests {
         assert_eq!(super::segment("/ui/policies/", "/ui/policies/"), None);
         assert_eq!(super::segment("/ui/policies/%zz", "/ui/policies/"), None);
         assert_eq!(super::segment("/ui/policies/%ff", "/ui/policies/"), None);
+        // No id holds a control character (PostgreSQL refuses NUL in text).
+        assert_eq!(super::segment("/ui/sessions/a%00b", "/ui/sessions/"), None);
     }
 }
