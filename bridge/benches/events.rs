@@ -14,6 +14,7 @@
 //! body (about 110 bytes, to keep 10 M rows within a few GB of disk); only `list` reads it.
 //!
 //! Knobs: BENCH_INGEST_EVENTS (default 200,000), BENCH_QUERY_EVENTS, BENCH_RUNS,
+//! BENCH_BODY_PAD (bytes added to each generated body, to mimic real events' size),
 //! BENCH_BACKENDS (`sqlite,postgres`), BENCH_DIR (where the SQLite file goes; default the
 //! temp dir).
 
@@ -221,7 +222,8 @@ fn fill_sqlite(path: &std::path::Path, n: u64, start_us: i64, step_us: i64) {
         conn.execute_batch(&format!("DROP INDEX {name}")).unwrap();
     }
     let id = "printf('%08x-0000-7000-8000-%012x', i / 1000000, i)";
-    let body = "'{\"event.id\":\"' || printf('%08x-0000-7000-8000-%012x', i / 1000000, i) || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\"}'";
+    let pad = env_num("BENCH_BODY_PAD", 0);
+    let body = format!("'{{\"event.id\":\"' || printf('%08x-0000-7000-8000-%012x', i / 1000000, i) || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\",\"pad\":\"' || printf('%.{pad}c', 'x') || '\"}}'");
     let chunk = 1_000_000u64;
     let mut from = 0;
     while from < n {
@@ -229,7 +231,7 @@ fn fill_sqlite(path: &std::path::Path, n: u64, start_us: i64, step_us: i64) {
         conn.execute_batch(&format!(
             "BEGIN; WITH RECURSIVE s(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM s WHERE i + 1 < {to}) \
              INSERT INTO events ({INSERT_COLUMNS}) SELECT {} FROM s; COMMIT;",
-            generated_columns(start_us, step_us, id, body)
+            generated_columns(start_us, step_us, id, &body)
         ))
         .unwrap();
         from = to;
@@ -264,8 +266,9 @@ async fn fill_postgres(url: &str, n: u64, start_us: i64, step_us: i64) {
             .unwrap();
     }
     let id = "lpad(to_hex(i / 1000000), 8, '0') || '-0000-7000-8000-' || lpad(to_hex(i), 12, '0')";
+    let pad = env_num("BENCH_BODY_PAD", 0);
     let body = format!(
-        "'{{\"event.id\":\"' || {id} || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\"}}'"
+        "'{{\"event.id\":\"' || {id} || '\",\"event.name\":\"boundary.decision\",\"event.action\":\"allow\",\"pad\":\"' || repeat('x', {pad}) || '\"}}'"
     );
     let chunk = 1_000_000u64;
     let mut from = 0;

@@ -556,6 +556,26 @@ async fn export_streams_every_event_in_order_past_one_page() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n, "no event twice");
+    // A reader that stops early (`| head`) ends the export quietly, with success.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-bridge"))
+        .args(["events", "export", "--store", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = ok(bridge(
         dir.path(),
         &[

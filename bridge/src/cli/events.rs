@@ -146,6 +146,24 @@ pub enum ExportFormat {
 }
 
 pub async fn run(cmd: EventsCommand) -> anyhow::Result<()> {
+    match run_command(cmd).await {
+        // `llm-bridge events export | head`: the reader has what it wanted.
+        Err(e) if broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<bridge::error::Error>().is_some_and(|b| {
+                matches!(b, bridge::error::Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
+}
+
+async fn run_command(cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::List {
             filter,

@@ -76,7 +76,8 @@ enum Command {
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
     /// Boundary policies per template: push (validated as the agent would), list, show,
-    /// history, diff, rollback, and the audit/enforce rollout switch.
+    /// history, diff, rollback, the audit/enforce rollout switch, and the rollout report and
+    /// simulation from the events agents shipped.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
 }
