@@ -291,6 +291,9 @@ pub struct InterceptionFilter {
     pub session: Option<String>,
     pub template: Option<String>,
     pub workspace: Option<String>,
+    /// Only records after this one (its start and id) in the list's newest-first order: the
+    /// next page of a paged list.
+    pub before: Option<(DateTime<Utc>, String)>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -836,6 +839,15 @@ impl Store {
         if let Some(session) = &filter.client_session {
             params.push(Value::Text(Some(session.clone())));
             sql.push_str(&format!(" AND client_session = ${}", params.len()));
+        }
+        if let Some((t, id)) = &filter.before {
+            params.push(Value::Int(Some(micros(*t))));
+            params.push(Value::Text(Some(id.clone())));
+            sql.push_str(&format!(
+                " AND (started_at, id) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
         }
         if let Some(until) = filter.until {
             params.push(Value::Int(Some(micros(until))));

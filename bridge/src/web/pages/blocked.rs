@@ -6,7 +6,8 @@
 use http::StatusCode;
 
 use super::{
-    count_note, filter_form, fmt_time, layout, session_cell, time_param, Field, ROW_LIMIT,
+    count_note, cursor, cursor_param, filter_form, fmt_time, layout, session_cell, time_param,
+    Field, ROW_LIMIT,
 };
 use crate::audit::EventRow;
 use crate::error::Error;
@@ -69,6 +70,8 @@ struct BlockedFilter {
     action: Option<String>,
     since: Option<chrono::DateTime<chrono::Utc>>,
     until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only rows after this one in (time, id) order, newest first (the page cursor).
+    before: Option<(i64, String)>,
 }
 
 /// Denied and would-be-denied events matching `f`, newest first. (The events module's own
@@ -111,6 +114,15 @@ async fn blocked_events(
             params.push(Value::Int(Some(t.timestamp_micros())));
             sql.push_str(&format!(" AND ts >= ${}", params.len()));
         }
+        if let Some((t, id)) = &f.before {
+            params.push(Value::Int(Some(*t)));
+            params.push(Value::Text(Some(id.clone())));
+            sql.push_str(&format!(
+                " AND (ts, id) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
         if let Some(t) = f.until {
             params.push(Value::Int(Some(t.timestamp_micros())));
             sql.push_str(&format!(" AND ts < ${}", params.len()));
@@ -146,11 +158,13 @@ pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
         action,
         since: time_param(req, "since")?,
         until: time_param(req, "until")?,
+        before: cursor_param(req)?,
     };
     let events = blocked_events(store, &filter, ROW_LIMIT).await?;
     Ok(layout(StatusCode::OK, "Blocked connections", |h| {
         filter_form(h, "/ui/blocked", FIELDS, req);
-        count_note(h, events.len(), ROW_LIMIT);
+        let older = events.last().map(|e| cursor(e.ts, &e.id));
+        count_note(h, events.len(), ROW_LIMIT, ("/ui/blocked", req), older);
         table(h, &events, true);
     }))
 }

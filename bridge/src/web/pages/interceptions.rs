@@ -3,8 +3,8 @@
 use http::StatusCode;
 
 use super::{
-    count_note, excerpt, filter_form, fmt_cost, fmt_time, layout, session_cell, status_page,
-    time_param, Field, ROW_LIMIT,
+    count_note, cursor, cursor_param, excerpt, filter_form, fmt_cost, fmt_time, layout,
+    session_cell, status_page, time_param, Field, ROW_LIMIT,
 };
 use crate::error::Error;
 use crate::record::{InterceptionRecord, Outcome};
@@ -80,11 +80,27 @@ pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
         workspace: req.param("workspace").map(String::from),
         session: req.param("session").map(String::from),
         client_session: None,
+        before: cursor_param(req)?
+            .map(|(t, id)| {
+                chrono::DateTime::from_timestamp_micros(t)
+                    .map(|t| (t, id))
+                    .ok_or_else(|| Error::Query("`before`: the time is out of range".into()))
+            })
+            .transpose()?,
     };
     let records = store.list_interceptions(&filter).await?;
     Ok(layout(StatusCode::OK, "LLM interceptions", |h| {
         filter_form(h, "/ui/interceptions", FIELDS, req);
-        count_note(h, records.len(), ROW_LIMIT);
+        let older = records
+            .last()
+            .map(|r| cursor(r.started_at, &r.id.to_string()));
+        count_note(
+            h,
+            records.len(),
+            ROW_LIMIT,
+            ("/ui/interceptions", req),
+            older,
+        );
         table(h, &records, true);
     }))
 }

@@ -317,14 +317,62 @@ pub fn fmt_cost(c: Option<f64>) -> String {
     c.map(|c| format!("${c:.4}")).unwrap_or_else(|| "-".into())
 }
 
-/// "N rows" or, when the limit was reached, a note that there may be more.
-pub fn count_note(h: &mut Html, shown: usize, limit: u32) {
-    let text = if shown >= limit as usize {
-        format!("{shown} rows shown (the limit): narrow the filters to see the rest.")
-    } else {
-        format!("{shown} rows.")
-    };
-    h.el_text("p", &[("class", "count")], &text);
+/// "N rows." or, when the limit was reached, a note and a link to the next (older) rows:
+/// `older` is the cursor of the last row shown (see [`cursor_param`]).
+pub fn count_note(
+    h: &mut Html,
+    shown: usize,
+    limit: u32,
+    page: (&'static str, &PageRequest),
+    older: Option<String>,
+) {
+    h.el("p", &[("class", "count")], |h| {
+        match older.filter(|_| shown >= limit as usize) {
+            Some(cursor) => {
+                h.text(&format!("{shown} rows shown (the most a page holds). "));
+                let (action, req) = page;
+                let mut params: Vec<(&str, &str)> = req
+                    .params
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "before")
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                params.sort();
+                params.push(("before", &cursor));
+                h.el_text(
+                    "a",
+                    &[("href", &href(action, &[], &params)), ("class", "older")],
+                    "Older rows",
+                );
+            }
+            None => {
+                h.text(&format!("{shown} rows."));
+            }
+        }
+    });
+}
+
+/// The `before` parameter of a paged list: `MICROS.ID`, the time (µs since the epoch) and
+/// id of the last row of the page before; the next page holds the rows strictly after it in
+/// (time, id) order, so no row is skipped or shown twice, even among rows of one instant.
+pub fn cursor_param(req: &PageRequest) -> Result<Option<(i64, String)>, Error> {
+    req.param("before")
+        .map(|c| {
+            c.split_once('.')
+                .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
+                .filter(|(_, id)| !id.is_empty())
+                .ok_or_else(|| {
+                    Error::Query(format!(
+                        "`before` {c:?} is not a page cursor (follow the page's \"Older rows\" link)"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// The cursor of a row (see [`cursor_param`]).
+pub fn cursor(ts: DateTime<Utc>, id: &str) -> String {
+    format!("{}.{id}", ts.timestamp_micros())
 }
 
 /// Text cut to `max` characters, with an ellipsis when cut.

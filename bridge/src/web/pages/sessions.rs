@@ -95,7 +95,7 @@ pub async fn list(store: &Store, req: &PageRequest) -> Result<Page, Error> {
     let rows = sessions(store, req).await?;
     Ok(layout(StatusCode::OK, "Sessions", |h| {
         filter_form(h, "/ui/sessions", FIELDS, req);
-        count_note(h, rows.len(), ROW_LIMIT);
+        count_note(h, rows.len(), ROW_LIMIT, ("/ui/sessions", req), None);
         h.table(
             "sessions",
             &[
