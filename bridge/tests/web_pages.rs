@@ -2,7 +2,8 @@
 //! SQLite file and on a private PostgreSQL server, against the real `llm-bridge serve` with
 //! data seeded through the real routes (CLI enrolment and policy push, the agent API, an LLM
 //! request with a session credential). The browser tests (bridge/tests/sdk/test_ui.py) cover
-//! rendering, escaping and the forms; this covers the SQL of each filter on PostgreSQL too.
+//! rendering, escaping and the forms; this covers the SQL of each filter on PostgreSQL too,
+//! the landing page's figures, and paging through rows of one instant without loss.
 
 mod http_support;
 mod proc_support;
