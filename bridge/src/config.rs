@@ -100,6 +100,8 @@ pub struct BridgeConfig {
     pub retention: Retention,
     /// When budget notices go out and where (`budget_notices:`).
     pub budget_notices: BudgetNotices,
+    /// The audit page's login (`control_plane.admin_token_file`); `None`: the page is off.
+    pub admin_token: Option<crate::web::auth::AdminToken>,
     /// Boundary's control plane (`control_plane:`).
     pub control_plane: ControlPlaneSettings,
 }
@@ -352,6 +354,7 @@ impl BridgeConfig {
             prompt_recording: PromptRecording::default(),
             retention: Retention::default(),
             budget_notices: BudgetNotices::default(),
+            admin_token: None,
             control_plane: ControlPlaneSettings::default(),
         })
     }
@@ -613,6 +616,13 @@ impl BridgeConfig {
             budget_notices.webhook = Some(uri);
         }
         let control_plane = control_plane(&raw.control_plane, &err)?;
+        let admin_token = match &raw.control_plane.admin_token_file {
+            Some(f) => Some(
+                crate::web::auth::AdminToken::from_file(f)
+                    .map_err(|m| err(&["control_plane", "admin_token_file"], m))?,
+            ),
+            None => None,
+        };
         let retention = Retention {
             events: Some(control_plane.events_retention),
             ..retention
@@ -694,6 +704,7 @@ impl BridgeConfig {
             prompt_recording: raw.prompt_recording.unwrap_or_default(),
             retention,
             budget_notices,
+            admin_token,
             control_plane,
         })
     }
@@ -922,6 +933,7 @@ mod tests {
             let other = rcgen::KeyPair::generate().unwrap();
             std::fs::write(d.join("other-key.pem"), other.serialize_pem()).unwrap();
             std::fs::write(d.join("token"), "scrape-token\n").unwrap();
+            std::fs::write(d.join("admin-token"), "admin-token-for-config-tests\n").unwrap();
             std::fs::write(d.join("empty-token"), "\n").unwrap();
             TlsDir(d)
         }
@@ -1113,14 +1125,14 @@ mod tests {
         let t = TlsDir::new();
         let c = parse(&format!(
             "control_plane:\n  enabled: false\n  require_session: true\n  require_session_templates: [python-dev, ml]\n  events_retention: 30d\n  admin_token_file: {}\n",
-            t.p("token")
+            t.p("admin-token")
         ))
         .unwrap()
         .control_plane;
         assert!(!c.enabled && c.require_session);
         assert_eq!(c.require_session_templates, ["python-dev", "ml"]);
         assert_eq!(c.events_retention, chrono::Duration::days(30));
-        assert_eq!(c.admin_token_file, Some(t.0.join("token")));
+        assert_eq!(c.admin_token_file, Some(t.0.join("admin-token")));
         let e = parse("control_plane:\n  events_retention: forever\n")
             .unwrap_err()
             .to_string();

@@ -35,4 +35,6 @@ pub mod spool;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+// The audit page.
+pub mod web;
 pub mod yaml;

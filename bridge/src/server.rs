@@ -2,8 +2,8 @@
 //!
 //! Provider routes (`/anthropic/...`, `/openai/...`, `/gemini/...`) go to [`Gateway`]; the server itself
 //! answers `/healthz` (process alive), `/readyz` (store writable, or records spooling to
-//! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]). HTTP/1.1 with
-//! keep-alive, which is what every provider SDK speaks; over TLS when `tls:` is configured
+//! disk; says which) and `/metrics` (Prometheus text from [`Telemetry`]); the audit page under
+//! `/ui/` is [`WebUi`] (main listener only). HTTP/1.1 with keep-alive, which is what every provider SDK speaks; over TLS when `tls:` is configured
 //! ([`crate::tls`]).
 //!
 //! `/metrics` can be moved to a listener of its own (`metrics.listen`, plain HTTP, e.g. on
@@ -43,6 +43,7 @@ use crate::recorder::Recorder;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::tls::ServerTls;
+use crate::web::WebUi;
 
 /// Records go to the [`Recorder`], in-flight counts to [`Telemetry`].
 struct RecorderSink {
@@ -330,6 +331,7 @@ pub async fn serve(
             control: None,
             admin: Some(admin.clone()),
             metrics: MetricsAccess::from_token(&config.metrics.token),
+            web: None,
         };
         // Scrapers and probes only: a few connections are plenty.
         let limits = ConnLimits {
@@ -348,6 +350,11 @@ pub async fn serve(
             MetricsAccess::from_token(&config.metrics.token)
         },
         admin: Some(admin),
+        web: Some(WebUi::new(
+            store.clone(),
+            config.admin_token.clone(),
+            tls.is_some(),
+        )),
     };
     run(
         listener,
@@ -394,6 +401,7 @@ pub async fn serve_gateway(
         control: None,
         admin: None,
         metrics: MetricsAccess::Open,
+        web: None,
     };
     run(listener, routes, None, shutdown, limits).await;
 }
@@ -496,6 +504,8 @@ struct Routes {
     control: Option<Arc<crate::control::ControlPlane>>,
     admin: Option<Admin>,
     metrics: MetricsAccess,
+    /// The audit page (`/ui/`), on the main listener only.
+    web: Option<Arc<WebUi>>,
 }
 
 /// Who may read `/metrics` on a listener.
@@ -621,6 +631,9 @@ async fn dispatch(req: Request<Incoming>, routes: &Routes) -> Response<ProxyBody
     }
     if let (Some(control), true) = (&routes.control, path.starts_with("/boundary/v1/")) {
         return crate::control::api::handle(req, control).await;
+    }
+    if let Some(web) = routes.web.as_ref().filter(|_| WebUi::serves(path)) {
+        return web.handle(req).await;
     }
     match (req.method(), path, routes.admin.as_ref()) {
         (&Method::GET, "/healthz", _) => text(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -292,6 +292,17 @@ pub struct InterceptionFilter {
     pub outcome: Option<Outcome>,
     /// Only the requests of this client session (an agent session's thread).
     pub client_session: Option<String>,
+    /// Only requests that started before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only this model (as recorded).
+    pub model: Option<String>,
+    /// Only requests of this Boundary session / template / workspace (the record's context).
+    pub session: Option<String>,
+    pub template: Option<String>,
+    pub workspace: Option<String>,
+    /// Only records after this one (its start and id) in the list's newest-first order: the
+    /// next page of a paged list.
+    pub before: Option<(DateTime<Utc>, String)>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -837,6 +848,30 @@ impl Store {
         if let Some(session) = &filter.client_session {
             params.push(Value::Text(Some(session.clone())));
             sql.push_str(&format!(" AND client_session = ${}", params.len()));
+        }
+        if let Some((t, id)) = &filter.before {
+            params.push(Value::Int(Some(micros(*t))));
+            params.push(Value::Text(Some(id.clone())));
+            sql.push_str(&format!(
+                " AND (started_at, id) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+        if let Some(until) = filter.until {
+            params.push(Value::Int(Some(micros(until))));
+            sql.push_str(&format!(" AND started_at < ${}", params.len()));
+        }
+        for (column, value) in [
+            ("model", &filter.model),
+            ("session", &filter.session),
+            ("template", &filter.template),
+            ("workspace", &filter.workspace),
+        ] {
+            if let Some(v) = value {
+                params.push(Value::Text(Some(v.clone())));
+                sql.push_str(&format!(" AND {column} = ${}", params.len()));
+            }
         }
         sql.push_str(" ORDER BY started_at DESC, id DESC");
         if let Some(limit) = filter.limit {

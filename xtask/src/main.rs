@@ -36,7 +36,8 @@ enum Command {
     /// iproute2, PostgreSQL for the store tests) and the Python venv with the official
     /// `anthropic` and `openai` SDKs used by Bridge's end-to-end tests. See docs/TOOLCHAIN.md.
     Setup {
-        /// Also install what only the tests need (PostgreSQL, the Python SDK venv).
+        /// Also install what only the tests need (PostgreSQL, Chromium for the audit page, the
+        /// Python SDK venv with playwright).
         #[arg(long)]
         for_tests: bool,
     },

@@ -47,7 +47,15 @@ pub fn run(scope: Scope) -> Result<()> {
 fn debian_packages(scope: Scope) -> Result<()> {
     let mut wanted = vec!["curl", "iproute2", "python3", "ca-certificates"];
     if scope == Scope::Tests {
-        wanted.extend(["postgresql", "python3-venv", "dnsutils", "nodejs"]);
+        // chromium: the audit page's browser tests (driven by playwright, never a browser
+        // download of its own).
+        wanted.extend([
+            "postgresql",
+            "python3-venv",
+            "dnsutils",
+            "nodejs",
+            "chromium",
+        ]);
     }
     let missing: Vec<&str> = wanted
         .into_iter()
@@ -291,9 +299,10 @@ fn python_venv() -> Result<()> {
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
     let requirements = root.join("bridge/tests/sdk/requirements.txt");
-    let ready = output(
-        Command::new(&python).args(["-c", "import anthropic, openai, google.genai, pytest"]),
-    )
+    let ready = output(Command::new(&python).args([
+        "-c",
+        "import anthropic, openai, google.genai, pytest, playwright",
+    ]))
     .is_some();
     let stamp = venv.join(".requirements");
     let wanted = std::fs::read_to_string(&requirements).unwrap_or_default();

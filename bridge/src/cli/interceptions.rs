@@ -95,6 +95,7 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     limit: Some(limit),
                     outcome,
                     client_session,
+                    ..Default::default()
                 })
                 .await?;
             store_args.note_spooled();
