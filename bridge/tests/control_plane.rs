@@ -1074,6 +1074,23 @@ async fn session_credentials_attribute_requests_to_the_enrolment_and_bad_or_miss
         .filter(|r| r.outcome == Outcome::Ok && r.context.session.as_deref() == Some("sess-1"))
         .collect();
     assert_eq!(ok_in_session.len(), 2);
+    // The CLI finds them by Boundary session (the join with `events list --session`).
+    let listed = cli(
+        cwd,
+        &store,
+        &[
+            "interceptions",
+            "list",
+            "--session",
+            "sess-1",
+            "--template",
+            "python-dev",
+            "--format",
+            "json",
+        ],
+    );
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), ok_in_session.len(), "{listed:?}");
     for r in ok_in_session {
         assert_eq!(r.context.template.as_deref(), Some("python-dev"));
         assert_eq!(r.context.workspace.as_deref(), Some("ws-42"));

@@ -36,6 +36,17 @@ pub enum InterceptionsCommand {
         /// Only the requests of one agent session (the client's own session id).
         #[arg(long)]
         client_session: Option<String>,
+        /// Only the requests of one Boundary session (verified by its session credential, or
+        /// named by `x-bridge-session`): join with `llm-bridge events list --session`.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only the requests of this workspace template (from an enrolled agent's session, or
+        /// `x-bridge-template`).
+        #[arg(long)]
+        template: Option<String>,
+        /// Only the requests of this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
         /// At most this many rows.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -80,6 +91,9 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
             since,
             outcome,
             client_session,
+            session,
+            template,
+            workspace,
             limit,
             format,
             store: store_args,
@@ -95,6 +109,9 @@ pub async fn run(cmd: InterceptionsCommand) -> anyhow::Result<()> {
                     limit: Some(limit),
                     outcome,
                     client_session,
+                    session,
+                    template,
+                    workspace,
                     ..Default::default()
                 })
                 .await?;
