@@ -13,9 +13,9 @@
 //!    mode would deny.
 //! 4. The admin enforces; the agent applies it within about a second. The same command now gets
 //!    its model answer and EPERM from the kernel for `blocked.test`.
-//! 5. The security view: `llm-bridge events list` (every decision, shipped by the agent), and
-//!    `llm-bridge interceptions list` (the LLM call), joined by the Boundary session id; the
-//!    audit page shows the same at /ui/.
+//! 5. The security view: `llm-bridge events list --session S` (every decision, shipped by the
+//!    agent) and `llm-bridge interceptions list --session S` (the LLM call): one session id;
+//!    the audit page shows the two side by side at /ui/sessions/S.
 //!
 //! No traffic, DNS included, leaves the machine.
 
@@ -326,19 +326,24 @@ pub fn run() -> Result<()> {
         "--since",
         "1h",
     ]))?;
-    step(
-        "llm-bridge interceptions list --since 1h   (the LLM calls, with their Boundary session)",
-    )?;
-    shell::run(&mut llm_bridge(&["interceptions", "list", "--since", "1h"]))?;
+    step(&format!(
+        "llm-bridge interceptions list --session {enforced}   (its LLM calls: the same session id)"
+    ))?;
+    shell::run(&mut llm_bridge(&[
+        "interceptions",
+        "list",
+        "--session",
+        &enforced,
+    ]))?;
     let json = shell::capture(&mut llm_bridge(&[
         "interceptions",
         "list",
-        "--since",
-        "1h",
+        "--session",
+        &enforced,
         "--format",
         "json",
     ]))?;
-    if !json.contains(&enforced) {
+    if !json.contains("\"alice\"") {
         bail!("Bridge did not record the session's LLM call under session {enforced}:\n{json}");
     }
     step("llm-bridge agents list   (the fleet)")?;
