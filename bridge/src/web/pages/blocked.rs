@@ -9,6 +9,7 @@ use super::{
     count_note, cursor, cursor_param, filter_form, fmt_time, layout, session_cell, time_param,
     Field, ROW_LIMIT,
 };
+use super::{SINCE, TEMPLATE, UNTIL, USER, WORKSPACE};
 use crate::audit::EventRow;
 use crate::error::Error;
 use crate::store::{Store, Value};
@@ -16,21 +17,9 @@ use crate::web::html::{href, Html};
 use crate::web::{Page, PageRequest};
 
 const FIELDS: &[Field] = &[
-    Field {
-        name: "template",
-        label: "Template",
-        placeholder: "python-dev",
-    },
-    Field {
-        name: "workspace",
-        label: "Workspace",
-        placeholder: "ws-42",
-    },
-    Field {
-        name: "user",
-        label: "User",
-        placeholder: "alice",
-    },
+    TEMPLATE,
+    WORKSPACE,
+    USER,
     Field {
         name: "domain",
         label: "Domain",
@@ -46,16 +35,8 @@ const FIELDS: &[Field] = &[
         label: "Action",
         placeholder: "deny or would_deny",
     },
-    Field {
-        name: "since",
-        label: "Since",
-        placeholder: "7d, 24h, 2026-01-31",
-    },
-    Field {
-        name: "until",
-        label: "Until",
-        placeholder: "RFC 3339 or date",
-    },
+    SINCE,
+    UNTIL,
 ];
 
 /// The blocked-connection filters; each narrows.

@@ -6,6 +6,7 @@ use super::{
     count_note, cursor, cursor_param, excerpt, filter_form, fmt_cost, fmt_time, layout,
     session_cell, status_page, time_param, Field, ROW_LIMIT,
 };
+use super::{SINCE, TEMPLATE, UNTIL, USER, WORKSPACE};
 use crate::error::Error;
 use crate::record::{InterceptionRecord, Outcome};
 use crate::store::{InterceptionFilter, Store};
@@ -13,11 +14,7 @@ use crate::web::html::{href, Html};
 use crate::web::{Page, PageRequest};
 
 const FIELDS: &[Field] = &[
-    Field {
-        name: "user",
-        label: "User",
-        placeholder: "alice",
-    },
+    USER,
     Field {
         name: "model",
         label: "Model",
@@ -28,31 +25,15 @@ const FIELDS: &[Field] = &[
         label: "Outcome",
         placeholder: "ok, rejected, upstream_error",
     },
-    Field {
-        name: "template",
-        label: "Template",
-        placeholder: "python-dev",
-    },
-    Field {
-        name: "workspace",
-        label: "Workspace",
-        placeholder: "ws-42",
-    },
+    TEMPLATE,
+    WORKSPACE,
     Field {
         name: "session",
         label: "Session",
         placeholder: "Boundary session id",
     },
-    Field {
-        name: "since",
-        label: "Since",
-        placeholder: "7d, 24h, 2026-01-31",
-    },
-    Field {
-        name: "until",
-        label: "Until",
-        placeholder: "RFC 3339 or date",
-    },
+    SINCE,
+    UNTIL,
 ];
 
 fn outcome_param(req: &PageRequest) -> Result<Option<Outcome>, Error> {

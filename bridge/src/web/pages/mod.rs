@@ -272,6 +272,33 @@ pub struct Field {
     pub placeholder: &'static str,
 }
 
+/// The filters several pages share, named and explained the same way everywhere.
+pub const TEMPLATE: Field = Field {
+    name: "template",
+    label: "Template",
+    placeholder: "python-dev",
+};
+pub const WORKSPACE: Field = Field {
+    name: "workspace",
+    label: "Workspace",
+    placeholder: "ws-42",
+};
+pub const USER: Field = Field {
+    name: "user",
+    label: "User",
+    placeholder: "alice",
+};
+pub const SINCE: Field = Field {
+    name: "since",
+    label: "Since",
+    placeholder: "7d, 24h, 2026-01-31",
+};
+pub const UNTIL: Field = Field {
+    name: "until",
+    label: "Until",
+    placeholder: "RFC 3339 or date",
+};
+
 /// A GET form to `action` with one text input per field, filled from the request: submitting
 /// it gives a bookmarkable URL.
 pub fn filter_form(h: &mut Html, action: &'static str, fields: &[Field], req: &PageRequest) {

@@ -5,6 +5,7 @@
 use chrono::{Duration, Utc};
 use http::StatusCode;
 
+use super::TEMPLATE;
 use super::{filter_form, fmt_time, layout, time_param, Field};
 use crate::error::Error;
 use crate::store::Store;
@@ -12,11 +13,7 @@ use crate::web::html::href;
 use crate::web::{Page, PageRequest};
 
 const FIELDS: &[Field] = &[
-    Field {
-        name: "template",
-        label: "Template",
-        placeholder: "python-dev",
-    },
+    TEMPLATE,
     Field {
         name: "since",
         label: "Since",

@@ -5,33 +5,13 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 
 use super::{count_note, filter_form, fmt_time, layout, time_param, Field, ROW_LIMIT};
+use super::{SINCE, TEMPLATE, USER, WORKSPACE};
 use crate::error::Error;
 use crate::store::{Store, Value};
 use crate::web::html::href;
 use crate::web::{Page, PageRequest};
 
-const FIELDS: &[Field] = &[
-    Field {
-        name: "template",
-        label: "Template",
-        placeholder: "python-dev",
-    },
-    Field {
-        name: "workspace",
-        label: "Workspace",
-        placeholder: "ws-42",
-    },
-    Field {
-        name: "user",
-        label: "User",
-        placeholder: "alice",
-    },
-    Field {
-        name: "since",
-        label: "Since",
-        placeholder: "7d, 24h, 2026-01-31",
-    },
-];
+const FIELDS: &[Field] = &[TEMPLATE, WORKSPACE, USER, SINCE];
 
 /// One registered session.
 pub struct SessionRow {
