@@ -16,15 +16,15 @@
 //! the `llm-bridge` and `fake-upstream` binaries (built by `cargo test --workspace`, or
 //! `cargo build -p bridge --bins`; `BRIDGE_BIN` overrides where `llm-bridge` is).
 
-use std::io::{Read, Write};
+mod support;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use support::Counted;
 
 use serde_json::Value;
 
@@ -52,40 +52,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A TCP listener that counts every byte it receives.
-struct Counted {
-    port: u16,
-    bytes: Arc<AtomicUsize>,
-}
-
-impl Counted {
-    fn start(ip: &str) -> Counted {
-        let listener = TcpListener::bind((ip, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let count = bytes.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let count = count.clone();
-                thread::spawn(move || {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = [0u8; 4096];
-                    if let Ok(n) = s.read(&mut buf) {
-                        count.fetch_add(n, Ordering::SeqCst);
-                    }
-                    let _ = s.write_all(b"ok\n");
-                });
-            }
-        });
-        Counted { port, bytes }
-    }
-
-    fn received(&self) -> usize {
-        self.bytes.load(Ordering::SeqCst)
-    }
 }
 
 /// `llm-bridge serve` on 127.0.0.1 with a SQLite store in its own directory.

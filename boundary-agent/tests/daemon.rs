@@ -7,7 +7,8 @@
 //! names come from a hosts file; the nameserver given to the agent is 127.0.0.1:9 where
 //! nothing listens. Needs root (CI runs as root).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,45 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+use support::Counted;
 
 use serde_json::Value;
 
 const BOUNDARY: &str = env!("CARGO_BIN_EXE_boundary");
 const NOBODY: u32 = 65534;
-
-/// A TCP listener that answers like HTTP and counts every byte it receives.
-struct Counted {
-    port: u16,
-    bytes: Arc<AtomicUsize>,
-}
-
-impl Counted {
-    fn start(ip: &str) -> Counted {
-        let listener = TcpListener::bind((ip, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let count = bytes.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let count = count.clone();
-                thread::spawn(move || {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = [0u8; 4096];
-                    if let Ok(n) = s.read(&mut buf) {
-                        count.fetch_add(n, Ordering::SeqCst);
-                    }
-                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-                });
-            }
-        });
-        Counted { port, bytes }
-    }
-
-    fn received(&self) -> usize {
-        self.bytes.load(Ordering::SeqCst)
-    }
-}
 
 /// A running `boundary agent` with its own socket, policy, log directory and cgroup root
 /// (so that agents of tests running side by side never adopt each other's sessions).
