@@ -88,57 +88,53 @@ impl Concurrency {
     pub async fn sync(&self, store: &Store) -> Result<(), Error> {
         let now = Utc::now().timestamp_micros();
         let expires = now + LEASE.as_micros() as i64;
-        let (upserts, deletes): (Vec<Vec<Value>>, Vec<Vec<Value>>) = {
-            let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            let mut up = Vec::new();
-            let mut del = Vec::new();
-            for (spender, e) in local.iter() {
-                // Running rows are renewed at every sync so that they do not expire.
-                if e.running > 0 {
-                    up.push(vec![
-                        Value::Text(Some(spender.clone())),
-                        Value::Text(Some(self.replica.clone())),
-                        Value::Int(Some(e.running as i64)),
-                        Value::Int(Some(expires)),
-                    ]);
-                } else if e.stored {
-                    del.push(vec![
-                        Value::Text(Some(spender.clone())),
-                        Value::Text(Some(self.replica.clone())),
-                    ]);
-                }
-            }
-            (up, del)
-        };
-        let written: Vec<String> = upserts.iter().map(|r| r[0].text()).collect();
-        let removed: Vec<String> = deletes.iter().map(|r| r[0].text()).collect();
-        let mut groups = Vec::new();
-        if !upserts.is_empty() {
-            groups.push((
-                "INSERT INTO concurrency_leases (spender, replica, running, expires_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (spender, replica) DO UPDATE SET running = excluded.running, expires_at = excluded.expires_at"
-                    .to_string(),
-                upserts,
-            ));
-        }
-        if !deletes.is_empty() {
-            groups.push((
-                "DELETE FROM concurrency_leases WHERE spender = $1 AND replica = $2".to_string(),
-                deletes,
-            ));
-        }
-        if !groups.is_empty() {
+        // Spenders with requests running (their rows are renewed at every sync so that they
+        // do not expire) and idle ones whose row is still stored (to delete).
+        let due: Vec<(String, u64)> = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, e)| e.running > 0 || e.stored)
+            .map(|(spender, e)| (spender.clone(), e.running))
+            .collect();
+        if !due.is_empty() {
+            let key = |spender: &str| {
+                vec![
+                    Value::Text(Some(spender.to_string())),
+                    Value::Text(Some(self.replica.clone())),
+                ]
+            };
+            let (running, idle): (Vec<_>, Vec<_>) = due.iter().partition(|(_, n)| *n > 0);
+            let upserts: Vec<Vec<Value>> = running
+                .iter()
+                .map(|(spender, n)| {
+                    let mut row = key(spender);
+                    row.extend([Value::Int(Some(*n as i64)), Value::Int(Some(expires))]);
+                    row
+                })
+                .collect();
+            let deletes: Vec<Vec<Value>> = idle.iter().map(|(spender, _)| key(spender)).collect();
+            let mut groups = vec![
+                (
+                    "INSERT INTO concurrency_leases (spender, replica, running, expires_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (spender, replica) DO UPDATE SET running = excluded.running, expires_at = excluded.expires_at"
+                        .to_string(),
+                    upserts,
+                ),
+                (
+                    "DELETE FROM concurrency_leases WHERE spender = $1 AND replica = $2".to_string(),
+                    deletes,
+                ),
+            ];
+            // An empty group would still cost PostgreSQL a prepare.
+            groups.retain(|(_, rows)| !rows.is_empty());
             store.execute_groups(groups).await?;
+            // A spender taken again since its row was deleted is written anew next time.
             let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            for s in &written {
-                if let Some(e) = local.get_mut(s) {
-                    e.stored = true;
-                }
-            }
-            for s in &removed {
-                if let Some(e) = local.get_mut(s) {
-                    // Taken again since: the next sync writes it anew.
-                    e.stored = false;
+            for (spender, n) in &due {
+                if let Some(e) = local.get_mut(spender) {
+                    e.stored = *n > 0;
                 }
             }
         }

@@ -414,23 +414,37 @@ async fn metrics_move_to_their_own_listener_or_require_a_bearer_token_while_heal
 
 /// One Anthropic call through `url` for `model`; its status.
 async fn one_call(c: &HttpClient, url: &str, token: &str, model: &str) -> u16 {
-    let (s, _, _) = send(
+    anthropic_call(c, url, token, model, false, &[]).await.0
+}
+
+/// An Anthropic Messages call (streamed or not) with extra headers: its status and body.
+async fn anthropic_call(
+    c: &HttpClient,
+    url: &str,
+    token: &str,
+    model: &str,
+    stream: bool,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
+    let mut headers = vec![
+        ("x-api-key", token),
+        ("anthropic-version", "2023-06-01"),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    let (s, _, body) = send(
         c,
         request(
             Method::POST,
             &format!("{url}/anthropic/v1/messages"),
-            &[
-                ("x-api-key", token),
-                ("anthropic-version", "2023-06-01"),
-                ("content-type", "application/json"),
-            ],
-            json!({"model": model, "max_tokens": 20,
+            &headers,
+            json!({"model": model, "max_tokens": 20, "stream": stream,
                 "messages": [{"role": "user", "content": "hello"}]})
             .to_string(),
         ),
     )
     .await;
-    s.as_u16()
+    (s.as_u16(), String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,28 +595,21 @@ async fn two_replicas_share_one_requests_per_minute_limit_through_the_store() {
 /// A streamed Anthropic call through `url` that the fake upstream paces at `delay_ms` between
 /// events; its status once the stream ended.
 async fn slow_stream(c: HttpClient, url: String, token: String, delay_ms: u64) -> u16 {
-    let (s, _, body) = send(
+    let delay = delay_ms.to_string();
+    let (s, body) = anthropic_call(
         &c,
-        request(
-            Method::POST,
-            &format!("{url}/anthropic/v1/messages"),
-            &[
-                ("x-api-key", &token),
-                ("anthropic-version", "2023-06-01"),
-                ("content-type", "application/json"),
-                ("x-fake-delay-ms", &delay_ms.to_string()),
-            ],
-            json!({"model": "claude-sonnet-4-6", "max_tokens": 20, "stream": true,
-                "messages": [{"role": "user", "content": "hello"}]})
-            .to_string(),
-        ),
+        &url,
+        &token,
+        "claude-sonnet-4-6",
+        true,
+        &[("x-fake-delay-ms", &delay)],
     )
     .await;
     assert!(
-        s != 200 || String::from_utf8_lossy(&body).contains("message_stop"),
+        s != 200 || body.contains("message_stop"),
         "the stream did not end normally"
     );
-    s.as_u16()
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

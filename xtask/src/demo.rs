@@ -45,17 +45,7 @@ impl Drop for Children {
 
 pub fn run() -> Result<()> {
     setup::run(Scope::Demo)?;
-    step("build boundary and llm-bridge (release)")?;
-    shell::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "boundary-agent",
-        "-p",
-        "bridge",
-        "--bins",
-    ])?;
-    let release = shell::target_dir()?.join("release");
+    let release = shell::build_release_binaries()?;
     let boundary = release.join("boundary");
     let bridge = release.join("llm-bridge");
 

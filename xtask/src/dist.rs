@@ -207,18 +207,8 @@ pub fn run() -> Result<Dist> {
             .as_str()
             .context("`cargo metadata` reported no target_directory")?,
     );
-    step("build boundary and llm-bridge (release)")?;
     // fake-upstream comes along (same crate, one build): the install test puts it upstream.
-    shell::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "boundary-agent",
-        "-p",
-        "bridge",
-        "--bins",
-    ])?;
-    let release_dir = target.join("release");
+    let release_dir = shell::build_release_binaries()?;
     let arch = capture(Command::new("dpkg").arg("--print-architecture"))?
         .trim()
         .to_string();

@@ -31,6 +31,22 @@ pub fn metadata() -> Result<serde_json::Value> {
 
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR`, `build.target-dir` or `./target`, as
 /// cargo itself resolves it (never assume `./target`).
+/// Builds `boundary`, `llm-bridge` and `fake-upstream` in release (one cargo run) and returns
+/// the directory they are in.
+pub fn build_release_binaries() -> Result<PathBuf> {
+    step("build boundary and llm-bridge (release)")?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "boundary-agent",
+        "-p",
+        "bridge",
+        "--bins",
+    ])?;
+    Ok(target_dir()?.join("release"))
+}
+
 pub fn target_dir() -> Result<PathBuf> {
     let meta = metadata()?;
     meta["target_directory"]
